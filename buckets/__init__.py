@@ -1,0 +1,1 @@
+"""Aspect-ratio buckets, computed exactly as sd-scripts' BucketManager does (issue 6)."""

@@ -1,0 +1,46 @@
+"""Atomic file writes: a reader (or a re-run after SIGKILL) sees the old file or the new one,
+never a half-written one. Temp files carry a recognisable prefix so a workspace can sweep the
+leftovers of a killed run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TMP_PREFIX = ".curate-tmp-"
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename.
+
+    `durable` fsyncs the data before the rename, so a power cut cannot leave a renamed but
+    empty file (SIGKILL alone cannot, the page cache survives the process).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def sweep_temp_files(folder: Path) -> int:
+    """Delete temp files left by a killed writer below `folder`; returns how many."""
+    removed = 0
+    if not folder.exists():
+        return 0
+    for tmp in folder.rglob(f"{TMP_PREFIX}*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,61 @@
+"""The `curate` command. Subcommands live one per module and load only when invoked, so
+`curate --help` and the pre-commit hook never import heavy libraries."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from curate import __version__
+from curate.cli._common import handle_errors
+
+# verb -> (module, one-line help shown by `curate --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("curate.cli.init_cmd", "Create a workspace with a commented curate.toml."),
+    "import": ("curate.cli.import_cmd", "Import scraped images, tags and captions into a workspace."),
+    "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with handle_errors(ctx):
+            return super().invoke(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="curate")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """curate: turn a pile of scraped images into a training-ready Stable Diffusion dataset.
+
+    \b
+    A 30-second tour:
+      curate import ./raw ./gallery-dl --into ws   # copy in images, tags, captions
+      curate status ws                             # what came in, what was skipped and why
+    Every command takes --json for scripts and --help with examples.
+    """
+    ctx.meta["curate.debug"] = debug or ctx.meta.get("curate.debug", False)
+
+
+def main() -> None:
+    cli.main(args=sys.argv[1:], prog_name="curate")

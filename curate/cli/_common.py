@@ -1,0 +1,124 @@
+"""What every command shares: output modes, one-line errors, progress bars, summaries."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from curate.errors import CurateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+LIST_LIMIT = 50
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta["curate.debug"] = True
+    return value
+
+
+def output_options(fn: F) -> F:
+    """--json, -q, -v and --debug, the same on every command."""
+    fn = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug,
+                      is_eager=True, help="Show Python tracebacks for errors.")(fn)
+    fn = click.option("-v", "--verbose", is_flag=True, help="List every file, not only problems.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="Print only problems and one summary line.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print a JSON result for scripts.")(fn)
+    return fn
+
+
+def config_options(fn: F) -> F:
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Set any curate.toml option for this run, e.g. --set import.workers=4.")(fn)
+    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Options file (default: WORKSPACE/curate.toml).")(fn)
+    return fn
+
+
+@contextmanager
+def handle_errors(ctx: click.Context) -> Iterator[None]:
+    """Known problems become one line on stderr; a traceback only with --debug."""
+    try:
+        yield
+    except CurateError as exc:
+        if ctx.meta.get("curate.debug"):
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: re-run the same command to resume where it stopped", err=True)
+        ctx.exit(130)
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except Exception as exc:
+        if ctx.meta.get("curate.debug"):
+            raise
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); re-run with --debug "
+                   "and report the traceback", err=True)
+        ctx.exit(1)
+
+
+@dataclass
+class Out:
+    """Prints for people (rich tables) or for scripts (--json); progress only on a terminal."""
+
+    as_json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    def console(self) -> Any:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    def json(self, data: dict[str, Any]) -> None:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+    def line(self, text: str) -> None:
+        if not self.as_json:
+            click.echo(text)
+
+    def problems(self, label: str, items: list[tuple[str, str]], *, always: bool = True) -> None:
+        if self.as_json or not items or not (always or self.verbose):
+            return
+        shown = items if self.verbose else items[:LIST_LIMIT]
+        for subject, reason in shown:
+            click.echo(f"{label}: {subject}: {reason}")
+        if len(items) > len(shown):
+            click.echo(f"{label}: ... and {len(items) - len(shown)} more (-v lists all)")
+
+    def table(self, title: str, rows: list[tuple[Any, ...]], headers: tuple[str, ...]) -> None:
+        if self.as_json or self.quiet:
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="right" if i else "left")
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        self.console().print(table)
+
+    @contextmanager
+    def progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """A progress callback `(done, total)`; a rich bar when stderr is a terminal."""
+        if self.as_json or self.quiet or not sys.stderr.isatty():
+            yield lambda done, total: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = Progress("[progress.description]{task.description}", BarColumn(),
+                       MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=Console(stderr=True), transient=True)
+        task = bar.add_task(description, total=None)
+        with bar:
+            yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from curate.cli._common import Out, config_options, output_options
+from curate.config import stage_config
+from curate.stages.ingest import ImportConfig, import_sources
+from curate.workspace import CONFIG_NAME
+
+
+@click.command("import")
+@click.argument("sources", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=False))
+@click.option("--into", "workspace", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Workspace folder to import into (created if missing).")
+@click.option("--animated", type=click.Choice(["first", "skip"]), default=None,
+              help="Animated GIF/WebP: keep the first frame (default) or skip the file.")
+@click.option("--max-pixels", type=int, default=None,
+              help="Refuse images with more pixels than this (default 178956970, Pillow's limit).")
+@click.option("--max-file-mb", type=int, default=None, help="Refuse files larger than this (MiB).")
+@click.option("--workers", type=int, default=None, help="Reader threads (0 = one per core).")
+@click.option("--strict", is_flag=True, default=None, help="Exit 1 if any file was skipped.")
+@click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
+@config_options
+@output_options
+def command(sources: tuple[Path, ...], workspace: Path, animated: str | None,
+            max_pixels: int | None, max_file_mb: int | None, workers: int | None,
+            strict: bool | None, dry_run: bool, config_file: Path | None,
+            overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Import images from SOURCES (folders, .zip archives or single images) into a workspace.
+
+    \b
+    Reads what scrapers leave beside images: gallery-dl .json/.txt sidecars, Hydrus and
+    imgbrd-grabber namespaced tags, img2dataset shards, and existing Kohya datasets
+    (N_name folders: repeats and captions kept). Sources are never modified. Bad files are
+    skipped with a one-line reason; re-importing the same sources is a no-op.
+
+    \b
+    Examples:
+      curate import ~/gallery-dl/danbooru/my_character --into ws
+      curate import scrape.zip old_dataset/img --into ws --animated skip
+      curate import raw --into ws --dry-run --json
+    """
+    out = Out(as_json, quiet, verbose)
+    config = stage_config(
+        ImportConfig, "import", config_file or workspace / CONFIG_NAME, overrides,
+        {"animated": animated, "max_pixels": max_pixels, "max_file_mb": max_file_mb,
+         "workers": workers, "strict": strict},
+    )
+    with out.progress("importing") as progress:
+        result = import_sources(workspace, sources, config, dry_run=dry_run, on_progress=progress)
+    report(out, result)
+    if config.strict and result.skipped:
+        raise SystemExit(1)
+
+
+def report(out: Out, result) -> None:  # type: ignore[no-untyped-def]
+    if out.as_json:
+        out.json(result.as_dict())
+        return
+    out.problems("skipped", result.skipped)
+    out.problems("warning", result.warnings)
+    out.problems("repaired", result.repaired, always=False)
+    out.problems("ignored", result.ignored, always=False)
+    c = result.counts
+    verb = "would import" if result.dry_run else "imported"
+    if result.nothing_new:
+        out.line(f"nothing new: all {c['unchanged']} files are unchanged since the last import "
+                 f"into {result.workspace}")
+        return
+    out.table(f"{verb} into {result.workspace}", [(k, v) for k, v in c.items()], ("files", "count"))
+    if out.quiet:
+        out.line(", ".join(f"{k} {v}" for k, v in c.items()))

@@ -1,0 +1,195 @@
+"""The workspace manifest: one SQLite file holding what was imported from where, hashes, tags,
+captions and every decision with its reason.
+
+The schema is versioned with `PRAGMA user_version`; `MIGRATIONS[n]` takes a manifest from
+version n-1 to n. WAL journaling makes each transaction atomic under SIGKILL, so a killed run
+loses at most its open transaction and a re-run redoes exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+
+_SCHEMA_V1 = """
+CREATE TABLE images (
+    sha256        TEXT PRIMARY KEY,   -- of the source bytes: the content key
+    stored_path   TEXT NOT NULL,      -- relative to the workspace root
+    width         INTEGER NOT NULL,
+    height        INTEGER NOT NULL,
+    mode          TEXT NOT NULL,      -- PIL mode of the stored image
+    format        TEXT NOT NULL,      -- format of the stored file (JPEG, PNG, WEBP)
+    source_format TEXT NOT NULL,      -- format the source file was in
+    file_bytes    INTEGER NOT NULL,   -- size of the stored file
+    changes       TEXT NOT NULL,      -- JSON list of normalisations applied
+    imported_at   TEXT NOT NULL
+);
+CREATE TABLE origins (
+    id           INTEGER PRIMARY KEY,
+    source_path  TEXT NOT NULL UNIQUE, -- folder file, or 'archive.zip!/member'
+    source_root  TEXT NOT NULL,        -- the SRC argument it was found under
+    source_kind  TEXT NOT NULL,        -- folder, zip, gallery-dl, hydrus, img2dataset, kohya
+    fingerprint  TEXT NOT NULL,        -- size/mtime of file and sidecars: unchanged => skip
+    image_sha256 TEXT REFERENCES images(sha256),  -- NULL when the file was skipped
+    status       TEXT NOT NULL,        -- imported, repaired, merged, skipped
+    sidecars     TEXT NOT NULL,        -- JSON list of sidecar paths read
+    metadata     TEXT NOT NULL,        -- JSON: sidecar metadata, Kohya repeats, ...
+    imported_at  TEXT NOT NULL
+);
+CREATE INDEX origins_image ON origins(image_sha256);
+CREATE TABLE tags (
+    image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+    source       TEXT NOT NULL,        -- gallery-dl, hydrus, kohya, txt, or a tagger id
+    tag          TEXT NOT NULL,
+    category     TEXT NOT NULL,
+    confidence   REAL NOT NULL,
+    PRIMARY KEY (image_sha256, source, tag)
+);
+CREATE TABLE captions (
+    image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+    source       TEXT NOT NULL,
+    text         TEXT NOT NULL,
+    PRIMARY KEY (image_sha256, source)
+);
+CREATE TABLE decisions (
+    id           INTEGER PRIMARY KEY,
+    image_sha256 TEXT,                 -- NULL for a source file that never became an image
+    subject      TEXT NOT NULL,        -- the file the decision is about, as the user knows it
+    stage        TEXT NOT NULL,
+    verdict      TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    run_id       INTEGER,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX decisions_image ON decisions(image_sha256);
+CREATE INDEX decisions_stage ON decisions(stage, verdict);
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    command     TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    summary     TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT
+);
+"""
+
+# Each step is one SQL script; it runs in one transaction together with its version bump.
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring `db` to SCHEMA_VERSION, one transaction per step; returns the starting version."""
+    start = db.execute("PRAGMA user_version").fetchone()[0]
+    if start > SCHEMA_VERSION:
+        raise CurateError(
+            f"this workspace's manifest has schema version {start}, newer than this curate "
+            f"understands ({SCHEMA_VERSION}): upgrade curate"
+        )
+    for version in range(start + 1, SCHEMA_VERSION + 1):
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return start
+
+
+class Manifest:
+    """Typed access to the manifest tables. Writes happen inside `transaction()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.row_factory = sqlite3.Row
+            migrate(self.db)
+        except sqlite3.DatabaseError as exc:
+            raise CurateError(
+                f"{path}: cannot open the manifest ({exc}); if the file is damaged, move it "
+                "away and re-run the import"
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, command: str, params: dict[str, Any]) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (command, params, started_at) VALUES (?, ?, ?)",
+                (command, json.dumps(params, sort_keys=True), now()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, summary: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
+                (json.dumps(summary, sort_keys=True), now(), run_id),
+            )
+
+    # -- reads --------------------------------------------------------------------------
+    def origin_fingerprints(self) -> dict[str, str]:
+        rows = self.db.execute("SELECT source_path, fingerprint FROM origins")
+        return {r["source_path"]: r["fingerprint"] for r in rows}
+
+    def first_origins(self) -> dict[str, str]:
+        """Image hash -> the first file it was imported from."""
+        rows = self.db.execute(
+            "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL "
+            "ORDER BY id DESC"
+        )
+        return {r["image_sha256"]: r["source_path"] for r in rows}
+
+    def verdict_counts(self) -> list[tuple[str, str, int]]:
+        rows = self.db.execute(
+            "SELECT stage, verdict, COUNT(*) AS n FROM decisions "
+            "GROUP BY stage, verdict ORDER BY stage, verdict"
+        )
+        return [(r["stage"], r["verdict"], r["n"]) for r in rows]
+
+    def count(self, table: str) -> int:
+        if table not in {"images", "origins", "tags", "captions", "decisions", "runs"}:
+            raise ValueError(f"unknown table {table!r}")
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def decisions(self, stage: str | None = None, verdict: str | None = None) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM decisions WHERE 1=1", []
+        if stage is not None:
+            sql, args = sql + " AND stage = ?", [*args, stage]
+        if verdict is not None:
+            sql, args = sql + " AND verdict = ?", [*args, verdict]
+        return list(self.db.execute(sql + " ORDER BY id", args))
+
+    def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return list(self.db.execute(sql, tuple(args)))

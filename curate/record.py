@@ -1,0 +1,94 @@
+"""The one record type that flows through the pipeline.
+
+A `Record` is an image in a workspace together with everything the stages learned about it:
+where it came from, its tags with confidences, its caption and the decisions taken about it,
+each with a reason. Records are immutable; a stage returns new ones via `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+# Verdicts shared by stages; reports and `curate status` count them.
+IMPORTED = "imported"
+REPAIRED = "repaired"
+MERGED = "merged"
+SKIPPED = "skipped"
+WARNING = "warning"
+
+# Tag categories, as in Danbooru / WD14 `selected_tags.csv` plus the namespaces scrapers use.
+GENERAL = "general"
+CHARACTER = "character"
+COPYRIGHT = "copyright"
+ARTIST = "artist"
+META = "meta"
+RATING = "rating"
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a stage decided about an image (or a source file that never became one)."""
+
+    stage: str
+    verdict: str
+    reason: str
+    subject: str = ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One place an image was imported from (an exact duplicate has several)."""
+
+    source_path: str
+    source_kind: str
+    source_root: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    category: str = GENERAL
+    confidence: float = 1.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Record:
+    sha256: str
+    path: Path
+    width: int
+    height: int
+    mode: str
+    format: str
+    origins: tuple[Origin, ...] = ()
+    tags: tuple[Tag, ...] = ()
+    caption: str | None = None
+    decisions: tuple[Decision, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.mode in ("RGBA", "LA", "PA")
+
+    def tag_confidences(self, source: str | None = None) -> dict[str, float]:
+        """Tag -> confidence, highest confidence wins when several sources name a tag."""
+        out: dict[str, float] = {}
+        for tag in self.tags:
+            if source is None or tag.source == source:
+                out[tag.name] = max(out.get(tag.name, 0.0), tag.confidence)
+        return out
+
+    def with_decision(self, decision: Decision) -> Record:
+        from dataclasses import replace
+
+        return replace(self, decisions=(*self.decisions, decision))

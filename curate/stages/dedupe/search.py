@@ -1,0 +1,367 @@
+"""All pairs of perceptual hashes within Hamming distance t, in sub-quadratic time.
+
+Hashes are rows of uint64 words, shape (N, words), bit k in word k // 64 (a 1-D uint64 array is
+one word per hash). `pairs_within` returns every pair i < j with distance <= t, exactly the set
+that `pairs_bruteforce` returns, and each pair once.
+
+Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchmarks-dedupe.md):
+
+* Brute force is quadratic: numpy all-pairs with `bitwise_count` takes 19 s at 100k, so ~32 min
+  at 1M. imagededup's Cython brute force grows as N^2.1 (92 s at 30k, ~40 h at 1M), and its
+  BK-tree is slower still (71 s at 5k): within 8 of 64 bits, a query visits most of the tree.
+* Plain multi-index hashing (split 64 bits into t+1 chunks, pairs must share one chunk exactly)
+  has 7-bit chunks at t=8: every chunk value is shared by N/128 hashes, so it stays nearly
+  quadratic (42 s at 300k, ~3.5e10 candidates and ~6 min at 1M).
+* The generalised pigeonhole principle fixes that: split the bits into m chunks with radii r_i
+  such that sum(2 r_i + 1) >= t + 1; a pair within t is then within 2 r_i on some chunk i
+  (otherwise its distance would be >= sum(2 r_i + 1) > t). A chunk with radius r finds the
+  pairs within 2 r on it by giving each hash all its variants with <= r bits flipped and
+  grouping equal variants (one sort). At 1M and t=8 that is three 21-bit chunks of radius 1:
+  22 variants per hash and ~1e8 candidates per chunk, verified in batches on all cores:
+  ~12 s at 1M, 0.5 s at 100k.
+* `_plan` picks m and the radii from a cost model calibrated on this machine (brute force is
+  still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
+  per chunk, so duplicates only come from pairs found by several chunks.
+* Identical hashes (every blank white image has the same phash) are collapsed before the
+  search and expanded after it, so they cannot form one giant bucket; buckets that are large
+  anyway are verified in fixed-size batches, so memory stays bounded whatever the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from math import comb
+from typing import NamedTuple
+
+import numpy as np
+
+# Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
+BATCH = 1 << 22
+# Variants of one chunk held at once; beyond that a plan is refused (memory).
+MAX_VARIANTS = 120_000_000
+# More chunks than this only pays off at thresholds where brute force wins anyway.
+MAX_CHUNKS = 24
+# Cost model, seconds per unit, measured with bench/dedupe_bench.py on 2 cores.
+COST_VARIANT = 6e-8  # build, sort and scan one variant
+COST_CANDIDATE = 1.8e-8  # generate, filter and verify one candidate pair (2 threads)
+COST_BRUTE = 4.0e-9  # one pair of one word in the blocked all-pairs comparison
+_POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
+
+
+class Pairs(NamedTuple):
+    """Pairs i < j (int64, sorted by i then j) and their Hamming distances."""
+
+    i: np.ndarray
+    j: np.ndarray
+    distance: np.ndarray
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Bits [start, start + width) of every hash; finds the pairs within 2 * radius on them."""
+
+    start: int
+    width: int
+    radius: int
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per element of an unsigned array (numpy < 2 has no `bitwise_count`)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    per_byte = _POPCOUNT8[x[..., None].view(np.uint8)]
+    return per_byte.sum(axis=-1, dtype=np.uint8)
+
+
+def pack_hashes(values: Sequence[int], bits: int = 64) -> np.ndarray:
+    """Python ints (as `hashing.hash_file` returns them) to an (N, ceil(bits / 64)) uint64 array."""
+    n_words = max(1, -(-bits // 64))
+    out = np.zeros((len(values), n_words), dtype=np.uint64)
+    for w in range(n_words):
+        shift = 64 * w
+        out[:, w] = [(v >> shift) & 0xFFFF_FFFF_FFFF_FFFF for v in values]
+    return out
+
+
+def as_words(hashes: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Any accepted hash input as a C-contiguous (N, words) uint64 array."""
+    if not isinstance(hashes, np.ndarray):
+        bits = max((int(v).bit_length() for v in hashes), default=64)
+        return pack_hashes([int(v) for v in hashes], bits)
+    if hashes.dtype.kind not in "iu" or hashes.dtype.itemsize != 8:
+        raise ValueError(f"hashes must be 64-bit integers, got {hashes.dtype}")
+    words = hashes.view(np.uint64)
+    if words.ndim == 1:
+        words = words[:, None]
+    if words.ndim != 2:
+        raise ValueError(f"hashes must have shape (N,) or (N, words), got {hashes.shape}")
+    return np.ascontiguousarray(words)
+
+
+def distances(words: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Hamming distance between rows i and j of an (N, words) array."""
+    if words.shape[1] == 1:
+        return popcount(words[i, 0] ^ words[j, 0])
+    return popcount(words[i] ^ words[j]).sum(axis=1, dtype=np.uint16)
+
+
+def _distance_matrix(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    if rows.shape[1] == 1:  # the common 64-bit case, without the 3-D temporary
+        return popcount(rows[:, :1] ^ cols[None, :, 0])
+    return popcount(rows[:, None, :] ^ cols[None, :, :]).sum(axis=2, dtype=np.uint16)
+
+
+def pairs_bruteforce(hashes: np.ndarray | Sequence[int], t: int) -> Pairs:
+    """Reference answer: compare every pair, blockwise so memory stays ~16 M distances."""
+    words = as_words(hashes)
+    n = len(words)
+    block = max(1, (1 << 24) // max(n, 1))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for a in range(0, n, block):
+        rows = words[a : a + block]
+        cols = words[a + 1 :]
+        dist = _distance_matrix(rows, cols)
+        r, c = np.nonzero(dist <= t)
+        keep = c >= r  # column a + 1 + c is after row a + r
+        r, c = r[keep], c[keep]
+        found.append((r + a, c + a + 1, dist[r, c]))
+    return _sorted_pairs(found)
+
+
+def pairs_within(
+    hashes: np.ndarray | Sequence[int],
+    t: int,
+    *,
+    mirrored: np.ndarray | Sequence[int] | None = None,
+    bits: int | None = None,
+    workers: int | None = None,
+) -> Pairs:
+    """Every pair i < j within Hamming distance t; equals `pairs_bruteforce`, sub-quadratically.
+
+    mirrored: hashes of the horizontally flipped images, same order; a pair then counts as near
+    when any of the four original/mirrored combinations is, with the smallest distance.
+    bits: hash length when it is not a multiple of 64 (e.g. 144 for hash_size 12); the
+    default is the highest bit set in the data.
+    workers: threads verifying candidates (numpy releases the GIL); default all cores.
+    """
+    words = as_words(hashes)
+    if mirrored is None:
+        return _search_collapsed(words, t, bits, workers)
+    both = np.concatenate([words, as_words(mirrored)])
+    found = _search_collapsed(both, t, bits, workers)
+    n = len(words)
+    i, j = found.i % n, found.j % n
+    keep = i != j
+    i, j, d = np.minimum(i, j)[keep], np.maximum(i, j)[keep], found.distance[keep]
+    order = np.lexsort((d, j, i))
+    i, j, d = i[order], j[order], d[order]
+    first = np.ones(len(i), dtype=bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return Pairs(i[first], j[first], d[first])
+
+
+def collapse(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows, and for each input row the index of its distinct row."""
+    if words.shape[1] == 1:
+        unique, inverse = np.unique(words[:, 0], return_inverse=True)
+        return unique[:, None], inverse.ravel()
+    unique, inverse = np.unique(words, axis=0, return_inverse=True)
+    return unique, inverse.ravel()
+
+
+def _search_collapsed(words: np.ndarray, t: int, bits: int | None, workers: int | None) -> Pairs:
+    unique, inverse = collapse(words)
+    found = search_unique(unique, t, bits, workers)
+    if len(unique) == len(words):
+        order = np.argsort(inverse)  # unique row u is input row order[u]
+        i, j = order[found.i], order[found.j]
+        return _sorted_pairs([(np.minimum(i, j), np.maximum(i, j), found.distance)])
+    return _expand(found, inverse, len(unique))
+
+
+def _expand(found: Pairs, inverse: np.ndarray, n_unique: int) -> Pairs:
+    """Pairs of distinct hashes -> pairs of input rows, plus the rows sharing one hash."""
+    members = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse, minlength=n_unique)
+    starts = np.cumsum(sizes) - sizes
+    shared = sizes > 1
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for batch in _group_batches(starts[shared], sizes[shared]):
+        left, right = _batch_positions(*batch)
+        a, b = members[left], members[right]
+        parts.append((np.minimum(a, b), np.maximum(a, b), np.zeros(len(a), dtype=np.uint16)))
+    su, sv = sizes[found.i], sizes[found.j]
+    counts = su * sv
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    k = np.arange(counts.sum()) - offsets
+    per_v = np.repeat(sv, counts)
+    a = members[np.repeat(starts[found.i], counts) + k // per_v]
+    b = members[np.repeat(starts[found.j], counts) + k % per_v]
+    parts.append((np.minimum(a, b), np.maximum(a, b), np.repeat(found.distance, counts)))
+    return _sorted_pairs(parts)
+
+
+def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | None) -> Pairs:
+    """`pairs_within` for rows known to be distinct (as `collapse` returns them)."""
+    n = len(words)
+    if t <= 0:
+        return Pairs(*_empty())  # distinct hashes are at least 1 apart
+    if bits is None:
+        bits = 64 * (words.shape[1] - 1) + max(1, int(words[:, -1].max(initial=0)).bit_length())
+    plan = _plan(n, bits, t, words.shape[1])
+    if plan is None:
+        return pairs_bruteforce(words, t)
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        pairs = _sorted_pairs([_chunk_pairs(words, chunk, t, pool) for chunk in plan])
+    code = pairs.i * n + pairs.j
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = code[1:] != code[:-1]  # a pair near on several chunks is found by each
+    return Pairs(pairs.i[first], pairs.j[first], pairs.distance[first])
+
+
+def _plan(n: int, bits: int, t: int, n_words: int = 1) -> tuple[Chunk, ...] | None:
+    """The cheapest chunking by the cost model, or None when brute force is cheaper."""
+    best: tuple[Chunk, ...] | None = None
+    best_cost = COST_BRUTE * n * n / 2 * n_words
+    for m in range(1, min(t + 1, bits, MAX_CHUNKS) + 1):
+        widths = [bits // m + (1 if k < bits % m else 0) for k in range(m)]
+        starts = np.cumsum([0, *widths[:-1]]).tolist()
+        for radii in itertools.combinations_with_replacement((2, 1, 0, -1), m):
+            if sum(2 * r + 1 for r in radii if r >= 0) < t + 1:
+                continue
+            chunks = tuple(
+                Chunk(s, _key_width(n, w, r), r)
+                for s, w, r in zip(starts, widths, radii, strict=True)
+                if r >= 0
+            )
+            cost = sum(_chunk_cost(n, c.width, c.radius) for c in chunks)
+            if cost < best_cost:
+                best_cost, best = cost, chunks
+    return best
+
+
+def _key_width(n: int, width: int, radius: int) -> int:
+    """Bits of a chunk actually keyed on: key, hash number and variant share one uint64.
+
+    Keying on fewer bits than the chunk has only adds candidates (a pair within 2r on the
+    chunk is within 2r on any part of it), and beyond ~40 bits there are almost none anyway.
+    """
+    n_flips = sum(comb(width, k) for k in range(radius + 1))
+    return min(width, 64 - (n - 1).bit_length() - (n_flips - 1).bit_length())
+
+
+def _chunk_cost(n: int, width: int, radius: int) -> float:
+    variants = n * sum(comb(width, k) for k in range(radius + 1))
+    if variants > MAX_VARIANTS or width < 1:
+        return float("inf")
+    candidates = variants * variants / 2 ** (width + 1)  # pairs sharing a value, uniform hashes
+    return COST_VARIANT * variants + COST_CANDIDATE * candidates
+
+
+def _extract(words: np.ndarray, start: int, width: int) -> np.ndarray:
+    word, offset = divmod(start, 64)
+    out = words[:, word] >> np.uint64(offset)
+    if offset + width > 64:
+        out |= words[:, word + 1] << np.uint64(64 - offset)
+    return out & np.uint64((1 << width) - 1)
+
+
+def _flip_masks(width: int, radius: int) -> np.ndarray:
+    masks = [
+        sum(1 << b for b in bits)
+        for k in range(radius + 1)
+        for bits in itertools.combinations(range(width), k)
+    ]
+    return np.array(masks, dtype=np.uint64)
+
+
+def _chunk_pairs(words: np.ndarray, chunk: Chunk, t: int, pool: ThreadPoolExecutor) -> Pairs:
+    """Verified pairs among those whose chunk values are within 2 * radius."""
+    flips = _flip_masks(chunk.width, chunk.radius)
+    v_bits = (len(flips) - 1).bit_length()
+    shift = np.uint64(64 - chunk.width)
+    values = _extract(words, chunk.start, chunk.width)
+    # Sorting key << shift | item << v_bits | variant groups equal keys, and inside a group
+    # orders entries by item, so each generated pair already has a < b.
+    packed = (values[:, None] ^ flips[None, :]) << shift
+    packed |= (np.arange(len(values), dtype=np.uint64) << np.uint64(v_bits))[:, None]
+    packed |= np.arange(len(flips), dtype=np.uint64)[None, :]
+    packed = packed.ravel()
+    packed.sort()
+    boundary = np.empty(len(packed), dtype=bool)
+    boundary[0] = True
+    np.not_equal(packed[1:] >> shift, packed[:-1] >> shift, out=boundary[1:])
+    entry = packed & np.uint64((1 << int(shift)) - 1)
+    del packed
+    starts = np.flatnonzero(boundary)
+    sizes = np.diff(np.append(starts, len(entry)))
+    canonical = _canonical(flips[:, None], flips[None, :], chunk.radius).ravel()
+
+    def verify(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+        left, right = _batch_positions(*batch)
+        ea, eb = entry[left], entry[right]
+        if chunk.radius:
+            v_mask = np.uint64((1 << v_bits) - 1)
+            ok = canonical[(ea & v_mask) * np.uint64(len(flips)) + (eb & v_mask)]
+            ea, eb = ea[ok], eb[ok]
+        a = (ea >> np.uint64(v_bits)).astype(np.int64)
+        b = (eb >> np.uint64(v_bits)).astype(np.int64)
+        d = distances(words, a, b)
+        near = d <= t
+        return a[near], b[near], d[near]
+
+    return _sorted_pairs(list(pool.map(verify, _group_batches(starts[sizes > 1], sizes[sizes > 1]))))
+
+
+def _canonical(fa: np.ndarray, fb: np.ndarray, radius: int) -> np.ndarray:
+    """True for the one variant pair that stands for a pair of hashes (a < b) on this chunk.
+
+    Two hashes whose chunk values differ in the bits D meet at every split of D into flips
+    fa ^ fb with at most `radius` bits each. The canonical split gives a the lowest
+    min(radius, |D|) bits of D and b the rest, so it is disjoint and a's bits are all lower.
+    """
+    both = fa | fb
+    lowest_b = fb & (~fb + np.uint64(1))
+    return (
+        ((fa & fb) == 0)
+        & (popcount(fa) == np.minimum(radius, popcount(both)))
+        & ((fb == 0) | (fa < lowest_b))
+    )
+
+
+def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split the pairs inside groups (sorted positions) into batches of about BATCH pairs.
+
+    A batch is (positions, partners): each position pairs with that many positions after it.
+    """
+    if len(starts) == 0:
+        return []
+    group = np.repeat(np.arange(len(starts)), sizes)
+    pos = np.arange(len(group)) - np.repeat(np.cumsum(sizes) - sizes, sizes) + starts[group]
+    after = (starts + sizes)[group] - pos - 1
+    total = np.cumsum(after)
+    cuts = np.searchsorted(total, np.arange(BATCH, int(total[-1]), BATCH), side="right")
+    bounds = itertools.pairwise([0, *cuts.tolist(), len(pos)])
+    return [(pos[lo:hi], after[lo:hi]) for lo, hi in bounds]
+
+
+def _batch_positions(pos: np.ndarray, partners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    left = np.repeat(pos, partners)
+    offsets = np.repeat(np.cumsum(partners) - partners, partners)
+    return left, left + 1 + (np.arange(len(left)) - offsets)
+
+
+def _sorted_pairs(parts: Sequence[tuple[np.ndarray, ...]]) -> Pairs:
+    if not parts:
+        return Pairs(*_empty())
+    i, j, d = (np.concatenate(col) for col in zip(*parts, strict=True))
+    order = np.lexsort((j, i))
+    return Pairs(i[order].astype(np.int64), j[order].astype(np.int64), d[order].astype(np.uint16))
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint16)

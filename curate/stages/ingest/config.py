@@ -1,0 +1,20 @@
+"""Options of `curate import` (the `[import]` table of curate.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    # "first": keep an animation's first frame (recorded as a repair); "skip": refuse it.
+    animated: Literal["first", "skip"] = "first"
+    # Pillow's own decompression-bomb limit; above it a file is refused, not decoded.
+    max_pixels: int = 178_956_970
+    max_file_mb: int = 256
+    # Threads reading, hashing and decoding (0 = one per core). Pillow and hashlib release
+    # the GIL while they work, so threads scale without pickling image bytes between processes.
+    workers: int = 0
+    # Exit non-zero when any file was skipped (for scripts and CI).
+    strict: bool = False

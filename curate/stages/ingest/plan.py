@@ -1,0 +1,105 @@
+"""First half of an import: walk the sources and work out which files are new or changed.
+
+A file is identified by its path (a zip member by archive path + member name); its
+fingerprint joins the size/mtime (or CRC) of the file and of every sidecar beside it, so
+editing a tag file re-imports the image, and a re-import of untouched sources reads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from curate.errors import CurateError
+from curate.stages.ingest.sidecars import candidates
+from curate.stages.ingest.sources import (
+    Archive,
+    Entry,
+    Problem,
+    SourceTree,
+    ZipTree,
+    display,
+    open_source,
+)
+
+
+@dataclass(frozen=True)
+class Work:
+    """A file to import now: new, or changed since the last import."""
+
+    entry: Entry
+    fingerprint: str
+    sidecars: tuple[str, ...]
+    source_root: str
+
+
+@dataclass
+class Plan:
+    work: list[Work]
+    skipped: list[tuple[Problem, str, SourceTree]]  # problem, fingerprint, where it was found
+    ignored: list[Problem]
+    unchanged: int
+
+
+def open_trees(sources: Iterable[Path], workspace: Path) -> list[SourceTree]:
+    """Open every SRC up front, so a typo fails before anything is read."""
+    exclude = frozenset({os.path.realpath(workspace)})
+    trees = [open_source(Path(src), exclude) for src in sources]
+    if not trees:
+        raise CurateError("nothing to import: name at least one folder, image or .zip")
+    return trees
+
+
+def make_plan(trees: list[SourceTree], known: dict[str, str]) -> Plan:
+    plan = Plan([], [], [], 0)
+    seen: set[str] = set()
+    for tree, item in _walk(trees):
+        if isinstance(item, Problem):
+            if item.severity == "ignored":
+                plan.ignored.append(item)
+            elif item.subject not in seen:
+                seen.add(item.subject)
+                fingerprint = f"problem:{item.reason}"
+                if known.get(item.subject) == fingerprint:
+                    plan.unchanged += 1
+                else:
+                    plan.skipped.append((item, fingerprint, tree))
+            continue
+        shown = item.shown
+        if shown in seen:  # the same file named twice on the command line
+            continue
+        seen.add(shown)
+        found = candidates(tree, item.relpath)
+        try:
+            fingerprint = "|".join(tree.stamp(p) for p in (item.relpath, *found))
+        except OSError as exc:
+            plan.skipped.append((Problem(shown, f"cannot read ({exc.strerror}): check the file "
+                                 "and its permissions"), "problem:stat", tree))
+            continue
+        if known.get(shown) == fingerprint:
+            plan.unchanged += 1
+        else:
+            plan.work.append(Work(item, fingerprint, tuple(found), tree.label))
+    return plan
+
+
+def _walk(trees: list[SourceTree]) -> Iterator[tuple[SourceTree, Entry | Problem]]:
+    for tree in trees:
+        for item in tree.entries():
+            if isinstance(item, Archive):
+                yield from _walk_archive(tree, item)
+            else:
+                yield tree, item
+
+
+def _walk_archive(parent: SourceTree, archive: Archive) -> Iterator[tuple[SourceTree, Entry | Problem]]:
+    try:
+        tree = ZipTree(archive.path)
+    except CurateError as exc:
+        yield parent, Problem(display(archive.path), str(exc).split(": ", 1)[-1])
+        return
+    for item in tree.entries():
+        if not isinstance(item, Archive):
+            yield tree, item

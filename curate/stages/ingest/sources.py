@@ -1,0 +1,257 @@
+"""Walking what the user points `curate import` at: folders (recursive) and zip archives.
+
+Nothing is ever written, moved or extracted: files are read in place, zip members are read
+into memory. Unsafe things (zip-slip names, symlinks that leave SRC, loops) are refused with a
+reason instead of followed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from curate.errors import CurateError
+
+IMAGE_EXTS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
+)
+SIDECAR_EXTS = frozenset({".json", ".txt", ".caption", ".parquet", ".toml", ".npz"})
+# Folders that hold tool state rather than images.
+SKIP_DIRS = frozenset({".curate", ".git", ".hg", ".svn", "__MACOSX", "__pycache__"})
+
+
+def display(path: str | os.PathLike[str]) -> str:
+    """A path as text that can be stored and printed, even with undecodable bytes in it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A candidate image file inside a source tree."""
+
+    tree: SourceTree
+    relpath: str  # posix, relative to the tree root
+
+    @property
+    def shown(self) -> str:
+        return self.tree.shown(self.relpath)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that was not imported: `skipped` ones are counted as failures, `ignored` not."""
+
+    subject: str
+    reason: str
+    severity: str = "skipped"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A zip archive found while walking a folder; the importer opens it as its own tree."""
+
+    path: Path
+
+
+class SourceTree:
+    """A root the importer walks. Subclasses fill `names` (folder -> file names) while walking
+    so that sidecar lookups need no extra system calls."""
+
+    kind = "folder"
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.names: dict[str, set[str]] = {}
+
+    def shown(self, relpath: str) -> str:
+        raise NotImplementedError
+
+    def entries(self) -> Iterator[Entry | Problem | Archive]:
+        raise NotImplementedError
+
+    def read(self, relpath: str, limit: int) -> bytes:
+        raise NotImplementedError
+
+    def stamp(self, relpath: str) -> str:
+        """Changes whenever the file's content may have changed (size, mtime or CRC)."""
+        raise NotImplementedError
+
+    def has(self, relpath: str) -> bool:
+        folder, _, name = relpath.rpartition("/")
+        return name in self.names.get(folder, ())
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class FolderTree(SourceTree):
+    root: Path
+    exclude: frozenset[str] = field(default_factory=frozenset)  # real paths never walked
+    only: str | None = None  # walk just this file name (SRC was one image)
+
+    def __post_init__(self) -> None:
+        super().__init__(display(self.root))
+        self.real_root = os.path.realpath(self.root)
+
+    def shown(self, relpath: str) -> str:
+        return display(self.root / relpath) if relpath else self.label
+
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def entries(self) -> Iterator[Entry | Problem | Archive]:
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            yield from self._walk_dir(rel_dir, stack)
+
+    def _walk_dir(self, rel_dir: str, stack: list[str]) -> Iterator[Entry | Problem | Archive]:
+        folder = self.root / rel_dir if rel_dir else self.root
+        try:
+            with os.scandir(folder) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield Problem(display(folder), f"cannot list folder ({exc.strerror}): fix its permissions")
+            return
+        self.names[rel_dir] = {e.name for e in items}
+        subdirs = []
+        for item in items:
+            rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
+            if self.only is not None and item.name != self.only:
+                continue
+            found = self._classify(item, rel)
+            if found == "dir":
+                subdirs.append(rel)
+            elif found is not None:
+                yield found
+        stack.extend(reversed(subdirs))  # depth-first in name order
+
+    def _classify(self, item: os.DirEntry[str], rel: str) -> Entry | Problem | Archive | str | None:
+        shown = display(item.path)
+        if item.is_symlink():
+            try:
+                st = os.stat(item.path)
+            except OSError:
+                return Problem(shown, "broken symlink or symlink loop: fix or remove the link")
+            real = os.path.realpath(item.path)
+            if not self._inside(real):
+                return Problem(shown, f"symlink to {display(real)}, outside the source folder: "
+                               "not followed; copy the file in to import it")
+            if stat.S_ISDIR(st.st_mode):
+                return Problem(shown, "symlink to a folder inside the source: not followed "
+                               "(its files are imported from their real path)", "ignored")
+        if item.is_dir(follow_symlinks=False):
+            if item.name in SKIP_DIRS or os.path.realpath(item.path) in self.exclude:
+                return None
+            return "dir"
+        return _classify_file(self, item.name, rel, shown, Path(item.path))
+
+    def read(self, relpath: str, limit: int) -> bytes:
+        path = self.root / relpath
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise TooLarge
+        return data
+
+    def stamp(self, relpath: str) -> str:
+        st = os.stat(self.root / relpath)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _classify_file(
+    tree: SourceTree, name: str, rel: str, shown: str, path: Path | None
+) -> Entry | Problem | Archive | None:
+    ext = os.path.splitext(name)[1].lower()
+    if name.startswith("._"):
+        return Problem(shown, "macOS resource-fork file, not an image", "ignored")
+    if ext in IMAGE_EXTS:
+        return Entry(tree, rel)
+    if ext == ".zip":
+        if path is None:
+            return Problem(shown, "archive inside an archive: extract it and import the "
+                           "folder", "ignored")
+        return Archive(path)
+    if ext in SIDECAR_EXTS or name.startswith("."):
+        return None
+    what = f"'{ext}' files" if ext else "files without an extension"
+    return Problem(shown, f"not an image ({what} are not imported)", "ignored")
+
+
+class ZipTree(SourceTree):
+    kind = "zip"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(display(path))
+        self.path = path
+        try:
+            self.zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CurateError(f"{display(path)}: not a readable zip archive ({exc}); "
+                              "re-download or re-create it") from exc
+        self.infos = {i.filename: i for i in self.zf.infolist()}
+        for name in self.infos:
+            folder, _, base = name.rpartition("/")
+            self.names.setdefault(folder, set()).add(base)
+
+    def shown(self, relpath: str) -> str:
+        return f"{self.label}!/{relpath}"
+
+    def entries(self) -> Iterator[Entry | Problem | Archive]:
+        for name in sorted(self.infos):
+            info = self.infos[name]
+            if info.is_dir() or name.startswith("__MACOSX/"):
+                continue
+            problem = _unsafe_member(info)
+            if problem:
+                yield Problem(self.shown(name), problem)
+                continue
+            base = name.rpartition("/")[2]
+            found = _classify_file(self, base, name, self.shown(name), None)
+            if found is not None:
+                yield found
+
+    def read(self, relpath: str, limit: int) -> bytes:
+        info = self.infos[relpath]
+        if info.file_size > limit:
+            raise TooLarge
+        with self.zf.open(info) as fh:
+            data = fh.read(limit + 1)  # the header's size can lie (zip bombs)
+        if len(data) > limit:
+            raise TooLarge
+        return data
+
+    def stamp(self, relpath: str) -> str:
+        info = self.infos[relpath]
+        return f"{info.file_size}:{info.CRC:08x}"
+
+
+def _unsafe_member(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        return f"unsafe path '{name}' in archive refused (it points outside the archive folder)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symlink entry in archive refused: symlinks inside archives are never followed"
+    if info.flag_bits & 0x1:
+        return "encrypted entry: extract the archive with its password, then import the folder"
+    return None
+
+
+def open_source(src: Path, exclude: frozenset[str]) -> SourceTree:
+    """The tree for one SRC argument: a folder, a .zip, or a single image file."""
+    if not os.path.lexists(src):
+        raise CurateError(f"{display(src)}: no such file or folder")
+    if src.is_dir():
+        return FolderTree(src, exclude)
+    if src.is_file() and src.suffix.lower() == ".zip":
+        return ZipTree(src)
+    if src.is_file() and src.suffix.lower() in IMAGE_EXTS:
+        return FolderTree(src.parent, exclude, only=src.name)
+    raise CurateError(f"{display(src)}: not a folder, an image or a .zip archive")

@@ -1,0 +1,152 @@
+"""A workspace is a folder: `.curate/manifest.sqlite` (the state), `images/` (normalised copies
+keyed by content hash) and `curate.toml` (the options). Sources stay where they are, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from curate.atomic import atomic_write_text, sweep_temp_files
+from curate.config import CONFIG_NAME
+from curate.errors import CurateError, WorkspaceBusy
+from curate.manifest import Manifest
+from curate.record import Decision, Origin, Record, Tag
+
+STATE_DIR = ".curate"
+MANIFEST_NAME = "manifest.sqlite"
+IMAGES_DIR = "images"
+
+DEFAULT_CONFIG = """\
+# curate.toml: options for every stage of this workspace.
+# Each key can also be set for one run with `--set section.key=value`, and the common ones
+# have flags (see `curate COMMAND --help`). Flags win over --set, --set wins over this file.
+
+[import]
+# What to do with animated GIF/WebP: "first" keeps the first frame (with a warning), "skip".
+# animated = "first"
+# Images above this many pixels are refused as possible decompression bombs.
+# max_pixels = 178956970
+# Files larger than this (MiB) are refused.
+# max_file_mb = 256
+# Threads that read, hash and decode files (0 = one per CPU core).
+# workers = 0
+# Exit with status 1 if any file was skipped.
+# strict = false
+"""
+
+
+def is_workspace(path: Path) -> bool:
+    return (path / STATE_DIR / MANIFEST_NAME).is_file()
+
+
+@dataclass
+class Workspace:
+    root: Path
+    manifest: Manifest
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / IMAGES_DIR
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @classmethod
+    def open(cls, root: Path, *, create: bool = False) -> Workspace:
+        root = Path(root).absolute()
+        if not is_workspace(root):
+            if not create:
+                hint = f"create it with `curate init {root}`" if not root.exists() else (
+                    f"run `curate init {root}` or `curate import SRC --into {root}`"
+                )
+                raise CurateError(f"{root} is not a curate workspace: {hint}")
+            init_folder(root)
+        return cls(root, Manifest(root / STATE_DIR / MANIFEST_NAME))
+
+    def close(self) -> None:
+        self.manifest.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the workspace for one writer; sweep what a killed writer left behind."""
+        lock_path = self.state_dir / "lock"
+        with lock_path.open("a+") as fh:
+            try:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # Windows: no advisory locks; single-user use assumed
+                pass
+            except BlockingIOError as exc:
+                raise WorkspaceBusy(
+                    f"{self.root} is in use by another curate process; wait for it to finish"
+                ) from exc
+            sweep_temp_files(self.images_dir)
+            yield
+
+    def stored_file(self, sha256: str, ext: str) -> Path:
+        return self.images_dir / sha256[:2] / f"{sha256}{ext}"
+
+    def records(self) -> list[Record]:
+        """Every image in the manifest as a Record, in import order."""
+        m = self.manifest
+        origins: dict[str, list[Origin]] = {}
+        for r in m.rows("SELECT * FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):
+            origins.setdefault(r["image_sha256"], []).append(
+                Origin(r["source_path"], r["source_kind"], r["source_root"],
+                       MappingProxyType(json.loads(r["metadata"])))
+            )
+        tags: dict[str, list[Tag]] = {}
+        for r in m.rows("SELECT * FROM tags ORDER BY image_sha256, source, tag"):
+            tags.setdefault(r["image_sha256"], []).append(
+                Tag(r["tag"], r["category"], r["confidence"], r["source"])
+            )
+        captions = {r["image_sha256"]: r["text"] for r in m.rows(
+            "SELECT image_sha256, text FROM captions ORDER BY source DESC")}
+        decisions: dict[str, list[Decision]] = {}
+        for r in m.rows("SELECT * FROM decisions WHERE image_sha256 IS NOT NULL ORDER BY id"):
+            decisions.setdefault(r["image_sha256"], []).append(
+                Decision(r["stage"], r["verdict"], r["reason"], r["subject"])
+            )
+        return [
+            Record(
+                sha256=r["sha256"], path=self.root / r["stored_path"], width=r["width"],
+                height=r["height"], mode=r["mode"], format=r["format"],
+                origins=tuple(origins.get(r["sha256"], ())),
+                tags=tuple(tags.get(r["sha256"], ())),
+                caption=captions.get(r["sha256"]),
+                decisions=tuple(decisions.get(r["sha256"], ())),
+                extra=MappingProxyType({"changes": json.loads(r["changes"])}),
+            )
+            for r in m.rows("SELECT * FROM images ORDER BY rowid")
+        ]
+
+
+def init_folder(root: Path) -> None:
+    """Create the workspace folders and a commented curate.toml (an existing one is kept)."""
+    if root.exists() and not root.is_dir():
+        raise CurateError(f"{root} exists and is not a folder: choose another workspace path")
+    try:
+        (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        (root / IMAGES_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CurateError(f"cannot create workspace {root}: {exc.strerror}") from exc
+    config = root / CONFIG_NAME
+    if not config.exists():
+        atomic_write_text(config, DEFAULT_CONFIG)

@@ -1,0 +1,160 @@
+"""Perceptual hashing of files: bounds on how far copies drift and how far photos stay apart."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from curate.stages.dedupe.hashing import (
+    DECODE_MODES,
+    METHODS,
+    FileHash,
+    hash_bits,
+    hash_file,
+    hash_files,
+    hash_key,
+    prepare,
+)
+
+# Bundled with scikit-image (no download); chosen so every two are > 20 bits apart in phash.
+PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "coins", "horse",
+          "hubble_deep_field", "immunohistochemistry")
+COPY_MAX_DISTANCE = 6
+DIFFERENT_MIN_DISTANCE = 21
+
+
+def distance(a: int | None, b: int | None) -> int:
+    assert a is not None and b is not None
+    return (a ^ b).bit_count()
+
+
+def photo(name: str) -> Image.Image:
+    pixels = getattr(data, name)()
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    return Image.fromarray(pixels).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in PHOTOS:
+        paths[name] = folder / f"{name}.png"
+        photo(name).save(paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("decode", DECODE_MODES)
+@pytest.mark.parametrize("name", PHOTOS)
+def test_resized_and_recompressed_copies_stay_close(name: str, decode: str, tmp_path: Path) -> None:
+    image = photo(name)
+    w, h = image.size
+    copies = {
+        "q40.jpg": image,
+        "half.png": image.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "three_quarters.jpg": image.resize((w * 3 // 4, h * 3 // 4), Image.Resampling.BILINEAR),
+    }
+    original = tmp_path / "original.png"
+    image.save(original)
+    reference = hash_file(original, decode=decode).value
+    for suffix, copy in copies.items():
+        path = tmp_path / f"copy_{suffix}"
+        copy.save(path, **({"quality": 40} if suffix.endswith(".jpg") else {}))
+        assert distance(hash_file(path, decode=decode).value, reference) <= COPY_MAX_DISTANCE, suffix
+
+
+@pytest.mark.parametrize("decode", DECODE_MODES)
+def test_different_photos_are_far_apart(photos: dict[str, Path], decode: str) -> None:
+    hashes = {name: hash_file(path, decode=decode).value for name, path in photos.items()}
+    for a, b in itertools.combinations(PHOTOS, 2):
+        assert distance(hashes[a], hashes[b]) >= DIFFERENT_MIN_DISTANCE, (a, b)
+
+
+def test_value_is_the_number_imagehash_prints(photos: dict[str, Path]) -> None:
+    for method, size in [("phash", 8), ("dhash", 16), ("colorhash", 3)]:
+        with Image.open(photos["coffee"]) as image:
+            expected = METHODS[method](prepare(image, "full"), size)
+        got = hash_file(photos["coffee"], method, size, decode="full").value
+        assert got == int(str(expected), 16)
+        assert got is not None and got.bit_length() <= hash_bits(method, size)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_hashes(photos: dict[str, Path], method: str) -> None:
+    result = hash_file(photos["astronaut"], method, 8)
+    assert result.error is None and isinstance(result.value, int)
+
+
+def test_corrupt_and_missing_files_give_a_reason(photos: dict[str, Path], tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.jpg"
+    photo("astronaut").save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    text = tmp_path / "page.jpg"
+    text.write_text("<html>404 not found</html>")
+    for path in (truncated, text, tmp_path / "missing.png"):
+        result = hash_file(path)
+        assert result.value is None and result.mirrored is None
+        assert result.error and path.name in result.error and "\n" not in result.error
+
+
+def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
+    rgba = photo("chelsea").convert("RGBA")
+    alpha = np.zeros((rgba.height, rgba.width), np.uint8)
+    alpha[40:-40, 60:-60] = 255  # a cut-out: transparent border, as background removal leaves
+    rgba.putalpha(Image.fromarray(alpha))
+    black_under = Image.composite(rgba, Image.new("RGBA", rgba.size, (0, 0, 0, 0)), rgba)
+    black_under.save(tmp_path / "cutout.png")  # transparent pixels hold black, as is common
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    Image.alpha_composite(white, rgba).convert("RGB").save(tmp_path / "on_white.png")
+    black_under.convert("RGB").save(tmp_path / "alpha_dropped.png")
+    for decode in DECODE_MODES:
+        cutout = hash_file(tmp_path / "cutout.png", decode=decode).value
+        assert cutout == hash_file(tmp_path / "on_white.png", decode=decode).value
+        assert distance(cutout, hash_file(tmp_path / "alpha_dropped.png", decode=decode).value) > 6
+
+
+def test_flip_invariant_gives_the_mirror_hash(photos: dict[str, Path], tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror.png"
+    photo("astronaut").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+    original = hash_file(photos["astronaut"], flip_invariant=True)
+    flipped = hash_file(mirror)
+    assert original.mirrored is not None and flipped.mirrored is None
+    assert distance(original.value, flipped.value) > 20
+    assert distance(original.mirrored, flipped.value) <= 2
+
+
+def test_hash_files_matches_hash_file_in_order(photos: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n nothing else")
+    paths = [*photos.values(), broken] * 8  # enough files for two worker processes
+    results = hash_files(paths, "dhash", workers=2, flip_invariant=True)
+    expected = {p: hash_file(p, "dhash", flip_invariant=True) for p in set(paths)}
+    assert results == [expected[p] for p in paths]
+    assert all(isinstance(r, FileHash) for r in results)
+    assert sum(r.value is None for r in results) == 8
+
+
+def test_keys_and_validation() -> None:
+    assert hash_key() == "phash-8-draft"
+    assert hash_key("dhash", 16, "full") == "dhash-16-full"
+    assert hash_bits("phash", 16) == 256 and hash_bits("colorhash", 3) == 42
+    with pytest.raises(ValueError, match="phash, dhash, whash, ahash, colorhash"):
+        hash_key("md5")
+    with pytest.raises(ValueError, match="draft, full"):
+        hash_file("x.png", decode="fast")
+    with pytest.raises(ValueError, match="power-of-two"):
+        hash_key("whash", 6)
+
+
+def test_imagehash_agrees_on_distance(photos: dict[str, Path]) -> None:
+    a = hash_file(photos["coffee"], decode="full").value
+    b = hash_file(photos["rocket"], decode="full").value
+    assert a is not None and b is not None
+    assert imagehash.hex_to_hash(f"{a:016x}") - imagehash.hex_to_hash(f"{b:016x}") == distance(a, b)
