@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   run curate on the bundled fixtures (builds them first)
+#   make test   lint + the test suite
+# Each creates .venv if it is missing. PYTHON picks the interpreter used to create it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= build/demo
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(VENV)/.installed
+
+# The stamp depends on pyproject.toml so that a changed dependency list reinstalls.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/python -m fixtures.scrape $(DEMO)/fixtures
+	$(BIN)/curate import $(DEMO)/fixtures/scrape --into $(DEMO)/workspace
+	$(BIN)/curate status $(DEMO)/workspace
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/dedupe_bench.py
+
+clean:
+	rm -rf build $(VENV)
