@@ -22,6 +22,7 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/python -m fixtures.scrape $(DEMO)/fixtures
 	$(BIN)/curate import $(DEMO)/fixtures/scrape --into $(DEMO)/workspace
+	$(BIN)/curate dedupe $(DEMO)/workspace --report $(DEMO)/dedupe.html
 	$(BIN)/curate status $(DEMO)/workspace
 
 lint: venv

@@ -80,11 +80,32 @@ CREATE TABLE runs (
 );
 """
 
+# Perceptual hashes for `curate dedupe`; plain-folder runs keep the same table in their cache.
+HASHES_TABLE = """
+CREATE TABLE IF NOT EXISTS hashes (
+    image_sha256 TEXT NOT NULL,
+    hash_key     TEXT NOT NULL,  -- e.g. phash-8-draft: only equal keys compare
+    value        TEXT NOT NULL,  -- hex, as imagehash prints it
+    mirrored     TEXT,           -- hash of the left-right mirror image, when it was asked for
+    PRIMARY KEY (image_sha256, hash_key)
+);
+"""
 # Each step is one SQL script; it runs in one transaction together with its version bump.
 MIGRATIONS: dict[int, str] = {
     1: _SCHEMA_V1,
+    2: HASHES_TABLE,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+
+
+# Stages whose every run decides about all images afresh (a dedupe at another threshold):
+# only the decisions of their latest finished run count. Import decisions accumulate.
+REPLACING_STAGES = ("dedupe",)
+CURRENT_DECISION = (
+    f"(decisions.stage NOT IN ({', '.join(repr(s) for s in REPLACING_STAGES)}) OR decisions.run_id = "
+    "(SELECT MAX(runs.id) FROM runs WHERE runs.command = decisions.stage "
+    "AND runs.finished_at IS NOT NULL))"
+)
 
 
 def now() -> str:
@@ -173,7 +194,7 @@ class Manifest:
 
     def verdict_counts(self) -> list[tuple[str, str, int]]:
         rows = self.db.execute(
-            "SELECT stage, verdict, COUNT(*) AS n FROM decisions "
+            f"SELECT stage, verdict, COUNT(*) AS n FROM decisions WHERE {CURRENT_DECISION} "
             "GROUP BY stage, verdict ORDER BY stage, verdict"
         )
         return [(r["stage"], r["verdict"], r["n"]) for r in rows]
@@ -184,7 +205,7 @@ class Manifest:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def decisions(self, stage: str | None = None, verdict: str | None = None) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM decisions WHERE 1=1", []
+        sql, args = f"SELECT * FROM decisions WHERE {CURRENT_DECISION}", []
         if stage is not None:
             sql, args = sql + " AND stage = ?", [*args, stage]
         if verdict is not None:

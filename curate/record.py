@@ -19,6 +19,10 @@ REPAIRED = "repaired"
 MERGED = "merged"
 SKIPPED = "skipped"
 WARNING = "warning"
+DUPLICATE = "duplicate"  # dedupe: another image of the group was kept; reason names it
+KEPT = "kept"  # dedupe: this image stands for its group
+# An image with a current decision of one of these verdicts is left out of later stages.
+EXCLUDING = frozenset({DUPLICATE})
 
 # Tag categories, as in Danbooru / WD14 `selected_tags.csv` plus the namespaces scrapers use.
 GENERAL = "general"
@@ -79,6 +83,10 @@ class Record:
     @property
     def has_alpha(self) -> bool:
         return self.mode in ("RGBA", "LA", "PA")
+
+    @property
+    def excluded(self) -> bool:
+        return any(d.verdict in EXCLUDING for d in self.decisions)
 
     def tag_confidences(self, source: str | None = None) -> dict[str, float]:
         """Tag -> confidence, highest confidence wins when several sources name a tag."""

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from curate.atomic import atomic_write_text, sweep_temp_files
 from curate.config import CONFIG_NAME
 from curate.errors import CurateError, WorkspaceBusy
-from curate.manifest import Manifest
+from curate.manifest import CURRENT_DECISION, Manifest
 from curate.record import Decision, Origin, Record, Tag
 
 STATE_DIR = ".curate"
@@ -37,6 +37,25 @@ DEFAULT_CONFIG = """\
 # workers = 0
 # Exit with status 1 if any file was skipped.
 # strict = false
+
+[dedupe]
+# Perceptual hash: phash, dhash, whash, ahash or colorhash; hash_size 8 gives 64 bits.
+# hash = "phash"
+# hash_size = 8
+# Largest Hamming distance that counts as a near duplicate (default 10 of 64 bits), or the
+# same as a percentage with similarity (90 = at most 10% of the bits differ).
+# threshold = 10
+# similarity = 90
+# Which image of a group stays: "largest", "first" (imported) or "newest" (imported).
+# keep = "largest"
+# Also match left-right mirrored copies.
+# flip_invariant = false
+# "draft" decodes JPEGs at reduced size (fast); "full" decodes them whole.
+# decode = "draft"
+# Confirm looser matches by feature matching (catches crops and watermarks).
+# verify = true
+# Hashing processes (0 = one per core).
+# workers = 0
 """
 
 
@@ -120,7 +139,8 @@ class Workspace:
         captions = {r["image_sha256"]: r["text"] for r in m.rows(
             "SELECT image_sha256, text FROM captions ORDER BY source DESC")}
         decisions: dict[str, list[Decision]] = {}
-        for r in m.rows("SELECT * FROM decisions WHERE image_sha256 IS NOT NULL ORDER BY id"):
+        current = f"SELECT * FROM decisions WHERE image_sha256 IS NOT NULL AND {CURRENT_DECISION}"
+        for r in m.rows(current + " ORDER BY id"):
             decisions.setdefault(r["image_sha256"], []).append(
                 Decision(r["stage"], r["verdict"], r["reason"], r["subject"])
             )
@@ -136,6 +156,11 @@ class Workspace:
             )
             for r in m.rows("SELECT * FROM images ORDER BY rowid")
         ]
+
+
+    def active_records(self) -> list[Record]:
+        """The images later stages work on: those no stage has excluded (e.g. duplicates)."""
+        return [r for r in self.records() if not r.excluded]
 
 
 def init_folder(root: Path) -> None:

@@ -16,6 +16,7 @@ from curate.cli._common import handle_errors
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("curate.cli.init_cmd", "Create a workspace with a commented curate.toml."),
     "import": ("curate.cli.import_cmd", "Import scraped images, tags and captions into a workspace."),
+    "dedupe": ("curate.cli.dedupe_cmd", "Find exact and near-duplicate images; report, move or mark them."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
 }
 
@@ -51,6 +52,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     A 30-second tour:
       curate import ./raw ./gallery-dl --into ws   # copy in images, tags, captions
+      curate dedupe ws --report dedupe.html        # duplicates marked, shown side by side
       curate status ws                             # what came in, what was skipped and why
     Every command takes --json for scripts and --help with examples.
     """

@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import imagehash
 import numpy as np
@@ -38,6 +38,8 @@ DECODE_MODES = ("draft", "full")
 DRAFT_FACTOR = 8
 # Below this many files per worker a pool costs more to start than it saves.
 MIN_FILES_PER_WORKER = 32
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 def _phash(image: Image.Image, size: int) -> imagehash.ImageHash:
@@ -122,12 +124,23 @@ def hash_file(
     _check(method, hash_size, decode)
     try:
         with Image.open(path) as image:
-            flat = prepare(image, decode, hash_size * DRAFT_FACTOR)
-            value, mirrored = hash_image(flat, method, hash_size, flip_invariant)
+            return hash_opened(image, method, hash_size, decode, flip_invariant)
     except Exception as exc:  # any decoder failure is a property of the file, not a bug here
-        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        return FileHash(None, None, f"cannot decode {Path(path).name}: {detail}")
+        return FileHash(None, None, f"cannot decode {Path(path).name}: {decode_error(exc)}")
+
+
+def hash_opened(
+    image: Image.Image, method: str, hash_size: int, decode: str, flip_invariant: bool
+) -> FileHash:
+    """Hash an image that was just opened (nothing decoded yet); decoder errors propagate."""
+    flat = prepare(image, decode, hash_size * DRAFT_FACTOR)
+    value, mirrored = hash_image(flat, method, hash_size, flip_invariant)
     return FileHash(value, mirrored)
+
+
+def decode_error(exc: BaseException) -> str:
+    """First line of a decoder's complaint, for a one-line reason."""
+    return (str(exc).splitlines() or [""])[0] or type(exc).__name__
 
 
 def prepare(image: Image.Image, decode: str = "draft", min_side: int = 8 * DRAFT_FACTOR) -> Image.Image:
@@ -189,14 +202,19 @@ def iter_hashes(
     one = partial(
         hash_file, method=method, hash_size=hash_size, decode=decode, flip_invariant=flip_invariant
     )
-    workers = min(workers or os.cpu_count() or 1, max(1, len(paths) // MIN_FILES_PER_WORKER))
+    yield from pool_map(one, paths, workers)
+
+
+def pool_map(fn: Callable[[A], R], items: Sequence[A], workers: int | None = None) -> Iterator[R]:
+    """fn over items, results in order, on a process pool over all cores (inline when few)."""
+    workers = min(workers or os.cpu_count() or 1, max(1, len(items) // MIN_FILES_PER_WORKER))
     if workers == 1:
-        yield from map(one, paths)
+        yield from map(fn, items)
         return
-    chunksize = max(1, min(64, len(paths) // (workers * 8)))
+    chunksize = max(1, min(64, len(items) // (workers * 8)))
     # forkserver: forking a process that already runs threads (a progress bar's) can deadlock.
     with _context().Pool(workers) as pool:
-        yield from pool.imap(one, paths, chunksize=chunksize)
+        yield from pool.imap(fn, items, chunksize=chunksize)
 
 
 def hash_files(

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.config import CONFIG_NAME, stage_config
+
+
+@click.command("dedupe")
+@click.argument("target", required=False, type=click.Path(path_type=Path))
+@click.option("--hash", "hash_", type=click.Choice(["phash", "dhash", "whash", "ahash", "colorhash"]),
+              default=None, help="Perceptual hash (default phash).")
+@click.option("--hash-size", type=int, default=None, help="Hash size (default 8: 64-bit hashes).")
+@click.option("--threshold", type=int, default=None,
+              help="Largest Hamming distance that is a near duplicate (default 10 of 64 bits).")
+@click.option("--similarity", type=float, default=None,
+              help="The same as a percentage: 90 = at most 10%% of the bits differ.")
+@click.option("--keep", type=click.Choice(["largest", "first", "newest"]), default=None,
+              help="Which image of a group stays (default largest: most pixels, then bytes, PNG over JPEG).")
+@click.option("--keep-list", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Images that always stay, one per line (default TARGET/keep.txt if present).")
+@click.option("--flip-invariant", is_flag=True, default=None, help="Also match mirrored copies.")
+@click.option("--decode", type=click.Choice(["draft", "full"]), default=None,
+              help="draft: fast reduced JPEG decoding (default); full: as imagehash alone.")
+@click.option("--verify/--no-verify", default=None,
+              help="Confirm looser matches by feature matching, to catch crops (default on).")
+@click.option("--workers", type=int, default=None, help="Hashing processes (0 = one per core).")
+@click.option("--move-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Plain folder: move duplicates (and their sidecars) here; never deletes.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a static HTML page showing every group side by side.")
+@click.option("--undo", type=click.Path(dir_okay=False, path_type=Path),
+              help="Move files back as recorded in DIR/dedupe.json by an earlier --move-to DIR.")
+@click.option("--dry-run", is_flag=True, help="Show what would be moved or marked; change nothing.")
+@config_options
+@output_options
+def command(target: Path | None, hash_: str | None, hash_size: int | None, threshold: int | None,
+            similarity: float | None, keep: str | None, keep_list: Path | None,
+            flip_invariant: bool | None, decode: str | None, verify: bool | None, workers: int | None,
+            move_to: Path | None, report: Path | None, undo: Path | None, dry_run: bool,
+            config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
+            verbose: bool) -> None:
+    """Find exact and near-duplicate images in TARGET: a plain folder or a workspace.
+
+    \b
+    A plain folder gets a report of each group and which file is kept and why; --move-to
+    moves the others aside (with their sidecars; undo with --undo DIR/dedupe.json). In a
+    workspace, duplicates are marked in the manifest and left out of later stages; each run
+    replaces the previous run's marks. Hashes are cached, so a re-run only hashes new files.
+
+    \b
+    Examples:
+      curate dedupe ./raw                              # report only
+      curate dedupe ./raw --similarity 90 --report dedupe.html
+      curate dedupe ./raw --move-to ./raw-duplicates   # then: --undo raw-duplicates/dedupe.json
+      curate dedupe ws --keep first --json
+    """
+    out = Out(as_json, quiet, verbose)
+    if undo is not None:
+        _undo(out, undo, dry_run)
+        return
+    if target is None:
+        raise click.UsageError("name a folder or workspace to deduplicate (or --undo RECORD)")
+    from curate.stages.dedupe.config import DedupeConfig
+    from curate.stages.dedupe.run import dedupe
+
+    config = stage_config(DedupeConfig, "dedupe", config_file or target / CONFIG_NAME, overrides, {
+        "hash": hash_, "hash_size": hash_size, "threshold": threshold, "similarity": similarity,
+        "keep": keep, "flip_invariant": flip_invariant, "decode": decode, "verify": verify,
+        "workers": workers})
+    with out.progress("hashing") as progress:
+        result = dedupe(target, config, keep_list=keep_list, move_to=move_to, report=report,
+                        dry_run=dry_run, on_progress=progress)
+    _print(out, result, move_to)
+
+
+def _print(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-untyped-def]
+    if out.as_json:
+        out.json(result.as_dict())
+        return
+    out.problems("skipped", result.skipped)
+    out.problems("warning", result.warnings)
+    out.problems("ignored", result.ignored, always=False)
+    if len(result.items) < 2:
+        found = "no images" if not result.items else "only one image"
+        out.line(f"{found} in {result.target}: nothing to compare")
+        return
+    if not out.quiet:
+        groups = result.groups if out.verbose else result.groups[:LIST_LIMIT]
+        for g in groups:
+            out.line(f"keep {result.items[g.keeper].shown}  ({g.why})")
+            for i in g.also_kept:
+                out.line(f"  keep {result.items[i].shown}  (listed in the keep list)")
+            for m in g.duplicates:
+                out.line(f"  dup  {result.items[m.index].shown}  ({m.relation}, distance {m.distance})")
+        if len(result.groups) > len(groups):
+            out.line(f"... and {len(result.groups) - len(groups)} more groups (-v lists all)")
+    counts = result.as_dict()["counts"]
+    out.table(f"dedupe of {result.target} ({result.hash_key}, threshold {result.threshold})",
+              list(counts.items()), ("", "count"))
+    if out.quiet:
+        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    _next_step(out, result, move_to)
+
+
+def _next_step(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-untyped-def]
+    if result.report:
+        out.line(f"report: {result.report}")
+    if result.mode == "workspace":
+        verb = "would mark" if result.dry_run else "marked"
+        out.line(f"{verb} {result.duplicates} duplicates; later stages leave them out")
+    elif move_to is None and result.duplicates:
+        out.line(f"report only, nothing moved: add --move-to DIR to move the {result.duplicates} "
+                 "duplicates aside")
+    elif move_to is not None:
+        verb = "would move" if result.dry_run else "moved"
+        out.line(f"{verb} {len(result.moved)} files to {move_to}"
+                 + (f"; undo with: curate dedupe --undo {result.undo_record}" if result.undo_record else ""))
+
+
+def _undo(out: Out, record: Path, dry_run: bool) -> None:
+    from curate.stages.dedupe.move import undo_moves
+
+    restored, refused = undo_moves(record, dry_run)
+    if out.as_json:
+        out.json({"restored": restored, "dry_run": dry_run,
+                  "refused": [{"file": f, "reason": r} for f, r in refused]})
+        return
+    out.problems("refused", refused)
+    out.line(f"{'would restore' if dry_run else 'restored'} {len(restored)} files")

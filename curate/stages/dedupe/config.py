@@ -1,0 +1,55 @@
+"""Options of `curate dedupe` (the `[dedupe]` table of curate.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from curate.errors import CurateError
+from curate.stages.dedupe.hashing import hash_bits
+
+# Hamming distance of 64 bits below which two phashes count as the same picture without a
+# second look; chosen from bench/dedupe_accuracy.py (docs/benchmarks.md, "Dedupe accuracy").
+DEFAULT_THRESHOLD_64 = 10
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    # Perceptual hash (imagehash): phash is the most robust to resizing and recompression.
+    hash: Literal["phash", "dhash", "whash", "ahash", "colorhash"] = "phash"
+    hash_size: int = 8
+    # Largest Hamming distance that counts as a near duplicate; None = the default for the
+    # hash length (10 of 64 bits), or what `similarity` says.
+    threshold: int | None = None
+    # The same as a percentage, the way czkawka and dupeGuru users say it: 90 = at most 10% of
+    # the bits differ. Ignored when threshold is set.
+    similarity: float | None = None
+    # Which image of a group stays: largest (most pixels, then bytes, then PNG over JPEG),
+    # first (first path / first imported) or newest (newest file / last imported).
+    keep: Literal["largest", "first", "newest"] = "largest"
+    # Also match left-right mirrored copies.
+    flip_invariant: bool = False
+    # "draft" decodes JPEGs at reduced size (fast); "full" as imagehash alone would.
+    decode: Literal["draft", "full"] = "draft"
+    # Confirm looser hash matches by feature matching, to catch crops and overlays that move
+    # the hash too far (see stages/dedupe/verify.py).
+    verify: bool = True
+    # Processes hashing images (0 = one per core).
+    workers: int = 0
+
+    def bits(self) -> int:
+        return hash_bits(self.hash, self.hash_size)
+
+    def effective_threshold(self) -> int:
+        bits = self.bits()
+        if self.threshold is not None:
+            if not 0 <= self.threshold <= bits:
+                raise CurateError(f"dedupe.threshold = {self.threshold}: must be 0..{bits} for "
+                                  f"{self.hash} at hash_size {self.hash_size}")
+            return self.threshold
+        if self.similarity is not None:
+            if not 0 < self.similarity <= 100:
+                raise CurateError(f"dedupe.similarity = {self.similarity}: must be a percentage "
+                                  "in (0, 100], e.g. 90")
+            return int(bits * (100 - self.similarity) / 100 + 1e-9)
+        return round(DEFAULT_THRESHOLD_64 * bits / 64)

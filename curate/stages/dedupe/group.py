@@ -1,0 +1,140 @@
+"""Duplicate groups from hashes: exact copies, same pixels, near duplicates; and who stays.
+
+Images with equal hashes are collapsed first, so a thousand copies of one blank image cost one
+search node. Pairs within the threshold join a group (union-find, single linkage). With
+`verify`, pairs within a looser candidate threshold are also looked at by feature matching
+(`verify.py`), which catches crops and overlays that move a perceptual hash too far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from curate.stages.dedupe.cache import Hash
+from curate.stages.dedupe.clusters import component_labels, groups_from_labels
+from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.keep import choose
+from curate.stages.dedupe.scan import Item
+from curate.stages.dedupe.search import Pairs, collapse, pack_hashes, popcount, search_unique
+
+# How a duplicate relates to the image kept in its place.
+SAME_FILE = "same-file"
+SAME_PIXELS = "same-pixels"
+NEAR = "near"
+
+
+@dataclass(frozen=True)
+class Member:
+    index: int
+    relation: str  # SAME_FILE, SAME_PIXELS or NEAR (to the kept image)
+    distance: int  # Hamming distance of the hashes to the kept image's
+
+
+@dataclass(frozen=True)
+class Group:
+    keeper: int
+    why: str  # why the keeper was chosen
+    duplicates: tuple[Member, ...]
+    also_kept: tuple[int, ...] = ()  # further members the keep list names: never duplicates
+
+    @property
+    def members(self) -> list[int]:
+        return [self.keeper, *self.also_kept, *(m.index for m in self.duplicates)]
+
+
+Confirm = Callable[[Sequence[Item], list[tuple[int, int]]], list[tuple[int, int]]]
+
+
+def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeConfig,
+                keep: set[int] | None = None, confirm: Confirm | None = None) -> list[Group]:
+    """Duplicate groups (two or more images), each with the member to keep."""
+    n = len(items)
+    if n < 2:
+        return []
+    bits = config.bits()
+    words = pack_hashes([h[0] for h in hashes], bits)
+    if config.flip_invariant:
+        words = np.concatenate([words, pack_hashes([h[1] or 0 for h in hashes], bits)])
+    unique, inverse = collapse(words)
+    found = search_unique(unique, config.effective_threshold(), bits, config.workers or None)
+    i, j = [found.i], [found.j]
+    if config.flip_invariant:  # each image is the same picture as its own mirror
+        i.append(inverse[:n])
+        j.append(inverse[n:])
+    if config.verify and confirm is not None:
+        ci, cj = _confirmed(items, unique, inverse, found, config, confirm)
+        i.append(ci)
+        j.append(cj)
+    labels = component_labels(len(unique), np.concatenate(i), np.concatenate(j))[inverse[:n]]
+    values = np.asarray(words)
+    return [_make_group(g, items, values, n, config, keep or set())
+            for g in groups_from_labels(labels, 2)]
+
+
+def _confirmed(items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, strict: Pairs,
+               config: DedupeConfig, confirm: Confirm) -> tuple[np.ndarray, np.ndarray]:
+    """Unique-hash pairs beyond the threshold but within the candidate one that `confirm` accepts."""
+    from curate.stages.dedupe.verify import candidate_threshold
+
+    loose = candidate_threshold(config.hash, config.hash_size)
+    if loose <= config.effective_threshold():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    cand = search_unique(unique, loose, config.bits(), config.workers or None)
+    known = set(zip(strict.i.tolist(), strict.j.tolist(), strict=True))
+    todo = [(a, b) for a, b in zip(cand.i.tolist(), cand.j.tolist(), strict=True) if (a, b) not in known]
+    if not todo:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    n = len(items)
+    rep = np.full(len(unique), -1, dtype=np.int64)  # first item with each unique hash
+    positions = np.arange(len(inverse) - 1, -1, -1)
+    rep[inverse[positions]] = positions % n
+    pairs = [(int(rep[a]), int(rep[b])) for a, b in todo]
+    ok = set(confirm(items, [p for p in pairs if p[0] != p[1]]))
+    kept = [(a, b) for (a, b), p in zip(todo, pairs, strict=True) if p in ok or p[::-1] in ok]
+    if not kept:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    arr = np.asarray(kept, dtype=np.int64)
+    return arr[:, 0], arr[:, 1]
+
+
+def _make_group(members: list[int], items: Sequence[Item], words: np.ndarray, n: int,
+                config: DedupeConfig, keep: set[int]) -> Group:
+    keeper, why = choose(members, items, config.keep, keep)
+    also = tuple(m for m in members if m in keep and m != keeper)
+    dups = []
+    for m in members:
+        if m == keeper or m in also:
+            continue
+        distance = _distance(words, m, keeper, n, config.flip_invariant)
+        dups.append(Member(m, _relation(items[m], items[keeper], distance), distance))
+    return Group(keeper, why, tuple(dups), also)
+
+
+def _distance(words: np.ndarray, a: int, b: int, n: int, flip: bool) -> int:
+    pairs = [(a, b)] + ([(a + n, b), (a, b + n)] if flip else [])
+    return min(int(popcount(words[x] ^ words[y]).sum()) for x, y in pairs)
+
+
+def _relation(item: Item, keeper: Item, distance: int) -> str:
+    if item.sha256 == keeper.sha256:
+        return SAME_FILE
+    if distance == 0 and (item.width, item.height) == (keeper.width, keeper.height) and (
+        pixel_digest(item.path) == pixel_digest(keeper.path) is not None
+    ):
+        return SAME_PIXELS
+    return NEAR
+
+
+def pixel_digest(path: object) -> str | None:
+    """sha256 of the upright RGBA pixels: equal for a PNG and its lossless re-encodings."""
+    try:
+        with Image.open(path) as image:  # type: ignore[arg-type]
+            upright = ImageOps.exif_transpose(image).convert("RGBA")
+            return hashlib.sha256(f"{upright.size}".encode() + upright.tobytes()).hexdigest()
+    except Exception:  # an unreadable file simply has no pixel identity
+        return None

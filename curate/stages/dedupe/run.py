@@ -1,0 +1,178 @@
+"""`curate dedupe`: the one entry point, for a plain folder or a workspace.
+
+On a plain folder the default is a report; `move_to` moves the duplicates aside (never
+deletes). In a workspace every duplicate gets a `duplicate` decision naming the image kept
+in its place, and later stages leave it out; each run replaces the previous run's decisions,
+atomically with the run's end, so a killed run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.manifest import now
+from curate.record import DUPLICATE, KEPT
+from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.group import Group, find_groups
+from curate.stages.dedupe.hashing import hash_key
+from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
+from curate.stages.dedupe.move import apply_moves, plan_moves
+from curate.stages.dedupe.report import write_report
+from curate.stages.dedupe.scan import Item, ProgressFn, Scan, scan_folder, scan_workspace
+from curate.workspace import Workspace, is_workspace
+
+STAGE = "dedupe"
+RELATION_TEXT = {"same-file": "identical file", "same-pixels": "same pixels",
+                 "near": "near duplicate"}
+
+
+@dataclass
+class DedupeResult:
+    target: str
+    mode: str  # "folder" or "workspace"
+    dry_run: bool
+    threshold: int
+    hash_key: str
+    items: list[Item] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    hashed: int = 0
+    report: str | None = None
+    undo_record: str | None = None
+
+    @property
+    def duplicates(self) -> int:
+        return sum(len(g.duplicates) for g in self.groups)
+
+    def reason(self, member_index: int, group: Group) -> str:
+        m = next(x for x in group.duplicates if x.index == member_index)
+        kept = self.items[group.keeper]
+        return (f"duplicate-of {kept.sha256[:16]} ({kept.shown}): {RELATION_TEXT[m.relation]}, "
+                f"hash distance {m.distance}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "mode": self.mode, "dry_run": self.dry_run,
+            "hash": self.hash_key, "threshold": self.threshold,
+            "counts": {"images": len(self.items), "groups": len(self.groups),
+                       "duplicates": self.duplicates, "skipped": len(self.skipped),
+                       "hashed": self.hashed, "moved": len(self.moved)},
+            "groups": [self._group_dict(g) for g in self.groups],
+            "moved": [{"from": a, "to": b} for a, b in self.moved],
+            "report": self.report, "undo_record": self.undo_record,
+            **{k: [{"file": f, "reason": r} for f, r in getattr(self, k)]
+               for k in ("skipped", "ignored", "warnings")},
+        }
+
+    def _group_dict(self, g: Group) -> dict[str, Any]:
+        def info(i: int) -> dict[str, Any]:
+            it = self.items[i]
+            return {"file": it.shown, "sha256": it.sha256, "width": it.width, "height": it.height,
+                    "bytes": it.file_bytes, "format": it.format}
+        return {"kept": {**info(g.keeper), "why": g.why},
+                "also_kept": [info(i) for i in g.also_kept],
+                "duplicates": [{**info(m.index), "relation": m.relation, "distance": m.distance}
+                               for m in g.duplicates]}
+
+
+def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
+           move_to: Path | None = None, report: Path | None = None, dry_run: bool = False,
+           on_progress: ProgressFn | None = None) -> DedupeResult:
+    """Find duplicate groups in a folder or workspace and act on them (see module doc)."""
+    target = Path(target).absolute()
+    if not target.is_dir():
+        what = "does not exist" if not target.exists() else "is not a folder"
+        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
+    result = DedupeResult(str(target), "workspace" if is_workspace(target) else "folder", dry_run,
+                          config.effective_threshold(),
+                          hash_key(config.hash, config.hash_size, config.decode))
+    if result.mode == "workspace":
+        if move_to is not None:
+            raise CurateError("--move-to is for plain folders: in a workspace duplicates are "
+                              "marked in the manifest and left out of later stages")
+        with Workspace.open(target) as ws, ws.lock():
+            scan = scan_workspace(ws, config, save=not dry_run, on_progress=on_progress)
+            _group(result, scan, config, keep_list, target)
+            if not dry_run:
+                _record(ws, result, config)
+    else:
+        if move_to is not None and Path(move_to).absolute() == target:
+            raise CurateError("--move-to must be another folder than the one deduplicated")
+        scan = scan_folder(target, config, [move_to] if move_to else [], on_progress=on_progress)
+        _group(result, scan, config, keep_list, target)
+        if move_to is not None:
+            _move(result, target, Path(move_to).absolute(), dry_run)
+    if report is not None:
+        write_report(Path(report), result.items, result.groups, f"curate dedupe: {target}",
+                     _summary_line(result))
+        result.report = str(Path(report).absolute())
+    return result
+
+
+def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Path | None,
+           root: Path) -> None:
+    result.items, result.hashed = scan.items, scan.hashed
+    result.skipped, result.ignored = scan.skipped, scan.ignored
+    if keep_list is None and (root / KEEP_FILE).is_file():
+        keep_list = root / KEEP_FILE
+    chosen: set[int] = set()
+    if keep_list is not None:
+        chosen, unmatched = match_keep_list(scan.items, read_keep_list(keep_list), root)
+        result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
+    confirm = _confirm_fn(config) if config.verify else None
+    result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm)
+
+
+def _confirm_fn(config: DedupeConfig):  # type: ignore[no-untyped-def]
+    def confirm(items: Sequence[Item], pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        from curate.stages.dedupe.verify import confirm_pairs
+
+        found = confirm_pairs([str(it.path) for it in items], pairs, workers=config.workers or None)
+        return [(a, b) for a, b, _score in found]
+    return confirm
+
+
+def _record(ws: Workspace, result: DedupeResult, config: DedupeConfig) -> None:
+    """This run's decisions and its end, in one transaction: all of them or none."""
+    run_id = ws.manifest.start_run(STAGE, {**config.__dict__, "threshold": result.threshold})
+    rows = []
+    for g in result.groups:
+        keeper = result.items[g.keeper]
+        rows.append((keeper.sha256, keeper.shown, KEPT, f"kept for {len(g.duplicates)} "
+                     f"duplicate(s): {g.why}"))
+        rows += [(result.items[i].sha256, result.items[i].shown, KEPT, "listed in the keep list")
+                 for i in g.also_kept]
+        rows += [(result.items[m.index].sha256, result.items[m.index].shown, DUPLICATE,
+                  result.reason(m.index, g)) for m in g.duplicates]
+    summary = result.as_dict()["counts"]
+    with ws.manifest.transaction() as db:
+        db.executemany(
+            "INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", [(*r[:2], STAGE, *r[2:], run_id, now()) for r in rows])
+        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
+                   (json.dumps(summary, sort_keys=True), now(), run_id))
+
+
+def _move(result: DedupeResult, root: Path, dest: Path, dry_run: bool) -> None:
+    reasons = {m.index: result.reason(m.index, g) for g in result.groups for m in g.duplicates}
+    moves = plan_moves(root, dest, result.items, result.groups, reasons)
+    if dry_run:
+        result.moved = [(m.source, m.target) for m in moves]
+        return
+    done, refused = apply_moves(dest, moves)
+    result.moved = [(m.source, m.target) for m in done]
+    result.skipped += refused
+    result.undo_record = str(dest / "dedupe.json")
+
+
+def _summary_line(result: DedupeResult) -> str:
+    return (f"{len(result.items)} images, {len(result.groups)} duplicate groups, "
+            f"{result.duplicates} duplicates; hash {result.hash_key}, threshold {result.threshold}")

@@ -1,0 +1,200 @@
+"""What dedupe compares: the images of a plain folder or of a workspace, with their hashes.
+
+A plain folder is walked like `curate import` walks it (same symlink rules, same idea of what
+is an image). Each file is read once per change: its sha256, size and format are cached by
+path + size + mtime, and its perceptual hash by content sha256 + hash space. A workspace
+already knows each image's sha256 and size; only missing hashes are computed, from the
+normalised copies in `images/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from PIL import Image
+
+from curate.stages.dedupe.cache import FolderCache, Hash, read_hashes, write_hashes
+from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, pool_map
+from curate.stages.ingest.sources import Archive, FolderTree, Problem, display
+from curate.workspace import Workspace
+
+ProgressFn = Callable[[int, int], None]
+MAX_FILE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image as dedupe sees it."""
+
+    shown: str  # how the user knows it: path relative to the folder, or first source path
+    path: Path  # the file that is hashed and shown in the report
+    sha256: str
+    width: int
+    height: int
+    format: str
+    file_bytes: int
+    mtime: float
+    order: int  # position in walk / import order: "first" keeps the lowest
+    aliases: tuple[str, ...] = ()  # other names a keep.txt line may use
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class Scan:
+    items: list[Item] = field(default_factory=list)
+    hashes: list[Hash] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    hashed: int = 0  # computed in this run (the rest came from the cache)
+
+
+@dataclass(frozen=True)
+class Probe:
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    hash: Hash | None = None
+    error: str | None = None
+
+
+def probe_file(path: str, method: str, hash_size: int, decode: str, flip: bool) -> Probe:
+    """Read a file once: its sha256, header facts and perceptual hash (or why it failed)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return Probe(error=f"cannot read ({exc.strerror}): check the file and its permissions")
+    if not data:
+        return Probe(error="empty file (0 bytes): re-download it or delete it")
+    if len(data) > MAX_FILE_BYTES:
+        return Probe(error=f"larger than {MAX_FILE_BYTES >> 20} MiB: not compared")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, fmt = *image.size, image.format or "?"
+            found = hash_opened(image, method, hash_size, decode, flip)
+    except Exception as exc:  # a decoder failure is a property of the file
+        return Probe(error=f"not a readable image ({decode_error(exc)}): re-download it or delete it")
+    sha = hashlib.sha256(data).hexdigest()
+    return Probe(sha, width, height, fmt, (found.value or 0, found.mirrored))
+
+
+def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
+                cache: FolderCache | None = None, on_progress: ProgressFn | None = None) -> Scan:
+    """Every image under root (recursively), hashed, with cached facts reused."""
+    tree = FolderTree(root, frozenset(os.path.realpath(p) for p in exclude))
+    scan, found = Scan(), []
+    for entry in tree.entries():
+        if isinstance(entry, Problem):
+            (scan.ignored if entry.severity == "ignored" else scan.skipped).append(
+                (entry.subject, entry.reason))
+        elif isinstance(entry, Archive):
+            scan.ignored.append((display(entry.path), "zip archive: not opened by dedupe; "
+                                 "`curate import` it into a workspace to compare its images"))
+        else:
+            found.append(entry.relpath)
+    cache = cache or FolderCache()
+    key = hash_key(config.hash, config.hash_size, config.decode)
+    stats = _stat_all(root, found, scan)
+    known = cache.files(str(root / rel) for rel in stats)
+    cached = read_hashes(cache.db, (v[1] for v in known.values()), key, config.flip_invariant)
+    todo = [rel for rel, (stamp, _) in stats.items()
+            if known.get(str(root / rel), ("",))[0] != stamp or known[str(root / rel)][1] not in cached]
+    probes = dict(zip(todo, _probe_all([str(root / r) for r in todo], config, on_progress), strict=True))
+    new_files, new_hashes = [], []
+    for order, (rel, (stamp, st)) in enumerate(stats.items()):
+        absolute = str(root / rel)
+        if rel in probes:
+            p = probes[rel]
+            if p.error is not None or p.hash is None:
+                scan.skipped.append((display(root / rel), p.error or "no hash"))
+                continue
+            facts, value = (p.sha256, p.width, p.height, p.format), p.hash
+            new_files.append((absolute, stamp, *facts))
+            new_hashes.append((p.sha256, *value))
+        else:
+            facts, value = known[absolute][1:], cached[known[absolute][1]]
+        sha, width, height, fmt = facts
+        scan.items.append(Item(rel, root / rel, sha, width, height, fmt, st.st_size, st.st_mtime,
+                               order, (absolute, display(root / rel))))
+        scan.hashes.append(value)
+    scan.hashed = len(probes)
+    cache.save(new_files, key, new_hashes)
+    return scan
+
+
+def _stat_all(root: Path, rels: list[str], scan: Scan) -> dict[str, tuple[str, os.stat_result]]:
+    out = {}
+    for rel in rels:
+        try:
+            st = os.stat(root / rel)
+        except OSError as exc:
+            scan.skipped.append((display(root / rel), f"cannot read ({exc.strerror})"))
+            continue
+        out[rel] = (f"{st.st_size}:{st.st_mtime_ns}", st)
+    return out
+
+
+def _probe_all(paths: list[str], config: DedupeConfig, on_progress: ProgressFn | None) -> list[Probe]:
+    one = partial(probe_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
+                  flip=config.flip_invariant)
+    return _collect(pool_map(one, paths, config.workers or None), len(paths), on_progress)
+
+
+def _collect(results, total: int, on_progress: ProgressFn | None) -> list:  # type: ignore[no-untyped-def]
+    out = []
+    for done, value in enumerate(results, 1):
+        out.append(value)
+        if on_progress is not None and (done % 64 == 0 or done == total):
+            on_progress(done, total)
+    return out
+
+
+def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
+                   on_progress: ProgressFn | None = None) -> Scan:
+    """Every image of the workspace with its hash; new hashes are stored in the manifest."""
+    m = ws.manifest
+    firsts = m.first_origins()
+    rows = m.rows("SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")
+    key = hash_key(config.hash, config.hash_size, config.decode)
+    cached = read_hashes(m.db, (r["sha256"] for r in rows), key, config.flip_invariant)
+    missing = [r for r in rows if r["sha256"] not in cached]
+    one = partial(hash_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
+                  flip_invariant=config.flip_invariant)
+    paths = [str(ws.root / r["stored_path"]) for r in missing]
+    computed = _collect(pool_map(one, paths, config.workers or None), len(paths), on_progress)
+    scan = Scan(hashed=len(missing))
+    fresh = []
+    for row, fh in zip(missing, computed, strict=True):
+        if fh.value is None:
+            scan.skipped.append((firsts.get(row["sha256"], row["stored_path"]), fh.error or "no hash"))
+        else:
+            cached[row["sha256"]] = (fh.value, fh.mirrored)
+            fresh.append((row["sha256"], fh.value, fh.mirrored))
+    if save and fresh:
+        with m.transaction() as db:
+            write_hashes(db, key, fresh)
+    aliases: dict[str, list[str]] = {}
+    for r in m.rows("SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL"):
+        aliases.setdefault(r[0], []).append(r[1])
+    for order, r in enumerate(rows):
+        if r["sha256"] not in cached:
+            continue
+        shown = firsts.get(r["sha256"], r["stored_path"])
+        path = ws.root / r["stored_path"]
+        scan.items.append(Item(shown, path, r["sha256"], r["width"], r["height"], r["format"],
+                               r["file_bytes"], float(order), order,
+                               (r["sha256"], r["stored_path"], *aliases.get(r["sha256"], ()))))
+        scan.hashes.append(cached[r["sha256"]])
+    return scan
+
