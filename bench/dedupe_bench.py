@@ -1,6 +1,6 @@
 """Benchmark perceptual dedupe: near-pair search and file hashing, against the usual tools.
 
-    python bench/dedupe_bench.py --part search|plans|hash|all
+    python bench/dedupe_bench.py --part search|plans|hash|stage|all
 
 Search: random 64-bit hashes at t=8 with `pairs_within`, numpy all-pairs brute force and
 imagededup's own searches (Cython brute force, BK-tree). Hashing: generated 512x512 JPEGs
@@ -243,6 +243,41 @@ def bench_hash(n: int, workers: int, keep: Path | None, repeat: int) -> str:
     return f"{title}\n\n" + table(headers, rows)
 
 
+def bench_stage(n: int, workers: int, keep: Path | None) -> str:
+    """`curate dedupe FOLDER` end to end (walk, read, hash, search, verify, group) against
+    imagededup's PHash.find_duplicates on the same folder, at their default thresholds."""
+    from curate.stages.dedupe.config import DedupeConfig
+    from curate.stages.dedupe.run import dedupe
+
+    folder = keep or Path(tempfile.mkdtemp(prefix="dedupe-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) != n:
+        make_images(folder, n, workers)
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["CURATE_CACHE_DIR"] = cache
+        for label in ("curate dedupe (cold cache)", "curate dedupe (re-run, cached hashes)"):
+            elapsed, res = timed(lambda: dedupe(folder, DedupeConfig(workers=workers)))
+            rows.append([label, seconds(elapsed), f"{n / elapsed:,.0f}", len(res.groups), res.duplicates])
+        elapsed, res = timed(lambda: dedupe(folder, DedupeConfig(workers=workers, verify=False)))
+        rows.append(["curate dedupe --no-verify (cached)", seconds(elapsed), f"{n / elapsed:,.0f}",
+                     len(res.groups), res.duplicates])
+    methods = import_imagededup()
+    if methods is not None:
+        hasher = methods.PHash(verbose=False)
+        elapsed, found = timed(lambda: hasher.find_duplicates(
+            image_dir=str(folder), max_distance_threshold=10, num_enc_workers=workers,
+            num_dist_workers=workers))
+        dups = {k for k, v in found.items() if v}
+        rows.append(["imagededup PHash.find_duplicates", seconds(elapsed), f"{n / elapsed:,.0f}",
+                     NOT_RUN, f"{len(dups)} files with a duplicate"])
+    if keep is None:
+        shutil.rmtree(folder)
+    headers = ["tool", "time", "images/s", "groups", "duplicates"]
+    title = f"### End to end: {n:,} 512x512 JPEGs, {workers} processes, threshold 10"
+    return f"{title}\n\n" + table(headers, rows)
+
+
 def machine() -> str:
     import PIL
 
@@ -256,7 +291,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("search", "plans", "hash", "all"), default="all")
+    parser.add_argument("--part", choices=("search", "plans", "hash", "stage", "all"), default="all")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SEARCH_SIZES))
     parser.add_argument("--t", type=int, default=8, help="Hamming distance threshold")
     parser.add_argument("--brute-max", type=int, default=100_000, help="largest N for numpy all-pairs")
@@ -277,6 +312,8 @@ def main() -> None:
         print(bench_plans([100_000, 300_000]), "\n")
     if args.part in ("hash", "all"):
         print(bench_hash(args.images, args.workers, args.keep_images, args.repeat), "\n")
+    if args.part in ("stage", "all"):
+        print(bench_stage(args.images, args.workers, args.keep_images), "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("curate.cli.init_cmd", "Create a workspace with a commented curate.toml."),
     "import": ("curate.cli.import_cmd", "Import scraped images, tags and captions into a workspace."),
     "dedupe": ("curate.cli.dedupe_cmd", "Find exact and near-duplicate images; report, move or mark them."),
+    "tag": ("curate.cli.tag_cmd", "Tag images with a WD14 ONNX tagger and write captions."),
+    "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
 }
 

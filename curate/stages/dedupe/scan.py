@@ -19,10 +19,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.folder import walk_images
 from curate.stages.dedupe.cache import FolderCache, Hash, read_hashes, write_hashes
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, pool_map
-from curate.stages.ingest.sources import Archive, FolderTree, Problem, display
+from curate.stages.ingest.sources import display
 from curate.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
@@ -92,17 +93,9 @@ def probe_file(path: str, method: str, hash_size: int, decode: str, flip: bool) 
 def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
                 cache: FolderCache | None = None, on_progress: ProgressFn | None = None) -> Scan:
     """Every image under root (recursively), hashed, with cached facts reused."""
-    tree = FolderTree(root, frozenset(os.path.realpath(p) for p in exclude))
-    scan, found = Scan(), []
-    for entry in tree.entries():
-        if isinstance(entry, Problem):
-            (scan.ignored if entry.severity == "ignored" else scan.skipped).append(
-                (entry.subject, entry.reason))
-        elif isinstance(entry, Archive):
-            scan.ignored.append((display(entry.path), "zip archive: not opened by dedupe; "
-                                 "`curate import` it into a workspace to compare its images"))
-        else:
-            found.append(entry.relpath)
+    listing = walk_images(root, exclude)
+    scan = Scan(skipped=listing.skipped, ignored=listing.ignored)
+    found = listing.relpaths
     cache = cache or FolderCache()
     key = hash_key(config.hash, config.hash_size, config.decode)
     stats = _stat_all(root, found, scan)

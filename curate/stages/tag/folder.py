@@ -1,0 +1,67 @@
+"""`curate tag DIR`: captions written beside each image, as sd-scripts' tagger does.
+
+An existing caption file is left alone unless `existing` says append or overwrite, and such
+images are not even sent through the model. Every caption is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curate.atomic import atomic_write_text
+from curate.folder import walk_images
+from curate.stages.ingest.sources import display
+from curate.stages.tag.compose import caption_tags, merge, parse, render
+from curate.stages.tag.config import TagConfig
+from curate.stages.tag.result import ProgressFn, TagResult
+from tagging.engine import Tagger
+from tagging.model import TagInfo
+
+
+def caption_path(root: Path, rel: str, ext: str) -> Path:
+    return root / (rel.rsplit(".", 1)[0] + ext)
+
+
+def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo], result: TagResult,
+               *, dry_run: bool = False, on_progress: ProgressFn | None = None) -> None:
+    listing = walk_images(root)
+    result.skipped += listing.skipped
+    result.ignored += listing.ignored
+    todo: list[tuple[str, list[str], bool]] = []  # image, tags of its caption, caption existed
+    for rel in listing.relpaths:
+        path = caption_path(root, rel, config.caption_ext)
+        existing = _existing(path, config, result)
+        if existing is not False:
+            todo.append((rel, existing, path.exists()))
+    paths = [root / rel for rel, _, _ in todo]
+    for index, probs, error in tagger.predict(paths, config.batch_size, on_progress):
+        rel, existing, had = todo[index]
+        if probs is None:
+            result.skipped.append((display(root / rel), error or "cannot tag"))
+            continue
+        new = caption_tags(probs, tags, config)
+        caption = merge(existing, new, config.existing)
+        if caption is None:
+            continue
+        text = render(caption, config)
+        result.count(("appended" if existing else "overwritten") if had else "written")
+        result.captions.append((rel, text))
+        if not dry_run:
+            atomic_write_text(caption_path(root, rel, config.caption_ext), text + "\n")
+
+
+def _existing(path: Path, config: TagConfig, result: TagResult) -> list[str] | bool:
+    """Tags of an existing caption file; [] when none; False when the image is left alone."""
+    if not path.exists():
+        return []
+    if config.existing == "skip":
+        result.count("kept")
+        return False
+    if config.existing == "overwrite":
+        return []
+    try:
+        return parse(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        result.skipped.append((display(path), f"cannot read the existing caption ({exc}); "
+                               "re-save it as UTF-8 or use --overwrite"))
+        return False

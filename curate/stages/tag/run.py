@@ -1,0 +1,61 @@
+"""`curate tag`: the one entry point, for a workspace or a plain folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curate.errors import CurateError
+from curate.stages.tag.config import TagConfig
+from curate.stages.tag.folder import tag_folder
+from curate.stages.tag.result import ProgressFn, TagResult
+from curate.stages.tag.workspace import rethreshold as rethreshold_ws
+from curate.stages.tag.workspace import tag_workspace, tagger_source
+from curate.workspace import Workspace, is_workspace
+
+
+def tag(target: Path, config: TagConfig, *, rethreshold: bool = False, dry_run: bool = False,
+        on_progress: ProgressFn | None = None) -> TagResult:
+    """Tag every image of `target` (see the stage modules for what happens to captions)."""
+    config.check()
+    target = Path(target).absolute()
+    if not target.is_dir():
+        what = "does not exist" if not target.exists() else "is not a folder"
+        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
+    workspace = is_workspace(target)
+    result = TagResult(str(target), "workspace" if workspace else "folder", config.model, dry_run)
+    if rethreshold:
+        if not workspace:
+            raise CurateError("--rethreshold needs a workspace (it re-uses the probabilities stored "
+                              "there); on a plain folder run the tagger again with --overwrite")
+        with Workspace.open(target) as ws, ws.lock():
+            rethreshold_ws(ws, config, _stored_model(ws, config), result, dry_run=dry_run)
+        return result
+    from tagging.engine import load_tagger
+    from tagging.model import resolve_model
+
+    files = resolve_model(config.model)
+    result.model = files.name
+    tagger, tags = load_tagger(files, providers=list(config.providers) or None)
+    result.providers, result.provider_note = tagger.providers, tagger.provider_note
+    if workspace:
+        with Workspace.open(target) as ws, ws.lock():
+            tag_workspace(ws, config, files.name, tagger, tags, result, dry_run=dry_run,
+                          on_progress=on_progress)
+    else:
+        tag_folder(target, config, tagger, tags, result, dry_run=dry_run, on_progress=on_progress)
+    return result
+
+
+def _stored_model(ws: Workspace, config: TagConfig) -> str:
+    """Which tagger's stored probabilities to re-threshold: the configured one, or the only one."""
+    names = [r[0].removeprefix("tagger:") for r in ws.manifest.rows(
+        "SELECT DISTINCT source FROM tags WHERE source LIKE 'tagger:%' ORDER BY source")]
+    if not names:
+        raise CurateError(f"{ws.root}: nothing tagged yet; run `curate tag {ws.root}` first")
+    wanted = Path(config.model).name if Path(config.model).is_dir() else config.model
+    if wanted in names:
+        return wanted
+    if len(names) == 1:
+        return names[0]
+    raise CurateError(f"{ws.root} holds tags of several models ({', '.join(names)}): choose one "
+                      f"with --model; re-thresholding reads {tagger_source('NAME')} tags")

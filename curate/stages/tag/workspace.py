@@ -1,0 +1,143 @@
+"""`curate tag WS`: probabilities into the manifest, captions into its `curate` caption.
+
+Images already tagged by the same model are not run again; images another stage excluded
+(duplicates) are not tagged at all. The caption an image ends up with combines the tags it
+came with (gallery-dl, Hydrus, Kohya captions) and the tagger's, as `existing` says.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from curate.manifest import now
+from curate.record import Record
+from curate.stages.tag.compose import caption_tags, from_rows, merge, parse, render, stored_rows
+from curate.stages.tag.config import TagConfig
+from curate.stages.tag.result import ProgressFn, TagResult
+from curate.workspace import Workspace
+from tagging.engine import Tagger
+from tagging.model import TagInfo
+
+STAGE = "tag"
+WORKING = "curate"  # captions.source of the caption later stages and the layout use
+COMMIT_EVERY_S = 0.5
+
+
+def tagger_source(model_name: str) -> str:
+    return f"tagger:{model_name}"
+
+
+def imported_tags(ws: Workspace) -> dict[str, list[str]]:
+    """Per image, the tags it was imported with: its caption if it had one, else source tags."""
+    out: dict[str, list[str]] = {}
+    for r in ws.manifest.rows("SELECT image_sha256, source, tag FROM tags WHERE source NOT LIKE "
+                              "'tagger:%' ORDER BY image_sha256, category = 'general', rowid"):
+        out.setdefault(r[0], []).append(r[2])
+    for r in ws.manifest.rows("SELECT image_sha256, text FROM captions WHERE source != ?", (WORKING,)):
+        out[r[0]] = parse(r[1])
+    return out
+
+
+def tagged_by(ws: Workspace, source: str) -> set[str]:
+    return {r[0] for r in ws.manifest.rows("SELECT DISTINCT image_sha256 FROM tags WHERE source = ?",
+                                           (source,))}
+
+
+def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tagger | None,
+                  tags: Sequence[TagInfo], result: TagResult, *, dry_run: bool = False,
+                  on_progress: ProgressFn | None = None) -> None:
+    """Tag the active images not yet tagged by this model (all of them when tagger is given)."""
+    source = tagger_source(model_name)
+    records = ws.active_records()
+    done = tagged_by(ws, source)
+    todo = [r for r in records if r.sha256 not in done]
+    result.count("already tagged", len(records) - len(todo))
+    if not todo or tagger is None:
+        return
+    existing = imported_tags(ws)
+    writer = _Writer(ws, source, dry_run)
+    for index, probs, error in tagger.predict([r.path for r in todo], config.batch_size, on_progress):
+        record = todo[index]
+        if probs is None:
+            result.skipped.append((_shown(record), error or "cannot tag"))
+            writer.decision(record, "skipped", error or "cannot tag")
+            continue
+        caption = merge(existing.get(record.sha256), caption_tags(probs, tags, config), config.existing)
+        caption = caption if caption is not None else existing[record.sha256]
+        text = render(caption, config)
+        result.count("tagged")
+        result.captions.append((_shown(record), text))
+        writer.add(record, stored_rows(probs, tags), text, f"{len(caption)} tags, model {model_name}")
+    writer.flush()
+
+
+def rethreshold(ws: Workspace, config: TagConfig, model_name: str, result: TagResult, *,
+                dry_run: bool = False) -> None:
+    """Captions again from stored probabilities under new thresholds, without the model."""
+    source = tagger_source(model_name)
+    rows: dict[str, list[tuple[str, str, float]]] = {}
+    for r in ws.manifest.rows("SELECT image_sha256, tag, category, confidence FROM tags WHERE source = ? "
+                              "ORDER BY image_sha256, rowid", (source,)):
+        rows.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    existing = imported_tags(ws)
+    writer = _Writer(ws, source, dry_run)
+    for record in ws.active_records():
+        if record.sha256 not in rows:
+            result.count("not tagged yet")
+            continue
+        probs, infos = from_rows(rows[record.sha256])
+        caption = merge(existing.get(record.sha256), caption_tags(probs, infos, config), config.existing)
+        caption = caption if caption is not None else existing[record.sha256]
+        text = render(caption, config)
+        result.count("re-thresholded")
+        result.captions.append((_shown(record), text))
+        writer.caption(record, text)
+    writer.flush()
+
+
+def _shown(record: Record) -> str:
+    return record.origins[0].source_path if record.origins else str(record.path)
+
+
+class _Writer:
+    """Batches manifest writes into short transactions (a killed run keeps what it finished)."""
+
+    def __init__(self, ws: Workspace, source: str, dry_run: bool) -> None:
+        self.ws, self.source, self.dry_run = ws, source, dry_run
+        self.tags: list[tuple] = []
+        self.captions: list[tuple] = []
+        self.decisions: list[tuple] = []
+        self.last = time.monotonic()
+
+    def add(self, record: Record, rows: list[tuple[str, str, float]], caption: str, why: str) -> None:
+        self.tags += [(record.sha256, self.source, name, cat, p) for name, cat, p in rows]
+        self.decision(record, "tagged", why)
+        self.caption(record, caption)  # last: it may flush, and the three belong together
+
+    def caption(self, record: Record, text: str) -> None:
+        self.captions.append((record.sha256, WORKING, text))
+        self._maybe_flush()
+
+    def decision(self, record: Record, verdict: str, reason: str) -> None:
+        self.decisions.append((record.sha256, _shown(record), STAGE, verdict, reason, now()))
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self.last > COMMIT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if self.dry_run or not (self.tags or self.captions or self.decisions):
+            self.tags, self.captions, self.decisions = [], [], []
+            return
+        with self.ws.manifest.transaction() as db:
+            # Tags before captions: an image counts as tagged once its tags are in, and tags and
+            # caption commit together, so a killed run never leaves one without the other.
+            db.executemany("INSERT OR REPLACE INTO tags (image_sha256, source, tag, category, confidence) "
+                           "VALUES (?, ?, ?, ?, ?)", self.tags)
+            db.executemany("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
+                           self.captions)
+            db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?)", self.decisions)
+        self.tags, self.captions, self.decisions = [], [], []
