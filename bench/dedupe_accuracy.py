@@ -20,6 +20,7 @@ with it.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import tempfile
@@ -27,6 +28,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
@@ -113,17 +116,18 @@ def _cells(s: Score, n_clusters: int) -> list[str]:
 
 def verified(paths: Sequence[str], near: dict[Pair, int], c_max: int,
              workers: int | None) -> dict[Pair, float]:
-    """verify's score of every pair within c_max (0 where rejected), in one call."""
+    """verify's score of every pair within c_max (0 where no transform fits), in one call."""
     todo = sorted(p for p, d in near.items() if d <= c_max)
-    found = confirm_pairs(paths, todo, VerifyConfig(), workers=workers)
+    found = confirm_pairs(paths, todo, VerifyConfig(min_score=0.0), workers=workers)
     scores = dict.fromkeys(todo, 0.0)
     scores.update({(i, j): s for i, j, s in found})
     return scores
 
 
 def predict(near: dict[Pair, int], scores: dict[Pair, float], t: int, c: int) -> list[Pair]:
-    """Pairs within t as they are, plus pairs within c that verify confirmed."""
-    return [p for p, d in near.items() if d <= t or (d <= c and scores.get(p, 0.0) > 0)]
+    """Pairs within t as they are, plus pairs within c that verify confirms (default min_score)."""
+    accept = VerifyConfig().min_score
+    return [p for p, d in near.items() if d <= t or (d <= c and scores.get(p, 0.0) >= accept)]
 
 
 def verify_table(fixture: Fixture, near: dict[Pair, int], scores: dict[Pair, float],
@@ -137,6 +141,47 @@ def verify_table(fixture: Fixture, near: dict[Pair, int], scores: dict[Pair, flo
     head = ["t", "c", "verified", "pairs", "precision", "recall", "F1", "cluster P", "cluster R",
             "exact clusters"]
     return table(head, rows), results
+
+
+def score_spread(fixture: Fixture, scores: dict[Pair, float]) -> str:
+    """The closest calls: the lowest-scoring duplicate pair and the highest-scoring other pair."""
+    name = [Path(p).name for p in fixture.paths]
+    dup = min((s, p) for p, s in scores.items() if p in fixture.truth)
+    other = max(((s, p) for p, s in scores.items() if p not in fixture.truth), default=(0.0, (0, 0)))
+    return (f"Lowest score of a duplicate pair: {dup[0]:.3f} ({name[dup[1][0]]}, {name[dup[1][1]]}); "
+            f"highest of any other pair: {other[0]:.3f} ({name[other[1][0]]}, {name[other[1][1]]}); "
+            f"min_score = {VerifyConfig().min_score}.")
+
+
+def edit_kind(name: str) -> str:
+    """The edit a fixture file name records: resize25, q30-40, cropside, watermark, ..."""
+    stem = name.split("__", 1)[1].rsplit(".", 1)[0]
+    if stem.startswith("resize") or stem == "q95":
+        return stem
+    if stem[0] == "q" and stem[1:].isdigit():
+        return "q30-40"
+    return re.sub(r"\d+", "", stem)
+
+
+def report_edits(fixture: Fixture, scores: dict[Pair, float], t: int, c: int, workers: int | None) -> None:
+    """Per edit: how far phash moves a copy from its original, and whether the default links it."""
+    hashes = [h.value or 0 for h in hash_files(fixture.paths, "phash", 8, workers=workers)]
+    names = [Path(p).name for p in fixture.paths]
+    original = {label: k for k, (label, name) in enumerate(zip(fixture.labels, names, strict=True))
+                if "__" not in name}
+    by_kind: dict[str, list[tuple[int, bool]]] = {}
+    for k, name in enumerate(names):
+        if "__" not in name:
+            continue
+        o = original[fixture.labels[k]]
+        d = (hashes[k] ^ hashes[o]).bit_count()
+        linked = d <= t or (d <= c and scores.get((min(k, o), max(k, o)), 0.0) >= VerifyConfig().min_score)
+        by_kind.setdefault(edit_kind(name), []).append((d, linked))
+    rows = [[kind, len(v), int(np.median([d for d, _ in v])), max(d for d, _ in v),
+             sum(d <= 10 for d, _ in v), sum(ok for _, ok in v)] for kind, v in sorted(by_kind.items())]
+    head = ["edit", "copies", "median phash distance", "max", "within t = 10",
+            f"linked by default (t = {t}, c = {c})"]
+    print("## Copy to original, by edit\n\n" + table(head, rows) + "\n")
 
 
 def meets(s: Score) -> bool:
@@ -181,7 +226,7 @@ def report_hashes(fixture: Fixture, thresholds: Sequence[int], workers: int | No
         print(hash_table(fixture, method, near, ts) + "\n")
 
 
-def report_verify(fixture: Fixture, workers: int | None) -> tuple[int, int] | None:
+def report_verify(fixture: Fixture, workers: int | None) -> tuple[tuple[int, int] | None, dict[Pair, float]]:
     near = hash_pairs(fixture.paths, "phash", max(CANDIDATE), workers)
     start = time.perf_counter()
     scores = verified(fixture.paths, near, max(CANDIDATE), workers)
@@ -190,17 +235,17 @@ def report_verify(fixture: Fixture, workers: int | None) -> tuple[int, int] | No
     _, results = verify_table(fixture, near, scores, combos)
     chosen = choose(results)
     print("## phash + verify\n")
-    print(f"verify checked {len(scores)} pairs (phash distance <= {max(CANDIDATE)}) in {took:.2f} s; "
-          f"{sum(s > 0 for s in scores.values())} confirmed.\n")
+    print(f"verify scored {len(scores)} pairs (phash distance <= {max(CANDIDATE)}) in {took:.2f} s. "
+          + score_spread(fixture, scores) + "\n")
     if chosen is None:
         print(table(["t", "c"], combos) + "\n\nNo (t, c) meets the target.\n")
-        return None
+        return None, scores
     t0, c0 = chosen
     print(f"Candidate threshold c at t = {t0}:\n")
     print(verify_table(fixture, near, scores, [(t0, c) for c in CANDIDATE if c > t0])[0] + "\n")
     print(f"Direct threshold t at c = {c0}:\n")
     print(verify_table(fixture, near, scores, [(t, c0) for t in DIRECT if t < c0])[0] + "\n")
-    return chosen
+    return chosen, scores
 
 
 def report_other_verify(fixture: Fixture, t64: int, workers: int | None) -> None:
@@ -236,10 +281,11 @@ def run(images: Path, args: argparse.Namespace) -> None:
           f"{len(fixture.truth)} duplicate pairs, {n * (n - 1) // 2 - len(fixture.truth)} other pairs. "
           f"Target: precision >= {TARGET_PRECISION}, recall >= {TARGET_RECALL}.\n")
     report_hashes(fixture, parse_range(args.thresholds), args.workers)
-    chosen = report_verify(fixture, args.workers)
+    chosen, scores = report_verify(fixture, args.workers)
     if chosen is None:
         return
     t, c = chosen
+    report_edits(fixture, scores, t, c, args.workers)
     report_other_verify(fixture, t, args.workers)
     time_default(fixture, t, c, args.workers)
     print(f"**Default: phash, hash_size 8, threshold t = {t} (taken without a second look), "

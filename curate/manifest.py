@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS hashes (
 MIGRATIONS: dict[int, str] = {
     1: _SCHEMA_V1,
     2: HASHES_TABLE,
+    # Dataset-wide choices later stages need: trigger word, class token, keep_tokens...
+    3: "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -211,6 +213,14 @@ class Manifest:
         if verdict is not None:
             sql, args = sql + " AND verdict = ?", [*args, verdict]
         return list(self.db.execute(sql + " ORDER BY id", args))
+
+    def settings(self) -> dict[str, Any]:
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT key, value FROM settings")}
+
+    def set_settings(self, values: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                           [(k, json.dumps(v)) for k, v in values.items()])
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return list(self.db.execute(sql, tuple(args)))

@@ -137,7 +137,8 @@ class Workspace:
                 Tag(r["tag"], r["category"], r["confidence"], r["source"])
             )
         captions = {r["image_sha256"]: r["text"] for r in m.rows(
-            "SELECT image_sha256, text FROM captions ORDER BY source DESC")}
+            # the working caption ('curate', written by tag/filter/captions) wins over imported ones
+            "SELECT image_sha256, text FROM captions ORDER BY source = 'curate', source DESC")}
         decisions: dict[str, list[Decision]] = {}
         current = f"SELECT * FROM decisions WHERE image_sha256 IS NOT NULL AND {CURRENT_DECISION}"
         for r in m.rows(current + " ORDER BY id"):

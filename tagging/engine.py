@@ -19,7 +19,7 @@ import io
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +36,10 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 INSTALL_HINT = "pip install 'curate[tag]' (onnxruntime-gpu; onnxruntime works too, CPU only)"
 CUDA_DOCS = "https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#requirements"
+
+# Idle onnxruntime threads spin by default, burning the cores that the decode threads need
+# between batches (measured in docs/benchmarks-tagging.md).
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 Result = tuple[int, np.ndarray | None, str | None]
 Progress = Callable[[int, int], None]
@@ -108,10 +112,14 @@ class Tagger:
     """An onnxruntime session for one tagger model plus the thread pool that feeds it."""
 
     def __init__(self, model_path: Path | str, *, providers: Sequence[str] | None = None,
-                 workers: int | None = None, threads: int | None = None) -> None:
+                 workers: int | None = None, threads: int | None = None,
+                 ort_config: Mapping[str, str] | None = None) -> None:
+        """`workers`: decode threads (default min(4, cores)); `threads`: onnxruntime intra-op
+        threads (default: its own choice); `ort_config`: onnxruntime session config entries."""
         self.model_path = Path(model_path)
         self.workers = workers or min(4, os.cpu_count() or 1)
-        self.session, self.provider_note = _open_session(self.model_path, providers, threads)
+        settings = {**SESSION_CONFIG, **(ort_config or {})}
+        self.session, self.provider_note = _open_session(self.model_path, providers, threads, settings)
         self.providers: list[str] = list(self.session.get_providers())
         self.input_name, self.input_size, self.batch_limit = _input_spec(self.model_path, self.session)
         shape = self.session.get_outputs()[0].shape
@@ -191,8 +199,8 @@ class Tagger:
                 for index, item in chunk]
 
 
-def _open_session(model_path: Path, providers: Sequence[str] | None,
-                  threads: int | None) -> tuple[Any, str | None]:
+def _open_session(model_path: Path, providers: Sequence[str] | None, threads: int | None,
+                  settings: Mapping[str, str]) -> tuple[Any, str | None]:
     """The session and, if CUDA was wanted but is not in use, one line saying why."""
     ort = _ort()
     if not model_path.is_file():
@@ -211,6 +219,8 @@ def _open_session(model_path: Path, providers: Sequence[str] | None,
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    for key, value in settings.items():
+        options.add_session_config_entry(key, value)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=wanted)
     except Exception as exc:

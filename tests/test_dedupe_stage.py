@@ -113,7 +113,7 @@ def test_similarity_alias_and_threshold_bounds() -> None:
     assert DedupeConfig().effective_threshold() == 10
     assert DedupeConfig(threshold=3, similarity=50).effective_threshold() == 3
     assert DedupeConfig(hash_size=16).effective_threshold() == 40
-    with pytest.raises(Exception, match="0..64"):
+    with pytest.raises(Exception, match=r"0\.\.64"):
         DedupeConfig(threshold=65).effective_threshold()
 
 

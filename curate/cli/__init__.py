@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("curate.cli.import_cmd", "Import scraped images, tags and captions into a workspace."),
     "dedupe": ("curate.cli.dedupe_cmd", "Find exact and near-duplicate images; report, move or mark them."),
     "tag": ("curate.cli.tag_cmd", "Tag images with a WD14 ONNX tagger and write captions."),
+    "tags": ("curate.cli.tags_cmd", "Dataset-level tag work: false-positive filtering."),
+    "captions": ("curate.cli.captions_cmd", "Edit every caption at once: trigger word, add, replace, stats."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
 }

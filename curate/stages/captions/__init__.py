@@ -1,0 +1,6 @@
+"""Caption work over a whole dataset: false-positive filtering (`curate tags filter`) and bulk
+edits (`curate captions ...`), on a workspace's working captions or a folder's caption files.
+
+store.py loads and saves captions for both kinds of target; filter.py and edit.py apply the
+pure functions of `tagging.filter` and `tagging.captions` to them.
+"""

@@ -1,0 +1,92 @@
+"""`curate captions ...`: trigger word, keep_tokens and the bulk edits of dataset-tag-editor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from curate.stages.captions.store import changed_images, load, save
+from curate.workspace import Workspace
+from tagging.captions import (
+    SEPARATOR,
+    Change,
+    EditResult,
+    format_caption,
+    insert_trigger,
+    keep_tokens_for,
+    with_separator,
+)
+from tagging.tags import Dataset, ScoredTag, names, tag_key
+
+STAGE = "captions"
+Edit = Callable[[Dataset], EditResult]
+
+
+@dataclass
+class EditRun:
+    target: str
+    kind: str
+    dry_run: bool
+    images: int = 0
+    changed: list[str] = field(default_factory=list)
+    diff: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "kind": self.kind, "dry_run": self.dry_run, "images": self.images,
+                "changed": len(self.changed), "diff": self.diff, "settings": self.settings,
+                "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
+
+
+def apply_edit(target: Path, edit: Edit, *, caption_ext: str = ".txt", dry_run: bool = False,
+               render: Callable[[list[str]], str] = format_caption) -> EditRun:
+    """Apply one dataset-wide edit to the captions of a workspace or folder."""
+    captions = load(target, caption_ext)
+    result = edit(captions.tags)
+    run = EditRun(str(captions.root), captions.kind, dry_run, len(captions.tags), skipped=captions.skipped)
+    run.diff = [_shown(line, captions.shown) for line in result.diff()]
+    run.changed = (changed_images(captions, result.dataset) if dry_run
+                   else save(captions, result.dataset, STAGE, render=render))
+    return run
+
+
+def trigger_edit(trigger: str, class_token: str | None, dataset: Dataset) -> EditResult:
+    """Trigger word first and exactly once in every caption (class token second)."""
+    out: dict[str, list[ScoredTag]] = {}
+    changes = []
+    for image, tags in dataset.items():
+        by_key = {tag_key(t.name): t for t in tags}
+        ordered = insert_trigger(names(tags), trigger, class_token)
+        after = [by_key.get(tag_key(name), ScoredTag(name, "meta")) for name in ordered]
+        out[image] = after
+        if names(after) != names(tags):
+            changes.append(Change(image, tuple(names(tags)), tuple(ordered)))
+    return EditResult(out, changes)
+
+
+def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, separator: bool = False,
+                caption_ext: str = ".txt", dry_run: bool = False) -> EditRun:
+    """Insert the trigger word and record keep_tokens (and the separator form) for the layout."""
+    keep = keep_tokens_for([[trigger] + ([class_token] if class_token else [])], trigger, class_token)
+    render = partial(_with_separator, keep) if separator else format_caption
+    run = apply_edit(target, partial(trigger_edit, trigger, class_token), caption_ext=caption_ext,
+                     dry_run=dry_run, render=render)
+    run.settings = {"trigger": trigger, "class_token": class_token, "keep_tokens": keep,
+                    "keep_tokens_separator": SEPARATOR if separator else None}
+    if run.kind == "workspace" and not dry_run:
+        with Workspace.open(Path(run.target)) as ws, ws.lock():
+            ws.manifest.set_settings(run.settings)
+    return run
+
+
+def _with_separator(keep: int, tags: list[str]) -> str:
+    return with_separator(tags, keep)
+
+
+def _shown(line: str, shown: dict[str, str]) -> str:
+    image, sep, rest = line.partition(": ")
+    return f"{shown.get(image, image)}{sep}{rest}"
