@@ -44,7 +44,8 @@ def test_filter_folder_dry_run_then_apply(tmp_path: Path) -> None:
     assert tree_state(root) == before
     assert sorted(dry.changed) == ["img3.jpg", "img7.jpg"]
     assert any(line.startswith("img7.jpg: - brown hair") and "exclusive:hair" in line for line in dry.diff)
-    assert any(line.startswith("img3.jpg: - shirt") and "implies:white shirt>shirt" in line for line in dry.diff)
+    assert any(line.startswith("img3.jpg: - shirt") and "implies:white shirt>shirt" in line
+               for line in dry.diff)
     run_filter(root, FilterStageConfig())
     assert "brown hair" not in read(root, "img7") and "shirt" not in read(root, "img3")
     assert read(root, "img0") == CAPTIONS["img0"]  # untouched captions are not rewritten
@@ -123,7 +124,8 @@ def test_captions_cli_edits_and_stats(tmp_path: Path) -> None:
 
 def test_tags_filter_cli_json(tmp_path: Path) -> None:
     root = build_dataset(tmp_path / "ds")
-    res = CliRunner().invoke(cli, ["tags", "filter", str(root), "--json", "--dry-run", "--blacklist", "smile"])
+    args = ["tags", "filter", str(root), "--json", "--dry-run", "--blacklist", "smile"]
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["removed_by_rule"] == {"blacklist": 7, "exclusive": 1, "implies": 1}
