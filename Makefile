@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/python -m fixtures.scrape $(DEMO)/fixtures
+	$(BIN)/python -m fixtures.tiny_tagger $(DEMO)/fixtures/tagger
 	$(BIN)/curate import $(DEMO)/fixtures/scrape --into $(DEMO)/workspace
 	$(BIN)/curate dedupe $(DEMO)/workspace --report $(DEMO)/dedupe.html
+	$(BIN)/curate tag $(DEMO)/workspace --model $(DEMO)/fixtures/tagger
+	$(BIN)/curate tags filter $(DEMO)/workspace
+	$(BIN)/curate captions trigger $(DEMO)/workspace sks --class-token woman
+	$(BIN)/curate captions stats $(DEMO)/workspace --top 10
 	$(BIN)/curate status $(DEMO)/workspace
 
 lint: venv

@@ -56,6 +56,32 @@ DEFAULT_CONFIG = """\
 # verify = true
 # Hashing processes (0 = one per core).
 # workers = 0
+
+[tag]
+# A folder with model.onnx + selected_tags.csv, or a Hugging Face repo id.
+# model = "SmilingWolf/wd-swinv2-tagger-v3"
+# threshold = 0.35             # general tags
+# character_threshold = 0.85   # character tags: a weak guess teaches the wrong person
+# mcut = false                 # per-image thresholds by MCut
+# rating = "drop"              # drop | keep | first
+# character_first = false
+# max_tags = 40
+# undesired = ["watermark", "signature"]
+# replace = ["brown_hair=blonde_hair"]
+# existing = "skip"            # images with a caption: skip | append | overwrite
+# batch_size = 8
+# providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+[filter]
+# A tag of an exclusive group (hair colour...) in fewer than this share of the images with
+# the group's majority tag is removed.
+# min_share = 0.15
+# prune_intrinsic = false      # drop hair/eye colour etc. that the trigger word carries
+# trigger = "sks"
+# blacklist = []
+# min_confidence = ["general=0.4"]
+# single_character = true
+# rules = ["my_rules.toml"]
 """
 
 
