@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,7 +44,9 @@ from fixtures.dupes import build_dupe_set, load_truth  # noqa: E402
 
 Pair = tuple[int, int]
 TARGET_PRECISION, TARGET_RECALL = 0.99, 0.95
-DIRECT = (0, 2, 3, 4, 6, 8, 10)  # thresholds taken without a second look, in the verify table
+# Thresholds taken without a second look, in the verify table. Even only: a phash has as many
+# bits above its median as below (32 of 64), so two phashes always differ in an even number.
+DIRECT = (0, 2, 4, 6, 8, 10)
 CANDIDATE = (12, 14, 16, 18, 20, 22)  # candidate thresholds (of 64 bits) in the verify table
 
 
@@ -76,7 +79,7 @@ def score(fixture: Fixture, predicted: Iterable[Pair]) -> Score:
     direct = {(min(i, j), max(i, j)) for i, j in predicted}
     groups = clusters_from_pairs(len(fixture.paths), sorted(direct), min_size=1)
     closed = {(g[a], g[b]) for g in groups for a in range(len(g)) for b in range(a + 1, len(g))}
-    truth_groups = {}
+    truth_groups: dict[str, list[int]] = {}
     for i, label in enumerate(fixture.labels):
         truth_groups.setdefault(label, []).append(i)
     exact = len({tuple(g) for g in groups} & {tuple(g) for g in truth_groups.values()})
@@ -90,12 +93,19 @@ def _precision_recall(found: set[Pair], truth: set[Pair]) -> tuple[float, float]
     return (hits / len(found) if found else 1.0), (hits / len(truth) if truth else 1.0)
 
 
-def hash_pairs(paths: Sequence[str], method: str, t_max: int, workers: int | None) -> dict[Pair, int]:
-    """Every pair within t_max for this hash (hash_size 8, draft decoding), with its distance."""
-    bits = hash_bits(method, 8)
+@cache
+def hashes(paths: tuple[str, ...], method: str, workers: int | None) -> list[int]:
+    """Hashes of the fixture (hash_size 8, draft decoding), computed once per method."""
     values = [h.value for h in hash_files(paths, method, 8, workers=workers)]
     if any(v is None for v in values):
         raise SystemExit(f"{method}: some fixture image did not decode")
+    return [v or 0 for v in values]
+
+
+def hash_pairs(paths: Sequence[str], method: str, t_max: int, workers: int | None) -> dict[Pair, int]:
+    """Every pair within t_max for this hash, with its distance."""
+    bits = hash_bits(method, 8)
+    values = hashes(tuple(paths), method, workers)
     found = pairs_within(pack_hashes(values, bits), t_max, bits=bits, workers=workers)
     return {(int(i), int(j)): int(d) for i, j, d in zip(found.i, found.j, found.distance, strict=True)}
 
@@ -165,7 +175,7 @@ def edit_kind(name: str) -> str:
 
 def report_edits(fixture: Fixture, scores: dict[Pair, float], t: int, c: int, workers: int | None) -> None:
     """Per edit: how far phash moves a copy from its original, and whether the default links it."""
-    hashes = [h.value or 0 for h in hash_files(fixture.paths, "phash", 8, workers=workers)]
+    phash = hashes(tuple(fixture.paths), "phash", workers)
     names = [Path(p).name for p in fixture.paths]
     original = {label: k for k, (label, name) in enumerate(zip(fixture.labels, names, strict=True))
                 if "__" not in name}
@@ -174,7 +184,7 @@ def report_edits(fixture: Fixture, scores: dict[Pair, float], t: int, c: int, wo
         if "__" not in name:
             continue
         o = original[fixture.labels[k]]
-        d = (hashes[k] ^ hashes[o]).bit_count()
+        d = (phash[k] ^ phash[o]).bit_count()
         linked = d <= t or (d <= c and scores.get((min(k, o), max(k, o)), 0.0) >= VerifyConfig().min_score)
         by_kind.setdefault(edit_kind(name), []).append((d, linked))
     rows = [[kind, len(v), int(np.median([d for d, _ in v])), max(d for d, _ in v),
@@ -190,8 +200,8 @@ def meets(s: Score) -> bool:
 
 
 def choose(results: dict[tuple[int, int], Score]) -> tuple[int, int] | None:
-    """The rule: of the (t, c) that meet the target on pairs and clusters, the highest cluster
-    F1; then the smallest c (fewer candidates to verify at scale); then the largest t."""
+    """Of the (t, c) that meet the target on pairs and on clusters, the highest cluster F1;
+    then the smallest c (fewer candidates to verify at scale); then the largest t."""
     ok = [(tc, s) for tc, s in results.items() if meets(s)]
     if not ok:
         return None
@@ -277,6 +287,9 @@ def run(images: Path, args: argparse.Namespace) -> None:
     n = len(fixture.paths)
     print("# Dedupe accuracy\n")
     print("```sh\n" + shlex.join([Path(sys.executable).name, *sys.argv]) + "\n```\n")
+    if args.images is None:
+        print("The set was built by `fixtures.dupes.build_dupe_set` into a temporary folder; "
+              "`python -m fixtures.dupes OUT` writes the same files to OUT/dupes.\n")
     print(f"{n} images in {len(set(fixture.labels))} truth clusters ({images}): "
           f"{len(fixture.truth)} duplicate pairs, {n * (n - 1) // 2 - len(fixture.truth)} other pairs. "
           f"Target: precision >= {TARGET_PRECISION}, recall >= {TARGET_RECALL}.\n")
@@ -296,7 +309,8 @@ def run(images: Path, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, help="a folder built by fixtures.dupes (has truth.json)")
-    parser.add_argument("--thresholds", default="0-20", help="phash thresholds, e.g. 0-20 or 0,4,8")
+    parser.add_argument("--thresholds", default="0-20",
+                        help="thresholds of 64 bits, e.g. 0-20 or 0,4,8 (scaled for colorhash's 112)")
     parser.add_argument("--workers", type=int, default=None, help="processes/threads (default: all cores)")
     args = parser.parse_args(argv)
     if args.images is not None:

@@ -123,7 +123,7 @@ def report(rows: list[tuple[str, dict[str, float]]], args: argparse.Namespace, t
     print(f"\n{count} photos, batch {args.batch_size}, {tagger.providers[0]}, {tagger.workers} decode "
           f"threads, {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
           f"best of {args.repeat}, load average {os.getloadavg()[0]:.2f}, "
-          f"ort config {' '.join(args.ort_config) or 'curate default'}")
+          f"ort config {' '.join(args.ort_config) or 'onnxruntime defaults'}")
     if tagger.provider_note:
         print(f"note: {tagger.provider_note}")
     print("| model | decode+preprocess alone (1 thread) | (a) bare session.run | (b) Tagger.predict "

@@ -37,10 +37,6 @@ CUDA = "CUDAExecutionProvider"
 INSTALL_HINT = "pip install 'curate[tag]' (onnxruntime-gpu; onnxruntime works too, CPU only)"
 CUDA_DOCS = "https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#requirements"
 
-# Idle onnxruntime threads spin by default, burning the cores that the decode threads need
-# between batches (measured in docs/benchmarks-tagging.md).
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
-
 Result = tuple[int, np.ndarray | None, str | None]
 Progress = Callable[[int, int], None]
 
@@ -73,11 +69,11 @@ def cuda_status() -> tuple[bool, str]:
     preload = "after onnxruntime.preload_dlls()"
     if hasattr(ort, "preload_dlls"):
         chatter = io.StringIO()  # preload_dlls prints each library it misses; we summarise instead
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            try:
+        try:
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 ort.preload_dlls()
-            except Exception as exc:  # a broken nvidia package must not stop a CPU run
-                print(f"preload_dlls failed: {exc}")
+        except Exception as exc:  # a broken nvidia package must not stop a CPU run
+            preload = f"onnxruntime.preload_dlls() failed: {_first_line(exc)}"
     else:
         preload = f"onnxruntime {ort.__version__} has no preload_dlls (>= 1.21); system loader path only"
     problem = _load_cuda_provider(Path(ort.__file__).parent / "capi")
@@ -98,8 +94,7 @@ def _load_cuda_provider(capi: Path) -> str | None:
         ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(cuda))
     except OSError as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        return first.removesuffix(": No such file or directory")
+        return _first_line(exc).removesuffix(": No such file or directory")
     return None
 
 
@@ -118,8 +113,8 @@ class Tagger:
         threads (default: its own choice); `ort_config`: onnxruntime session config entries."""
         self.model_path = Path(model_path)
         self.workers = workers or min(4, os.cpu_count() or 1)
-        settings = {**SESSION_CONFIG, **(ort_config or {})}
-        self.session, self.provider_note = _open_session(self.model_path, providers, threads, settings)
+        self.session, self.provider_note = _open_session(self.model_path, providers, threads,
+                                                         ort_config or {})
         self.providers: list[str] = list(self.session.get_providers())
         self.input_name, self.input_size, self.batch_limit = _input_spec(self.model_path, self.session)
         shape = self.session.get_outputs()[0].shape
@@ -149,33 +144,33 @@ class Tagger:
             with Image.open(path) as image:
                 return preprocess(image, self.input_size)
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error...
-            reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-            return f"{path}: cannot read image ({reason}); re-download or replace it, or remove it"
+            return f"{path}: cannot read image ({_first_line(exc)}); re-download or replace it, or remove it"
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8,
                 on_progress: Progress | None = None) -> Iterator[Result]:
         """(index, probabilities, None) or (index, None, error) for each path, in input order."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        per_run = self.batch_limit or batch_size
         done, total = 0, len(paths)
-        chunk: list[tuple[int, np.ndarray | str]] = []  # consecutive items, errors kept in place
+        for chunk in self._chunks(paths, self.batch_limit or batch_size):
+            for result in self._infer(chunk):
+                done += 1
+                yield result
+                if on_progress:
+                    on_progress(done, total)
+
+    def _chunks(self, paths: Sequence[Path], per_run: int) -> Iterator[list[tuple[int, np.ndarray | str]]]:
+        """Runs of consecutive decoded items holding `per_run` images (errors stay in place)."""
+        chunk: list[tuple[int, np.ndarray | str]] = []
         images = 0
         for index, item in self._decoded(paths, read_ahead=2 * per_run + self.workers):
             chunk.append((index, item))
             images += not isinstance(item, str)
             if images == per_run:
-                for result in self._infer(chunk):
-                    done += 1
-                    yield result
-                    if on_progress:
-                        on_progress(done, total)
+                yield chunk
                 chunk, images = [], 0
-        for result in self._infer(chunk):
-            done += 1
-            yield result
-            if on_progress:
-                on_progress(done, total)
+        if chunk:
+            yield chunk
 
     def _decoded(self, paths: Sequence[Path], read_ahead: int) -> Iterator[tuple[int, np.ndarray | str]]:
         """Each path's preprocessed array or error, in order, at most `read_ahead` in flight."""
@@ -224,15 +219,25 @@ def _open_session(model_path: Path, providers: Sequence[str] | None, threads: in
     try:
         session = ort.InferenceSession(str(model_path), options, providers=wanted)
     except Exception as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         if CUDA not in wanted:
-            raise CurateError(f"{model_path}: onnxruntime cannot load this model ({reason[:200]}); "
-                              "re-download it, or upgrade onnxruntime (v3 taggers need >= 1.17)") from exc
-        session = ort.InferenceSession(str(model_path), options, providers=_without_cuda(wanted))
-        note = f"CUDA session failed ({reason[:200]}); running on CPU"
+            raise _unloadable(model_path, exc) from exc
+        note = f"CUDA session failed ({_first_line(exc)[:200]}); running on CPU"
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=_without_cuda(wanted))
+        except Exception as cpu_exc:
+            raise _unloadable(model_path, cpu_exc) from cpu_exc
     if CUDA in wanted and CUDA not in session.get_providers() and note is None:
         note = f"CUDA could not start ({cuda_status()[1]}); running on CPU"
     return session, note
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0] or type(exc).__name__
+
+
+def _unloadable(model_path: Path, exc: BaseException) -> CurateError:
+    return CurateError(f"{model_path}: onnxruntime cannot load this model ({_first_line(exc)[:200]}); "
+                       "re-download it, or upgrade onnxruntime (v3 taggers need >= 1.17)")
 
 
 def _without_cuda(providers: list[str]) -> list[str]:

@@ -30,8 +30,8 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     square = pad_square(rgb)
     if square.size != (size, size):
         square = square.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(square, dtype=np.float32)
-    return np.ascontiguousarray(pixels[:, :, ::-1])
+    pixels = np.asarray(square)
+    return pixels[:, :, ::-1].astype(np.float32)  # one pass: BGR order, float32, C-contiguous
 
 
 def upright(image: Image.Image) -> Image.Image:

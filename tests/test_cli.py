@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -20,9 +21,21 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("verb", list(COMMANDS))
-def test_every_command_has_help_with_example(verb: str) -> None:
-    code, out, _ = run(verb, "--help")
+def all_commands() -> list[list[str]]:
+    """Every verb, and every subcommand of the verbs that are groups (`tags filter`)."""
+    out = []
+    for verb in COMMANDS:
+        command = cli.get_command(None, verb)  # type: ignore[arg-type]
+        if isinstance(command, click.Group):
+            out += [[verb, sub] for sub in command.list_commands(None)]  # type: ignore[arg-type]
+        else:
+            out.append([verb])
+    return out
+
+
+@pytest.mark.parametrize("words", all_commands(), ids=" ".join)
+def test_every_command_has_help_with_example(words: list[str]) -> None:
+    code, out, _ = run(*words, "--help")
     assert code == 0 and "Example" in out and "--json" in out
 
 

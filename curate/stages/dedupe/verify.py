@@ -1,32 +1,38 @@
 """A second look at candidate pairs: feature matching, a fitted transform and aligned pixels.
 
-Why (figures from `bench/dedupe_accuracy.py` on `fixtures/dupes.py`: 13 photos with 12-13
-edited copies each, 10 hard negatives, 966 duplicate pairs, 14,259 other pairs; see
+Why (figures from `bench/dedupe_accuracy.py` on `fixtures/dupes.py`: 13 photos with 11-12
+edited copies each, 10 hard negatives; 966 duplicate pairs, 14,259 other pairs; see
 docs/benchmarks-accuracy.md):
 
-* No single perceptual hash threshold reaches the target. phash puts the two halves of a
-  stereo pair 4 bits apart (as close as a JPEG re-encode), while an 8% crop or a transparent
-  frame moves a copy up to 28 bits away; precision falls below 0.99 from t = 4 on, and
-  recall is 0.87 at t = 10. dhash, whash and ahash are worse; colorhash has unrelated photos
-  at distance 0.
-* So every pair within a loose candidate threshold (`candidate_threshold`) is checked here.
-  Both images are decoded at reduced size (`hashing.prepare`: upright, alpha on white) and
-  scaled to the same long side (384 px), so a copy's transform is close to identity whatever
-  its file size. ORB keypoints are matched (ratio test, one-to-one) and a similarity
-  transform is fitted by RANSAC. A duplicate needs >= 20 inliers (copies: 44 or more;
-  unrelated photos: at most 11), scale within 1.25x and rotation within 10 degrees.
-* The transform must cover most of both images: the overlap as a fraction of each image is
-  >= 0.85 for crops of up to 8% per axis, ~0.6 for two crops of one photo.
-* The aligned images must agree everywhere, not only at the keypoints: 16 px blocks of
-  128 px thumbnails (border and flat blocks left out) are compared by normalised
-  correlation. Copies agree in >= 93% of blocks (a watermark or JPEG q30 costs a few); the
-  stereo pair, whose foreground shifts by ~4% against the background, in <= 63%.
-* score = min(coverage, agreement): >= 0.85 for every copy in the fixture, <= 0.63 for every
-  hard negative; `min_score` 0.75 sits between. Identical images score 1.
+* No perceptual hash threshold reaches the target (recall >= 0.95 at precision >= 0.99).
+  phash puts the two halves of a stereo pair 4 bits apart, as close as a recompressed copy,
+  while an 8% crop or a transparent frame moves a copy up to 24 bits from its original.
+  Precision drops below 0.99 from t = 4 on; at t = 2 recall is 0.56, at t = 10 0.87.
+  dhash, whash and ahash do no better; colorhash puts unrelated photos at distance 0.
+* So pairs beyond a small threshold and within a loose candidate one (`candidate_threshold`)
+  are checked here. Both images are decoded small (`hashing.prepare`: upright, alpha onto
+  white) and scaled to the same long side (384 px), so a copy's transform is close to the
+  identity whatever its file size. ORB keypoints are matched (ratio test, one to one) and a
+  similarity transform is fitted by RANSAC: >= 20 inliers (copies have 44 or more, unrelated
+  photos at most 11), scale within 1.25x (a 60% crop needs 1.67x), rotation within 10 degrees.
+* The transform must cover most of both images: >= 0.85 of each for every copy (crops of up
+  to 8% per axis), 0.28 for two crops of one photo that overlap by 28%.
+* The aligned images must agree everywhere, not only at keypoints: 16 px blocks of 128 px
+  thumbnails (border and flat blocks left out) are compared by normalised correlation.
+  Copies agree in >= 93% of blocks (a watermark costs a few); the stereo pair, whose
+  foreground shifts ~4% against the background, in <= 63%, and two different photos that
+  carry the same watermark find no transform at all.
+* score = min(coverage, agreement): >= 0.85 for every duplicate pair in the fixture, <= 0.63
+  for every other pair; `min_score` = 0.75 sits between. Identical images score 1.
 
-Cost on 2 cores: ~4 ms per image (decode + ORB, once per image however many pairs it is
-in) and ~1 ms per pair, in threads (OpenCV and Pillow release the GIL), so 1,000 candidate
-pairs over 2,000 images take a few seconds.
+Limits: a picture with almost no corners (a flat colour, a smooth gradient) gets no
+keypoints and is never confirmed; its copies have to be close enough in hash distance.
+
+Cost: ~3.5 ms of CPU per image (decode and ORB, once per image however many pairs it is in)
+and ~1.5 ms per pair (mostly descriptor matching). Threads, not processes: Pillow and OpenCV
+release the GIL, so decoding runs 2x faster on 2 threads, and matching already spreads over
+OpenCV's own threads; no pool start-up, nothing pickled. 1,246 candidate pairs over 175
+images take 1.4 s on 2 cores (2.0 s on one thread).
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ from PIL import Image
 
 from curate.stages.dedupe.hashing import hash_bits, prepare
 
-# Candidate threshold per 64 bits, by hash: the smallest distance that still links every
-# copy in the fixture to its cluster (see docs/benchmarks-accuracy.md). Beyond it the
-# number of unrelated candidates, and the time to check them, grows fast.
-CANDIDATE_64 = {"phash": 18, "dhash": 18, "whash": 20, "ahash": 18, "colorhash": 12}
+# Candidate threshold per 64 bits, by hash. phash: the smallest that links every copy in the
+# fixture to its cluster (16 loses a transparent-framed copy, 20 doubles the unrelated
+# candidates; docs/benchmarks-accuracy.md). The other hashes get the same share of their
+# bits and still link fewer copies. colorhash is a colour histogram (unrelated photos share
+# it exactly); its small value only bounds the work. Unrelated candidates grow steeply with
+# the threshold: for uniform 64-bit hashes 3e-4 of all pairs are within 18, 4e-5 within 16.
+CANDIDATE_64 = {"phash": 18, "dhash": 18, "whash": 18, "ahash": 18, "colorhash": 8}
 BLOCK = 16  # px of the thumbnail per compared block
 BORDER = 0.06  # fraction of each side left out of the comparison (frames, cropped edges)
 TEXTURE_STD = 3.0  # grey levels: a block flatter than this in both images says nothing
@@ -120,10 +129,14 @@ def features_of(grey: np.ndarray, config: VerifyConfig) -> Features:
 
 def file_features(path: str | os.PathLike[str], config: VerifyConfig,
                   mirror: bool = False) -> Features | None:
+    """Features of an image file (mirrored left-right if asked); None if it cannot be read."""
     grey = load_grey(path, config.side)
     if grey is None:
         return None
-    return features_of(np.ascontiguousarray(grey[:, ::-1]) if mirror else grey, config)
+    try:
+        return features_of(np.ascontiguousarray(grey[:, ::-1]) if mirror else grey, config)
+    except cv2.error:  # e.g. a 1-pixel sliver: nothing to match, like an undecodable file
+        return None
 
 
 def fit_transform(a: Features, b: Features, config: VerifyConfig) -> np.ndarray | None:
@@ -162,28 +175,41 @@ def coverage(a: Features, b: Features, matrix: np.ndarray) -> float:
     return float(min(overlap / area_a, overlap / (b.width * b.height))) if area_a > 0 else 0.0
 
 
-def agreement(a: Features, b: Features, matrix: np.ndarray, config: VerifyConfig) -> float:
-    """Fraction of textured blocks of b's thumbnail that a, aligned onto it, correlates with."""
+def align(a: Features, b: Features, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a's thumbnail warped onto b's, b's thumbnail, and where a covers it (all float32)."""
     th, tw = b.thumb.shape
-    to_thumb = matrix.copy()
+    to_thumb = matrix.astype(np.float64)
     # a's thumbnail pixels -> a's `side` pixels -> b's `side` pixels -> b's thumbnail pixels
     to_thumb[:, :2] *= (tw / b.width) / (a.thumb.shape[1] / a.width)
     to_thumb[:, 2] *= tw / b.width
-    warped = cv2.warpAffine(a.thumb.astype(np.float32), to_thumb, (tw, th), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(np.ones_like(a.thumb), to_thumb, (tw, th), flags=cv2.INTER_NEAREST)
+    source = a.thumb.astype(np.float32)
+    warped = cv2.warpAffine(source, to_thumb, (tw, th), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones_like(source), to_thumb, (tw, th), flags=cv2.INTER_NEAREST)
+    return warped, b.thumb.astype(np.float32), inside
+
+
+def agreement(a: Features, b: Features, matrix: np.ndarray, config: VerifyConfig) -> float:
+    """Fraction of the textured blocks of b's thumbnail that a, aligned onto it, correlates with.
+
+    Blocks, not one global correlation: a watermark or a transparent frame spoils a few blocks
+    of a copy, while parallax (a stereo pair, a burst shot) spoils every block off the plane
+    the transform was fitted to.
+    """
+    warped, target, inside = align(a, b, matrix)
+    th, tw = target.shape
     my, mx = round(BORDER * th), round(BORDER * tw)
     rows, cols = (th - 2 * my) // BLOCK, (tw - 2 * mx) // BLOCK
-    if rows < 1 or cols < 1:
-        return 0.0
+    if rows < 1 or cols < 1:  # a sliver: one correlation over the overlap
+        return max(0.0, _ncc(warped[inside > 0], target[inside > 0]))
     window = (slice(my, my + rows * BLOCK), slice(mx, mx + cols * BLOCK))
-    raw_x, raw_y, m = (_blocks(v[window], rows, cols) for v in (warped, b.thumb.astype(np.float32), inside))
+    raw_x, raw_y, m = (_blocks(v[window], rows, cols) for v in (warped, target, inside))
     whole = m.min(axis=1) > 0  # only blocks that lie entirely inside the overlap
     x = raw_x - raw_x.mean(axis=1, keepdims=True)
     y = raw_y - raw_y.mean(axis=1, keepdims=True)
     sx, sy = x.std(axis=1), y.std(axis=1)
     textured = whole & ((sx >= TEXTURE_STD) | (sy >= TEXTURE_STD))
     if textured.sum() < MIN_BLOCKS:  # a near-blank picture: compare its shading as a whole
-        return max(0.0, _ncc(raw_x[whole], raw_y[whole])) if whole.any() else 0.0
+        return max(0.0, _ncc(raw_x[whole], raw_y[whole]))
     ncc = (x * y).mean(axis=1)[textured] / (sx[textured] * sy[textured] + 1e-6)
     return float((ncc >= config.block_ncc).mean())
 
@@ -194,6 +220,8 @@ def _blocks(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _ncc(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 2:
+        return 0.0
     x, y = x.ravel() - x.mean(), y.ravel() - y.mean()
     den = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
     return float((x * y).sum() / den) if den > 0 else 0.0
@@ -203,13 +231,16 @@ def compare(a: Features | None, b: Features | None, config: VerifyConfig = Verif
     """Score in [0, 1] of a and b being one picture: min(coverage, agreement); 0 if unmatched."""
     if a is None or b is None:
         return 0.0
-    matrix = fit_transform(a, b, config)
-    if matrix is None:
+    try:
+        matrix = fit_transform(a, b, config)
+        if matrix is None:
+            return 0.0
+        cover = coverage(a, b, matrix)
+        if cover < config.min_score:  # skip the pixel comparison: it cannot raise the score
+            return cover
+        return min(cover, agreement(a, b, matrix, config))
+    except cv2.error:  # degenerate geometry (a collapsed transform, an empty overlap)
         return 0.0
-    cover = coverage(a, b, matrix)
-    if cover < config.min_score:  # skip the pixel comparison: it cannot raise the score
-        return cover
-    return min(cover, agreement(a, b, matrix, config))
 
 
 def confirm_pairs(
