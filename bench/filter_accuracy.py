@@ -1,6 +1,6 @@
 """Accuracy of `tagging.filter.filter_tags` on tagged datasets with planted tagger mistakes.
 
-    python bench/filter_accuracy.py [--seeds 20] [--images 60] [--out docs/benchmarks-filter.md]
+    python bench/filter_accuracy.py [--seeds 20] [--images 60] [--out FILE]
 
 Each seed builds `fixtures.tag_dataset.build_tag_dataset` (one character, planted mistakes with
 ground truth), runs the filter with the built-in rules and the fixture's confidence thresholds,
@@ -28,7 +28,7 @@ from tagging.filter import FilterConfig, filter_tags
 from tagging.rules import Rules, load_rules
 
 PLANTED_TARGET, TRUE_TARGET = 0.95, 0.02
-COMMAND = "python bench/filter_accuracy.py --seeds {seeds} --images {images} --out docs/benchmarks-filter.md"
+COMMAND = "python bench/filter_accuracy.py --seeds {seeds} --images {images}"
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 
 from tagging.model import CATEGORY_NAMES, TagInfo
 from tagging.normalize import normalize_tag
+from tagging.tags import ScoredTag
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 RATING_MODES = ("drop", "keep", "first")
@@ -48,13 +49,6 @@ class SelectConfig:
             raise ValueError(f"rating must be one of {', '.join(RATING_MODES)}, got {self.rating!r}")
         if self.max_tags is not None and self.max_tags < 0:
             raise ValueError(f"max_tags must be >= 0, got {self.max_tags}")
-
-
-@dataclass(frozen=True)
-class ScoredTag:
-    name: str  # raw, as in selected_tags.csv (or as given in `replace`)
-    category_name: str  # "rating", "general", "character", ...
-    confidence: float
 
 
 def mcut_threshold(probs: np.ndarray) -> float:
@@ -135,7 +129,7 @@ def _rules(scored: list[ScoredTag], config: SelectConfig) -> list[ScoredTag]:
         new_name = replacements.get(_key(tag.name), tag.name).strip()
         if not new_name or _key(tag.name) in unwanted or _key(new_name) in unwanted:
             continue
-        kept.append(ScoredTag(new_name, tag.category_name, tag.confidence))
+        kept.append(ScoredTag(new_name, tag.category, tag.confidence))
     return kept
 
 

@@ -339,7 +339,7 @@ def test_rating_drop_keep_first() -> None:
     assert names(SelectConfig(rating="keep"))[-1] == "sensitive"
     assert names(SelectConfig(rating="first"))[0] == "sensitive"
     scored = select_tags(probs(), TAGS, SelectConfig(rating="first"))
-    assert (scored[0].category_name, scored[0].confidence) == ("rating", pytest.approx(0.7))
+    assert (scored[0].category, scored[0].confidence) == ("rating", pytest.approx(0.7))
     with pytest.raises(ValueError, match="rating must be one of"):
         SelectConfig(rating="last")  # type: ignore[arg-type]
 
@@ -347,7 +347,7 @@ def test_rating_drop_keep_first() -> None:
 def test_order_confidence_and_characters_first() -> None:
     scored = select_tags(probs(), TAGS, SelectConfig(character_first=True, rating="first"))
     assert [t.name for t in scored] == ["sensitive", "hatsune_miku", "1girl", "smile", "^_^", "long_hair"]
-    confidences = [t.confidence for t in scored if t.category_name == "general"]
+    confidences = [t.confidence for t in scored if t.category == "general"]
     assert confidences == sorted(confidences, reverse=True)
 
 
@@ -381,4 +381,4 @@ def test_real_photo_character_between_thresholds(taggers: dict, photos: dict, mo
     assert 0.35 < rin < 0.85
     assert "kagamine_rin" not in [t.name for t in select_tags(p, tags, SelectConfig())]
     chosen = select_tags(p, tags, SelectConfig(character_threshold=0.35, character_first=True))
-    assert chosen[0].name == "kagamine_rin" and chosen[0].category_name == "character"
+    assert chosen[0].name == "kagamine_rin" and chosen[0].category == "character"
