@@ -15,7 +15,7 @@ half a ViT-B / SwinV2-B tagger at 448 px) so that compute dominates as with real
 
     python bench/tag_bench.py [--count 200] [--batch-size 8] [--model-size tiny base] [--model DIR]
 
-Prints a Markdown table; the figures in docs/benchmarks-tagging.md come from this script.
+Prints a Markdown table; the figures in docs/benchmarks.md (Tagging) come from this script.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Hashes are rows of uint64 words, shape (N, words), bit k in word k // 64 (a 1-D 
 one word per hash). `pairs_within` returns every pair i < j with distance <= t, exactly the set
 that `pairs_bruteforce` returns, and each pair once.
 
-Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchmarks-dedupe.md):
+Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchmarks.md):
 
 * Brute force is quadratic: numpy all-pairs with `bitwise_count` takes 19 s at 100k, so ~32 min
   at 1M. imagededup's Cython brute force grows as N^2.1 (92 s at 30k, ~40 h at 1M), and its
