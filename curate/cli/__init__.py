@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tag": ("curate.cli.tag_cmd", "Tag images with a WD14 ONNX tagger and write captions."),
     "tags": ("curate.cli.tags_cmd", "Dataset-level tag work: false-positive filtering."),
     "captions": ("curate.cli.captions_cmd", "Edit every caption at once: trigger word, add, replace, stats."),
+    "layout": ("curate.cli.layout_cmd", "Write a Kohya dataset (N_name folders, captions, dataset.toml)."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
 }

@@ -57,13 +57,11 @@ def _load_workspace(ws: Workspace) -> CaptionSet:
     for r in ws.manifest.rows("SELECT image_sha256, tag, confidence FROM tags WHERE source LIKE 'tagger:%'"):
         key = (r[0], tag_key(r[1]))
         confidences[key] = max(confidences.get(key, 0.0), r[2])
-    for record in ws.active_records():
-        if record.caption is None:
-            continue
+    for record in ws.active_records():  # uncaptioned images too: `captions add`/trigger reach them
         out.shown[record.sha256] = record.origins[0].source_path if record.origins else str(record.path)
         out.tags[record.sha256] = [
             ScoredTag(name, _category(record, name), confidences.get((record.sha256, tag_key(name)), 1.0))
-            for name in parse_caption(record.caption)]
+            for name in parse_caption(record.caption or "")]
     return out
 
 
@@ -82,14 +80,16 @@ def _load_folder(root: Path, ext: str) -> CaptionSet:
     out.skipped += listing.skipped
     for rel in listing.relpaths:
         path = caption_file(root, rel, ext)
-        if rel in out.tags or not path.is_file():
+        out.shown[rel] = rel
+        if not path.is_file():
+            out.tags[rel] = []  # no caption yet: edits such as the trigger word give it one
             continue
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             out.skipped.append((display(path), f"cannot read caption ({exc}); re-save it as UTF-8"))
+            del out.shown[rel]
             continue
-        out.shown[rel] = rel
         first = text.splitlines()[0] if text.strip() else ""  # sd-scripts reads the first line only
         out.tags[rel] = [ScoredTag(name) for name in parse_caption(first)]
     return out

@@ -1,0 +1,103 @@
+"""Which image goes to which concept folder, and how many repeats each concept gets.
+
+The seeds' formula: steps = images x repeats x epochs / batch_size (regularisation images
+double it). Given a target, every concept gets about the same images x repeats per epoch, so
+one concept with many images does not take over the others.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curate.errors import CurateError
+from curate.record import Record
+from curate.stages.layout.config import LayoutConfig
+from tagging.captions import parse_caption
+from tagging.tags import tag_key
+
+
+@dataclass(frozen=True)
+class ConceptRule:
+    name: str
+    tags: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    class_tokens: str | None = None
+
+    def matches(self, record: Record) -> bool:
+        keys = {tag_key(t) for t in parse_caption(record.caption or "")}
+        keys |= {tag_key(t.name) for t in record.tags}
+        if self.tags and not {tag_key(t) for t in self.tags} <= keys:
+            return False
+        return not self.folders or any(
+            f in o.source_path.replace("\\", "/").split("/") for o in record.origins for f in self.folders)
+
+
+@dataclass
+class Concept:
+    name: str
+    class_tokens: str | None
+    records: list[Record] = field(default_factory=list)
+    repeats: int = 1
+
+    @property
+    def folder(self) -> str:
+        return f"{self.repeats}_{self.name}"
+
+
+def read_concepts(path: Path) -> list[ConceptRule]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CurateError(f"{path}: cannot read concepts ({exc})") from exc
+    rules = []
+    for name, table in data.get("concept", {}).items():
+        unknown = set(table) - {"tags", "folders", "class_tokens"}
+        if unknown or not isinstance(table, dict):
+            raise CurateError(f"{path}: [concept.{name}] has unknown keys {sorted(unknown)}; "
+                              "use tags, folders, class_tokens")
+        rules.append(ConceptRule(name, tuple(table.get("tags", ())), tuple(table.get("folders", ())),
+                                 table.get("class_tokens")))
+    if not rules:
+        raise CurateError(f"{path}: no [concept.NAME] tables")
+    return rules
+
+
+def assign_concepts(records: Sequence[Record], rules: Sequence[ConceptRule], default: Concept
+                    ) -> tuple[list[Concept], list[Record]]:
+    """Concepts in rule order with their images; images no rule takes are returned apart."""
+    if not rules:
+        default.records = list(records)
+        return [default], []
+    concepts = [Concept(r.name, r.class_tokens) for r in rules]
+    left = []
+    for record in records:
+        index = next((i for i, rule in enumerate(rules) if rule.matches(record)), None)
+        if index is None:
+            left.append(record)
+        else:
+            concepts[index].records.append(record)
+    return [c for c in concepts if c.records], left
+
+
+def set_repeats(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> int:
+    """Fill in each concept's repeats; returns the resulting total optimizer steps."""
+    if config.repeats is not None or config.target_steps is None:
+        for c in concepts:
+            c.repeats = config.repeats or 1
+    else:
+        # images x repeats per concept, per epoch, so that the whole run hits target_steps
+        per_epoch = config.target_steps * config.batch_size / config.epochs / (2 if reg_images else 1)
+        share = per_epoch / len(concepts)
+        for c in concepts:
+            c.repeats = max(1, round(share / len(c.records)))
+    return total_steps(concepts, config, reg_images)
+
+
+def total_steps(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> int:
+    per_epoch = sum(len(c.records) * c.repeats for c in concepts)
+    if reg_images:
+        per_epoch *= 2  # sd-scripts repeats reg images until they match the training images
+    return -(-per_epoch * config.epochs // config.batch_size)

@@ -1,0 +1,116 @@
+"""`curate layout WS --out DATASET`: the one entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.folder import walk_images
+from curate.record import Record
+from curate.stages.layout.config import LayoutConfig
+from curate.stages.layout.plan import Concept, assign_concepts, read_concepts, set_repeats
+from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
+from curate.workspace import Workspace
+from tagging.captions import SEPARATOR, format_caption, parse_caption, with_separator
+
+EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
+@dataclass
+class LayoutResult:
+    out: str
+    dry_run: bool
+    plan: list[dict[str, Any]] = field(default_factory=list)  # one row per subset
+    total_steps: int = 0
+    epochs: int = 0
+    batch_size: int = 0
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "dry_run": self.dry_run, "subsets": self.plan,
+                "total_steps": self.total_steps, "epochs": self.epochs, "batch_size": self.batch_size,
+                "warnings": [{"file": f, "reason": r} for f, r in self.warnings]}
+
+
+def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = False) -> LayoutResult:
+    """Write the workspace's kept images and captions as a Kohya dataset at `out`."""
+    config.check()
+    out = Path(out).absolute()
+    check_target(out)
+    with Workspace.open(workspace) as ws:
+        settings = ws.manifest.settings()
+        records = ws.active_records()
+    if not records:
+        raise CurateError(f"{workspace}: no images to lay out (import some, or check `curate status`)")
+    result = LayoutResult(str(out), dry_run, epochs=config.epochs, batch_size=config.batch_size)
+    default = Concept(config.name or settings.get("trigger") or "concept",
+                      config.class_tokens or _class_tokens(settings))
+    rules = read_concepts(Path(config.concepts)) if config.concepts else []
+    concepts, left = assign_concepts(records, rules, default)
+    result.warnings += [(_shown(r), "matches no concept in the concepts file: left out") for r in left]
+    reg = _reg_subset(config, concepts)
+    result.total_steps = set_repeats(concepts, config, len(reg.entries) if reg else 0)
+    subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
+    result.plan = [{"folder": s.folder, "images": len(s.entries), "repeats": s.repeats,
+                    "images_x_repeats": len(s.entries) * s.repeats, "is_reg": s.is_reg,
+                    "class_tokens": s.class_tokens, "alpha_mask": s.alpha_mask} for s in subsets]
+    if not dry_run:
+        general = {"caption_extension": config.caption_ext, "shuffle_caption": config.shuffle_caption,
+                   "keep_tokens": settings.get("keep_tokens") or None,
+                   "keep_tokens_separator": settings.get("keep_tokens_separator")}
+        write_dataset(out, subsets, config, general)
+    return result
+
+
+def _class_tokens(settings: dict[str, Any]) -> str | None:
+    words = [w for w in (settings.get("trigger"), settings.get("class_token")) if w]
+    return " ".join(words) or None
+
+
+def _shown(record: Record) -> str:
+    return record.origins[0].source_path if record.origins else str(record.path)
+
+
+def _caption(record: Record, fallback: list[str], settings: dict[str, Any]) -> str:
+    tags = parse_caption(record.caption or "") or fallback
+    if settings.get("keep_tokens_separator"):
+        return with_separator(tags, int(settings.get("keep_tokens") or 1), SEPARATOR)
+    return format_caption(tags)
+
+
+def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], result: LayoutResult) -> Subset:
+    names = [(Path(_shown(r).split("!/")[-1]).name, r.sha256) for r in concept.records]
+    # sd-scripts would caption these with class_tokens; written out, the caption is explicit
+    fallback = [w for w in (settings.get("trigger"), settings.get("class_token")) if w] or [concept.name]
+    entries = []
+    for record, stem in zip(concept.records, unique_stems(names), strict=True):
+        if not record.caption:
+            result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
+        entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix),
+                             _caption(record, fallback, settings)))
+    alpha = any(r.has_alpha for r in concept.records)
+    return Subset(f"img/{concept.folder}", tuple(entries), concept.repeats, concept.class_tokens,
+                  alpha_mask=alpha)
+
+
+def _reg_subset(config: LayoutConfig, concepts: list[Concept]) -> Subset | None:
+    """Regularisation images from a folder: reg/1_CLASS, captioned with the class token."""
+    if not config.reg:
+        return None
+    root = Path(config.reg)
+    if not root.is_dir():
+        raise CurateError(f"{root}: no such folder of regularisation images")
+    klass = config.class_tokens or next((c.class_tokens for c in concepts if c.class_tokens), None)
+    if not klass:
+        raise CurateError("regularisation images need a class token: pass --class-tokens "
+                          "(e.g. 'woman') or run `curate captions trigger WS WORD --class-token CLASS`")
+    klass = klass.split()[-1]  # "sks woman" -> "woman": reg images show the class, not the subject
+    rels = walk_images(root).relpaths
+    if not rels:
+        raise CurateError(f"{root}: no images found for regularisation")
+    stems = unique_stems((Path(rel).name, rel) for rel in rels)
+    entries = tuple(Entry(root / rel, stem, Path(rel).suffix.lower(), klass)
+                    for rel, stem in zip(rels, stems, strict=True))
+    return Subset(f"reg/1_{klass}", entries, 1, klass, is_reg=True)
