@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tags": ("curate.cli.tags_cmd", "Dataset-level tag work: false-positive filtering."),
     "captions": ("curate.cli.captions_cmd", "Edit every caption at once: trigger word, add, replace, stats."),
     "layout": ("curate.cli.layout_cmd", "Write a Kohya dataset (N_name folders, captions, dataset.toml)."),
+    "buckets": ("curate.cli.buckets_cmd", "Aspect-ratio buckets as sd-scripts makes them; fix strays."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
 }
