@@ -1,6 +1,6 @@
 """Dedupe accuracy on real photos (fixtures/dupes.py), and the verify step's contract.
 
-The default pipeline is the one docs/benchmarks-accuracy.md chose with bench/dedupe_accuracy.py:
+The default pipeline is the one docs/benchmarks.md (Dedupe accuracy) chose with bench/dedupe_accuracy.py:
 phash (hash_size 8, draft decoding); pairs within THRESHOLD are duplicates as they are, pairs
 within `candidate_threshold` only when `confirm_pairs` agrees.
 """
@@ -15,14 +15,16 @@ import pytest
 from PIL import Image
 
 from curate.stages.dedupe.clusters import clusters_from_pairs
+from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import hash_files
+from curate.stages.dedupe.run import dedupe
 from curate.stages.dedupe.search import pack_hashes, pairs_within
 from curate.stages.dedupe.verify import VerifyConfig, candidate_threshold, confirm_pairs
 from fixtures.dupes import build_dupe_set, load_truth
 
-# The default direct threshold (of 64 bits) chosen in docs/benchmarks-accuracy.md: the stereo
+# The default direct threshold (of 64 bits) chosen in docs/benchmarks.md (Dedupe accuracy): the stereo
 # pair is 4 bits apart, so anything from 4 up needs the second look.
-THRESHOLD = 2
+THRESHOLD = DedupeConfig().effective_threshold()
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +154,18 @@ def test_candidate_threshold_scales_with_the_hash_length() -> None:
     assert candidate_threshold("phash", 8) > THRESHOLD
     with pytest.raises(ValueError, match="unknown hash method"):
         candidate_threshold("md5", 8)
+
+
+def test_the_dedupe_stage_at_its_defaults_finds_exactly_the_truth(
+    dupes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`curate dedupe FOLDER` with no options: the groups are the truth clusters, no more."""
+    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path / "cache"))
+    truth = load_truth(dupes)
+    result = dedupe(dupes, DedupeConfig(workers=2))
+    got = sorted(sorted(result.items[i].shown for i in g.members) for g in result.groups)
+    clusters: dict[object, list[str]] = {}
+    for name, cluster in truth.items():
+        clusters.setdefault(cluster, []).append(name)
+    want = sorted(sorted(c) for c in clusters.values() if len(c) > 1)
+    assert got == want

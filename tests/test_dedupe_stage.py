@@ -110,9 +110,10 @@ def test_keep_txt_always_wins(tmp_path: Path) -> None:
 def test_similarity_alias_and_threshold_bounds() -> None:
     assert DedupeConfig(similarity=90).effective_threshold() == 6
     assert DedupeConfig(similarity=100).effective_threshold() == 0
-    assert DedupeConfig().effective_threshold() == 10
+    assert DedupeConfig().effective_threshold() == 2  # feature matching confirms the rest
+    assert DedupeConfig(verify=False).effective_threshold() == 10
     assert DedupeConfig(threshold=3, similarity=50).effective_threshold() == 3
-    assert DedupeConfig(hash_size=16).effective_threshold() == 40
+    assert DedupeConfig(hash_size=16, verify=False).effective_threshold() == 40
     with pytest.raises(Exception, match=r"0\.\.64"):
         DedupeConfig(threshold=65).effective_threshold()
 

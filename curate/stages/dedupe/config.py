@@ -8,9 +8,12 @@ from typing import Literal
 from curate.errors import CurateError
 from curate.stages.dedupe.hashing import hash_bits
 
-# Hamming distance of 64 bits below which two phashes count as the same picture without a
-# second look; chosen from bench/dedupe_accuracy.py (docs/benchmarks.md, "Dedupe accuracy").
-DEFAULT_THRESHOLD_64 = 10
+# Hamming distance (of 64 bits) within which two hashes count as one picture without a second
+# look, chosen from bench/dedupe_accuracy.py (docs/benchmarks.md, "Dedupe accuracy"): a stereo
+# pair is 4 phash bits apart, so with verification on only near-identical hashes skip it.
+DEFAULT_THRESHOLD_64 = 2
+# Without verification a hash is all there is; 10 of 64 is imagededup's default.
+DEFAULT_THRESHOLD_64_UNVERIFIED = 10
 
 
 @dataclass(frozen=True)
@@ -18,8 +21,8 @@ class DedupeConfig:
     # Perceptual hash (imagehash): phash is the most robust to resizing and recompression.
     hash: Literal["phash", "dhash", "whash", "ahash", "colorhash"] = "phash"
     hash_size: int = 8
-    # Largest Hamming distance that counts as a near duplicate; None = the default for the
-    # hash length (10 of 64 bits), or what `similarity` says.
+    # Largest Hamming distance accepted without verification; None = the default for the hash
+    # length (2 of 64 bits with verify, 10 without), or what `similarity` says.
     threshold: int | None = None
     # The same as a percentage, the way czkawka and dupeGuru users say it: 90 = at most 10% of
     # the bits differ. Ignored when threshold is set.
@@ -34,6 +37,9 @@ class DedupeConfig:
     # Confirm looser hash matches by feature matching, to catch crops and overlays that move
     # the hash too far (see stages/dedupe/verify.py).
     verify: bool = True
+    # At most this many candidate pairs are verified, closest first (each costs a few ms); the
+    # rest are reported, not silently dropped.
+    verify_max_pairs: int = 50_000
     # Processes hashing images (0 = one per core).
     workers: int = 0
 
@@ -52,4 +58,5 @@ class DedupeConfig:
                 raise CurateError(f"dedupe.similarity = {self.similarity}: must be a percentage "
                                   "in (0, 100], e.g. 90")
             return int(bits * (100 - self.similarity) / 100 + 1e-9)
-        return round(DEFAULT_THRESHOLD_64 * bits / 64)
+        base = DEFAULT_THRESHOLD_64 if self.verify else DEFAULT_THRESHOLD_64_UNVERIFIED
+        return round(base * bits / 64)

@@ -51,8 +51,12 @@ Confirm = Callable[[Sequence[Item], list[tuple[int, int]]], list[tuple[int, int]
 
 
 def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeConfig,
-                keep: set[int] | None = None, confirm: Confirm | None = None) -> list[Group]:
-    """Duplicate groups (two or more images), each with the member to keep."""
+                keep: set[int] | None = None, confirm: Confirm | None = None,
+                unverified: list[int] | None = None) -> list[Group]:
+    """Duplicate groups (two or more images), each with the member to keep.
+
+    `unverified` receives the number of candidate pairs left unverified by the cap, if any.
+    """
     n = len(items)
     if n < 2:
         return []
@@ -67,7 +71,8 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
         i.append(inverse[:n])
         j.append(inverse[n:])
     if config.verify and confirm is not None:
-        ci, cj = _confirmed(items, unique, inverse, found, config, confirm)
+        ci, cj = _confirmed(items, unique, inverse, found, config, confirm,
+                            unverified if unverified is not None else [])
         i.append(ci)
         j.append(cj)
     labels = component_labels(len(unique), np.concatenate(i), np.concatenate(j))[inverse[:n]]
@@ -76,8 +81,10 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
             for g in groups_from_labels(labels, 2)]
 
 
-def _confirmed(items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, strict: Pairs,
-               config: DedupeConfig, confirm: Confirm) -> tuple[np.ndarray, np.ndarray]:
+def _confirmed(
+    items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, strict: Pairs, config: DedupeConfig,
+    confirm: Confirm, unverified: list[int],
+) -> tuple[np.ndarray, np.ndarray]:
     """Unique-hash pairs beyond the threshold but within the candidate one that `confirm` accepts."""
     from curate.stages.dedupe.verify import candidate_threshold
 
@@ -86,7 +93,12 @@ def _confirmed(items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, s
         return np.empty(0, np.int64), np.empty(0, np.int64)
     cand = search_unique(unique, loose, config.bits(), config.workers or None)
     known = set(zip(strict.i.tolist(), strict.j.tolist(), strict=True))
-    todo = [(a, b) for a, b in zip(cand.i.tolist(), cand.j.tolist(), strict=True) if (a, b) not in known]
+    order = np.argsort(cand.distance, kind="stable")  # closest first, so a cap drops the least likely
+    todo = [(a, b) for a, b in zip(cand.i[order].tolist(), cand.j[order].tolist(), strict=True)
+            if (a, b) not in known]
+    if len(todo) > config.verify_max_pairs:
+        unverified.append(len(todo) - config.verify_max_pairs)
+        todo = todo[:config.verify_max_pairs]
     if not todo:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     n = len(items)
@@ -123,10 +135,10 @@ def _distance(words: np.ndarray, a: int, b: int, n: int, flip: bool) -> int:
 def _relation(item: Item, keeper: Item, distance: int) -> str:
     if item.sha256 == keeper.sha256:
         return SAME_FILE
-    if distance == 0 and (item.width, item.height) == (keeper.width, keeper.height) and (
-        pixel_digest(item.path) == pixel_digest(keeper.path) is not None
-    ):
-        return SAME_PIXELS
+    if distance == 0 and (item.width, item.height) == (keeper.width, keeper.height):
+        digest = pixel_digest(item.path)
+        if digest is not None and digest == pixel_digest(keeper.path):
+            return SAME_PIXELS
     return NEAR
 
 

@@ -128,14 +128,20 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
         chosen, unmatched = match_keep_list(scan.items, read_keep_list(keep_list), root)
         result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
     confirm = _confirm_fn(config) if config.verify else None
-    result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm)
+    unverified: list[int] = []
+    result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified)
+    if unverified:
+        result.warnings.append((str(root), f"{unverified[0]} candidate pairs beyond "
+                                f"dedupe.verify_max_pairs = {config.verify_max_pairs} were not verified "
+                                "(crops among them may be missed); raise it with --set"))
 
 
 def _confirm_fn(config: DedupeConfig):  # type: ignore[no-untyped-def]
     def confirm(items: Sequence[Item], pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        from curate.stages.dedupe.verify import confirm_pairs
+        from curate.stages.dedupe.verify import VerifyConfig, confirm_pairs
 
-        found = confirm_pairs([str(it.path) for it in items], pairs, workers=config.workers or None)
+        verify = VerifyConfig(mirrored=config.flip_invariant)  # mirrored candidates need it
+        found = confirm_pairs([str(it.path) for it in items], pairs, verify, workers=config.workers or None)
         return [(a, b) for a, b, _score in found]
     return confirm
 

@@ -2,7 +2,7 @@
 
 Why (figures from `bench/dedupe_accuracy.py` on `fixtures/dupes.py`: 13 photos with 11-12
 edited copies each, 10 hard negatives; 966 duplicate pairs, 14,259 other pairs; see
-docs/benchmarks-accuracy.md):
+docs/benchmarks.md (Dedupe accuracy)):
 
 * No perceptual hash threshold reaches the target (recall >= 0.95 at precision >= 0.99).
   phash puts the two halves of a stereo pair 4 bits apart, as close as a recompressed copy,
@@ -53,7 +53,7 @@ from curate.stages.dedupe.hashing import hash_bits, prepare
 
 # Candidate threshold per 64 bits, by hash. phash: the smallest that links every copy in the
 # fixture to its cluster (16 loses a transparent-framed copy, 20 doubles the unrelated
-# candidates; docs/benchmarks-accuracy.md). The other hashes get the same share of their
+# candidates; docs/benchmarks.md (Dedupe accuracy)). The other hashes get the same share of their
 # bits and still link fewer copies. colorhash is a colour histogram (unrelated photos share
 # it exactly); its small value only bounds the work. Unrelated candidates grow steeply with
 # the threshold: for uniform 64-bit hashes 3e-4 of all pairs are within 18, 4e-5 within 16.

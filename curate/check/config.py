@@ -1,0 +1,134 @@
+"""Options of `curate check`: the `[check]` table of curate.toml, or `[tool.curate.check]` of
+pyproject.toml, found by walking up from the checked path (stopping at the repository root).
+
+Defaults are chosen for a linter, which should never cry wolf: a rule fires only when the
+dataset is surely not what sd-scripts will train on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from curate.check.rules import RULES, check_ids
+from curate.config import CONFIG_NAME, apply_overrides, build, load_toml
+from curate.errors import CurateError
+
+SECTION = "check"
+PYPROJECT = "pyproject.toml"
+# sd-scripts' default min_bucket_reso: below it no bucket fits without upscaling.
+DEFAULT_MIN_SIZE = 256
+# CLIP's 77 positions minus the start and end tokens: what sd-scripts reads without
+# --max_token_length (150 and 225 are the other values it takes).
+DEFAULT_MAX_TOKENS = 75
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    # Rule ids switched off (`curate check --list-rules` shows them all).
+    disable: tuple[str, ...] = ()
+    # Rule id -> "error", "warning" or "off", to change a rule's level.
+    severity: dict[str, str] = field(default_factory=dict)
+    # The trigger word every training caption starts with. Unset: the first word of each
+    # subset's class_tokens (dataset.toml) or of its folder name (`10_sks dog` -> sks).
+    trigger: str | None = None
+    # Caption extension where dataset.toml does not set one (plain N_name folders).
+    caption_ext: str = ".txt"
+    # Smallest short side in pixels; unset: the dataset's min_bucket_reso, else 256.
+    min_size: int | None = None
+    # Largest Hamming distance of two 64-bit phashes reported as near duplicates. Lower than
+    # `curate dedupe`'s 10: a linter that blocks commits must not flag mere look-alikes.
+    near_threshold: int = 6
+    check_duplicates: bool = True
+    # CLIP tokens a caption may have: 75, or 150 / 225 when training with --max_token_length.
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    # Exact token counts need transformers and this tokenizer offline (a folder, or a Hub id
+    # already in the local cache); otherwise a documented lower-bound estimate is used.
+    tokenizer: str = "openai/clip-vit-large-patch14"
+    # Tags no caption may have, on top of the blacklist of the tag rules.
+    blacklist: tuple[str, ...] = ()
+    # Tag rules files (as `curate tags filter --rules`), relative to the config file.
+    rules: tuple[str, ...] = ()
+    # Processes hashing images on a cold cache (0 = one per core).
+    workers: int = 0
+
+    def validate(self, where: str) -> None:
+        check_ids(self.disable, f"{where} disable")
+        check_ids(self.severity, f"{where} severity")
+        for rule_id, level in self.severity.items():
+            if level not in ("error", "warning", "off"):
+                raise CurateError(f"{where} severity.{rule_id} = {level!r}: use error, warning or off")
+        if not self.caption_ext.startswith("."):
+            raise CurateError(f"{where} caption_ext = {self.caption_ext!r}: must look like .txt")
+        if not 0 <= self.near_threshold <= 64:
+            raise CurateError(f"{where} near_threshold = {self.near_threshold}: must be 0..64")
+        if self.max_tokens < 1 or (self.min_size is not None and self.min_size < 1):
+            raise CurateError(f"{where} max_tokens and min_size must be positive")
+
+    def level(self, rule_id: str) -> str:
+        """"error", "warning" or "off" for this rule, after disable and severity."""
+        if rule_id in self.disable:
+            return "off"
+        return self.severity.get(rule_id, RULES[rule_id].severity)
+
+    def enabled(self, *rule_ids: str) -> bool:
+        return any(self.level(r) != "off" for r in rule_ids)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: CheckConfig
+    source: Path | None  # the file it came from, None = defaults
+
+
+def find_config_file(start: Path) -> Path | None:
+    """The nearest curate.toml, or pyproject.toml with a [tool.curate] table, at or above
+    `start`; the search stops at the repository root (a folder holding .git)."""
+    folder = start.absolute()
+    if not folder.is_dir():
+        folder = folder.parent
+    for current in (folder, *folder.parents):
+        if (current / CONFIG_NAME).is_file():
+            return current / CONFIG_NAME
+        pyproject = current / PYPROJECT
+        if pyproject.is_file() and "curate" in load_toml(pyproject).get("tool", {}):
+            return pyproject
+        if os.path.exists(current / ".git"):
+            return None
+    return None
+
+
+def _table(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    data = load_toml(path)
+    if path.name == PYPROJECT:
+        data = data.get("tool", {}).get("curate", {})
+    table = data.get(SECTION, {})
+    if not isinstance(table, dict):
+        raise CurateError(f"{path}: {SECTION} must be a table ([{SECTION}])")
+    return table
+
+
+def load_config(start: Path, config_file: Path | None = None, overrides: Iterable[str] = (),
+                flags: Mapping[str, Any] | None = None, disable: Iterable[str] = ()) -> LoadedConfig:
+    """Defaults < the config file's table < `--set check.key=value` < flags; `disable` adds to
+    the file's list rather than replacing it."""
+    source = config_file if config_file is not None else find_config_file(start)
+    if config_file is not None and not config_file.is_file():
+        raise CurateError(f"{config_file}: no such config file")
+    where = f"[tool.curate.{SECTION}] of {source}" if source and source.name == PYPROJECT else (
+        f"[{SECTION}] of {source}" if source else f"[{SECTION}]")
+    table = apply_overrides({SECTION: _table(source)}, overrides)[SECTION]
+    merged = {**table, **{k: v for k, v in (flags or {}).items() if v is not None}}
+    config = build(CheckConfig, SECTION, merged)
+    extra = tuple(disable)
+    if extra:
+        config = replace(config, disable=tuple(dict.fromkeys((*config.disable, *extra))))
+    if source is not None and config.rules:  # rules files are named relative to the config file
+        config = replace(config, rules=tuple(str(source.parent / r) for r in config.rules))
+    config.validate(where)
+    return LoadedConfig(config, source)
