@@ -28,6 +28,8 @@ demo: venv
 	$(BIN)/curate tags filter $(DEMO)/workspace
 	$(BIN)/curate captions trigger $(DEMO)/workspace sks --class-token woman
 	$(BIN)/curate captions stats $(DEMO)/workspace --top 10
+	$(BIN)/curate layout $(DEMO)/workspace --out $(DEMO)/dataset --target-steps 1000
+	$(BIN)/curate buckets $(DEMO)/dataset --fix
 	$(BIN)/curate status $(DEMO)/workspace
 
 lint: venv
