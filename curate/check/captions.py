@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from curate.check.config import CheckConfig
@@ -32,6 +32,7 @@ class Trigger:
     word: str  # tag_key form
     shown: str
     source: str  # where it came from, for the message
+    guessed: bool  # from class_tokens / the folder name, not set by the user
 
 
 def trigger_for(subset: Subset, config: CheckConfig) -> Trigger | None:
@@ -39,12 +40,12 @@ def trigger_for(subset: Subset, config: CheckConfig) -> Trigger | None:
     if subset.is_reg:
         return None
     if config.trigger:
-        return Trigger(tag_key(config.trigger), config.trigger, "[check] trigger")
+        return Trigger(tag_key(config.trigger), config.trigger, "[check] trigger", False)
     if subset.class_tokens:
         # "sks woman" -> "sks": captions may carry the class token as a tag of its own
         first = tag_key(subset.class_tokens).split(" ")[0]
         if first:
-            return Trigger(first, first, f"from the class tokens of {subset.source}")
+            return Trigger(first, first, f"guessed from the class tokens of {subset.source}", True)
     return None
 
 
@@ -93,6 +94,7 @@ def check_caption(image: Path, subset: Subset, ext: str, names: set[str], ctx: C
         found.append(make("caption-multiline", caption, extra, (image,), caption=cap))
     found += _text_rules(image, caption, first, cap, ctx)
     found += _tag_rules(image, caption, parse_caption(first), subset, cap, ctx)
+    found += _trigger_rules(image, caption, first, subset, cap, ctx)
     return found
 
 
@@ -138,14 +140,6 @@ def _tag_rules(image: Path, caption: Path, tags: list[str], subset: Subset, cap:
                ctx: CaptionRules) -> Iterable[Finding]:
     keys = [tag_key(t) for t in tags]
     folder = shown(subset.image_dir)
-    trigger = trigger_for(subset, ctx.config)
-    wanted = trigger is not None and ctx.config.enabled("trigger-missing", "trigger-not-first")
-    if trigger is not None and wanted and not _trigger_at(keys, 0, trigger.word):
-        fields = dict(caption=cap, trigger=trigger.shown, source=trigger.source, folder=folder)
-        if any(_trigger_at(keys, i, trigger.word) for i in range(1, len(keys))):
-            yield make("trigger-not-first", caption, 1, (image,), first=tags[0], **fields)
-        else:
-            yield make("trigger-missing", caption, 1, (image,), **fields)
     for tag, key in zip(tags, keys, strict=True):
         if key in ctx.blacklist:
             yield make("tag-blacklisted", caption, 1, (image,), caption=cap, tag=tag, folder=folder)
@@ -153,6 +147,27 @@ def _tag_rules(image: Path, caption: Path, tags: list[str], subset: Subset, cap:
         for group, tag_names in _contradictions(keys, tags, ctx.rules):
             yield make("tags-contradict", caption, 1, (image,), caption=cap, group=group.replace("_", " "),
                        tags=", ".join(tag_names), folder=folder)
+
+
+def _trigger_rules(image: Path, caption: Path, first: str, subset: Subset, cap: str,
+                   ctx: CaptionRules) -> Iterable[Finding]:
+    """The trigger first, or at least inside the head sd-scripts never shuffles: the tags before
+    the keep_tokens_separator, else the first keep_tokens tags."""
+    trigger = trigger_for(subset, ctx.config)
+    if trigger is None or not ctx.config.enabled("trigger-missing", "trigger-not-first"):
+        return
+    keys = [tag_key(t) for t in parse_caption(first)]
+    head = len(parse_caption(first.split(SEPARATOR)[0])) if SEPARATOR in first else max(1, subset.keep_tokens)
+    at = next((i for i in range(len(keys)) if _trigger_at(keys, i, trigger.word)), None)
+    if at is not None and at < head:
+        return
+    fields = dict(caption=cap, trigger=trigger.shown, source=trigger.source, folder=shown(subset.image_dir))
+    if at is None:
+        finding = make("trigger-missing", caption, 1, (image,), **fields)
+    else:
+        kept = f" nor in the first {head} tags that keep_tokens holds in place" if head > 1 else ""
+        finding = make("trigger-not-first", caption, 1, (image,), position=at + 1, kept=kept, **fields)
+    yield replace(finding, severity="warning") if trigger.guessed else finding
 
 
 def _trigger_at(keys: list[str], index: int, word: str) -> bool:

@@ -39,9 +39,11 @@ class CheckConfig:
     caption_ext: str = ".txt"
     # Smallest short side in pixels; unset: the dataset's min_bucket_reso, else 256.
     min_size: int | None = None
-    # Largest Hamming distance of two 64-bit phashes reported as near duplicates. Lower than
-    # `curate dedupe`'s 10: a linter that blocks commits must not flag mere look-alikes.
-    near_threshold: int = 6
+    # Largest Hamming distance of two 64-bit phashes reported as near duplicates. `curate dedupe`
+    # accepts 2 unchecked and confirms looser pairs by feature matching; a check run on every
+    # commit does no feature matching, so it stays at 2: the largest threshold that linked no
+    # wrong pair in bench/dedupe_accuracy.py (a stereo pair, two different pictures, is 4 apart).
+    near_threshold: int = 2
     check_duplicates: bool = True
     # CLIP tokens a caption may have: 75, or 150 / 225 when training with --max_token_length.
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -68,11 +70,11 @@ class CheckConfig:
         if self.max_tokens < 1 or (self.min_size is not None and self.min_size < 1):
             raise CurateError(f"{where} max_tokens and min_size must be positive")
 
-    def level(self, rule_id: str) -> str:
-        """"error", "warning" or "off" for this rule, after disable and severity."""
+    def level(self, rule_id: str, default: str | None = None) -> str:
+        """"error", "warning" or "off" for this rule (a finding's own severity is `default`)."""
         if rule_id in self.disable:
             return "off"
-        return self.severity.get(rule_id, RULES[rule_id].severity)
+        return self.severity.get(rule_id, default or RULES[rule_id].severity)
 
     def enabled(self, *rule_ids: str) -> bool:
         return any(self.level(r) != "off" for r in rule_ids)

@@ -37,10 +37,11 @@ ANY_IMAGE_EXTS = SD_EXTS | OTHER_IMAGE_EXTS
 CAPTION_EXTS = (".txt", ".caption")
 # Folders a dataset walk never enters: tool state, environments, caches.
 PRUNE = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "__MACOSX"})
-# Folder names users give train_data_dir / reg_data_dir, recognised even before any
-# subfolder has a valid N_name.
-TRAIN_NAMES = frozenset({"img", "image", "images", "train", "train_data"})
-REG_NAMES = frozenset({"reg", "regularization", "regularisation", "reg_data", "reg_images"})
+# The names kohya_ss' folder preparation gives train_data_dir and reg_data_dir: such a folder
+# is a dataset even when none of its subfolders has a valid N_name yet. (Broader names such as
+# "images" would turn a repository's screenshots folder into a dataset full of errors.)
+TRAIN_NAMES = frozenset({"img"})
+REG_NAMES = frozenset({"reg"})
 FOLDER_NAME = re.compile(r"^(\d+)_(.+)$", re.DOTALL)
 SUBSET_HEADER = r"^\s*\[\[\s*datasets\.subsets\s*\]\]"
 
@@ -54,6 +55,7 @@ class Subset:
     caption_extension: str | None = None  # as set in dataset.toml; None = not set anywhere
     alpha_mask: bool = False
     class_tokens: str | None = None
+    keep_tokens: int = 0  # leading tags sd-scripts holds in place when it shuffles
     captions_from_files: bool = True  # False: fine-tuning metadata_file supplies the captions
     source: str = ""  # "dataset.toml subset 2" or "folder 10_sks"
 
@@ -184,13 +186,9 @@ def load_dataset(key: Path) -> Dataset:
     return read_dataset_toml(key) if key.name == DATASET_TOML and key.is_file() else folder_dataset(key)
 
 
-def line_of(text: str, pattern: str, start: int = 0) -> int | None:
-    """1-based line of the first match of regex `pattern` at or after line `start`."""
-    lines = text.splitlines()
-    for number in range(start, len(lines)):
-        if re.search(pattern, lines[number]):
-            return number + 1
-    return None
+def line_of(text: str, pattern: str) -> int | None:
+    """1-based line of the first match of regex `pattern`."""
+    return next((n for n, line in enumerate(text.splitlines(), 1) if re.search(pattern, line)), None)
 
 
 def read_dataset_toml(path: Path) -> Dataset:
@@ -213,12 +211,19 @@ def read_dataset_toml(path: Path) -> Dataset:
                                      "add [[datasets]] with [[datasets.subsets]] image_dir = ..."))
         return data
     subset_number = 0
-    for dataset in datasets:
+    for number, dataset in enumerate(datasets, 1):
+        if not isinstance(dataset, dict) or not dataset.get("subsets"):
+            data.problems.append(Problem(path, _nth_line(text, r"^\s*\[\[\s*datasets\s*\]\]", number),
+                                         f"dataset {number} has no subsets", "add [[datasets.subsets]] "
+                                         "with image_dir = ... under it"))
+            continue
         if data.min_bucket_reso is None:
             reso = dataset.get("min_bucket_reso", general.get("min_bucket_reso"))
             data.min_bucket_reso = reso if isinstance(reso, int) else None
-        for table in dataset.get("subsets", []):
+        for table in dataset["subsets"]:
             subset_number += 1
+            if not isinstance(table, dict):
+                continue
             line = _nth_line(text, SUBSET_HEADER, subset_number)
             subset = _subset(data, text, table, (dataset, general), subset_number, line)
             if subset is not None:
@@ -247,21 +252,19 @@ def _pick(table: dict[str, Any], outer: tuple[dict[str, Any], ...], key: str) ->
 
 def _subset(data: Dataset, text: str, table: dict[str, Any], outer: tuple[dict[str, Any], ...],
             number: int, line: int | None) -> Subset | None:
-    where = f"subset {number}"
+    where, config = f"subset {number}", data.config_file or data.root
     image_dir, metadata = table.get("image_dir"), table.get("metadata_file")
     if not isinstance(image_dir, str) or not image_dir:
         if not metadata:
-            data.problems.append(Problem(data.config_file or data.root, line, f"{where} has no image_dir",
+            data.problems.append(Problem(config, line, f"{where} has no image_dir",
                                          "set image_dir = \"path/to/10_name\""))
         return None
     folder = _resolve(data.root, image_dir)
     if folder is None:
-        data.problems.append(Problem(data.config_file or data.root, line,
-                                     f"{where}: image_dir {image_dir!r} does not exist",
+        data.problems.append(Problem(config, line, f"{where}: image_dir {image_dir!r} does not exist",
                                      "fix the path (relative paths are resolved from sd-scripts' "
                                      "working folder; curate layout writes absolute ones)"))
         return None
-    config = data.config_file or data.root
     ext = _pick(table, outer, "caption_extension")
     if ext is not None and (not isinstance(ext, str) or not ext.startswith(".")):
         data.problems.append(Problem(config, line_of(text, r"caption_extension") or line,
@@ -273,8 +276,10 @@ def _subset(data: Dataset, text: str, table: dict[str, Any], outer: tuple[dict[s
         data.problems.append(Problem(config, line, f"{where}: num_repeats {repeats!r} is not a whole "
                                      "number >= 1", "set num_repeats = 1 or more"))
     tokens = table.get("class_tokens")
+    keep = _pick(table, outer, "keep_tokens")
     return Subset(folder, bool(table.get("is_reg", False)), ext, bool(_pick(table, outer, "alpha_mask")),
                   tokens if isinstance(tokens, str) and tokens.strip() else None,
+                  keep if isinstance(keep, int) and keep > 0 else 0,
                   captions_from_files=not metadata, source=f"{DATASET_TOML} {where}")
 
 

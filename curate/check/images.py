@@ -12,18 +12,21 @@ their cache entries.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from curate.stages.dedupe.cache import FolderCache, Hash, read_hashes
+from curate.stages.dedupe.cache import FolderCache, Hash, cache_dir, read_hashes
 from curate.stages.dedupe.config import DedupeConfig
-from curate.stages.dedupe.group import NEAR, SAME_FILE, Group, find_groups
+from curate.stages.dedupe.group import pixel_digest
 from curate.stages.dedupe.hashing import decode_error, hash_key, pool_map
 from curate.stages.dedupe.scan import Item, Probe, probe_file
+from curate.stages.dedupe.search import pairs_within
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
@@ -40,7 +43,7 @@ class Facts:
 
 def dedupe_config(near_threshold: int, workers: int) -> DedupeConfig:
     # verify (feature matching) finds crops, at a cost a pre-commit hook should not pay
-    return DedupeConfig(threshold=near_threshold, verify=False, keep="first", workers=workers)
+    return DedupeConfig(threshold=near_threshold, verify=False, workers=workers)
 
 
 def scan_paths(paths: Sequence[Path], config: DedupeConfig, cache: FolderCache | None = None) -> Facts:
@@ -127,23 +130,85 @@ def alpha_mode(path: Path, fmt: str) -> str | None:
 @dataclass(frozen=True)
 class Duplicate:
     path: Path
-    other: Path  # the image it duplicates (earlier in path order)
+    other: Path  # the earlier image it duplicates (path order)
     exact: bool
     relation: str
     distance: int
 
 
 def duplicates(paths: Sequence[Path], facts: Facts, config: DedupeConfig) -> list[Duplicate]:
-    """Exact and near duplicates among `paths` (those that were hashed), each against the first
-    image of its group in path order."""
+    """Each image (of those hashed) that repeats an earlier one in path order, against its
+    nearest earlier image: a pair the user can judge.
+
+    Not dedupe's groups: they are single-linkage, so the first image of a chain of look-alikes
+    may be far from the last, and a linter must never show a pair beyond the threshold. The
+    search is dedupe's (`pairs_within`, sub-quadratic); the first image of each set of
+    repeats is never reported, every later one once.
+    """
     present = [p for p in paths if p in facts.hashes]
-    items = [replace(facts.items[p], order=i) for i, p in enumerate(present)]
-    groups: list[Group] = find_groups(items, [facts.hashes[p] for p in present], config)
-    found = []
-    for group in groups:
-        keeper = present[group.keeper]
-        for member in group.duplicates:
-            relation = "an identical copy" if member.relation == SAME_FILE else "a same-pixels copy"
-            found.append(Duplicate(present[member.index], keeper, member.relation != NEAR, relation,
-                                   member.distance))
+    items = [facts.items[p] for p in present]
+    found: list[Duplicate] = []
+    first_of: dict[str, int] = {}
+    nearest = _nearest_earlier(present, facts, config)
+    digests = _DigestCache()
+    try:
+        for j, item in enumerate(items):
+            if item.sha256 in first_of:
+                first = present[first_of[item.sha256]]
+                found.append(Duplicate(present[j], first, True, "an identical copy", 0))
+                continue
+            first_of[item.sha256] = j
+            if j not in nearest:
+                continue
+            i, distance = nearest[j]
+            same = distance == 0 and (item.width, item.height) == (items[i].width, items[i].height) and (
+                digests.get(item) == digests.get(items[i]) is not None)
+            found.append(Duplicate(present[j], present[i], same, "a same-pixels copy" if same else "near",
+                                   distance))
+    finally:
+        digests.close()
     return found
+
+
+def _nearest_earlier(present: list[Path], facts: Facts, config: DedupeConfig) -> dict[int, tuple[int, int]]:
+    """image index -> (nearest earlier image within the threshold, distance); ties: earliest."""
+    if len(present) < 2:
+        return {}
+    pairs = pairs_within([facts.hashes[p][0] for p in present], config.effective_threshold(),
+                         bits=config.bits(), workers=config.workers or None)
+    order = np.lexsort((pairs.i, pairs.distance, pairs.j))  # by j, then distance, then i
+    out: dict[int, tuple[int, int]] = {}
+    for i, j, d in zip(pairs.i[order].tolist(), pairs.j[order].tolist(), pairs.distance[order].tolist(),
+                       strict=True):
+        out.setdefault(j, (i, d))
+    return out
+
+
+class _DigestCache:
+    """Pixel digests by content sha256, kept between runs (check-cache.sqlite beside dedupe's
+    cache): telling a lossless re-encode from a look-alike decodes both images once, ever."""
+
+    def __init__(self) -> None:
+        self._db: sqlite3.Connection | None = None
+
+    def get(self, item: Item) -> str | None:
+        db = self._open()
+        row = db.execute("SELECT digest FROM pixel_digests WHERE sha256 = ?", (item.sha256,)).fetchone()
+        if row is not None:
+            return str(row[0]) if row[0] else None
+        digest = pixel_digest(item.path)
+        db.execute("INSERT OR REPLACE INTO pixel_digests VALUES (?, ?)", (item.sha256, digest or ""))
+        return digest
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            folder = cache_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(folder / "check-cache.sqlite", isolation_level=None, timeout=30)
+            self._db.execute("CREATE TABLE IF NOT EXISTS pixel_digests "
+                             "(sha256 TEXT PRIMARY KEY, digest TEXT)")
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()

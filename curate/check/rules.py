@@ -17,7 +17,7 @@ in curate.toml (or `[tool.curate.check]` in pyproject.toml) changes a rule's lev
 | caption-extension-default | warning | no caption_extension written: sd-scripts defaults to `.caption` |
 | caption-too-long | warning | more CLIP tokens than max_tokens (the rest is cut off) |
 | trigger-missing | error | a training caption without the trigger word |
-| trigger-not-first | error | a training caption whose first tag is not the trigger word |
+| trigger-not-first | error | the trigger is not first (nor in the head keep_tokens holds in place) |
 | escaped-parentheses | warning | `\\(` in a caption: webui prompt escaping, read literally in training |
 | tag-blacklisted | error | a tag of the blacklist |
 | tags-contradict | warning | two tags of one exclusive group (blonde hair, brown hair) on one image |
@@ -34,6 +34,10 @@ in curate.toml (or `[tool.curate.check]` in pyproject.toml) changes a rule's lev
 | duplicate-near | warning | perceptual hashes within near_threshold bits |
 | network-alpha | warning | `network_alpha > network_dim` in a training config |
 | dataset-config | error | a dataset.toml sd-scripts would refuse or misread |
+
+The two trigger rules report a warning instead when the trigger is only guessed (the first
+word of the subset's class_tokens or folder name) rather than set with `[check] trigger` or
+`--trigger`: class tokens are often a class word ("cat"), not a trigger.
 """
 
 from __future__ import annotations
@@ -80,7 +84,10 @@ RULES: dict[str, Rule] = {}
 def shown(path: Path) -> str:
     """A path as printed: relative to the working folder when inside it (as pre-commit and
     GitHub annotations want), else absolute."""
-    rel = os.path.relpath(path)
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path.as_posix()
     return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
@@ -137,8 +144,8 @@ _rule("caption-too-long", "warning", "caption {caption} is {count} CLIP tokens{e
       "[check] max_tokens = 150 or 225 if you train with --max_token_length")
 _rule("trigger-missing", "error", "caption {caption} does not contain the trigger '{trigger}' ({source})",
       "curate captions trigger {folder} {trigger}")
-_rule("trigger-not-first", "error", "caption {caption} starts with '{first}', not the trigger "
-      "'{trigger}' ({source})", "curate captions trigger {folder} {trigger} (puts it first, once)")
+_rule("trigger-not-first", "error", "caption {caption} has the trigger '{trigger}' as tag {position}, not "
+      "first{kept} ({source})", "curate captions trigger {folder} {trigger} (puts it first, once)")
 _rule("escaped-parentheses", "warning", "caption {caption} has escaped parentheses ({sample}): "
       "sd-scripts reads the backslashes literally",
       "write 'name (series)' without backslashes; escaping is for webui prompts only")

@@ -9,7 +9,7 @@ shared stems involve other files, but only findings that involve one of the file
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,9 @@ class CheckResult:
 
 @dataclass
 class Plan:
+    # dataset.toml or data dir -> the dataset and what to report on (None: everything)
     datasets: dict[Path, tuple[Dataset, Scope | None]] = field(default_factory=dict)
-    configs: list[Path] = field(default_factory=list)
-    scope: dict[Path, Scope | None] = field(default_factory=dict)
+    configs: list[Path] = field(default_factory=list)  # candidate training configs
 
 
 def plan(paths: Sequence[Path], only_files: Sequence[Path] | None) -> Plan:
@@ -121,7 +121,7 @@ def plan(paths: Sequence[Path], only_files: Sequence[Path] | None) -> Plan:
     return out
 
 
-def _add(out: Plan, key: Path, load: Any, scope: Scope | None) -> None:
+def _add(out: Plan, key: Path, load: Callable[[Path], Dataset], scope: Scope | None) -> None:
     if key not in out.datasets:
         out.datasets[key] = (load(key), scope)
         return
@@ -140,9 +140,9 @@ def check(paths: Sequence[Path], config: CheckConfig,
     if not paths and not only_files:
         paths = [Path.cwd()]
     work = plan(paths, only_files)
-    ctx = CaptionRules(config, load_rules([Path(p) for p in config.rules]),
-                       frozenset(tag_key(t) for t in config.blacklist), TokenCounter(config.tokenizer))
-    ctx.blacklist |= ctx.rules.blacklist
+    rules = load_rules([Path(p) for p in config.rules])
+    blacklist = rules.blacklist | {tag_key(t) for t in config.blacklist}
+    ctx = CaptionRules(config, rules, blacklist, TokenCounter(config.tokenizer))
     result = CheckResult()
     per_dataset: list[tuple[Dataset, Scope | None, list[Finding], list[tuple[Path, bool]]]] = []
     for dataset, scope in work.datasets.values():
@@ -237,7 +237,7 @@ def _levelled(findings: list[Finding], config: CheckConfig) -> list[Finding]:
     """Disabled rules dropped, severities as configured, in file and line order."""
     out = []
     for f in findings:
-        level = config.level(f.rule)
+        level = config.level(f.rule, f.severity)
         if level != "off":
             out.append(f if level == f.severity else replace(f, severity=level))  # type: ignore[arg-type]
-    return sorted(dict.fromkeys(out), key=lambda f: (shown(f.path), f.line or 0, f.rule, f.message))
+    return sorted(out, key=lambda f: (shown(f.path), f.line or 0, f.rule, f.message))

@@ -93,7 +93,10 @@ class TokenCounter:
             if folder is not None and importlib.util.find_spec("transformers") is not None:
                 from transformers import CLIPTokenizer
 
-                self._tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+                try:
+                    self._tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+                except Exception:  # a damaged vocabulary: the bounds still hold, so use them
+                    self._tokenizer = None
         return self._tokenizer
 
     def over(self, text: str, limit: int) -> Count | None:
