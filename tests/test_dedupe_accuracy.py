@@ -169,3 +169,12 @@ def test_the_dedupe_stage_at_its_defaults_finds_exactly_the_truth(
         clusters.setdefault(cluster, []).append(name)
     want = sorted(sorted(c) for c in clusters.values() if len(c) > 1)
     assert got == want
+
+
+def test_verification_cap_is_reported(dupes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path / "cache"))
+    full = dedupe(dupes, DedupeConfig(workers=2))
+    capped = dedupe(dupes, DedupeConfig(workers=2, verify_max_pairs=5))
+    assert not full.warnings
+    assert any("verified the 5 closest candidate pairs" in reason for _f, reason in capped.warnings)
+    assert capped.duplicates < full.duplicates

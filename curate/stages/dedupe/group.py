@@ -16,16 +16,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from curate.stages.dedupe.cache import Hash
-from curate.stages.dedupe.clusters import component_labels, groups_from_labels
+from curate.stages.dedupe.clusters import UnionFind, component_labels, groups_from_labels
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.keep import choose
 from curate.stages.dedupe.scan import Item
-from curate.stages.dedupe.search import Pairs, collapse, pack_hashes, popcount, search_unique
+from curate.stages.dedupe.search import collapse, pack_hashes, popcount, search_unique
 
 # How a duplicate relates to the image kept in its place.
 SAME_FILE = "same-file"
 SAME_PIXELS = "same-pixels"
 NEAR = "near"
+# Candidate pairs verified per round; between rounds, pairs already joined are dropped.
+VERIFY_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -70,48 +72,71 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
     if config.flip_invariant:  # each image is the same picture as its own mirror
         i.append(inverse[:n])
         j.append(inverse[n:])
+    labels = component_labels(len(unique), np.concatenate(i), np.concatenate(j))
     if config.verify and confirm is not None:
-        ci, cj = _confirmed(items, unique, inverse, found, config, confirm,
+        labels = _confirmed(items, unique, inverse, labels, config, confirm,
                             unverified if unverified is not None else [])
-        i.append(ci)
-        j.append(cj)
-    labels = component_labels(len(unique), np.concatenate(i), np.concatenate(j))[inverse[:n]]
+    labels = labels[inverse[:n]]
     values = np.asarray(words)
     return [_make_group(g, items, values, n, config, keep or set())
             for g in groups_from_labels(labels, 2)]
 
 
 def _confirmed(
-    items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, strict: Pairs, config: DedupeConfig,
-    confirm: Confirm, unverified: list[int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unique-hash pairs beyond the threshold but within the candidate one that `confirm` accepts."""
+    items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, labels: np.ndarray,
+    config: DedupeConfig, confirm: Confirm, unverified: list[int],
+) -> np.ndarray:
+    """Component labels after joining the candidate pairs (beyond the threshold, within the
+    candidate one) that `confirm` accepts.
+
+    Candidates go closest first, in batches, and a pair whose two sides are already joined is
+    not looked at: grouping is single linkage, so that changes nothing but the work. In a set
+    of many copies of one picture this skips almost every pair.
+    """
     from curate.stages.dedupe.verify import candidate_threshold
 
     loose = candidate_threshold(config.hash, config.hash_size)
     if loose <= config.effective_threshold():
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return labels
     cand = search_unique(unique, loose, config.bits(), config.workers or None)
-    known = set(zip(strict.i.tolist(), strict.j.tolist(), strict=True))
-    order = np.argsort(cand.distance, kind="stable")  # closest first, so a cap drops the least likely
-    todo = [(a, b) for a, b in zip(cand.i[order].tolist(), cand.j[order].tolist(), strict=True)
-            if (a, b) not in known]
-    if len(todo) > config.verify_max_pairs:
-        unverified.append(len(todo) - config.verify_max_pairs)
-        todo = todo[:config.verify_max_pairs]
-    if not todo:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    n = len(items)
-    rep = np.full(len(unique), -1, dtype=np.int64)  # first item with each unique hash
-    positions = np.arange(len(inverse) - 1, -1, -1)
-    rep[inverse[positions]] = positions % n
-    pairs = [(int(rep[a]), int(rep[b])) for a, b in todo]
-    ok = set(confirm(items, [p for p in pairs if p[0] != p[1]]))
-    kept = [(a, b) for (a, b), p in zip(todo, pairs, strict=True) if p in ok or p[::-1] in ok]
-    if not kept:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    arr = np.asarray(kept, dtype=np.int64)
-    return arr[:, 0], arr[:, 1]
+    order = np.argsort(cand.distance, kind="stable")
+    pending = [(a, b) for a, b in zip(cand.i[order].tolist(), cand.j[order].tolist(), strict=True)
+               if labels[a] != labels[b]]
+    uf = UnionFind(len(unique))
+    uf.parent = labels.tolist()  # component labels are their smallest member: a valid forest
+    rep = _representatives(unique, inverse, len(items))
+    budget = config.verify_max_pairs
+    for start in range(0, len(pending), VERIFY_BATCH):
+        batch = _still_apart(uf, pending[start:start + VERIFY_BATCH])
+        if len(batch) > budget:
+            unverified.append(len(batch) - budget + len(pending) - start - VERIFY_BATCH)
+            batch = batch[:budget]
+        budget -= len(batch)
+        ok = set(confirm(items, [(rep[a], rep[b]) for a, b in batch]))
+        for a, b in batch:
+            if (rep[a], rep[b]) in ok:
+                uf.union(a, b)
+        if budget <= 0:
+            break
+    return np.array([uf.find(x) for x in range(len(unique))], dtype=np.int64)
+
+
+def _representatives(unique: np.ndarray, inverse: np.ndarray, n: int) -> list[int]:
+    """For each unique hash, an item that has it (mirrored hashes map to their item)."""
+    rep = np.zeros(len(unique), dtype=np.int64)
+    rep[inverse] = np.arange(len(inverse)) % n
+    return rep.tolist()
+
+
+def _still_apart(uf: UnionFind, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pairs whose sides are in different groups, one per pair of groups."""
+    seen, out = set(), []
+    for a, b in pairs:
+        ra, rb = uf.find(a), uf.find(b)
+        if ra != rb and (min(ra, rb), max(ra, rb)) not in seen:
+            seen.add((min(ra, rb), max(ra, rb)))
+            out.append((a, b))
+    return out
 
 
 def _make_group(members: list[int], items: Sequence[Item], words: np.ndarray, n: int,

@@ -131,9 +131,9 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
     unverified: list[int] = []
     result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified)
     if unverified:
-        result.warnings.append((str(root), f"{unverified[0]} candidate pairs beyond "
-                                f"dedupe.verify_max_pairs = {config.verify_max_pairs} were not verified "
-                                "(crops among them may be missed); raise it with --set"))
+        result.warnings.append((str(root), f"verified the {config.verify_max_pairs} closest candidate "
+                                f"pairs, not the {unverified[0]} further apart: crops among those may be "
+                                "missed; raise --set dedupe.verify_max_pairs=N to look at more"))
 
 
 def _confirm_fn(config: DedupeConfig):  # type: ignore[no-untyped-def]
