@@ -1,0 +1,122 @@
+"""Options of `curate train`: the `[train]` table of a TOML file, `--set key=value`, then flags.
+
+Names follow sd-scripts' arguments (network_dim, min_snr_gamma, save_every_n_steps, ...) so
+that a guide's settings carry over. Dataset settings (resolution, batch size, repeats, caption
+options) come from the dataset's own dataset.toml when it has one; the fields here marked
+"folder mode" apply to plain `N_name` folders and override dataset.toml only when set.
+`version` numbers the file format; `MIGRATIONS[v]` turns a version-v table into version v+1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from curate.config import apply_overrides, build, load_toml
+from curate.errors import CurateError
+
+VERSION = 1
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    version: int = VERSION
+    network: Literal["lora", "ia3"] = "lora"
+    network_dim: int = 8
+    network_alpha: float = 1.0
+    network_dropout: float | None = None
+    conv_dim: int | None = None
+    conv_alpha: float | None = None
+    ia3_train_on_input: bool = True
+    train_unet: bool = True
+    train_text_encoder: bool = True
+    learning_rate: float = 1e-4
+    unet_lr: float | None = None
+    text_encoder_lr: float | None = None
+    optimizer: Literal["adamw", "prodigy"] = "adamw"
+    optimizer_args: dict[str, Any] = field(default_factory=dict)
+    lr_scheduler: Literal["constant", "cosine"] = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    max_train_steps: int = 1600  # sd-scripts' default
+    max_train_epochs: int | None = None  # when set, wins over max_train_steps
+    seed: int = 42
+    noise_offset: float = 0.0
+    adaptive_noise_scale: float | None = None
+    min_snr_gamma: float | None = None
+    prior_loss_weight: float = 1.0
+    clip_skip: int | None = None
+    scale_weight_norms: float | None = None
+    output_name: str = "last"
+    save_every_n_steps: int | None = None
+    save_every_n_epochs: int | None = None
+    save_state: bool = False
+    save_precision: Literal["fp16", "bf16", "float"] = "fp16"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # folder mode (and overrides of dataset.toml when set)
+    resolution: int | None = None
+    batch_size: int | None = None
+    enable_bucket: bool | None = None
+    min_bucket_reso: int | None = None
+    max_bucket_reso: int | None = None
+    bucket_reso_steps: int | None = None
+    caption_extension: str = ".txt"
+    shuffle_caption: bool | None = None
+    keep_tokens: int | None = None
+    caption_dropout_rate: float | None = None
+    caption_tag_dropout_rate: float | None = None
+
+    def check(self) -> None:
+        if self.version != VERSION:
+            raise CurateError(f"train.version = {self.version}: this curate reads version {VERSION}")
+        positive = {"network_dim": self.network_dim, "max_train_steps": self.max_train_steps,
+                    "max_train_epochs": self.max_train_epochs, "save_every_n_steps": self.save_every_n_steps,
+                    "save_every_n_epochs": self.save_every_n_epochs, "batch_size": self.batch_size,
+                    "resolution": self.resolution, "conv_dim": self.conv_dim, "clip_skip": self.clip_skip}
+        for name, value in positive.items():
+            if value is not None and value < 1:
+                raise CurateError(f"train.{name} = {value}: must be at least 1")
+        if self.learning_rate <= 0:
+            raise CurateError(f"train.learning_rate = {self.learning_rate}: must be positive")
+        if not (self.train_unet or self.train_text_encoder):
+            raise CurateError("train.train_unet and train.train_text_encoder are both false: "
+                              "nothing to train")
+        if not self.output_name or "/" in self.output_name:
+            raise CurateError(f"train.output_name = {self.output_name!r}: must be a plain file name")
+
+    def network_options(self) -> dict[str, Any]:
+        common = {"train_unet": self.train_unet, "train_text_encoder": self.train_text_encoder}
+        if self.network == "ia3":
+            return {**common, "train_on_input": self.ia3_train_on_input}
+        return {**common, "dim": self.network_dim, "alpha": self.network_alpha,
+                "dropout": self.network_dropout, "conv_dim": self.conv_dim, "conv_alpha": self.conv_alpha}
+
+
+def migrate(table: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older `[train]` table up to VERSION, one numbered step at a time."""
+    version = table.get("version", VERSION)
+    if not isinstance(version, int) or version > VERSION:
+        raise CurateError(f"train.version = {version!r}: not a version this curate reads ({VERSION})")
+    while version < VERSION:
+        table = {**MIGRATIONS[version](table), "version": version + 1}
+        version += 1
+    return table
+
+
+def train_config(config_file: Path | None, overrides: Iterable[str] = (),
+                 flags: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < [train] in the file < --set (`key=v` or `train.key=v`) < flags (None = unset)."""
+    data = load_toml(config_file) if config_file else {}
+    if config_file and not config_file.is_file():
+        raise CurateError(f"{config_file}: no such config file")
+    qualified = [item if item.startswith("train.") else f"train.{item}" for item in overrides]
+    table = apply_overrides(data, qualified).get("train", {})
+    if not isinstance(table, dict):
+        raise CurateError("train in the config file must be a table ([train])")
+    merged = {**migrate(table), **{k: v for k, v in (flags or {}).items() if v is not None}}
+    config = build(TrainConfig, "train", merged)
+    config.check()
+    return config

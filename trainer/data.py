@@ -1,0 +1,264 @@
+"""Reading a Kohya dataset as sd-scripts does (REFERENCE §1), and planning each epoch's batches.
+
+Two ways in: a `dataset.toml` (what `curate layout` writes; folder names are not parsed, every
+subset says its num_repeats and class_tokens), or folder mode, where each immediate subfolder
+`N_name` of the dataset (or of its `img/` and `reg/` folders, as `curate layout` arranges
+them) holds images repeated N times with class tokens "name". Images are globbed
+non-recursively with sd-scripts' extensions, all-lower or ALL-UPPER only; a caption is the first
+line of stem + caption_extension, the class tokens when it is missing; an empty caption file is
+an error (sd-scripts asserts). Buckets come from the `buckets` package, which reproduces
+sd-scripts' BucketManager. Regularisation images are repeated until they are as many as the
+training images, as sd-scripts' DreamBoothDataset does.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from buckets import BucketConfig, assign
+from buckets.assign import Assignment
+from curate.errors import CurateError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One folder of images with sd-scripts' subset options (the ones curate trains with)."""
+
+    image_dir: Path
+    num_repeats: int = 1
+    class_tokens: str | None = None
+    is_reg: bool = False
+    caption_extension: str = ".txt"
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    flip_aug: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    caption: str
+    subset: Subset
+    assignment: Assignment
+
+
+@dataclass(frozen=True)
+class Dataset:
+    items: tuple[Item, ...]
+    buckets: BucketConfig
+    batch_size: int
+    subsets: tuple[Subset, ...]
+
+    @property
+    def train_items(self) -> list[Item]:
+        return [i for i in self.items if not i.subset.is_reg]
+
+    def repeated(self) -> list[Item]:
+        """Every item as often as it trains per epoch: train x repeats, reg balanced to match."""
+        out = [item for item in self.train_items for _ in range(item.subset.num_repeats)]
+        return out + balance_reg([i for i in self.items if i.subset.is_reg], len(out))
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """ss_tag_frequency: per training folder, in how many captions each tag appears."""
+        out: dict[str, Counter[str]] = {}
+        for item in self.train_items:
+            tags = {t.strip().lower() for t in item.caption.split(",") if t.strip()}
+            out.setdefault(item.subset.image_dir.name, Counter()).update(tags)
+        return {folder: dict(counter) for folder, counter in out.items()}
+
+    def dataset_dirs(self, reg: bool = False) -> dict[str, dict[str, int]]:
+        """ss_dataset_dirs: {folder: {n_repeats, img_count}}."""
+        return {s.image_dir.name: {"n_repeats": s.num_repeats,
+                                   "img_count": sum(1 for i in self.items if i.subset is s)}
+                for s in self.subsets if s.is_reg == reg}
+
+
+def balance_reg(reg: list[Item], train_count: int) -> list[Item]:
+    """sd-scripts: every reg image once per repeat, then one more at a time, until there are as many."""
+    if not reg:
+        return []
+    out = [item for item in reg for _ in range(item.subset.num_repeats)]
+    while len(out) < train_count:
+        out += reg[: train_count - len(out)]
+    return out
+
+
+def list_images(folder: Path) -> list[Path]:
+    """sd-scripts' glob: no recursion; `.png` or `.PNG` but not `.Png`."""
+    wanted = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in wanted)
+
+
+def read_caption(image: Path, subset: Subset) -> str:
+    path = image.with_suffix(subset.caption_extension)
+    if not path.is_file():
+        return subset.class_tokens or ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CurateError(f"{path}: caption is not UTF-8 ({exc}); re-save it as UTF-8") from exc
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise CurateError(f"{path}: empty caption file (sd-scripts stops on it); "
+                          "write a caption or delete the file")
+    return lines[0].strip()
+
+
+def folder_subsets(root: Path, defaults: dict[str, Any]) -> list[Subset]:
+    """Folder mode: `N_name` subfolders of root, or of root/img and root/reg (curate layout's)."""
+    sources = [(root / "img", False), (root / "reg", True)] if (root / "img").is_dir() else [(root, False)]
+    subsets = []
+    for parent, is_reg in sources:
+        if not parent.is_dir():
+            continue
+        for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
+            head, _, rest = folder.name.partition("_")
+            if not head.isdigit() or int(head) < 1:
+                continue  # sd-scripts skips these with a warning; so do we, quietly
+            subsets.append(Subset(image_dir=folder, num_repeats=int(head), class_tokens=rest or None,
+                                  is_reg=is_reg, **defaults))
+    return subsets
+
+
+def toml_subsets(path: Path) -> tuple[list[Subset], dict[str, Any]]:
+    """Subsets of the first [[datasets]] of a dataset.toml, and that dataset's settings."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CurateError(f"{path}: cannot read ({exc})") from exc
+    datasets = data.get("datasets") or []
+    if not datasets:
+        raise CurateError(f"{path}: no [[datasets]] table")
+    general, dataset = data.get("general", {}), datasets[0]
+    names = {f.name for f in fields(Subset)}
+    subsets = []
+    for raw in dataset.get("subsets", []):
+        merged = {k: v for k, v in {**general, **dataset, **raw}.items() if k in names}
+        image_dir = Path(merged.pop("image_dir", "") or ".")
+        if not image_dir.is_absolute():
+            image_dir = path.parent / image_dir
+        subsets.append(Subset(image_dir=image_dir, **merged))
+    settings = {k: v for k, v in {**general, **dataset}.items() if k != "subsets"}
+    return subsets, settings
+
+
+def bucket_config(settings: dict[str, Any]) -> BucketConfig:
+    names = {f.name for f in fields(BucketConfig)}
+    values = {k: v for k, v in settings.items() if k in names}
+    if isinstance(values.get("resolution"), str):  # sd-scripts' "512,768"
+        values["resolution"] = tuple(int(v) for v in values["resolution"].split(","))
+    return BucketConfig(**values)
+
+
+def load_dataset(root: Path, overrides: dict[str, Any] | None = None) -> Dataset:
+    """The dataset at `root` (a dataset.toml, or a folder); `overrides` are sd-scripts subset /
+    dataset field values that win over the file (None values are ignored)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    subset_names = {f.name for f in fields(Subset)} - {"image_dir", "num_repeats", "class_tokens", "is_reg"}
+    subset_over = {k: v for k, v in overrides.items() if k in subset_names}
+    toml_path = root if root.is_file() else root / "dataset.toml"
+    if toml_path.is_file():
+        subsets, settings = toml_subsets(toml_path)
+        subsets = [replace(s, **subset_over) for s in subsets]
+    elif root.is_dir():
+        subsets, settings = folder_subsets(root, subset_over), {"enable_bucket": True}
+    else:
+        raise CurateError(f"{root}: no such dataset folder or dataset.toml")
+    settings = {**settings, **{k: v for k, v in overrides.items() if k not in subset_names}}
+    buckets = bucket_config(settings)
+    items = [_item(path, subset, buckets) for subset in subsets for path in _images(subset)]
+    if not any(not i.subset.is_reg for i in items):
+        raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
+    return Dataset(tuple(items), buckets, int(settings.get("batch_size", 1)), tuple(subsets))
+
+
+def _images(subset: Subset) -> list[Path]:
+    if not subset.image_dir.is_dir():
+        raise CurateError(f"{subset.image_dir}: image folder of a subset does not exist")
+    return list_images(subset.image_dir)
+
+
+def _item(path: Path, subset: Subset, buckets: BucketConfig) -> Item:
+    try:
+        with Image.open(path) as image:
+            size = image.size
+    except OSError as exc:
+        raise CurateError(f"{path}: cannot read image ({exc})") from exc
+    return Item(path, read_caption(path, subset), subset, assign(size, buckets))
+
+
+def process_caption(caption: str, subset: Subset, rng: random.Random) -> str:
+    """Prefix/suffix, caption dropout, then shuffle and tag dropout of the tags after the kept
+    head (keep_tokens tags, or the part before keep_tokens_separator), as sd-scripts does."""
+    if subset.caption_prefix:
+        caption = f"{subset.caption_prefix} {caption}"
+    if subset.caption_suffix:
+        caption = f"{caption} {subset.caption_suffix}"
+    if subset.caption_dropout_rate > 0 and rng.random() < subset.caption_dropout_rate:
+        return ""
+    if not (subset.shuffle_caption or subset.caption_tag_dropout_rate > 0):
+        return caption
+    sep, fixed, tail = subset.caption_separator, [], []
+    split = (lambda text: [t.strip() for t in text.split(sep) if t.strip()])  # noqa: E731
+    if subset.keep_tokens_separator and subset.keep_tokens_separator in caption:
+        head, flex_text = caption.split(subset.keep_tokens_separator, 1)
+        if subset.keep_tokens_separator in flex_text:
+            flex_text, tail_text = flex_text.split(subset.keep_tokens_separator, 1)
+            tail = split(tail_text)
+        fixed, flex = split(head), split(flex_text)
+    else:
+        tokens = [t.strip() for t in caption.strip().split(sep)]
+        fixed, flex = tokens[: subset.keep_tokens], tokens[subset.keep_tokens:]
+    if subset.shuffle_caption:
+        rng.shuffle(flex)
+    if subset.caption_tag_dropout_rate > 0:
+        flex = [t for t in flex if rng.random() >= subset.caption_tag_dropout_rate]
+    return ", ".join(fixed + flex + tail)
+
+
+def epoch_batches(dataset: Dataset, epoch: int, seed: int) -> list[list[Item]]:
+    """The batches of one epoch: items per bucket shuffled, cut into batches, batches shuffled.
+
+    Seeded by (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen.
+    """
+    rng = random.Random(f"{seed}-epoch-{epoch}")
+    by_bucket: dict[tuple[int, int], list[Item]] = {}
+    for item in dataset.repeated():
+        by_bucket.setdefault(item.assignment.bucket, []).append(item)
+    batches = []
+    for bucket in sorted(by_bucket):
+        items = by_bucket[bucket]
+        rng.shuffle(items)
+        size = dataset.batch_size
+        batches += [items[i:i + size] for i in range(0, len(items), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def steps_per_epoch(dataset: Dataset) -> int:
+    counts = Counter(item.assignment.bucket for item in dataset.repeated())
+    return sum(math.ceil(n / dataset.batch_size) for n in counts.values())
+
+
+def bucket_info(dataset: Dataset) -> dict[str, Any]:
+    """ss_bucket_info: images per bucket (with repeats) and the mean aspect-ratio error."""
+    counts = Counter(item.assignment.bucket for item in dataset.repeated())
+    errors = [abs(item.assignment.aspect_error) for item in dataset.items]
+    buckets = {str(i): {"resolution": list(b), "count": counts[b]} for i, b in enumerate(sorted(counts))}
+    return {"buckets": buckets, "mean_img_ar_error": sum(errors) / max(len(errors), 1)}
