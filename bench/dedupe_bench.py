@@ -262,6 +262,11 @@ def bench_stage(n: int, workers: int, keep: Path | None) -> str:
         elapsed, res = timed(lambda: dedupe(folder, DedupeConfig(workers=workers, verify=False)))
         rows.append(["curate dedupe --no-verify (cached)", seconds(elapsed), f"{n / elapsed:,.0f}",
                      len(res.groups), res.duplicates])
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["CURATE_CACHE_DIR"] = cache
+        elapsed, res = timed(lambda: dedupe(folder, DedupeConfig(workers=workers, verify=False)))
+        rows.append(["curate dedupe --no-verify (cold cache)", seconds(elapsed), f"{n / elapsed:,.0f}",
+                     len(res.groups), res.duplicates])
     methods = import_imagededup()
     if methods is not None:
         hasher = methods.PHash(verbose=False)

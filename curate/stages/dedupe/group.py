@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -167,6 +168,7 @@ def _relation(item: Item, keeper: Item, distance: int) -> str:
     return NEAR
 
 
+@lru_cache(maxsize=4096)  # a group's kept image is compared with each of its members
 def pixel_digest(path: object) -> str | None:
     """sha256 of the upright RGBA pixels: equal for a PNG and its lossless re-encodings."""
     try:
