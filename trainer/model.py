@@ -52,6 +52,9 @@ def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.flo
     _check_model_path(path)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # curate prints its own progress; a second bar is noise
 
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
