@@ -24,6 +24,7 @@ demo: venv
 	$(BIN)/python -m fixtures.tiny_tagger $(DEMO)/fixtures/tagger
 	$(BIN)/curate import $(DEMO)/fixtures/scrape --into $(DEMO)/workspace
 	$(BIN)/curate dedupe $(DEMO)/workspace --report $(DEMO)/dedupe.html
+	$(BIN)/curate filter $(DEMO)/workspace
 	$(BIN)/curate tag $(DEMO)/workspace --model $(DEMO)/fixtures/tagger
 	$(BIN)/curate tags filter $(DEMO)/workspace
 	$(BIN)/curate captions trigger $(DEMO)/workspace sks --class-token woman

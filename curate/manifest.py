@@ -96,13 +96,38 @@ MIGRATIONS: dict[int, str] = {
     2: HASHES_TABLE,
     # Dataset-wide choices later stages need: trigger word, class token, keep_tokens...
     3: "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    # `curate filter` keeps raw scores per file content (thresholds re-judge them without
+    # reading images); `curate crop` records the crop that stands in for an image in later
+    # stages ('main', see Workspace.records) and its face close-ups ('closeup-N').
+    4: """
+CREATE TABLE quality_scores (
+    content_sha256 TEXT NOT NULL,   -- of the file measured: an image, or its crop
+    key            TEXT NOT NULL,   -- measures version and face detector
+    scores         TEXT NOT NULL,   -- JSON
+    PRIMARY KEY (content_sha256, key)
+);
+CREATE TABLE crops (
+    image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+    kind         TEXT NOT NULL,     -- 'main' or 'closeup-N'
+    sha256       TEXT NOT NULL,     -- of the crop file
+    stored_path  TEXT NOT NULL,     -- relative to the workspace root
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    mode         TEXT NOT NULL,
+    format       TEXT NOT NULL,
+    box          TEXT NOT NULL,     -- JSON [x, y, w, h] of the crop in the original image
+    subject      TEXT NOT NULL,     -- what placed it: user, alpha, face, saliency, centre
+    run_id       INTEGER,
+    PRIMARY KEY (image_sha256, kind)
+);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
 # Stages whose every run decides about all images afresh (a dedupe at another threshold):
 # only the decisions of their latest finished run count. Import decisions accumulate.
-REPLACING_STAGES = ("dedupe",)
+REPLACING_STAGES = ("dedupe", "quality", "crop")
 CURRENT_DECISION = (
     f"(decisions.stage NOT IN ({', '.join(repr(s) for s in REPLACING_STAGES)}) OR decisions.run_id = "
     "(SELECT MAX(runs.id) FROM runs WHERE runs.command = decisions.stage "

@@ -21,8 +21,9 @@ SKIPPED = "skipped"
 WARNING = "warning"
 DUPLICATE = "duplicate"  # dedupe: another image of the group was kept; reason names it
 KEPT = "kept"  # dedupe: this image stands for its group
+REJECTED = "rejected"  # quality: failed a check of `curate filter`; reason names each
 # An image with a current decision of one of these verdicts is left out of later stages.
-EXCLUDING = frozenset({DUPLICATE})
+EXCLUDING = frozenset({DUPLICATE, REJECTED})
 
 # Tag categories, as in Danbooru / WD14 `selected_tags.csv` plus the namespaces scrapers use.
 GENERAL = "general"

@@ -171,17 +171,35 @@ class Workspace:
             decisions.setdefault(r["image_sha256"], []).append(
                 Decision(r["stage"], r["verdict"], r["reason"], r["subject"])
             )
+        # A crop from `curate crop` stands in for its image (file, size, mode, format), so later
+        # stages train on it; the original and the box stay in extra["crop"].
+        crops = {r["image_sha256"]: r for r in m.rows("SELECT * FROM crops WHERE kind = 'main'")}
+        closeups: dict[str, list[Path]] = {}
+        for r in m.rows("SELECT image_sha256, stored_path FROM crops WHERE kind != 'main' ORDER BY kind"):
+            closeups.setdefault(r["image_sha256"], []).append(self.root / r["stored_path"])
+
+        def extra(r) -> dict[str, object]:  # type: ignore[no-untyped-def]
+            out: dict[str, object] = {"changes": json.loads(r["changes"])}
+            if (c := crops.get(r["sha256"])) is not None:
+                out["crop"] = {"sha256": c["sha256"], "box": json.loads(c["box"]), "subject": c["subject"],
+                               "original": self.root / r["stored_path"],
+                               "original_size": (r["width"], r["height"])}
+            if r["sha256"] in closeups:
+                out["closeups"] = tuple(closeups[r["sha256"]])
+            return out
+
         return [
             Record(
-                sha256=r["sha256"], path=self.root / r["stored_path"], width=r["width"],
-                height=r["height"], mode=r["mode"], format=r["format"],
+                sha256=r["sha256"], path=self.root / s["stored_path"], width=s["width"],
+                height=s["height"], mode=s["mode"], format=s["format"],
                 origins=tuple(origins.get(r["sha256"], ())),
                 tags=tuple(tags.get(r["sha256"], ())),
                 caption=captions.get(r["sha256"]),
                 decisions=tuple(decisions.get(r["sha256"], ())),
-                extra=MappingProxyType({"changes": json.loads(r["changes"])}),
+                extra=MappingProxyType(extra(r)),
             )
             for r in m.rows("SELECT * FROM images ORDER BY rowid")
+            for s in [crops.get(r["sha256"], r)]
         ]
 
 

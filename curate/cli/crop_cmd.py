@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.config import CONFIG_NAME, stage_config
+
+
+@click.command("crop")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Plain folder: write the crops here (same relative paths, with captions).")
+@click.option("--size", type=int, default=None, help="Output size: about SIZE x SIZE pixels (default 512).")
+@click.option("--aspect", default=None, metavar="W:H|keep|bucket",
+              help="Output aspect: 1:1 (default), 2:3..., keep (the image's), bucket (sd-scripts').")
+@click.option("--fit", type=click.Choice(["subject", "max"]), default=None,
+              help="subject: tight around the subject plus padding (default); max: largest window.")
+@click.option("--max-upscale", type=float, default=None,
+              help="Never enlarge more than this (default 1.0); smaller images are recorded.")
+@click.option("--crops", "crops_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Your subject boxes, file,x,y,w,h per line; always win (default TARGET/crops.csv).")
+@click.option("--sources", default=None, metavar="LIST",
+              help="Subject sources in order, comma-separated (default alpha,faces,saliency).")
+@click.option("--faces", default=None, metavar="DETECTOR",
+              help="frontal (default), none, or a cascade .xml / YuNet .onnx "
+                   "(e.g. lbpcascade_animeface.xml).")
+@click.option("--face-closeups", is_flag=True, default=None, help="Also write a head close-up per face.")
+@click.option("--format", "format_", type=click.Choice(["same", "png"]), default=None,
+              help="same: the image's format, JPEG at quality 95 (default); png.")
+@click.option("--workers", type=int, default=None, help="Cropping processes (0 = one per core).")
+@click.option("--dry-run", is_flag=True, help="Show each crop; write nothing.")
+@config_options
+@output_options
+def command(target: Path, out: Path | None, size: int | None, aspect: str | None, fit: str | None,
+            max_upscale: float | None, crops_file: Path | None, sources: str | None, faces: str | None,
+            face_closeups: bool | None, format_: str | None, workers: int | None, dry_run: bool,
+            config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
+            verbose: bool) -> None:
+    """Crop each image of TARGET around its subject to a training size and aspect.
+
+    \b
+    The subject is your box in crops.csv when there is one, else (in --sources order) the
+    opaque part of a cut-out, the faces, or what stands out (saliency). Nothing is enlarged
+    beyond --max-upscale: an image too small for the target is written smaller and recorded.
+    In a workspace the crops are stored beside the images and later stages (layout) use them;
+    the originals are kept, and each run re-crops from them. A plain folder gets a report;
+    --out writes the crops and their captions there.
+
+    \b
+    Examples:
+      curate crop ws --dry-run                       # where each crop would go, and why
+      curate crop ws --size 768 --aspect 2:3 --face-closeups
+      curate crop ws --crops my_boxes.csv            # file,x,y,w,h: your boxes win
+      curate crop ./raw --out ./cropped --aspect bucket
+    """
+    from curate.stages.crop.config import CropConfig
+    from curate.stages.crop.run import crop_images
+
+    output = Out(as_json, quiet, verbose)
+    listed = tuple(s.strip() for s in sources.split(",") if s.strip()) if sources is not None else None
+    config = stage_config(CropConfig, "crop", config_file or target / CONFIG_NAME, overrides, {
+        "size": size, "aspect": aspect, "fit": fit, "max_upscale": max_upscale, "sources": listed,
+        "faces": faces, "face_closeups": face_closeups, "format": format_, "workers": workers})
+    with output.progress("cropping") as progress:
+        result = crop_images(target, config, out=out, crops_file=crops_file, dry_run=dry_run,
+                             on_progress=progress)
+    _print(output, result)
+
+
+def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
+    if out.as_json:
+        out.json(result.as_dict())
+        return
+    out.problems("skipped", result.skipped)
+    out.problems("warning", result.warnings)
+    out.problems("ignored", result.ignored, always=False)
+    done = result.done
+    if not out.quiet:
+        shown = done if out.verbose else done[:LIST_LIMIT]
+        for item in shown:
+            main = item.outcome.pieces[0].window
+            extra = f", {len(item.outcome.pieces) - 1} close-up(s)" if len(item.outcome.pieces) > 1 else ""
+            flag = "  TOO SMALL" if main.small else ""
+            source = item.outcome.subject.source
+            out.line(f"{item.shown}: {main.out[0]}x{main.out[1]} from {main.box[2]}x{main.box[3]} at "
+                     f"({main.box[0]},{main.box[1]}), subject from {source}{extra}{flag}")
+        if len(done) > len(shown):
+            out.line(f"... and {len(done) - len(shown)} more (-v lists all)")
+    counts = result.counts()
+    out.table(f"crops of {result.target}", list(counts.items()), ("", "images"))
+    if out.quiet:
+        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    if result.mode == "workspace":
+        verb = "would store" if result.dry_run else "stored"
+        out.line(f"{verb} {len(done)} crops; later stages use them in place of the originals")
+    elif result.out:
+        out.line(f"{'would write' if result.dry_run else 'wrote'} {sum(len(i.written) for i in done)} files "
+                 f"to {result.out}")
+    else:
+        out.line("report only, nothing written: add --out DIR to write the crops")

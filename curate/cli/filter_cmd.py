@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.config import CONFIG_NAME, stage_config
+
+CHECK_NAMES = ("blur", "small", "aspect", "dark", "bright", "monochrome", "blocky", "text", "border_face")
+
+
+@click.command("filter")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Plain folder: copy the images that pass (with captions) here, same relative paths.")
+@click.option("--min-side", type=int, default=None, help="Too small below this short side (default 256 px).")
+@click.option("--max-aspect", type=float, default=None, help="Extreme above this aspect ratio (default 4).")
+@click.option("--min-sharpness", type=float, default=None,
+              help="Blurry below this variance of the Laplacian at 512 px (default 37).")
+@click.option("--faces", default=None, metavar="DETECTOR",
+              help="Face detector for faces at the border: frontal (default), none, or a cascade "
+                   ".xml / YuNet .onnx file (e.g. lbpcascade_animeface.xml).")
+@click.option("--skip", multiple=True, type=click.Choice([*CHECK_NAMES, "none"]),
+              help="A check not to run (repeatable; default: text). --skip none runs them all.")
+@click.option("--workers", type=int, default=None, help="Measuring processes (0 = one per core).")
+@click.option("--dry-run", is_flag=True, help="List what would be rejected or copied; change nothing.")
+@config_options
+@output_options
+def command(target: Path, out: Path | None, min_side: int | None, max_aspect: float | None,
+            min_sharpness: float | None, faces: str | None, skip: tuple[str, ...], workers: int | None,
+            dry_run: bool, config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
+            quiet: bool, verbose: bool) -> None:
+    """Reject images unfit for training, with a reason for each: blurry, too small, extreme
+    aspect ratio, too dark or washed out, greyscale, heavy JPEG blocks, text-covered (opt-in),
+    another person's face at the border.
+
+    \b
+    TARGET is a workspace (rejected images are marked and left out of later stages; each run
+    replaces the previous run's marks; scores are stored, so changing a threshold re-judges
+    without reading images) or a plain folder (a report; --out copies the images that pass).
+    Every threshold is in the [quality] table of curate.toml and reachable with --set.
+
+    \b
+    Examples:
+      curate filter ws --dry-run                 # what would go, and why
+      curate filter ws --skip monochrome         # keep greyscale images
+      curate filter ws --set quality.dark_below=40 --skip none
+      curate filter ./raw --out ./clean          # copy the good ones (with captions)
+    """
+    from curate.stages.quality.config import QualityConfig
+    from curate.stages.quality.run import quality_filter
+
+    output = Out(as_json, quiet, verbose)
+    skipped = None if not skip else tuple(s for s in skip if s != "none")
+    config = stage_config(QualityConfig, "quality", config_file or target / CONFIG_NAME, overrides, {
+        "min_side": min_side, "max_aspect": max_aspect, "min_sharpness": min_sharpness, "faces": faces,
+        "skip": skipped, "workers": workers})
+    with output.progress("measuring") as progress:
+        result = quality_filter(target, config, out=out, dry_run=dry_run, on_progress=progress)
+    _print(output, result)
+
+
+def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
+    if out.as_json:
+        out.json(result.as_dict())
+        return
+    out.problems("skipped", result.skipped)
+    out.problems("ignored", result.ignored, always=False)
+    verb = "would reject" if result.dry_run else "rejected"
+    if not out.quiet:
+        shown = result.rejected if out.verbose else result.rejected[:LIST_LIMIT]
+        for item in shown:
+            out.line(f"{verb}: {item.shown}: " + "; ".join(reason for _, reason in item.failures))
+        if len(result.rejected) > len(shown):
+            out.line(f"... and {len(result.rejected) - len(shown)} more (-v lists all)")
+    counts = result.counts()
+    out.table(f"quality filter of {result.target}", list(counts.items()), ("", "images"))
+    if out.quiet:
+        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    if result.mode == "workspace":
+        out.line(f"{verb} {len(result.rejected)} of {len(result.items)} images; later stages leave them out")
+    elif result.out:
+        verb = "would copy" if result.dry_run else "copied"
+        out.line(f"{verb} {len(result.copied)} images to {result.out}")
+    elif result.rejected:
+        out.line(f"report only, nothing written: add --out DIR to copy the {counts['passed']} images "
+                 "that pass")

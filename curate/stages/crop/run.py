@@ -1,0 +1,218 @@
+"""`curate crop`: the one entry point, for a plain folder or a workspace.
+
+In a workspace every image later stages would use gets a crop, stored like an image
+(`images/<sha[:2]>/<sha>.<ext>`, content-addressed, written atomically before the manifest
+names it) and recorded in the `crops` table; `Workspace.records()` then hands the crop to
+later stages (layout) in place of the original, which stays untouched. Each run re-crops from
+the originals and replaces the previous run's crops and decisions in one transaction. A plain
+folder gets a report, and with `out` the crops written there at the same relative paths with
+their caption sidecars; the folder itself is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.atomic import atomic_write_bytes
+from curate.errors import CurateError
+from curate.folder import walk_images
+from curate.manifest import now
+from curate.record import Record
+from curate.stages.crop.config import CropConfig
+from curate.stages.crop.render import Outcome, Piece, crop_file
+from curate.stages.crop.user_boxes import CROPS_FILE, Box, match, read_crops
+from curate.stages.quality.copy import check_out, copy_image
+from curate.workspace import Workspace, is_workspace
+
+STAGE = "crop"
+CROPPED, SMALL = "cropped", "small"  # verdicts; neither leaves the image out
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Item:
+    shown: str
+    path: Path  # the original
+    names: tuple[str, ...]  # what a crops.csv line may call it
+    sha256: str | None = None
+    outcome: Outcome | None = None
+    written: list[str] = field(default_factory=list)
+
+    def reason(self, max_upscale: float) -> str:
+        assert self.outcome is not None and self.outcome.subject is not None
+        main = self.outcome.pieces[0].window
+        x, y, w, h = main.box
+        text = (f"{main.out[0]}x{main.out[1]} from {w}x{h} at ({x},{y}) of "
+                f"{self.outcome.size[0]}x{self.outcome.size[1]}, subject from {self.outcome.subject.source}")
+        if main.small:
+            text += (f"; too small for {main.target[0]}x{main.target[1]}: it would need "
+                     f"{main.target[0] / w:.2f}x enlarging (max_upscale {max_upscale:g})")
+        return text
+
+
+@dataclass
+class CropResult:
+    target: str
+    mode: str
+    dry_run: bool
+    config: CropConfig
+    items: list[Item] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    out: str | None = None
+
+    @property
+    def done(self) -> list[Item]:
+        return [it for it in self.items if it.outcome is not None and it.outcome.error is None]
+
+    def counts(self) -> dict[str, int]:
+        done = [it.outcome for it in self.done if it.outcome]
+        sources = [o.subject.source for o in done if o.subject]
+        return {"images": len(self.items), "cropped": len(done),
+                "small": sum(o.pieces[0].window.small for o in done),
+                "closeups": sum(len(o.pieces) - 1 for o in done), "skipped": len(self.skipped),
+                **{f"subject {s}": sources.count(s) for s in ("user", "alpha", "face", "saliency", "centre")}}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "mode": self.mode, "dry_run": self.dry_run, "out": self.out,
+                "config": {**asdict(self.config), "sources": list(self.config.sources)},
+                "counts": self.counts(), "crops": [_item_dict(it) for it in self.done],
+                **{k: [{"file": f, "reason": r} for f, r in getattr(self, k)]
+                   for k in ("skipped", "ignored", "warnings")}}
+
+
+def _item_dict(it: Item) -> dict[str, Any]:
+    o = it.outcome
+    assert o is not None and o.subject is not None
+    return {"file": it.shown, "sha256": it.sha256, "size": list(o.size), "subject": o.subject.source,
+            "subject_box": [round(v) for v in o.subject.box], "notes": o.notes, "written": it.written,
+            "pieces": [{"kind": p.kind, "box": list(p.window.box), "out": list(p.window.out),
+                        "scale": round(p.window.scale, 4), "small": p.window.small} for p in o.pieces]}
+
+
+def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, crops_file: Path | None = None,
+                dry_run: bool = False, on_progress: ProgressFn | None = None) -> CropResult:
+    """Crop every image of a folder or workspace to its subject (see module doc)."""
+    config.check()
+    target = Path(target).absolute()
+    if not target.is_dir():
+        what = "does not exist" if not target.exists() else "is not a folder"
+        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
+    result = CropResult(str(target), "workspace" if is_workspace(target) else "folder", dry_run, config)
+    crops_file = crops_file or (target / CROPS_FILE if (target / CROPS_FILE).is_file() else None)
+    boxes = read_crops(crops_file) if crops_file else {}
+    if result.mode == "workspace":
+        if out is not None:
+            raise CurateError("--out is for plain folders: in a workspace crops are stored beside the "
+                              "images and used by later stages (then `curate layout`)")
+        with Workspace.open(target) as ws, ws.lock():
+            result.items = [_ws_item(r) for r in ws.active_records()]
+            _run(result, boxes, crops_file, on_progress, render=not dry_run)
+            if not dry_run:
+                _store(ws, result)
+        return result
+    out = check_out(target, out) if out is not None else None
+    found = walk_images(target)
+    result.skipped, result.ignored = found.skipped, found.ignored
+    result.items = [Item(rel, target / rel, (rel, Path(rel).name, str(target / rel)))
+                    for rel in found.relpaths]
+    # with --out the crops are encoded even on a dry run: their names depend on the format
+    _run(result, boxes, crops_file, on_progress, render=out is not None)
+    if out is not None:
+        result.out = str(out)
+        for it in result.done:
+            it.written = _folder_names(it) if dry_run else _write_folder(target, out, it)
+    return result
+
+
+def _ws_item(record: Record) -> Item:
+    crop = record.extra.get("crop")
+    original = Path(crop["original"]) if crop else record.path
+    names = [record.sha256]
+    for origin in record.origins:
+        rel = origin.source_path.removeprefix(origin.source_root).lstrip("/\\")
+        names += [origin.source_path, rel, Path(origin.source_path.split("!/")[-1]).name]
+    shown = record.origins[0].source_path if record.origins else str(original)
+    return Item(shown, original, tuple(names), record.sha256)
+
+
+def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
+         on_progress: ProgressFn | None, render: bool) -> None:
+    from curate.stages.dedupe.hashing import pool_map
+
+    used, jobs = set(), []
+    for it in result.items:
+        hit = match(boxes, it.names)
+        if hit:
+            used.add(hit[0])
+        jobs.append((str(it.path), hit[1] if hit else None, result.config, render))
+    outcomes = pool_map(crop_file, jobs, result.config.workers or None)
+    for done, (it, outcome) in enumerate(zip(result.items, outcomes, strict=True), 1):
+        it.outcome = outcome
+        if outcome.error:
+            result.skipped.append((it.shown, outcome.error))
+        if on_progress:
+            on_progress(done, len(jobs))
+    result.warnings += [(str(crops_file), f"line for {name!r} names no image here")
+                        for name in boxes if name not in used]
+
+
+def _store(ws: Workspace, result: CropResult) -> None:
+    """Crop files first (content-addressed, atomic), then every row and the run's end in one
+    transaction: a killed run leaves the previous crops in force."""
+    run_id = ws.manifest.start_run(STAGE, {**asdict(result.config), "sources": list(result.config.sources)})
+    rows, decisions = [], []
+    for it in result.done:
+        assert it.outcome is not None
+        subject = it.outcome.subject.source if it.outcome.subject else ""
+        for piece in it.outcome.pieces:
+            rows.append((it.sha256, *_stored(ws, piece), subject, run_id))
+        main = it.outcome.pieces[0].window
+        reason = "; ".join([it.reason(result.config.max_upscale), *it.outcome.notes])
+        verdict = SMALL if main.small else CROPPED
+        decisions.append((it.sha256, it.shown, STAGE, verdict, reason, run_id, now()))
+    with ws.manifest.transaction() as db:
+        db.execute("DELETE FROM crops")
+        db.executemany("INSERT INTO crops (image_sha256, kind, sha256, stored_path, width, height, mode, "
+                       "format, box, subject, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
+                       "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", decisions)
+        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
+                   (json.dumps(result.counts(), sort_keys=True), now(), run_id))
+
+
+def _stored(ws: Workspace, piece: Piece) -> tuple[Any, ...]:
+    assert piece.data is not None
+    sha = hashlib.sha256(piece.data).hexdigest()
+    path = ws.stored_file(sha, piece.ext)
+    if not path.exists():
+        atomic_write_bytes(path, piece.data)
+    w, h = piece.window.out
+    return (piece.kind, sha, path.relative_to(ws.root).as_posix(), w, h, piece.mode, piece.format,
+            json.dumps(list(piece.window.box)))
+
+
+def _folder_names(it: Item) -> list[str]:
+    """The files a folder run writes for an item (main crop, then close-ups)."""
+    assert it.outcome is not None
+    rel = Path(it.shown)
+    names = []
+    for piece in it.outcome.pieces:
+        ext = piece.ext if piece.data is not None else rel.suffix  # not encoded: no --out
+        stem = rel.stem if piece.kind == "main" else f"{rel.stem}_{piece.kind.replace('closeup-', 'face')}"
+        names.append(rel.with_name(stem + ext).as_posix())
+    return names
+
+
+def _write_folder(root: Path, out: Path, it: Item) -> list[str]:
+    assert it.outcome is not None
+    written = []
+    for piece, name in zip(it.outcome.pieces, _folder_names(it), strict=True):
+        written += copy_image(root, it.shown, out, piece.data, Path(name).name)
+    return written

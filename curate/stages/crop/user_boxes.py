@@ -1,0 +1,52 @@
+"""The user's own subject boxes: `crops.csv` with `file,x,y,w,h` rows (pixels of the original
+image; a header row is optional, # starts a comment). They always win over detection.
+
+`file` names an image as the user knows it: its path relative to the folder (or, in a
+workspace, to the folder it was imported from), its full source path, its file name when
+that is unique, or its sha256.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from curate.errors import CurateError
+
+CROPS_FILE = "crops.csv"
+Box = tuple[float, float, float, float]
+
+
+def read_crops(path: Path) -> dict[str, Box]:
+    """Name -> box; a malformed row is an error naming its line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CurateError(f"{path}: cannot read the crop list ({exc})") from exc
+    boxes: dict[str, Box] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.split("#", 1)[0].strip():
+            continue
+        cells = [c.strip() for c in next(csv.reader([line]))]
+        if not boxes and cells[1:] == ["x", "y", "w", "h"]:
+            continue  # the header
+        try:
+            x, y, w, h = (float(c) for c in cells[1:])
+        except ValueError:
+            w = h = 0.0
+            x = y = -1.0
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            raise CurateError(f"{path}:{number}: expected file,x,y,w,h in pixels (w and h above 0), "
+                              f"got {line.strip()!r}")
+        boxes[_norm(cells[0])] = (x, y, w, h)
+    return boxes
+
+
+def match(boxes: dict[str, Box], names: Iterable[str]) -> tuple[str, Box] | None:
+    """(the name used, its box) for the first of an image's names that the file lists."""
+    return next(((n, boxes[n]) for n in map(_norm, names) if n in boxes), None)
+
+
+def _norm(name: str) -> str:
+    return name.strip().replace("\\", "/").removeprefix("./")
