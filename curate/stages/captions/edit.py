@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from curate.stages.captions.store import changed_images, load, save
+from curate.stages.captions.store import CaptionRun, changed_images, load, save, shown_line
 from curate.workspace import Workspace
 from tagging.captions import (
     SEPARATOR,
@@ -25,30 +23,13 @@ STAGE = "captions"
 Edit = Callable[[Dataset], EditResult]
 
 
-@dataclass
-class EditRun:
-    target: str
-    kind: str
-    dry_run: bool
-    images: int = 0
-    changed: list[str] = field(default_factory=list)
-    diff: list[str] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "kind": self.kind, "dry_run": self.dry_run, "images": self.images,
-                "changed": len(self.changed), "diff": self.diff, "settings": self.settings,
-                "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
-
-
 def apply_edit(target: Path, edit: Edit, *, caption_ext: str = ".txt", dry_run: bool = False,
-               render: Callable[[list[str]], str] = format_caption) -> EditRun:
+               render: Callable[[list[str]], str] = format_caption) -> CaptionRun:
     """Apply one dataset-wide edit to the captions of a workspace or folder."""
     captions = load(target, caption_ext)
     result = edit(captions.tags)
-    run = EditRun(str(captions.root), captions.kind, dry_run, len(captions.tags), skipped=captions.skipped)
-    run.diff = [_shown(line, captions.shown) for line in result.diff()]
+    run = CaptionRun(str(captions.root), captions.kind, dry_run, len(captions.tags), skipped=captions.skipped)
+    run.diff = [shown_line(line, captions.shown) for line in result.diff()]
     run.changed = (changed_images(captions, result.dataset) if dry_run
                    else save(captions, result.dataset, STAGE, render=render))
     return run
@@ -69,7 +50,7 @@ def trigger_edit(trigger: str, class_token: str | None, dataset: Dataset) -> Edi
 
 
 def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, separator: bool = False,
-                caption_ext: str = ".txt", dry_run: bool = False) -> EditRun:
+                caption_ext: str = ".txt", dry_run: bool = False) -> CaptionRun:
     """Insert the trigger word and record keep_tokens (and the separator form) for the layout."""
     keep = keep_tokens_for([[trigger] + ([class_token] if class_token else [])], trigger, class_token)
     render = partial(_with_separator, keep) if separator else format_caption
@@ -86,7 +67,3 @@ def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, s
 def _with_separator(keep: int, tags: list[str]) -> str:
     return with_separator(tags, keep)
 
-
-def _shown(line: str, shown: dict[str, str]) -> str:
-    image, sep, rest = line.partition(": ")
-    return f"{shown.get(image, image)}{sep}{rest}"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from curate.errors import CurateError
-from curate.stages.captions.store import Removed, changed_images, load, save
+from curate.stages.captions.store import CaptionRun, Removed, changed_images, load, save, shown_line
 from tagging.filter import FilterConfig, filter_tags
 from tagging.rules import load_rules
 
@@ -54,31 +53,14 @@ class FilterStageConfig:
             raise CurateError(f"[filter]: {exc}") from exc
 
 
-@dataclass
-class FilterRun:
-    target: str
-    kind: str
-    dry_run: bool
-    images: int = 0
-    changed: list[str] = field(default_factory=list)
-    diff: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "kind": self.kind, "dry_run": self.dry_run, "images": self.images,
-                "changed": len(self.changed), "removed_by_rule": self.counts, "diff": self.diff,
-                "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
-
-
-def run_filter(target: Path, config: FilterStageConfig, *, dry_run: bool = False) -> FilterRun:
+def run_filter(target: Path, config: FilterStageConfig, *, dry_run: bool = False) -> CaptionRun:
     captions = load(target, config.caption_ext)
     rules = load_rules([Path(p) for p in config.rules])
     result = filter_tags(captions.tags, rules, config.filter_config())
-    run = FilterRun(str(captions.root), captions.kind, dry_run, len(captions.tags),
+    run = CaptionRun(str(captions.root), captions.kind, dry_run, len(captions.tags),
                     skipped=captions.skipped, counts=result.counts())
     shown = captions.shown
-    run.diff = [_shown_line(line, shown) for line in result.diff()]
+    run.diff = [shown_line(line, shown) for line in result.diff()]
     removed = [Removed(r.image, r.tag, r.rule, r.detail) for r in result.removals]
     if dry_run:
         run.changed = changed_images(captions, result.dataset)
@@ -86,7 +68,3 @@ def run_filter(target: Path, config: FilterStageConfig, *, dry_run: bool = False
         run.changed = save(captions, result.dataset, STAGE, removed)
     return run
 
-
-def _shown_line(line: str, shown: dict[str, str]) -> str:
-    image, sep, rest = line.partition(": ")
-    return f"{shown.get(image, image)}{sep}{rest}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
@@ -93,6 +94,32 @@ def _load_folder(root: Path, ext: str) -> CaptionSet:
         first = text.splitlines()[0] if text.strip() else ""  # sd-scripts reads the first line only
         out.tags[rel] = [ScoredTag(name) for name in parse_caption(first)]
     return out
+
+
+@dataclass
+class CaptionRun:
+    """What a filter or edit run over a dataset's captions did, for the summary and --json."""
+
+    target: str
+    kind: str
+    dry_run: bool
+    images: int = 0
+    changed: list[str] = field(default_factory=list)
+    diff: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # tags removed per rule (filter)
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded for the layout (trigger)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "kind": self.kind, "dry_run": self.dry_run, "images": self.images,
+                "changed": len(self.changed), "removed_by_rule": self.counts, "settings": self.settings,
+                "diff": self.diff, "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
+
+
+def shown_line(line: str, shown: dict[str, str]) -> str:
+    """A diff line `image: ...` with the image id replaced by the path the user knows."""
+    image, sep, rest = line.partition(": ")
+    return f"{shown.get(image, image)}{sep}{rest}"
 
 
 @dataclass(frozen=True)
