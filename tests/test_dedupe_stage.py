@@ -234,3 +234,20 @@ def test_undo_after_partial_move_is_safe(tmp_path: Path) -> None:
     restored, refused = undo_moves(dest / "dedupe.json")
     assert not refused and len(restored) == 5
     assert {k: v[0] for k, v in tree_state(root).items()} == {k: v[0] for k, v in before.items()}
+
+
+def test_same_pixels_across_formats_and_exact_jpeg_rewraps(tmp_path: Path) -> None:
+    """A PNG saved from a JPEG's pixels, and a JPEG with only its metadata changed, are the
+    same picture as the JPEG: 'same-pixels', not merely near."""
+    import io
+
+    root = tmp_path / "raw"
+    original = jpeg(photo("coffee").convert("RGB"), quality=88)
+    write(root / "a.jpg", original)
+    with Image.open(io.BytesIO(original)) as im:
+        write(root / "b.png", png(im.convert("RGB")))
+    write(root / "c.jpg", original[:2] + b"\xff\xfe\x00\x08comment" + original[2:])  # a COM segment
+    write(root / "d.jpg", jpeg(photo("coffee").convert("RGB"), quality=70))
+    result = dedupe(root, DedupeConfig(verify=False, workers=1, keep="first"))
+    relations = {result.items[m.index].shown: m.relation for g in result.groups for m in g.duplicates}
+    assert relations == {"b.png": "same-pixels", "c.jpg": "same-pixels", "d.jpg": "near"}

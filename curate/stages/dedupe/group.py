@@ -162,17 +162,27 @@ def _relation(item: Item, keeper: Item, distance: int) -> str:
     if item.sha256 == keeper.sha256:
         return SAME_FILE
     if distance == 0 and (item.width, item.height) == (keeper.width, keeper.height):
-        digest = pixel_digest(item.path)
-        if digest is not None and digest == pixel_digest(keeper.path):
-            return SAME_PIXELS
+        # two JPEGs: a reduced decode tells most different images apart for a tenth of the cost
+        both_jpeg = item.format == keeper.format == "JPEG"
+        small = pixel_digest(item.path, reduced=True) if both_jpeg else None
+        if not both_jpeg or (small is not None and small == pixel_digest(keeper.path, reduced=True)):
+            digest = pixel_digest(item.path)
+            if digest is not None and digest == pixel_digest(keeper.path):
+                return SAME_PIXELS
     return NEAR
 
 
 @lru_cache(maxsize=4096)  # a group's kept image is compared with each of its members
-def pixel_digest(path: object) -> str | None:
-    """sha256 of the upright RGBA pixels: equal for a PNG and its lossless re-encodings."""
+def pixel_digest(path: object, reduced: bool = False) -> str | None:
+    """sha256 of the upright RGBA pixels: equal for a PNG and its lossless re-encodings.
+
+    `reduced` digests a JPEG decoded at 1/8 scale: equal pixels give equal reduced digests, so
+    a differing one settles the question without the full decode.
+    """
     try:
         with Image.open(path) as image:  # type: ignore[arg-type]
+            if reduced:
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             upright = ImageOps.exif_transpose(image).convert("RGBA")
             return hashlib.sha256(f"{upright.size}".encode() + upright.tobytes()).hexdigest()
     except Exception:  # an unreadable file simply has no pixel identity
