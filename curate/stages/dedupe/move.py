@@ -71,6 +71,8 @@ def read_record(path: Path) -> dict:  # type: ignore[type-arg]
 
 def apply_moves(dest: Path, moves: Sequence[Move]) -> tuple[list[Move], list[tuple[str, str]]]:
     """Record, then perform, the moves; returns those done and (file, reason) for refusals."""
+    if not moves:
+        return [], []
     record_path = dest / UNDO_NAME
     record = read_record(record_path)
     seen = {m["source"] for m in record["moves"]}

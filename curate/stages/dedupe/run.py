@@ -176,7 +176,8 @@ def _move(result: DedupeResult, root: Path, dest: Path, dry_run: bool) -> None:
     done, refused = apply_moves(dest, moves)
     result.moved = [(m.source, m.target) for m in done]
     result.skipped += refused
-    result.undo_record = str(dest / "dedupe.json")
+    if done:
+        result.undo_record = str(dest / "dedupe.json")
 
 
 def _summary_line(result: DedupeResult) -> str:
