@@ -63,6 +63,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     A 30-second tour:
       curate import ./raw ./gallery-dl --into ws   # copy in images, tags, captions
       curate dedupe ws --report dedupe.html        # duplicates marked, shown side by side
+      curate filter ws && curate tag ws            # quality checks, then WD14 tags
+      curate tags filter ws && curate captions trigger ws sks
+      curate layout ws --out dataset --target-steps 1500 && curate check dataset
       curate status ws                             # what came in, what was skipped and why
     Every command takes --json for scripts and --help with examples.
     """
