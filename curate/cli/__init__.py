@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dedupe": ("curate.cli.dedupe_cmd", "Find exact and near-duplicate images; report, move or mark them."),
     "filter": ("curate.cli.filter_cmd", "Reject blurry, small, dark, greyscale or badly framed images."),
     "crop": ("curate.cli.crop_cmd", "Crop images around their subject (faces, cut-outs, your boxes)."),
+    "bg": ("curate.cli.bg_cmd",
+           "Remove backgrounds (rembg models or GrabCut); keep the mask for alpha_mask."),
     "tag": ("curate.cli.tag_cmd", "Tag images with a WD14 ONNX tagger and write captions."),
     "tags": ("curate.cli.tags_cmd", "Dataset-level tag work: false-positive filtering."),
     "captions": ("curate.cli.captions_cmd", "Edit every caption at once: trigger word, add, replace, stats."),

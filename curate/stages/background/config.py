@@ -1,0 +1,56 @@
+"""Options of `curate bg` (the `[bg]` table of curate.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from curate.errors import CurateError
+
+METHODS = ("rembg", "grabcut")
+
+
+@dataclass(frozen=True)
+class BgConfig:
+    # "rembg": a segmentation model (needs the bg extra); "grabcut": OpenCV, no model at all
+    method: Literal["rembg", "grabcut"] = "rembg"
+    # a rembg session name (u2net, isnet-anime, birefnet-general, ...); ignored with model_path
+    model: str = "u2net"
+    # a local ONNX file with u2net's I/O, used where it lies (no need to move it)
+    model_path: str = ""
+    # fetch a missing named model from rembg's GitHub releases; false: fail with where to put it
+    download: bool = True
+    # what replaces the background in the colour channels: transparent, white, black or #RRGGBB
+    fill: str = "transparent"
+    # refine soft edges (hair) with rembg's alpha matting
+    alpha_matting: bool = False
+    # write only the masks (folders with --out)
+    mask_only: bool = False
+    # GrabCut: the subject is seeded inside the centre box leaving this share on each side
+    margin: float = 0.1
+    iterations: int = 5
+    # GrabCut works on a copy at most this many pixels on the long side (the mask is scaled back)
+    max_side: int = 1024
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise CurateError(f"bg.method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if not 0 <= self.margin < 0.5 or self.iterations < 1 or self.max_side < 16:
+            raise CurateError("bg: margin must be in [0, 0.5), iterations >= 1, max_side >= 16")
+        parse_fill(self.fill)
+
+
+def parse_fill(fill: str) -> tuple[int, int, int] | None:
+    """None for transparent, else the RGB colour of `white`, `black` or `#RRGGBB`."""
+    named = {"transparent": None, "white": (255, 255, 255), "black": (0, 0, 0)}
+    text = fill.strip().lower()
+    if text in named:
+        return named[text]
+    if len(text) == 7 and text.startswith("#"):
+        try:
+            value = int(text[1:], 16)
+        except ValueError:
+            pass
+        else:
+            return (value >> 16) & 255, (value >> 8) & 255, value & 255
+    raise CurateError(f"bg.fill: {fill!r} is not transparent, white, black or #RRGGBB")
