@@ -1,4 +1,4 @@
-"""Options of `curate train`: the `[train]` table of a TOML file, `--set key=value`, then flags.
+"""Options of `curate train`: a --preset, the `[train]` table of a TOML file, `--set key=value`, then flags.
 
 Names follow sd-scripts' arguments (network_dim, min_snr_gamma, save_every_n_steps, ...) so
 that a guide's settings carry over. Dataset settings (resolution, batch size, repeats, caption
@@ -38,8 +38,16 @@ class TrainConfig:
     text_encoder_lr: float | None = None
     optimizer: Literal["adamw", "prodigy"] = "adamw"
     optimizer_args: dict[str, Any] = field(default_factory=dict)
-    lr_scheduler: Literal["constant", "cosine"] = "constant"
+    # diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts
+    # ("cosine_annealing_warm_restarts", stepped once per optimiser step) as the iA3 guide uses it
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial", "cosine_annealing_warm_restarts"] = "constant"
     lr_warmup_steps: int = 0
+    lr_scheduler_num_cycles: int = 1  # cosine_with_restarts: hard restarts over the run
+    lr_scheduler_power: float = 1.0  # polynomial: 1 = linear decay
+    T_0: int = 160  # cosine_annealing_warm_restarts: steps of the first cycle (the guide's)
+    T_mult: int = 1  # each later cycle is T_mult times longer
+    eta_min: float = 0.0  # the learning rate at the bottom of each cycle
     max_grad_norm: float = 1.0
     max_train_steps: int = 1600  # sd-scripts' default
     max_train_epochs: int | None = None  # when set, wins over max_train_steps
@@ -56,6 +64,11 @@ class TrainConfig:
     save_state: bool = False
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # CPU intra-op threads; None = auto: 1 when os.cpu_count() <= 2, else torch's default; 0 = torch's
+    # default. Measured on the tiny model, 2 cores, 64 px, batch 4 (docs/benchmarks.md): idle,
+    # 1 thread 0.060 s/step against 2 threads' 0.069; with 3 busy processes, 0.28 against 0.49, and
+    # the test suite saw 20-50x at load 5.6 (two threads spin-waiting for a core). Ignored on CUDA.
+    threads: int | None = None
     # folder mode (and overrides of dataset.toml when set)
     resolution: int | None = None
     batch_size: int | None = None
@@ -75,10 +88,14 @@ class TrainConfig:
         positive = {"network_dim": self.network_dim, "max_train_steps": self.max_train_steps,
                     "max_train_epochs": self.max_train_epochs, "save_every_n_steps": self.save_every_n_steps,
                     "save_every_n_epochs": self.save_every_n_epochs, "batch_size": self.batch_size,
-                    "resolution": self.resolution, "conv_dim": self.conv_dim, "clip_skip": self.clip_skip}
+                    "resolution": self.resolution, "conv_dim": self.conv_dim, "clip_skip": self.clip_skip,
+                    "lr_scheduler_num_cycles": self.lr_scheduler_num_cycles, "T_0": self.T_0,
+                    "T_mult": self.T_mult}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise CurateError(f"train.{name} = {value}: must be at least 1")
+        if self.threads is not None and self.threads < 0:
+            raise CurateError(f"train.threads = {self.threads}: must be 0 (torch's default) or more")
         if self.learning_rate <= 0:
             raise CurateError(f"train.learning_rate = {self.learning_rate}: must be positive")
         if not (self.train_unet or self.train_text_encoder):
@@ -107,8 +124,11 @@ def migrate(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(config_file: Path | None, overrides: Iterable[str] = (),
-                 flags: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < [train] in the file < --set (`key=v` or `train.key=v`) < flags (None = unset)."""
+                 flags: dict[str, Any] | None = None, preset: str | None = None) -> TrainConfig:
+    """Defaults < preset < [train] in the file < --set (`key=v` or `train.key=v`) < flags (None = unset)."""
+    from trainer.presets import preset_table
+
+    base = preset_table(preset)
     data = load_toml(config_file) if config_file else {}
     if config_file and not config_file.is_file():
         raise CurateError(f"{config_file}: no such config file")
@@ -116,7 +136,7 @@ def train_config(config_file: Path | None, overrides: Iterable[str] = (),
     table = apply_overrides(data, qualified).get("train", {})
     if not isinstance(table, dict):
         raise CurateError("train in the config file must be a table ([train])")
-    merged = {**migrate(table), **{k: v for k, v in (flags or {}).items() if v is not None}}
+    merged = {**base, **migrate(table), **{k: v for k, v in (flags or {}).items() if v is not None}}
     config = build(TrainConfig, "train", merged)
     config.check()
     return config

@@ -10,7 +10,10 @@ a state folder repeats exactly what an uninterrupted run does.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -66,18 +69,34 @@ def make_optimizer(config: TrainConfig, network: AdapterNetwork) -> torch.optim.
         if len(rates) > 1:
             raise CurateError("prodigy needs one learning rate: leave unet_lr and text_encoder_lr unset "
                               "(learning_rate = 1.0 is the usual choice)")
-        return Prodigy(groups, lr=config.learning_rate, **config.optimizer_args)
+        # Prodigy prints "Using decoupled weight decay" to stdout, which would corrupt --json output
+        with contextlib.redirect_stdout(sys.stderr):
+            return Prodigy(groups, lr=config.learning_rate, **config.optimizer_args)
     return torch.optim.AdamW(groups, lr=config.learning_rate, **config.optimizer_args)
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """The schedule, stepped once per optimiser step (so T_0 counts steps, as in sd-scripts)."""
+    if config.lr_scheduler == "cosine_annealing_warm_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=config.T_0, T_mult=config.T_mult, eta_min=config.eta_min)
     from diffusers.optimization import get_scheduler
 
     name = config.lr_scheduler
     if name == "constant" and config.lr_warmup_steps:
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                         num_training_steps=total_steps)
+                         num_training_steps=total_steps, num_cycles=config.lr_scheduler_num_cycles,
+                         power=config.lr_scheduler_power)
+
+
+def cpu_threads(config: TrainConfig, device: torch.device) -> int | None:
+    """The intra-op thread count to train with on CPU (None: leave torch's setting alone)."""
+    if device.type != "cpu" or config.threads == 0:
+        return None
+    if config.threads is not None:
+        return config.threads
+    return 1 if (os.cpu_count() or 1) <= 2 else None
 
 
 def load_pixels(batch: list[Item], rng: random.Random, device: torch.device) -> torch.Tensor:
@@ -233,6 +252,17 @@ def train(dataset_path: Path, model_path: Path, out: Path, config: TrainConfig, 
     """
     config.check()
     device = device or default_device()
+    threads, before = cpu_threads(config, device), torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(dataset_path, model_path, out, config, device, resume, on_step, stop_after)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(dataset_path: Path, model_path: Path, out: Path, config: TrainConfig, device: torch.device,
+           resume: Path | None, on_step: StepCallback | None, stop_after: int | None) -> TrainResult:
     started = time.perf_counter()
     run = prepare(dataset_path, model_path, config, device)
     step = 0
