@@ -31,6 +31,10 @@ demo: venv
 	$(BIN)/curate captions stats $(DEMO)/workspace --top 10
 	$(BIN)/curate layout $(DEMO)/workspace --out $(DEMO)/dataset --target-steps 1000
 	$(BIN)/curate buckets $(DEMO)/dataset --fix
+	$(BIN)/curate check $(DEMO)/dataset
+	$(BIN)/python -m fixtures.tiny_sd $(DEMO)/fixtures/tiny-sd
+	$(BIN)/curate train $(DEMO)/dataset --model $(DEMO)/fixtures/tiny-sd --out $(DEMO)/lora \
+		--max-train-steps 10 --set resolution=128 --set min_bucket_reso=64 --set max_bucket_reso=256
 	$(BIN)/curate status $(DEMO)/workspace
 
 lint: venv
