@@ -35,3 +35,15 @@ def walk_images(root: Path, exclude: Sequence[Path] = (), archives: str = "not o
         else:
             found.relpaths.append(entry.relpath)
     return found
+
+
+def resolve_target(target: Path) -> tuple[Path, str]:
+    """The absolute TARGET of a command that takes a folder or a workspace, and which it is."""
+    from curate.errors import CurateError
+    from curate.workspace import is_workspace
+
+    target = Path(target).absolute()
+    if not target.is_dir():
+        what = "does not exist" if not target.exists() else "is not a folder"
+        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
+    return target, "workspace" if is_workspace(target) else "folder"

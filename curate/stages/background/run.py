@@ -22,13 +22,13 @@ from PIL import Image
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
-from curate.folder import walk_images
+from curate.folder import resolve_target, walk_images
 from curate.manifest import now
 from curate.stages.background.config import BgConfig, parse_fill
 from curate.stages.background.masks import Segmenter
 from curate.stages.background.render import coverage, encode
 from curate.stages.quality.copy import check_out, copy_image
-from curate.workspace import Workspace, is_workspace
+from curate.workspace import Workspace
 
 STAGE = "bg"
 CUT = "cut"  # verdict; does not leave the image out
@@ -89,11 +89,8 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
                        on_progress: ProgressFn | None = None) -> BgResult:
     """Cut the background out of every image of a folder or workspace (see module doc)."""
     config.check()
-    target = Path(target).absolute()
-    if not target.is_dir():
-        what = "does not exist" if not target.exists() else "is not a folder"
-        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
-    result = BgResult(str(target), "workspace" if is_workspace(target) else "folder", config)
+    target, mode = resolve_target(target)
+    result = BgResult(str(target), mode, config)
     if result.mode == "workspace":
         if out is not None or config.mask_only:
             raise CurateError("--out and --mask-only are for plain folders: in a workspace the cut-outs "

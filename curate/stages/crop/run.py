@@ -20,14 +20,14 @@ from typing import Any
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
-from curate.folder import walk_images
+from curate.folder import resolve_target, walk_images
 from curate.manifest import now
 from curate.record import Record
 from curate.stages.crop.config import CropConfig
 from curate.stages.crop.render import Outcome, Piece, crop_file
 from curate.stages.crop.user_boxes import CROPS_FILE, Box, match, read_crops
 from curate.stages.quality.copy import check_out, copy_image
-from curate.workspace import Workspace, is_workspace
+from curate.workspace import Workspace
 
 STAGE = "crop"
 CROPPED, SMALL = "cropped", "small"  # verdicts; neither leaves the image out
@@ -100,11 +100,8 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
                 dry_run: bool = False, on_progress: ProgressFn | None = None) -> CropResult:
     """Crop every image of a folder or workspace to its subject (see module doc)."""
     config.check()
-    target = Path(target).absolute()
-    if not target.is_dir():
-        what = "does not exist" if not target.exists() else "is not a folder"
-        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
-    result = CropResult(str(target), "workspace" if is_workspace(target) else "folder", dry_run, config)
+    target, mode = resolve_target(target)
+    result = CropResult(str(target), mode, dry_run, config)
     crops_file = crops_file or (target / CROPS_FILE if (target / CROPS_FILE).is_file() else None)
     boxes = read_crops(crops_file) if crops_file else {}
     if result.mode == "workspace":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.folder import resolve_target
 from curate.manifest import now
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
@@ -24,7 +25,7 @@ from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
 from curate.stages.dedupe.move import apply_moves, plan_moves
 from curate.stages.dedupe.report import write_report
 from curate.stages.dedupe.scan import Item, ProgressFn, Scan, scan_folder, scan_workspace
-from curate.workspace import Workspace, is_workspace
+from curate.workspace import Workspace
 
 STAGE = "dedupe"
 RELATION_TEXT = {"same-file": "identical file", "same-pixels": "same pixels",
@@ -87,11 +88,8 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
            move_to: Path | None = None, report: Path | None = None, dry_run: bool = False,
            on_progress: ProgressFn | None = None) -> DedupeResult:
     """Find duplicate groups in a folder or workspace and act on them (see module doc)."""
-    target = Path(target).absolute()
-    if not target.is_dir():
-        what = "does not exist" if not target.exists() else "is not a folder"
-        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
-    result = DedupeResult(str(target), "workspace" if is_workspace(target) else "folder", dry_run,
+    target, mode = resolve_target(target)
+    result = DedupeResult(str(target), mode, dry_run,
                           config.effective_threshold(),
                           hash_key(config.hash, config.hash_size, config.decode))
     if result.mode == "workspace":

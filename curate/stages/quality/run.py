@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
-from curate.folder import walk_images
+from curate.folder import resolve_target, walk_images
 from curate.manifest import now
 from curate.record import EXCLUDING, REJECTED, Record
 from curate.stages.quality.config import CHECKS, QualityConfig
@@ -81,10 +81,7 @@ def quality_filter(target: Path, config: QualityConfig, *, out: Path | None = No
                    on_progress: ProgressFn | None = None) -> QualityResult:
     """Measure and judge every image of a folder or workspace (see module doc)."""
     config.check()
-    target = Path(target).absolute()
-    if not target.is_dir():
-        what = "does not exist" if not target.exists() else "is not a folder"
-        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
+    target, mode = resolve_target(target)
     mode = "workspace" if is_workspace(target) else "folder"
     result = QualityResult(str(target), mode, dry_run, config)
     if mode == "workspace":

@@ -5,24 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.folder import resolve_target
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.folder import tag_folder
 from curate.stages.tag.result import ProgressFn, TagResult
 from curate.stages.tag.workspace import rethreshold as rethreshold_ws
 from curate.stages.tag.workspace import tag_workspace, tagger_source
-from curate.workspace import Workspace, is_workspace
+from curate.workspace import Workspace
 
 
 def tag(target: Path, config: TagConfig, *, rethreshold: bool = False, dry_run: bool = False,
         on_progress: ProgressFn | None = None) -> TagResult:
     """Tag every image of `target` (see the stage modules for what happens to captions)."""
     config.check()
-    target = Path(target).absolute()
-    if not target.is_dir():
-        what = "does not exist" if not target.exists() else "is not a folder"
-        raise CurateError(f"{target} {what}: name a folder of images or a workspace")
-    workspace = is_workspace(target)
-    result = TagResult(str(target), "workspace" if workspace else "folder", config.model, dry_run)
+    target, mode = resolve_target(target)
+    workspace = mode == "workspace"
+    result = TagResult(str(target), mode, config.model, dry_run)
     if rethreshold:
         if not workspace:
             raise CurateError("--rethreshold needs a workspace (it re-uses the probabilities stored "
