@@ -107,6 +107,12 @@ class Out:
             table.add_row(*(str(cell) for cell in row))
         self.console().print(table)
 
+    def summary(self, title: str, counts: dict[str, int], noun: str = "count") -> None:
+        """The end-of-run table; with -q, one line of the same counts."""
+        self.table(title, list(counts.items()), ("", noun))
+        if self.quiet and not self.as_json:
+            click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
         """A progress callback `(done, total)`; a rich bar when stderr is a terminal."""

@@ -89,9 +89,7 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
         if len(done) > len(shown):
             out.line(f"... and {len(done) - len(shown)} more (-v lists all)")
     counts = result.counts()
-    out.table(f"crops of {result.target}", list(counts.items()), ("", "images"))
-    if out.quiet:
-        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    out.summary(f"crops of {result.target}", counts, "images")
     if result.mode == "workspace":
         verb = "would store" if result.dry_run else "stored"
         out.line(f"{verb} {len(done)} crops; later stages use them in place of the originals")

@@ -98,10 +98,7 @@ def _print(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-u
         if len(result.groups) > len(groups):
             out.line(f"... and {len(result.groups) - len(groups)} more groups (-v lists all)")
     counts = result.as_dict()["counts"]
-    out.table(f"dedupe of {result.target} ({result.hash_key}, threshold {result.threshold})",
-              list(counts.items()), ("", "count"))
-    if out.quiet:
-        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    out.summary(f"dedupe of {result.target} ({result.hash_key}, threshold {result.threshold})", counts)
     _next_step(out, result, move_to)
 
 

@@ -75,9 +75,7 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
         if len(result.rejected) > len(shown):
             out.line(f"... and {len(result.rejected) - len(shown)} more (-v lists all)")
     counts = result.counts()
-    out.table(f"quality filter of {result.target}", list(counts.items()), ("", "images"))
-    if out.quiet:
-        out.line(", ".join(f"{k} {v}" for k, v in counts.items()))
+    out.summary(f"quality filter of {result.target}", counts, "images")
     if result.mode == "workspace":
         out.line(f"{verb} {len(result.rejected)} of {len(result.items)} images; later stages leave them out")
     elif result.out:

@@ -70,6 +70,4 @@ def report(out: Out, result) -> None:  # type: ignore[no-untyped-def]
         out.line(f"nothing new: all {c['unchanged']} files are unchanged since the last import "
                  f"into {result.workspace}")
         return
-    out.table(f"{verb} into {result.workspace}", [(k, v) for k, v in c.items()], ("files", "count"))
-    if out.quiet:
-        out.line(", ".join(f"{k} {v}" for k, v in c.items()))
+    out.summary(f"{verb} into {result.workspace}", c, "files")

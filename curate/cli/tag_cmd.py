@@ -92,6 +92,4 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
         if len(result.captions) > len(shown):
             out.line(f"... and {len(result.captions) - len(shown)} more (-v lists all)")
     verb = "would write" if result.dry_run else "captions"
-    out.table(f"{verb} for {result.target}", list(result.counts.items()), ("images", "count"))
-    if out.quiet:
-        out.line(", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    out.summary(f"{verb} for {result.target}", result.counts, "images")
