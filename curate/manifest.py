@@ -121,13 +121,23 @@ CREATE TABLE crops (
     PRIMARY KEY (image_sha256, kind)
 );
 """,
+    # `curate bg`: which file each cut-out was made from, so a re-run cuts from the source again.
+    5: """CREATE TABLE IF NOT EXISTS backgrounds (
+    image_sha256 TEXT PRIMARY KEY REFERENCES images(sha256),
+    sha256       TEXT NOT NULL,  -- of the cut-out (the crops 'main' row it wrote)
+    source_path  TEXT NOT NULL,  -- the file it was cut from, relative to the workspace root
+    source_row   TEXT,           -- JSON of the crops 'main' row it replaced, or null
+    method       TEXT NOT NULL,
+    run_id       INTEGER
+);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
 # Stages whose every run decides about all images afresh (a dedupe at another threshold):
 # only the decisions of their latest finished run count. Import decisions accumulate.
-REPLACING_STAGES = ("dedupe", "quality", "crop")
+REPLACING_STAGES = ("dedupe", "quality", "crop", "bg")
 CURRENT_DECISION = (
     f"(decisions.stage NOT IN ({', '.join(repr(s) for s in REPLACING_STAGES)}) OR decisions.run_id = "
     "(SELECT MAX(runs.id) FROM runs WHERE runs.command = decisions.stage "

@@ -169,3 +169,21 @@ def test_workspace_cuts_the_crop_and_keeps_its_box(raw: Path, tmp_path: Path) ->
     crop_images(ws_root, CropConfig(sources=("saliency",), size=128, format="png", workers=1))
     with Workspace.open(ws_root) as ws:  # a new crop run replaces the cut-outs with fresh crops
         assert {r.sha256: r.path for r in ws.records()} == {s: r.path for s, r in cropped.items()}
+
+
+def test_grabcut_seeds_from_the_subject_box_not_the_centre() -> None:
+    """A small subject in a corner: the centre box would cut through it, the subject box holds it."""
+    from curate.stages.background.masks import grabcut_mask
+
+    rng = np.random.default_rng(1)
+    canvas = np.clip(rng.normal(225, 4, (400, 600, 3)), 0, 255).astype(np.uint8)
+    canvas[20:140, 20:140] = np.asarray(photo("coffee").convert("RGB").resize((120, 120)))
+    want = np.zeros((400, 600), bool)
+    want[20:140, 20:140] = True
+
+    def overlap(seed: str) -> float:
+        got = grabcut_mask(canvas, BgConfig(method="grabcut", seed=seed)) >= 128  # type: ignore[arg-type]
+        return float((got & want).sum() / (got | want).sum())
+
+    assert overlap("subject") > 0.8
+    assert overlap("centre") < 0.5

@@ -26,7 +26,9 @@ class BgConfig:
     alpha_matting: bool = False
     # write only the masks (folders with --out)
     mask_only: bool = False
-    # GrabCut: the subject is seeded inside the centre box leaving this share on each side
+    # GrabCut's rectangle: "subject" = the box `curate crop` would find (faces, then saliency),
+    # grown by `margin` of its size; "centre" = the centre box leaving `margin` on each side.
+    seed: Literal["subject", "centre"] = "subject"
     margin: float = 0.1
     iterations: int = 5
     # GrabCut works on a copy at most this many pixels on the long side (the mask is scaled back)

@@ -1,4 +1,4 @@
-"""Masks: OpenCV GrabCut seeded from the centre box, or a rembg session (named model or a local
+"""Masks: OpenCV GrabCut seeded from the subject (or centre) box, or a rembg session (named model or a local
 ONNX file) made once and reused for the whole batch. rembg and onnxruntime load lazily."""
 
 from __future__ import annotations
@@ -31,8 +31,23 @@ def seed_box(width: int, height: int, margin: float) -> tuple[int, int, int, int
     return x, y, max(1, width - 2 * x), max(1, height - 2 * y)
 
 
+def subject_seed(rgb: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
+    """The crop stage's subject box (faces, else saliency) grown by `margin` of its size, kept
+    at least 2 px inside the image (GrabCut needs some background outside); None if it would
+    cover the whole image."""
+    from curate.stages.crop.subject import find_subject
+
+    h, w = rgb.shape[:2]
+    x, y, bw, bh = find_subject(rgb, None, sources=("faces", "saliency")).box
+    x0, y0 = max(2, round(x - bw * margin)), max(2, round(y - bh * margin))
+    x1, y1 = min(w - 2, round(x + bw * (1 + margin))), min(h - 2, round(y + bh * (1 + margin)))
+    if x1 - x0 < 8 or y1 - y0 < 8 or (x1 - x0) * (y1 - y0) >= 0.95 * w * h:
+        return None
+    return x0, y0, x1 - x0, y1 - y0
+
+
 def grabcut_mask(rgb: np.ndarray, config: BgConfig) -> np.ndarray:
-    """GrabCut from the centre box: outside it is background, inside is modelled."""
+    """GrabCut from the seed box: outside it is background, inside is modelled."""
     import cv2
 
     h, w = rgb.shape[:2]
@@ -40,10 +55,14 @@ def grabcut_mask(rgb: np.ndarray, config: BgConfig) -> np.ndarray:
     small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                 interpolation=cv2.INTER_AREA)
     sh, sw = small.shape[:2]
+    rect = seed_box(sw, sh, config.margin)
+    if config.seed == "subject":
+        found = subject_seed(small, config.margin)
+        rect = found if found is not None else rect
     mask = np.zeros((sh, sw), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), mask, seed_box(sw, sh, config.margin), bgd, fgd,
+    cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), mask, rect, bgd, fgd,
                 config.iterations, cv2.GC_INIT_WITH_RECT)
     fg = np.where((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
     if scale != 1.0:

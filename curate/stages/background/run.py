@@ -33,14 +33,7 @@ from curate.workspace import Workspace
 STAGE = "bg"
 CUT = "cut"  # verdict; does not leave the image out
 ProgressFn = Callable[[int, int], None]
-TABLE = """CREATE TABLE IF NOT EXISTS backgrounds (
-    image_sha256 TEXT PRIMARY KEY REFERENCES images(sha256),
-    sha256       TEXT NOT NULL,  -- of the cut-out (the crops 'main' row it wrote)
-    source_path  TEXT NOT NULL,  -- the file it was cut from, relative to the workspace root
-    source_row   TEXT,           -- JSON of the crops 'main' row it replaced, or null
-    method       TEXT NOT NULL,
-    run_id       INTEGER
-)"""
+
 
 
 @dataclass
@@ -96,7 +89,6 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
             raise CurateError("--out and --mask-only are for plain folders: in a workspace the cut-outs "
                               "(mask in their alpha) are stored beside the images for later stages")
         with Workspace.open(target) as ws, ws.lock():
-            _create(ws)
             sources = _ws_items(ws, result)
             _run(result, Segmenter(config), on_progress)
             _store(ws, result, sources)
@@ -111,11 +103,6 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
         for it in result.done:
             it.written = _write_folder(target, out, it, config.mask_only)
     return result
-
-
-def _create(ws: Workspace) -> None:
-    with ws.manifest.transaction() as db:
-        db.execute(TABLE)
 
 
 def _run(result: BgResult, segmenter: Segmenter, on_progress: ProgressFn | None) -> None:
@@ -187,8 +174,6 @@ def _store(ws: Workspace, result: BgResult, sources: dict[str, tuple[str, dict[s
                        "format, box, subject, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", crops)
         db.executemany("INSERT OR REPLACE INTO backgrounds (image_sha256, sha256, source_path, source_row, "
                        "method, run_id) VALUES (?, ?, ?, ?, ?, ?)", cuts)
-        db.executemany("DELETE FROM decisions WHERE stage = ? AND image_sha256 = ?",
-                       [(STAGE, c[0]) for c in crops])
         db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", decisions)
         db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
