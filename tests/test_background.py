@@ -187,3 +187,18 @@ def test_grabcut_seeds_from_the_subject_box_not_the_centre() -> None:
 
     assert overlap("subject") > 0.8
     assert overlap("centre") < 0.5
+
+
+def test_rembg_alpha_matting_refines_edges(raw: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """--alpha-matting runs rembg's pymatting step: soft alpha at the edges, same subject."""
+    pytest.importorskip("rembg")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "home"))
+    model = build(tmp_path / "m" / "tiny_seg.onnx")
+    plain = remove_backgrounds(raw, BgConfig(model_path=str(model)), out=tmp_path / "plain")
+    matting = BgConfig(model_path=str(model), alpha_matting=True)
+    matted = remove_backgrounds(raw, matting, out=tmp_path / "mat")
+    assert len(plain.done) == len(matted.done) == 2
+    a = np.asarray(Image.open(tmp_path / "plain" / "cat.png"))[:, :, 3]
+    b = np.asarray(Image.open(tmp_path / "mat" / "cat.png"))[:, :, 3]
+    assert iou(b) > 0.8 and not np.array_equal(a, b)

@@ -157,6 +157,10 @@ def test_workspace_crops_replace_originals_in_later_stages(tmp_path: Path) -> No
         assert wide.extra["crop"]["original_size"] == (1280, 854)
         verdicts = {r["subject"]: r["verdict"] for r in w.manifest.decisions(stage="crop")}
         assert sorted(verdicts.values()) == ["cropped", "cropped", "small"]
+    with_closeups = layout(ws, tmp_path / "with-closeups", LayoutConfig(repeats=1))
+    folder = tmp_path / "with-closeups/img/1_concept"
+    assert (folder / "astro-closeup1.png").is_file() and (folder / "astro-closeup1.txt").is_file()
+    assert with_closeups.plan[0]["images"] == 4 and with_closeups.total_steps == 4 * 10 // 2
     # re-crop from the originals at another size: the previous crops are replaced, not cropped again
     crop_images(ws, replace(NO_FACES, size=256))
     with Workspace.open(ws) as w:

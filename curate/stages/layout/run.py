@@ -53,6 +53,7 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     reg = _reg_subset(config, concepts)
     result.total_steps = set_repeats(concepts, config, len(reg.entries) if reg else 0)
     subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
+    result.total_steps = _steps(subsets, config)  # close-ups count as images too
     result.plan = [{"folder": s.folder, "images": len(s.entries), "repeats": s.repeats,
                     "images_x_repeats": len(s.entries) * s.repeats, "is_reg": s.is_reg,
                     "class_tokens": s.class_tokens, "alpha_mask": s.alpha_mask} for s in subsets]
@@ -62,6 +63,13 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
                    "keep_tokens_separator": settings.get("keep_tokens_separator")}
         write_dataset(out, subsets, config, general)
     return result
+
+
+def _steps(subsets: list[Subset], config: LayoutConfig) -> int:
+    per_epoch = sum(len(s.entries) * s.repeats for s in subsets if not s.is_reg)
+    if any(s.is_reg for s in subsets):
+        per_epoch *= 2  # sd-scripts repeats reg images until they match the training images
+    return -(-per_epoch * config.epochs // config.batch_size)
 
 
 def _class_tokens(settings: dict[str, Any]) -> str | None:
@@ -88,8 +96,11 @@ def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], re
     for record, stem in zip(concept.records, unique_stems(names), strict=True):
         if not record.caption:
             result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
-        entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix),
-                             _caption(record, fallback, settings)))
+        caption = _caption(record, fallback, settings)
+        entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption))
+        # head close-ups from `curate crop --face-closeups` train as images of their own
+        for n, closeup in enumerate(record.extra.get("closeups", ()), 1):
+            entries.append(Entry(Path(closeup), f"{stem}-closeup{n}", Path(closeup).suffix.lower(), caption))
     alpha = any(r.has_alpha for r in concept.records)
     return Subset(f"img/{concept.folder}", tuple(entries), concept.repeats, concept.class_tokens,
                   alpha_mask=alpha)
