@@ -146,3 +146,17 @@ def test_unreadable_file_skipped(scrape: Path, tmp_path: Path) -> None:
     skipped = json.loads(out.stdout)["skipped"]
     assert [s["file"] for s in skipped] == [str(locked)]
     assert "permission denied" in skipped[0]["reason"]
+
+
+def test_a_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
+    """`curate ... | head`: when the reader goes away, no traceback and no 'internal error'."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "curate", "dedupe", str(folder), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CURATE_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before curate writes anything
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "internal error" not in err

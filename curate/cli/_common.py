@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -53,6 +54,10 @@ def handle_errors(ctx: click.Context) -> Iterator[None]:
             traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
         ctx.exit(2)
+    except BrokenPipeError:
+        # the reader went away (`curate ... | head`): nothing left to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        ctx.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted: re-run the same command to resume where it stopped", err=True)
         ctx.exit(130)
@@ -106,6 +111,15 @@ class Out:
         for row in rows:
             table.add_row(*(str(cell) for cell in row))
         self.console().print(table)
+
+    def listing(self, lines: list[str], what: str = "") -> None:
+        """Lines for people: the first LIST_LIMIT unless -v, then how many more there are."""
+        shown = lines if self.verbose else lines[:LIST_LIMIT]
+        for line in shown:
+            self.line(line)
+        if len(lines) > len(shown):
+            noun = f" {what}" if what else ""
+            self.line(f"... and {len(lines) - len(shown)} more{noun} (-v lists all)")
 
     def summary(self, title: str, counts: dict[str, int], noun: str = "count") -> None:
         """The end-of-run table; with -q, one line of the same counts."""

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 
@@ -66,12 +66,9 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     out.problems("ignored", result.ignored, always=False)
     done = result.done
     if not out.quiet:
-        shown = done if out.verbose else done[:LIST_LIMIT]
-        for item in shown:
-            out.line(f"{item.shown}: {item.size[0]}x{item.size[1]}, subject {item.subject:.0%}")
-        if len(done) > len(shown):
-            out.line(f"... and {len(done) - len(shown)} more (-v lists all)")
-    out.table(f"backgrounds of {result.target}", list(result.counts().items()), ("", "images"))
+        out.listing([f"{item.shown}: {item.size[0]}x{item.size[1]}, subject {item.subject:.0%}"
+                     for item in done])
+    out.summary(f"backgrounds of {result.target}", result.counts(), "images")
     if result.mode == "workspace":
         out.line(f"stored {len(done)} cut-outs; later stages use them (alpha = mask)")
     elif result.out:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 
@@ -69,6 +69,14 @@ def command(target: Path, out: Path | None, size: int | None, aspect: str | None
     _print(output, result)
 
 
+def _line(item) -> str:  # type: ignore[no-untyped-def]
+    main = item.outcome.pieces[0].window
+    extra = f", {len(item.outcome.pieces) - 1} close-up(s)" if len(item.outcome.pieces) > 1 else ""
+    flag = "  TOO SMALL" if main.small else ""
+    return (f"{item.shown}: {main.out[0]}x{main.out[1]} from {main.box[2]}x{main.box[3]} at "
+            f"({main.box[0]},{main.box[1]}), subject from {item.outcome.subject.source}{extra}{flag}")
+
+
 def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     if out.as_json:
         out.json(result.as_dict())
@@ -78,16 +86,7 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     out.problems("ignored", result.ignored, always=False)
     done = result.done
     if not out.quiet:
-        shown = done if out.verbose else done[:LIST_LIMIT]
-        for item in shown:
-            main = item.outcome.pieces[0].window
-            extra = f", {len(item.outcome.pieces) - 1} close-up(s)" if len(item.outcome.pieces) > 1 else ""
-            flag = "  TOO SMALL" if main.small else ""
-            source = item.outcome.subject.source
-            out.line(f"{item.shown}: {main.out[0]}x{main.out[1]} from {main.box[2]}x{main.box[3]} at "
-                     f"({main.box[0]},{main.box[1]}), subject from {source}{extra}{flag}")
-        if len(done) > len(shown):
-            out.line(f"... and {len(done) - len(shown)} more (-v lists all)")
+        out.listing([_line(item) for item in done])
     counts = result.counts()
     out.summary(f"crops of {result.target}", counts, "images")
     if result.mode == "workspace":

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 
@@ -88,18 +88,19 @@ def _print(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-u
         out.line(f"{found} in {result.target}: nothing to compare")
         return
     if not out.quiet:
-        groups = result.groups if out.verbose else result.groups[:LIST_LIMIT]
-        for g in groups:
-            out.line(f"keep {result.items[g.keeper].shown}  ({g.why})")
-            for i in g.also_kept:
-                out.line(f"  keep {result.items[i].shown}  (listed in the keep list)")
-            for m in g.duplicates:
-                out.line(f"  dup  {result.items[m.index].shown}  ({m.relation}, distance {m.distance})")
-        if len(result.groups) > len(groups):
-            out.line(f"... and {len(result.groups) - len(groups)} more groups (-v lists all)")
+        out.listing([_group_lines(result, g) for g in result.groups], "groups")
     counts = result.as_dict()["counts"]
     out.summary(f"dedupe of {result.target} ({result.hash_key}, threshold {result.threshold})", counts)
     _next_step(out, result, move_to)
+
+
+def _group_lines(result, g) -> str:  # type: ignore[no-untyped-def]
+    """One group as printed: the kept image, then the others indented."""
+    lines = [f"keep {result.items[g.keeper].shown}  ({g.why})"]
+    lines += [f"  keep {result.items[i].shown}  (listed in the keep list)" for i in g.also_kept]
+    lines += [f"  dup  {result.items[m.index].shown}  ({m.relation}, distance {m.distance})"
+              for m in g.duplicates]
+    return "\n".join(lines)
 
 
 def _next_step(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 CHECK_NAMES = ("blur", "small", "aspect", "dark", "bright", "monochrome", "blocky", "text", "border_face")
@@ -69,11 +69,8 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     out.problems("ignored", result.ignored, always=False)
     verb = "would reject" if result.dry_run else "rejected"
     if not out.quiet:
-        shown = result.rejected if out.verbose else result.rejected[:LIST_LIMIT]
-        for item in shown:
-            out.line(f"{verb}: {item.shown}: " + "; ".join(reason for _, reason in item.failures))
-        if len(result.rejected) > len(shown):
-            out.line(f"... and {len(result.rejected) - len(shown)} more (-v lists all)")
+        out.listing([f"{verb}: {item.shown}: " + "; ".join(reason for _, reason in item.failures)
+                     for item in result.rejected])
     counts = result.counts()
     out.summary(f"quality filter of {result.target}", counts, "images")
     if result.mode == "workspace":

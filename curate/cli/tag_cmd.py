@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 
@@ -86,10 +86,6 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     out.problems("skipped", result.skipped)
     out.problems("ignored", result.ignored, always=False)
     if result.dry_run or out.verbose:
-        shown = result.captions if out.verbose else result.captions[:LIST_LIMIT]
-        for image, caption in shown:
-            out.line(f"{image}: {caption}")
-        if len(result.captions) > len(shown):
-            out.line(f"... and {len(result.captions) - len(shown)} more (-v lists all)")
+        out.listing([f"{image}: {caption}" for image, caption in result.captions])
     verb = "would write" if result.dry_run else "captions"
     out.summary(f"{verb} for {result.target}", result.counts, "images")
