@@ -168,9 +168,11 @@ def test_bad_input_gives_clear_answers(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "no images" in res.output
     write(tmp_path / "one/a.jpg", jpeg(photo("coffee").convert("RGB")))
     write(tmp_path / "one/broken.jpg", b"\xff\xd8\xff\xe0 truncated")
+    write(tmp_path / "one/noise.png", bytes(range(256)) * 4)
     res = runner.invoke(cli, ["dedupe", str(tmp_path / "one")])
     assert res.exit_code == 0, res.output
     assert "only one image" in res.output and "broken.jpg" in res.output
+    assert "noise.png: not a readable image (unknown or damaged image format)" in res.output
     res = runner.invoke(cli, ["dedupe", str(tmp_path / "nope")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "does not exist" in res.output
 

@@ -31,7 +31,7 @@ from typing import NamedTuple, TypeVar
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DECODE_MODES = ("draft", "full")
 # The smallest side draft decoding keeps, per unit of hash_size (phash itself resizes to 4x).
@@ -140,6 +140,8 @@ def hash_opened(
 
 def decode_error(exc: BaseException) -> str:
     """First line of a decoder's complaint, for a one-line reason."""
+    if isinstance(exc, UnidentifiedImageError):  # its text names a BytesIO object, not the file
+        return "unknown or damaged image format"
     return (str(exc).splitlines() or [""])[0] or type(exc).__name__
 
 
