@@ -18,7 +18,7 @@ import numpy as np
 
 from tagging.model import CATEGORY_NAMES, TagInfo
 from tagging.normalize import normalize_tag
-from tagging.tags import ScoredTag
+from tagging.tags import ScoredTag, tag_key
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 RATING_MODES = ("drop", "keep", "first")
@@ -112,22 +112,17 @@ def _rating(probs: np.ndarray, tags: Sequence[TagInfo], categories: np.ndarray) 
     return [ScoredTag(tags[best].name, "rating", float(probs[best]))]
 
 
-def _key(name: str) -> str:
-    """Comparison form of a tag: `Long_Hair`, `long hair` and `long_hair` are one tag."""
-    return normalize_tag(name).lower()
-
-
 def _rules(scored: list[ScoredTag], config: SelectConfig) -> list[ScoredTag]:
     """`replace` (old=new), then drop `undesired`, matched by either the old or the new name.
 
     A tag replaced by an empty name is dropped.
     """
-    replacements = {_key(old): new for old, new in config.replace}
-    unwanted = {_key(name) for name in config.undesired}
+    replacements = {tag_key(old): new for old, new in config.replace}
+    unwanted = {tag_key(name) for name in config.undesired}
     kept = []
     for tag in scored:
-        new_name = replacements.get(_key(tag.name), tag.name).strip()
-        if not new_name or _key(tag.name) in unwanted or _key(new_name) in unwanted:
+        new_name = replacements.get(tag_key(tag.name), tag.name).strip()
+        if not new_name or tag_key(tag.name) in unwanted or tag_key(new_name) in unwanted:
             continue
         kept.append(ScoredTag(new_name, tag.category, tag.confidence))
     return kept
@@ -138,8 +133,8 @@ def _dedupe(tags: list[ScoredTag]) -> list[ScoredTag]:
     seen: set[str] = set()
     out = []
     for tag in tags:
-        if _key(tag.name) not in seen:
-            seen.add(_key(tag.name))
+        if tag_key(tag.name) not in seen:
+            seen.add(tag_key(tag.name))
             out.append(tag)
     return out
 

@@ -26,6 +26,11 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
     return value
 
 
+def comma_list(value: str | None) -> tuple[str, ...] | None:
+    """A `--flag a,b,c` value as a tuple (None when the flag was not given, so config wins)."""
+    return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())
+
+
 def output_options(fn: F) -> F:
     """--json, -q, -v and --debug, the same on every command."""
     fn = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug,

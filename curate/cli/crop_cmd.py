@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import Out, config_options, output_options
+from curate.cli._common import Out, comma_list, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
 
 
@@ -59,7 +59,7 @@ def command(target: Path, out: Path | None, size: int | None, aspect: str | None
     from curate.stages.crop.run import crop_images
 
     output = Out(as_json, quiet, verbose)
-    listed = tuple(s.strip() for s in sources.split(",") if s.strip()) if sources is not None else None
+    listed = comma_list(sources)
     config = stage_config(CropConfig, "crop", config_file or target / CONFIG_NAME, overrides, {
         "size": size, "aspect": aspect, "fit": fit, "max_upscale": max_upscale, "sources": listed,
         "faces": faces, "face_closeups": face_closeups, "format": format_, "workers": workers})

@@ -4,12 +4,8 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import Out, config_options, output_options
+from curate.cli._common import Out, comma_list, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
-
-
-def _split(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())
 
 
 @click.command("tag")
@@ -67,9 +63,9 @@ def command(target: Path, model: str | None, threshold: float | None, character_
     config = stage_config(TagConfig, "tag", config_file or target / CONFIG_NAME, overrides, {
         "model": model, "threshold": threshold, "character_threshold": character_threshold,
         "mcut": mcut, "rating": rating, "character_first": character_first, "max_tags": max_tags,
-        "undesired": _split(undesired), "replace": replace_ or None, "existing": existing,
+        "undesired": comma_list(undesired), "replace": replace_ or None, "existing": existing,
         "caption_ext": caption_ext, "escape": escape, "batch_size": batch_size,
-        "providers": _split(providers)})
+        "providers": comma_list(providers)})
     with out.progress("tagging") as progress:
         result = tag(target, config, rethreshold=rethreshold, dry_run=dry_run, on_progress=progress)
     _print(out, result)

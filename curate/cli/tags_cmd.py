@@ -4,12 +4,8 @@ from pathlib import Path
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._common import LIST_LIMIT, Out, comma_list, config_options, output_options
 from curate.config import CONFIG_NAME, stage_config
-
-
-def _split(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())
 
 
 @click.group("tags")
@@ -69,7 +65,7 @@ def filter_command(target: Path, min_share: float | None, prune_intrinsic: bool 
     out = Out(as_json, quiet, verbose)
     config = stage_config(FilterStageConfig, "filter", config_file or target / CONFIG_NAME, overrides, {
         "min_share": min_share, "prune_intrinsic": prune_intrinsic, "trigger": trigger,
-        "blacklist": _split(blacklist), "min_confidence": min_confidence or None,
+        "blacklist": comma_list(blacklist), "min_confidence": min_confidence or None,
         "implications": implications, "exclusive": exclusive, "single_character": single_character,
         "rules": rules or None, "caption_ext": caption_ext})
     run = run_filter(target, config, dry_run=dry_run)
