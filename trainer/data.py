@@ -26,8 +26,9 @@ from PIL import Image
 from buckets import BucketConfig, assign
 from buckets.assign import Assignment
 from curate.errors import CurateError
+from curate.kohya import SD_IMAGE_EXTS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = SD_IMAGE_EXTS
 
 
 @dataclass(frozen=True)

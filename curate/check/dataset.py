@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate.kohya import KOHYA_FOLDER, SD_IMAGE_EXTS
+
 DATASET_TOML = "dataset.toml"
-# sd-scripts' IMAGE_EXTENSIONS: these, all-lower or ALL-UPPER (avif/jxl only with plugins).
-SD_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+SD_EXTS = frozenset(SD_IMAGE_EXTS)
 OTHER_IMAGE_EXTS = frozenset({".gif", ".avif", ".jxl", ".tif", ".tiff", ".heic", ".heif", ".jpe", ".jfif"})
 ANY_IMAGE_EXTS = SD_EXTS | OTHER_IMAGE_EXTS
 CAPTION_EXTS = (".txt", ".caption")
@@ -42,7 +43,7 @@ PRUNE = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "__MA
 # "images" would turn a repository's screenshots folder into a dataset full of errors.)
 TRAIN_NAMES = frozenset({"img"})
 REG_NAMES = frozenset({"reg"})
-FOLDER_NAME = re.compile(r"^(\d+)_(.+)$", re.DOTALL)
+FOLDER_NAME = KOHYA_FOLDER
 SUBSET_HEADER = r"^\s*\[\[\s*datasets\.subsets\s*\]\]"
 
 

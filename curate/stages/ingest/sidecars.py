@@ -11,15 +11,14 @@ image comes in without it and the reason is recorded.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate.kohya import KOHYA_FOLDER
 from curate.stages.ingest.sources import SourceTree
 from tagging.normalize import normalize_tag, split_namespace
 
 SIDECAR_LIMIT = 16 * 1024 * 1024
-KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Keys only gallery-dl writes into its metadata files.
 GALLERY_DL_KEYS = frozenset({"category", "subcategory", "extension", "filename"})
 TAG_STRING_KEYS = {
