@@ -89,7 +89,7 @@ def _print(out: Out, result, move_to: Path | None) -> None:  # type: ignore[no-u
         return
     if not out.quiet:
         out.listing([_group_lines(result, g) for g in result.groups], "groups")
-    counts = result.as_dict()["counts"]
+    counts = result.counts
     out.summary(f"dedupe of {result.target} ({result.hash_key}, threshold {result.threshold})", counts)
     _next_step(out, result, move_to)
 

@@ -59,13 +59,15 @@ class DedupeResult:
         return (f"duplicate-of {kept.sha256[:16]} ({kept.shown}): {RELATION_TEXT[m.relation]}, "
                 f"hash distance {m.distance}")
 
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.items), "groups": len(self.groups), "duplicates": self.duplicates,
+                "skipped": len(self.skipped), "hashed": self.hashed, "moved": len(self.moved)}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target, "mode": self.mode, "dry_run": self.dry_run,
-            "hash": self.hash_key, "threshold": self.threshold,
-            "counts": {"images": len(self.items), "groups": len(self.groups),
-                       "duplicates": self.duplicates, "skipped": len(self.skipped),
-                       "hashed": self.hashed, "moved": len(self.moved)},
+            "hash": self.hash_key, "threshold": self.threshold, "counts": self.counts,
             "groups": [self._group_dict(g) for g in self.groups],
             "moved": [{"from": a, "to": b} for a, b in self.moved],
             "report": self.report, "undo_record": self.undo_record,
@@ -156,7 +158,7 @@ def _record(ws: Workspace, result: DedupeResult, config: DedupeConfig) -> None:
                  for i in g.also_kept]
         rows += [(result.items[m.index].sha256, result.items[m.index].shown, DUPLICATE,
                   result.reason(m.index, g)) for m in g.duplicates]
-    summary = result.as_dict()["counts"]
+    summary = result.counts
     with ws.manifest.transaction() as db:
         db.executemany(
             "INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, created_at)"
