@@ -82,8 +82,8 @@ def assign_concepts(records: Sequence[Record], rules: Sequence[ConceptRule], def
     return [c for c in concepts if c.records], left
 
 
-def set_repeats(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> int:
-    """Fill in each concept's repeats; returns the resulting total optimizer steps."""
+def set_repeats(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> None:
+    """Fill in each concept's repeats (the steps follow from the written subsets: run._steps)."""
     if config.repeats is not None or config.target_steps is None:
         for c in concepts:
             c.repeats = config.repeats or 1
@@ -93,11 +93,3 @@ def set_repeats(concepts: Sequence[Concept], config: LayoutConfig, reg_images: i
         share = per_epoch / len(concepts)
         for c in concepts:
             c.repeats = max(1, round(share / len(c.records)))
-    return total_steps(concepts, config, reg_images)
-
-
-def total_steps(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> int:
-    per_epoch = sum(len(c.records) * c.repeats for c in concepts)
-    if reg_images:
-        per_epoch *= 2  # sd-scripts repeats reg images until they match the training images
-    return -(-per_epoch * config.epochs // config.batch_size)

@@ -51,7 +51,7 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     concepts, left = assign_concepts(records, rules, default)
     result.warnings += [(_shown(r), "matches no concept in the concepts file: left out") for r in left]
     reg = _reg_subset(config, concepts)
-    result.total_steps = set_repeats(concepts, config, len(reg.entries) if reg else 0)
+    set_repeats(concepts, config, len(reg.entries) if reg else 0)
     subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
     result.total_steps = _steps(subsets, config)  # close-ups count as images too
     result.plan = [{"folder": s.folder, "images": len(s.entries), "repeats": s.repeats,
