@@ -36,7 +36,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     unet_lr: float | None = None
     text_encoder_lr: float | None = None
-    optimizer: Literal["adamw", "prodigy"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam"] = "adamw"
     optimizer_args: dict[str, Any] = field(default_factory=dict)
     # diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts
     # ("cosine_annealing_warm_restarts", stepped once per optimiser step) as the iA3 guide uses it
@@ -49,19 +49,41 @@ class TrainConfig:
     T_mult: int = 1  # each later cycle is T_mult times longer
     eta_min: float = 0.0  # the learning rate at the bottom of each cycle
     max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
     max_train_steps: int = 1600  # sd-scripts' default
     max_train_epochs: int | None = None  # when set, wins over max_train_steps
     seed: int = 42
     noise_offset: float = 0.0
     adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int | None = None  # pyramid noise (sd-scripts' multires noise)
+    multires_noise_discount: float = 0.3
+    # None: from the model folder's scheduler config (prediction_type); true/false forces it
+    v_parameterization: bool | None = None
     min_snr_gamma: float | None = None
     prior_loss_weight: float = 1.0
     clip_skip: int | None = None
+    max_token_length: Literal[75, 150, 225] = 75  # CLIP tokens per caption, in chunks of 75 as sd-scripts
+    cache_latents: bool = False  # encode every image once before training (disables flip_aug's randomness)
+    cache_latents_to_disk: bool = False  # ... and keep them in IMAGE.npz beside each image between runs
     scale_weight_norms: float | None = None
     output_name: str = "last"
     save_every_n_steps: int | None = None
     save_every_n_epochs: int | None = None
     save_state: bool = False
+    save_last_n_steps: int | None = None  # keep only the step saves of the last N steps
+    save_last_n_epochs: int | None = None  # keep only the last N epoch saves
+    sample_prompts: str | None = None  # a prompt file in sd-scripts syntax (--n --w --h --d --l --s)
+    sample_every_n_steps: int | None = None
+    sample_every_n_epochs: int | None = None
+    sample_sampler: str = "ddim"
+    logging_dir: str | None = None  # TensorBoard event files go to logging_dir/[log_prefix]TIMESTAMP
+    log_prefix: str | None = None
+    # single-file base models: a diffusers folder (or Hub repo id, cached) with the configs and
+    # tokenizer; None: the configs shipped for SD1.x/2.x
+    model_config: str | None = None
+    allow_pickle: bool = False  # read a .ckpt (pickle) base model, with torch.load(weights_only=True)
+    backend: Literal["builtin", "kohya"] = "builtin"
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     # CPU intra-op threads; None = auto: 1 when os.cpu_count() <= 2, else torch's default; 0 = torch's
@@ -90,7 +112,11 @@ class TrainConfig:
                     "save_every_n_epochs": self.save_every_n_epochs, "batch_size": self.batch_size,
                     "resolution": self.resolution, "conv_dim": self.conv_dim, "clip_skip": self.clip_skip,
                     "lr_scheduler_num_cycles": self.lr_scheduler_num_cycles, "T_0": self.T_0,
-                    "T_mult": self.T_mult}
+                    "T_mult": self.T_mult, "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                    "multires_noise_iterations": self.multires_noise_iterations,
+                    "save_last_n_steps": self.save_last_n_steps, "save_last_n_epochs": self.save_last_n_epochs,
+                    "sample_every_n_steps": self.sample_every_n_steps,
+                    "sample_every_n_epochs": self.sample_every_n_epochs}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise CurateError(f"train.{name} = {value}: must be at least 1")
