@@ -96,7 +96,7 @@ def run_curate(args: argparse.Namespace, model: Path, data: Path) -> Any:
     batches = [b for epoch in range(args.steps + args.warmup) for b in epoch_batches(run.dataset, epoch, 1)]
 
     def step(k: int) -> None:
-        loop.train_step(run.models, run.network, run.optimizer, run.lr_scheduler, batches[k], config, k)
+        loop.train_step(run, [batches[k]], config, k)
 
     return step, sum(p.numel() for p in run.network.parameters())
 

@@ -66,9 +66,10 @@ def _eval_loss(run: loop.Run, config: TrainConfig) -> float:
     pixels = loop.load_pixels(batch, random.Random(0), torch.device("cpu"))
     total = 0.0
     with torch.no_grad():
+        latents = run.models.vae.encode(pixels).latent_dist.mean * run.models.vae_scale
         for k in range(8):
             gen = torch.Generator().manual_seed(k)
-            total += float(loop.diffusion_loss(run.models, pixels, [i.caption for i in batch],
+            total += float(loop.diffusion_loss(run.models, latents, [i.caption for i in batch],
                                                torch.ones(len(batch)), config, gen))
     return total / 8
 

@@ -27,10 +27,12 @@ from trainer.config import TrainConfig
 from trainer.data import Dataset, bucket_info
 from trainer.formats import as_metadata, modelspec, save_dtype, save_network
 from trainer.networks import AdapterNetwork
+from trainer.optim import OPTIMIZER_NAMES
 
 # settings a resumed run must share with the run that saved the state
 RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "ia3_train_on_input",
-               "train_unet", "train_text_encoder", "optimizer", "lr_scheduler", "seed")
+               "train_unet", "train_text_encoder", "optimizer", "lr_scheduler", "seed",
+               "gradient_accumulation_steps")
 
 
 def step_name(name: str, step: int) -> str:
@@ -45,7 +47,6 @@ def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNet
                       started_at: float, total_steps: int) -> dict[str, Any]:
     """The ss_* fields sd-scripts' train_network.py records, from this run's values."""
     resolution, buckets = dataset.buckets.resolution, dataset.buckets
-    optimizers = {"adamw": "torch.optim.adamw.AdamW", "prodigy": "prodigyopt.prodigy.Prodigy"}
     run = {
         "output_name": config.output_name, "training_started_at": started_at, "base_model_version": "sd_v1",
         "v2": False, "sd_model_name": model.name, "resolution": f"({resolution[0]}, {resolution[1]})",
@@ -53,7 +54,7 @@ def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNet
         "num_reg_images": len(dataset.items) - len(dataset.train_items),
         "batch_size_per_device": dataset.batch_size, "max_train_steps": total_steps, "seed": config.seed,
         "learning_rate": config.learning_rate, "unet_lr": config.unet_lr,
-        "text_encoder_lr": config.text_encoder_lr, "optimizer": optimizers[config.optimizer],
+        "text_encoder_lr": config.text_encoder_lr, "optimizer": OPTIMIZER_NAMES[config.optimizer],
         "lr_scheduler": config.lr_scheduler, "lr_warmup_steps": config.lr_warmup_steps,
         "min_snr_gamma": config.min_snr_gamma, "noise_offset": config.noise_offset,
         "adaptive_noise_scale": config.adaptive_noise_scale, "prior_loss_weight": config.prior_loss_weight,
@@ -63,6 +64,10 @@ def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNet
         "max_bucket_reso": buckets.max_bucket_reso, "dataset_dirs": dataset.dataset_dirs(),
         "reg_dataset_dirs": dataset.dataset_dirs(reg=True), "tag_frequency": dataset.tag_frequency(),
         "bucket_info": bucket_info(dataset),
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_checkpointing": config.gradient_checkpointing, "max_token_length": config.max_token_length,
+        "multires_noise_iterations": config.multires_noise_iterations,
+        "multires_noise_discount": config.multires_noise_discount, "cache_latents": config.cache_latents,
     }
     return {**network.metadata(), **{f"ss_{k}": v for k, v in run.items()}}
 
@@ -80,7 +85,7 @@ def save_network_file(path: Path, network: AdapterNetwork, config: TrainConfig, 
 
 
 def save_state(folder: Path, network: AdapterNetwork, optimizer: Any, lr_scheduler: Any, step: int,
-               config: TrainConfig) -> Path:
+               config: TrainConfig, world: int = 1) -> Path:
     """A resumable state folder, swapped in whole."""
     tmp = folder.with_name(f"{TMP_PREFIX}{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -89,7 +94,7 @@ def save_state(folder: Path, network: AdapterNetwork, optimizer: Any, lr_schedul
     buffer = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, buffer)
     atomic_write_bytes(tmp / "optimizer.pt", buffer.getvalue())
-    state = {"step": step, "config": asdict(config)}
+    state = {"step": step, "world_size": world, "config": asdict(config)}
     atomic_write_bytes(tmp / "state.json", json.dumps(state, indent=2).encode("utf-8"))
     old = folder.with_name(f"{TMP_PREFIX}old-{folder.name}")
     if folder.exists():
@@ -100,7 +105,7 @@ def save_state(folder: Path, network: AdapterNetwork, optimizer: Any, lr_schedul
 
 
 def load_state(folder: Path, network: AdapterNetwork, optimizer: Any, lr_scheduler: Any,
-               config: TrainConfig) -> int:
+               config: TrainConfig, world: int = 1) -> int:
     """Restore a state folder into freshly built objects; returns the step to continue from."""
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -112,6 +117,9 @@ def load_state(folder: Path, network: AdapterNetwork, optimizer: Any, lr_schedul
     if differ:
         raise CurateError(f"{folder}: saved with other settings ({', '.join(differ)}); "
                           "resume with the same ones")
+    if state.get("world_size", 1) != world:
+        raise CurateError(f"{folder}: saved by a run of {state.get('world_size', 1)} processes; resume with "
+                          f"as many (this run has {world}), since each step's batches depend on it")
     network.load_kohya_state_dict(tensors)
     optimizer.load_state_dict(saved["optimizer"])
     lr_scheduler.load_state_dict(saved["lr_scheduler"])

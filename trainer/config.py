@@ -114,7 +114,8 @@ class TrainConfig:
                     "lr_scheduler_num_cycles": self.lr_scheduler_num_cycles, "T_0": self.T_0,
                     "T_mult": self.T_mult, "gradient_accumulation_steps": self.gradient_accumulation_steps,
                     "multires_noise_iterations": self.multires_noise_iterations,
-                    "save_last_n_steps": self.save_last_n_steps, "save_last_n_epochs": self.save_last_n_epochs,
+                    "save_last_n_steps": self.save_last_n_steps,
+                    "save_last_n_epochs": self.save_last_n_epochs,
                     "sample_every_n_steps": self.sample_every_n_steps,
                     "sample_every_n_epochs": self.sample_every_n_epochs}
         for name, value in positive.items():

@@ -1,0 +1,138 @@
+"""Turning a batch of dataset items into scaled VAE latents: encoded each step, or cached.
+
+Without caching, each step decodes, resizes and crops the images into their bucket (flip_aug
+draws from the step's generator) and samples the VAE's latent distribution. With cache_latents
+every image is encoded once before training, as sd-scripts does: one latent sample, plus one of
+the mirrored image when its subset uses flip_aug. cache_latents_to_disk keeps them between runs in
+sd-scripts' own file, `STEM_WWWWxHHHH_sd.npz` beside the image (keys latents, original_size,
+crop_ltrb, latents_flipped), so either tool reuses the other's cache; curate adds the image's
+sha256 and trusts a file only when it matches, so an edited image is encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from buckets import resize_to_bucket
+from curate.atomic import atomic_write_bytes
+from trainer.data import Dataset, Item
+from trainer.model import Models
+
+Progress = Callable[[int, int], None]
+
+
+def load_pixels(batch: list[Item], rng: random.Random, device: torch.device,
+                flips: list[bool] | None = None) -> torch.Tensor:
+    """The batch's images resized and cropped into their bucket, in [-1, 1], NCHW. An image is
+    mirrored when `flips` says so, else (flip_aug subsets) with probability 1/2 from `rng`."""
+    arrays = []
+    for k, item in enumerate(batch):
+        with Image.open(item.path) as image:
+            image = resize_to_bucket(image.convert("RGB"), item.assignment)
+        array = np.asarray(image, dtype=np.float32)
+        flip = flips[k] if flips is not None else item.subset.flip_aug and rng.random() < 0.5
+        if flip:
+            array = array[:, ::-1]
+        arrays.append(array / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def npz_path(item: Item) -> Path:
+    w, h = item.assignment.bucket
+    return item.path.with_name(f"{item.path.stem}_{w:04d}x{h:04d}_sd.npz")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class LatentSource:
+    """Scaled latents for a batch; `cache()` first to encode every image once."""
+
+    def __init__(self, models: Models, to_disk: bool = False, seed: int = 0, write: bool = True) -> None:
+        self.models = models
+        self.to_disk = to_disk
+        self.write = write  # only one process of a multi-process run writes cache files
+        self.seed = seed
+        self.cached: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.models.vae.parameters()).device
+
+    def _encode(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            latents: torch.Tensor = self.models.vae.encode(pixels).latent_dist.sample(gen)
+        return latents
+
+    def batch(self, batch: list[Item], rng: random.Random, gen: torch.Generator) -> torch.Tensor:
+        if not self.cached:
+            pixels = load_pixels(batch, rng, self.device)
+            return self._encode(pixels, gen) * self.models.vae_scale
+        rows = []
+        for item in batch:
+            plain, flipped = self.cached[item.path]
+            use_flip = flipped is not None and rng.random() < 0.5
+            rows.append(flipped if use_flip and flipped is not None else plain)
+        return torch.stack(rows).to(self.device) * self.models.vae_scale
+
+    def cache(self, dataset: Dataset, progress: Progress | None = None) -> int:
+        """Encode (or read from disk) every image of the dataset; returns how many were encoded."""
+        unique = list({item.path: item for item in dataset.items}.values())
+        encoded = 0
+        for done, item in enumerate(unique, 1):
+            entry = self._read(item) if self.to_disk else None
+            if entry is None:
+                entry = self._encode_item(item)
+                encoded += 1
+                if self.to_disk and self.write:
+                    self._write(item, *entry)
+            self.cached[item.path] = entry
+            if progress:
+                progress(done, len(unique))
+        return encoded
+
+    def _encode_item(self, item: Item) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # seeded by the image's name, so a cache rebuilt for one edited image leaves the others' draws alone
+        gen = torch.Generator(device=self.device).manual_seed(self.seed ^ zlib.crc32(item.path.name.encode()))
+        plain = self._encode(load_pixels([item], random.Random(0), self.device, [False]), gen)[0].cpu()
+        if not item.subset.flip_aug:
+            return plain, None
+        return plain, self._encode(load_pixels([item], random.Random(0), self.device, [True]), gen)[0].cpu()
+
+    def _read(self, item: Item) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        path = npz_path(item)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as npz:
+                if str(npz["curate_sha256"]) != _sha256(item.path):
+                    return None
+                plain = torch.from_numpy(npz["latents"].astype(np.float32))
+                flipped = torch.from_numpy(npz["latents_flipped"].astype(np.float32)) \
+                    if "latents_flipped" in npz.files else None
+        except (OSError, ValueError, KeyError):
+            return None  # sd-scripts' own or a damaged file: encode again and replace it
+        w, h = item.assignment.bucket
+        stride = 2 ** (len(self.models.vae.config.block_out_channels) - 1)
+        if plain.shape[-2:] != (h // stride, w // stride) or (item.subset.flip_aug and flipped is None):
+            return None
+        return plain, flipped
+
+    def _write(self, item: Item, plain: torch.Tensor, flipped: torch.Tensor | None) -> None:
+        arrays = {"latents": plain.numpy(), "original_size": np.array(item.assignment.size),
+                  "crop_ltrb": np.array(item.assignment.crop), "curate_sha256": np.array(_sha256(item.path))}
+        if flipped is not None:
+            arrays["latents_flipped"] = flipped.numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(npz_path(item), buffer.getvalue())
