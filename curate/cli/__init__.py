@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layout": ("curate.cli.layout_cmd", "Write a Kohya dataset (N_name folders, captions, dataset.toml)."),
     "buckets": ("curate.cli.buckets_cmd", "Aspect-ratio buckets as sd-scripts makes them; fix strays."),
     "train": ("curate.cli.train_cmd", "Train a LoRA or iA3 on a Kohya dataset (needs the train extra)."),
+    "lora": ("curate.cli.lora_cmd", "Export a trained iA3 as an exact LoRA that every loader reads."),
     "check": ("curate.cli.check_cmd", "Lint a dataset folder or repo (also a pre-commit hook)."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
