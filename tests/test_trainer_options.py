@@ -245,3 +245,25 @@ def test_v_parameterization_setting_changes_the_target(model: Path, dataset: Pat
     v = loop.prepare(dataset, model, replace(SMALL, v_parameterization=True), CPU)
     assert v.models.v_parameterization and not eps.models.v_parameterization
     assert loss(v) != loss(eps)
+
+
+def test_run_writes_samples_and_tensorboard_logs(model: Path, dataset: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\nsks, photo --w 64 --h 64 --s 2 --d 7\n"
+                       "sks, cat --n blurry --w 64 --h 64 --s 2\n", encoding="utf-8")
+    config = replace(SMALL, max_train_steps=4, sample_prompts=str(prompts), sample_every_n_steps=2,
+                     logging_dir=str(tmp_path / "logs"), log_prefix="sks-", output_name="sks")
+    result = loop.train(dataset, model, tmp_path / "out", config, device=CPU)
+    names = sorted(p.name for p in result.samples)
+    assert len(names) == 4 and all(p.parent == tmp_path / "out" / "sample" for p in result.samples)
+    assert names[0].startswith("sks_000002_00_") and names[0].endswith("_7.png")
+    assert all(Image.open(p).size == (64, 64) for p in result.samples)
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert run_dir.name.startswith("sks-")
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("loss/current")]
+    assert losses == pytest.approx(result.losses, rel=1e-6)
+    assert "loss/epoch_average" in events.Tags()["scalars"]

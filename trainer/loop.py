@@ -36,6 +36,7 @@ from trainer.model import Models, load_models
 from trainer.networks import AdapterNetwork, LoRANetwork, create_network
 from trainer.noise import diffusion_loss
 from trainer.optim import make_lr_scheduler, make_optimizer
+from trainer.watch import Watch
 
 __all__ = ["Run", "TrainResult", "diffusion_loss", "epoch_batches", "load_pixels", "make_lr_scheduler",
            "prepare", "train", "train_step"]
@@ -58,6 +59,7 @@ class TrainResult:
     processes: int = 1
     network_digests: list[str] = field(default_factory=list)  # per process: equal when the ranks agree
     latents_encoded: int = 0  # images the VAE encoded for the latent cache (0: all read from disk)
+    samples: list[Path] = field(default_factory=list)  # sample images written during the run
     interrupted: bool = False  # Ctrl-C: `output` is the step save, its state folder beside it
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class TrainResult:
                 "last_loss": self.losses[-1] if self.losses else None, "saved": [str(p) for p in self.saved],
                 "seconds": round(self.seconds, 3), "device": self.device, "processes": self.processes,
                 "interrupted": self.interrupted, "network_digests": self.network_digests,
-                "latents_encoded": self.latents_encoded,
+                "latents_encoded": self.latents_encoded, "samples": [str(p) for p in self.samples],
                 "seconds_per_step": round(self.seconds / done, 4) if done else None}
 
 
@@ -178,7 +180,8 @@ def default_device() -> torch.device:
 def _load(model_path: Path, config: TrainConfig, device: torch.device) -> Models:
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise CurateError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    models = load_models(model_path, device, WEIGHT_DTYPES[config.mixed_precision])
+    models = load_models(model_path, device, WEIGHT_DTYPES[config.mixed_precision],
+                         model_config=config.model_config, allow_pickle=config.allow_pickle)
     if config.v_parameterization is not None:
         models.v_parameterization = config.v_parameterization
     if config.gradient_checkpointing:
@@ -286,8 +289,13 @@ def train(dataset_path: Path, model_path: Path, out: Path, config: TrainConfig, 
         encoded = 0
         if config.cache_latents or config.cache_latents_to_disk:
             encoded = run.latents.cache(run.dataset, on_cache)
-        with _Interrupt().installed() as interrupt:
-            result = _train(run, out, config, resume, on_step, stop_after, interrupt)
+        watch = Watch(config, out, dist.is_main)
+        try:
+            with _Interrupt().installed() as interrupt:
+                result = _train(run, out, config, resume, on_step, stop_after, interrupt, watch)
+        finally:
+            watch.close()
+        result.samples = watch.samples
         result.latents_encoded = encoded
         return result
     finally:
@@ -308,7 +316,7 @@ def _stop(run: Run, out: Path, config: TrainConfig, step: int, result: TrainResu
 
 
 def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_step: StepCallback | None,
-           stop_after: int | None, interrupt: _Interrupt) -> TrainResult:
+           stop_after: int | None, interrupt: _Interrupt, watch: Watch) -> TrainResult:
     from trainer.saves import due, expired, remove_save
 
     started = time.perf_counter()
@@ -333,6 +341,7 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
                               "learning rate or use mixed_precision bf16/no")
         step += 1
         result.losses.append(loss)
+        watch.after_step(run, step, loss)
         if on_step:
             on_step(step, run.total_steps, loss)
         stem = due(config, step, run.steps_per_epoch, run.total_steps)

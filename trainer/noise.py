@@ -62,7 +62,7 @@ def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], w
                               device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     with torch.set_grad_enabled(config.train_text_encoder and torch.is_grad_enabled()):
-        context = encode_prompts(models, captions, config.clip_skip)
+        context = encode_prompts(models, captions, config.clip_skip, max_token_length=config.max_token_length)
     dtype = next(models.unet.parameters()).dtype
     pred = models.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
     target = scheduler.get_velocity(latents, noise, timesteps) if models.v_parameterization else noise

@@ -1,0 +1,239 @@
+"""Single-file SD 1.x / 2.x base checkpoints (`.safetensors`, or `.ckpt` on request), read offline.
+
+A single file holds only weights, in the original CompVis layout. diffusers' single-file loaders
+convert them to its UNet, VAE and CLIP text encoder, but need each component's diffusers config
+and the CLIP tokenizer files, which they normally fetch from the Hub. Offline they come from:
+
+- `model_config`: a diffusers folder, or the id of a Hub repository already in the local cache;
+  its unet/vae/text_encoder configs, tokenizer and scheduler prediction type are used;
+- otherwise the configs shipped in `trainer/configs/sd1` (stable-diffusion-v1-5) and
+  `trainer/configs/sd2` (stable-diffusion-2-1, 768 px, v-prediction), chosen from the
+  checkpoint's keys as diffusers does: OpenCLIP text weights (`cond_stage_model.model.*`) mean
+  SD 2.x, CLIP ones (`cond_stage_model.transformer.*`) SD 1.x. The tokenizer's vocabulary
+  (1.6 MB) is not shipped; it must already be in the Hugging Face cache.
+
+The file is read here, not by diffusers, so that a pickle is never opened by accident: `.ckpt`
+and friends are refused unless `allow_pickle`, and then read with `torch.load(weights_only=True)`,
+which unpickles tensors and plain containers only and refuses any other object instead of
+running its code. diffusers gets the resulting state dict.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from curate.errors import CurateError
+
+CONFIGS = Path(__file__).parent / "configs"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+VAE_KEY = "first_stage_model.encoder.conv_in.weight"
+CLIP_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+OPEN_CLIP_KEY = "cond_stage_model.model.token_embedding.weight"
+# where the tokenizer of each family lives on the Hub: (repo, subfolder), first one named in errors
+TOKENIZER_REPOS: dict[str, list[tuple[str, str]]] = {
+    "sd1": [("openai/clip-vit-large-patch14", ""),
+            ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+            ("runwayml/stable-diffusion-v1-5", "tokenizer")],
+    "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer"),
+            ("stabilityai/stable-diffusion-2", "tokenizer")],
+}
+Family = Literal["sd1", "sd2"]
+
+
+@dataclass
+class SingleFileParts:
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    prediction_type: str
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pickle_refused(path: Path) -> CurateError:
+    return CurateError(f"{path}: a pickle checkpoint can run code when loaded; pass --allow-pickle to read "
+                       "its tensors only (torch.load weights_only), or convert it to .safetensors")
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CurateError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+        # weights_only met an object that is not a tensor or plain container and did not build it
+        raise CurateError(f"{path}: holds Python objects besides tensors, refused unread even with "
+                          "--allow-pickle (torch.load weights_only); convert it to .safetensors with a "
+                          "tool you trust") from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CurateError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+
+
+def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a single-file checkpoint, unwrapped from any `state_dict` nesting."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            loaded: Any = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CurateError(f"{path}: not a readable .safetensors file ({_first_line(exc)})") from exc
+    elif suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise _pickle_refused(path)
+        loaded = _read_pickle(path)
+    else:
+        raise CurateError(f"{path}: not a model checkpoint (.safetensors, or .ckpt with --allow-pickle) "
+                          "nor a diffusers folder")
+    while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise CurateError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")
+    return {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def detect_family(state: dict[str, torch.Tensor], path: Path) -> Family:
+    """SD 1.x or 2.x from the text encoder's layout; anything else is refused."""
+    if UNET_KEY not in state or VAE_KEY not in state:
+        raise CurateError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint (no {UNET_KEY} or {VAE_KEY}); "
+                          "SDXL and other models are not supported")
+    if OPEN_CLIP_KEY in state:
+        return "sd2"
+    if CLIP_KEY in state:
+        return "sd1"
+    raise CurateError(f"{path}: the checkpoint has no text encoder weights (neither {CLIP_KEY} nor "
+                      f"{OPEN_CLIP_KEY}); pass a checkpoint with all of UNet, VAE and text encoder")
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)  # read at call time: HF_HOME / HF_HUB_CACHE as set now
+
+
+def _cached_repo(repo_id: str) -> Path | None:
+    """The local snapshot folder of a Hub repo already downloaded, or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=_hub_cache(), local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+
+
+def config_folder(model_config: str | None, family: Family) -> Path:
+    """The diffusers-layout folder whose configs describe the checkpoint."""
+    if model_config is None:
+        return CONFIGS / family
+    folder = Path(model_config).expanduser()
+    if folder.is_dir():
+        return folder
+    cached = _cached_repo(model_config)
+    if cached is None:
+        raise CurateError(f"model_config {model_config}: neither a folder nor a Hub repository in the local "
+                          f"cache ({_hub_cache()}); pass a diffusers folder")
+    return cached
+
+
+def _load_tokenizer(folder: Path) -> Any | None:
+    from transformers import CLIPTokenizer
+
+    slow = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not slow and not (folder / "tokenizer.json").is_file():
+        return None
+    try:
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def load_tokenizer(path: Path, model_config: str | None, config_dir: Path, family: Family) -> Any:
+    """The CLIP tokenizer: model_config's `tokenizer/` folder, else the Hugging Face cache."""
+    if model_config is not None:
+        tokenizer = _load_tokenizer(config_dir / "tokenizer")
+        if tokenizer is None:
+            raise CurateError(f"model_config {model_config}: no CLIP tokenizer (tokenizer/tokenizer.json, "
+                              "or vocab.json and merges.txt); pass a complete diffusers folder")
+        return tokenizer
+    for repo, subfolder in TOKENIZER_REPOS[family]:
+        snapshot = _cached_repo(repo)
+        if snapshot is not None and (tokenizer := _load_tokenizer(snapshot / subfolder)) is not None:
+            return tokenizer
+    repo, subfolder = TOKENIZER_REPOS[family][0]
+    command = f"hf download {repo}" + (f" --include '{subfolder}/*'" if subfolder else "")
+    raise CurateError(f"{path}: its {family.upper()} CLIP tokenizer is not in the Hugging Face cache "
+                      f"({_hub_cache()}); download it with `{command}`, or pass --set model_config=DIR "
+                      "(a diffusers folder with tokenizer/)")
+
+
+def _prediction_type(config_dir: Path) -> str:
+    path = config_dir / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return "epsilon"
+    return str(json.loads(path.read_text(encoding="utf-8")).get("prediction_type", "epsilon"))
+
+
+def _incomplete(path: Path, name: str, example: str) -> CurateError:
+    return CurateError(f"{path}: the {name} weights are incomplete (e.g. {example} is missing); the "
+                       "checkpoint does not match its config (--set model_config=DIR)")
+
+
+def _build(path: Path, name: str, build: Callable[[], nn.Module], config_dir: Path) -> nn.Module:
+    """One component; diffusers builds it on the meta device and fills it from the checkpoint."""
+    try:
+        module = build()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        if "meta tensor" in str(exc):  # a tensor the file lacks stayed on meta, then was moved
+            raise _incomplete(path, name, "a tensor") from exc
+        raise CurateError(f"{path}: cannot build the {name} from this checkpoint with the configs in "
+                          f"{config_dir} ({_first_line(exc)}); pass --set model_config=DIR matching it"
+                          ) from exc
+    # the text encoder's loader leaves a missing tensor on meta without complaint
+    missing = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if missing:
+        raise _incomplete(path, name, missing[0])
+    return module
+
+
+def _components(path: Path, state: dict[str, torch.Tensor],
+                config_dir: Path) -> tuple[nn.Module, nn.Module, nn.Module]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel
+
+    offline: dict[str, Any] = {"config": str(config_dir), "local_files_only": True}
+    unet = _build(path, "UNet", lambda: UNet2DConditionModel.from_single_file(state, subfolder="unet",
+                                                                              **offline), config_dir)
+    vae = _build(path, "VAE", lambda: AutoencoderKL.from_single_file(state, subfolder="vae", **offline),
+                 config_dir)
+    text_encoder = _build(path, "text encoder", lambda: create_diffusers_clip_model_from_ldm(
+        CLIPTextModel, state, subfolder="text_encoder", **offline), config_dir)
+    return unet, vae, text_encoder
+
+
+def load_single_file(path: Path, model_config: str | None = None,
+                     allow_pickle: bool = False) -> SingleFileParts:
+    """UNet, VAE, text encoder, tokenizer and prediction type of a single-file checkpoint, offline."""
+    state = read_checkpoint(path, allow_pickle)
+    family = detect_family(state, path)
+    config_dir = config_folder(model_config, family)
+    tokenizer = load_tokenizer(path, model_config, config_dir, family)  # before the slow part: fail fast
+    unet, vae, text_encoder = _components(path, state, config_dir)
+    return SingleFileParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           prediction_type=_prediction_type(config_dir))
