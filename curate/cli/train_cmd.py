@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,7 +21,8 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 @click.command("train")
 @click.argument("dataset", type=click.Path(exists=True, path_type=Path))
 @click.option("--model", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Base model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, ...).")
+              help="Base model: a diffusers folder (model_index.json, unet/, ...) or a single-file SD1.x/2.x "
+              ".safetensors checkpoint (configs shipped; --set model_config=DIR for others).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.safetensors, intermediate saves and state folders.")
 @click.option("--network", type=click.Choice(["lora", "ia3"]), default=None, help="Adapter (default lora).")
@@ -36,23 +39,46 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 @click.option("--seed", type=int, default=None, help="Random seed (default 42).")
 @click.option("--threads", type=int, default=None,
               help="CPU threads (default: 1 on a machine with 2 or fewer cores; 0 = torch's default).")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
+              help="Autocast the frozen model (fp16 needs a CUDA GPU; default no).")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in backward: far less memory, ~30% slower.")
+@click.option("--cache-latents/--no-cache-latents", default=None,
+              help="Encode every image once before training (in RAM; to disk beside the images: "
+              "--set cache_latents_to_disk=true).")
+@click.option("--sample-prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Prompt file in sd-scripts syntax (--n --w --h --d --l --s); images go to OUT/sample/.")
+@click.option("--sample-every-n-steps", type=int, default=None, help="Sample images every N steps.")
+@click.option("--logging-dir", type=click.Path(file_okay=False), default=None,
+              help="Write TensorBoard logs (loss, lr, d*lr) under this folder.")
+@click.option("--allow-pickle/--no-allow-pickle", default=None,
+              help="Read a .ckpt/.pt base model (a pickle; loaded with weights_only, still only from "
+              "sources you trust).")
+@click.option("--backend", type=click.Choice(["builtin", "kohya"]), default=None,
+              help="Who trains: curate's own loop (builtin, default) or sd-scripts' train_network.py "
+              "(kohya).")
+@click.option("--print-command", is_flag=True,
+              help="kohya: write the dataset TOML into --out, print the sd-scripts command, and exit.")
+@click.option("--sd-scripts", "sd_scripts", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="kohya: the sd-scripts checkout to run the command in (with accelerate).")
 @click.option("--preset", default=None, help="Start from a named recipe (see --list-presets); "
               "--config, --set and flags override it.")
 @click.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
               help="Print the presets and their settings, then exit.")
 @config_options
 @output_options
-def command(dataset: Path, model: Path, out: Path, network: str | None, max_train_steps: int | None,
-            max_train_epochs: int | None, output_name: str | None, save_every_n_steps: int | None,
-            save_precision: str | None, save_state: bool | None, resume: Path | None, seed: int | None,
-            threads: int | None, preset: str | None, config_file: Path | None, overrides: tuple[str, ...],
-            as_json: bool, quiet: bool, verbose: bool) -> None:
+def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_command: bool,
+            sd_scripts: Path | None, preset: str | None, config_file: Path | None, overrides: tuple[str, ...],
+            as_json: bool, quiet: bool, verbose: bool, **flags: Any) -> None:
     """Train a LoRA or iA3 on a Kohya dataset (a `curate layout` folder, its dataset.toml, or N_name folders).
 
     \b
     Settings come from --preset, then the [train] table of --config, then --set KEY=VALUE (any
     TrainConfig field, sd-scripts names: network_dim, learning_rate, min_snr_gamma, ...), then flags.
     The result loads in A1111, ComfyUI, diffusers and sd-scripts (LoRA) or A1111 (iA3).
+    --model is a diffusers folder or a single-file .safetensors checkpoint. Ctrl-C saves a
+    resumable state and stops; a second Ctrl-C stops at once. Several GPUs: launch with
+    `accelerate launch --multi_gpu --num_processes N -m curate train ...` (all options as here).
 
     \b
     Examples:
@@ -62,31 +88,38 @@ def command(dataset: Path, model: Path, out: Path, network: str | None, max_trai
       curate train dataset --model ./sd15 --out ia3 --preset prodigy-ia3 --set T_0=120
       curate train --list-presets
       curate train dataset --model ./sd15 --out lora --resume lora/last-step00000500-state
+      curate train dataset --model ./sd15 --out lora --backend kohya --print-command
+      curate train dataset --model ./sd15 --out lora --backend kohya --sd-scripts ~/sd-scripts
     """
-    from curate.errors import CurateError
+    from trainer.backends import get_backend
     from trainer.config import train_config
 
-    o = Out(as_json, quiet, verbose)
-    config = train_config(config_file, overrides, {
-        "network": network, "max_train_steps": max_train_steps, "max_train_epochs": max_train_epochs,
-        "output_name": output_name, "save_every_n_steps": save_every_n_steps,
-        "save_precision": save_precision, "save_state": save_state, "seed": seed, "threads": threads},
-        preset=preset)
-    try:
-        from trainer.loop import train
-    except ImportError as exc:
-        raise CurateError(f"the trainer needs the train extra ({exc}); pip install 'curate[train]'") from exc
+    # under a multi-process launcher every process runs this; only the first one talks
+    follower = os.environ.get("RANK", "0") != "0"
+    o = Out(as_json and not follower, quiet or follower, verbose and not follower)
+    config = train_config(config_file, overrides, flags, preset=preset)
+    trainer = get_backend(config.backend)
+    plan = trainer.plan(dataset, model, out, config, resume=resume, tool=sd_scripts)
+    shell = plan.shell() if print_command else None  # the builtin backend has none: one-line error
+    for note in plan.notes if verbose or print_command else []:
+        click.echo(f"note: {note}", err=True)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if shell is not None:
+        if as_json:
+            o.json(plan.as_dict())
+        else:
+            click.echo(shell)
+        return
     with o.progress("training") as progress:
-        result = train(dataset, model, out, config, resume=resume,
-                       on_step=lambda step, total, _loss: progress(step, total))
+        result = trainer.run(plan, on_step=lambda step, total, _loss: progress(step, total))
+    if follower:
+        return
     if as_json:
         o.json(result.as_dict())
         return
-    data = result.as_dict()
-    o.line(f"trained {config.network} for {result.steps} steps ({result.epochs} epochs, "
-           f"{result.steps_per_epoch} steps each) on {result.device} in {result.seconds:.1f} s; "
-           f"loss {data['first_loss']:.4f} -> {data['last_loss']:.4f}" if result.losses else
-           f"nothing to train: already at step {result.steps}")
+    for line in result.summary.splitlines():
+        o.line(line)
     o.line(f"wrote {result.output}")
     if verbose:
         for path in result.saved:

@@ -1,0 +1,325 @@
+"""The kohya backend: the same TrainConfig as an sd-scripts `train_network.py` run.
+
+The plan has two parts. The dataset config: a `curate layout` dataset.toml is used as it is
+when sd-scripts would read it the way the builtin trainer does; when the config overrides one
+of its settings (resolution, caption_extension, ...), or it names image folders by relative
+path (sd-scripts resolves those from its own working folder), a corrected copy is written to
+OUT/kohya-dataset.toml. A plain folder of `N_name` subfolders becomes OUT/kohya-dataset.toml
+with absolute image_dir paths and the repeats and class tokens from the folder names, since
+`--dataset_config` never parses folder names. Every file is written through curate.atomic.
+
+The command: `accelerate launch --num_cpu_threads_per_process 1 train_network.py` and one
+sd-scripts option per TrainConfig key that has one (names are mostly the same; the optimiser,
+network and the torch CosineAnnealingWarmRestarts schedule are spelled differently). Keys that
+do not change the trained network (threads, backend, ...) are skipped; any other key this
+module does not know (one added to TrainConfig later) becomes a warning in the plan when it is
+set, so nothing that changes training is dropped without a word. The option names are pinned
+against sd-scripts' own parser by tests/data/sd_scripts_train_network_args.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from curate.atomic import atomic_write_text
+from curate.errors import CurateError
+from trainer.backends import Plan, RunResult, StepCallback
+from trainer.backends.kohya_toml import dataset_config
+from trainer.config import TrainConfig
+
+NAME = "kohya"
+SCRIPT = "train_network.py"
+LAUNCH = ["accelerate", "launch", "--num_cpu_threads_per_process", "1"]
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "dadaptadam": "DAdaptAdam"}
+CAWR = "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts"
+# options spelled the same in sd-scripts, passed when set (None / False leave sd-scripts' default)
+SAME: tuple[str, ...] = (
+    "learning_rate", "unet_lr", "text_encoder_lr", "max_grad_norm", "gradient_accumulation_steps",
+    "gradient_checkpointing", "seed", "min_snr_gamma", "prior_loss_weight", "clip_skip", "cache_latents",
+    "cache_latents_to_disk", "output_name", "save_every_n_steps", "save_every_n_epochs", "save_state",
+    "save_last_n_steps", "save_last_n_epochs", "save_precision", "mixed_precision", "logging_dir",
+    "log_prefix")
+# read by the helpers below (their sd-scripts spelling differs, or depends on other keys)
+TRANSLATED: frozenset[str] = frozenset({
+    "network", "network_dim", "network_alpha", "network_dropout", "conv_dim", "conv_alpha",
+    "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
+    "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "T_0", "T_mult",
+    "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
+    "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
+    "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
+    "sample_sampler"})
+# dataset settings: they go into the dataset TOML (kohya_toml.py), not the command line
+DATASET: frozenset[str] = frozenset({
+    "resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+    "caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
+    "caption_tag_dropout_rate"})
+# no effect on the trained network, or only on how curate itself reads the model
+SKIPPED: frozenset[str] = frozenset({"version", "threads", "backend", "model_config", "allow_pickle"})
+
+
+def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: Path | None = None,
+         tool: Path | None = None) -> Plan:
+    """Write the dataset TOML into `out` and build the sd-scripts command (nothing is trained)."""
+    config.check()
+    dataset, model, out = dataset.absolute(), model.absolute(), out.absolute()
+    if tool is not None:
+        tool = check_sd_scripts(tool)
+    if not model.exists():
+        raise CurateError(f"{model}: no such base model (a diffusers folder or a .safetensors file)")
+    result = Plan(NAME, dataset, model, out, config, resume=resume, tool=tool)
+    data = dataset_config(dataset, out, config)
+    script = str(tool / SCRIPT) if tool else SCRIPT
+    args = [*model_args(model, config, result.warnings), "--dataset_config", str(data.path),
+            "--output_dir", str(out), *arguments(config, result.notes), *resume_args(resume)]
+    result.command = [*LAUNCH, script, *args]
+    # written only once everything above has been checked, so a refused plan leaves nothing behind
+    if data.text is not None:
+        atomic_write_text(data.path, data.text)
+        result.files.append(data.path)
+        result.notes.insert(0, f"wrote {data.path} ({'; '.join(data.reasons)})")
+    else:
+        result.notes.insert(0, f"uses {data.path} as it is")
+    result.notes += data.notes
+    result.warnings += data.warnings
+    result.warnings += unknown_settings(config)
+    if tool is None:
+        result.notes.append("run it in your sd-scripts folder, in its Python environment "
+                            "(or pass --sd-scripts PATH to have curate run it)")
+    return result
+
+
+def check_sd_scripts(tool: Path) -> Path:
+    tool = tool.absolute()
+    if not (tool / SCRIPT).is_file():
+        raise CurateError(f"{tool}: no {SCRIPT} here; --sd-scripts must be a kohya-ss/sd-scripts checkout")
+    return tool
+
+
+def arguments(config: TrainConfig, notes: list[str]) -> list[str]:
+    """The sd-scripts options for the training settings of `config` (not paths)."""
+    out: list[str] = []
+    for name in SAME:
+        out += _option(name, getattr(config, name))
+    return [*network_args(config, notes), *optimizer_args(config), *schedule_args(config),
+            *length_args(config), *noise_args(config), *out, *sample_args(config)]
+
+
+def _option(name: str, value: Any) -> list[str]:
+    """`--name value`; a True bool is a bare flag; None and False are left out."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [f"--{name}"]
+    return [f"--{name}", _number(value) if isinstance(value, float) else str(value)]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def literal(value: Any) -> str:
+    """A value as Python source: sd-scripts reads `key=value` arguments with ast.literal_eval."""
+    if isinstance(value, list | tuple):
+        return repr(tuple(value))
+    text = repr(value)
+    if "=" in text:
+        raise CurateError(f"{value!r}: sd-scripts splits key=value arguments on '=', so a value cannot "
+                          "contain one")
+    return text
+
+
+def _key_values(option: str, pairs: dict[str, Any], *, python: bool = True) -> list[str]:
+    """`--option k=v ...`; python=False for --network_args, whose values sd-scripts passes as strings."""
+    def text(value: Any) -> str:
+        if python:
+            return literal(value)
+        return _number(value) if isinstance(value, float) else str(value)
+
+    return [option, *(f"{k}={text(v)}" for k, v in pairs.items())] if pairs else []
+
+
+def network_args(config: TrainConfig, notes: list[str]) -> list[str]:
+    only = (["--network_train_unet_only"] if not config.train_text_encoder else
+            ["--network_train_text_encoder_only"] if not config.train_unet else [])
+    if config.network == "ia3":
+        notes.append("iA3 trains with LyCORIS (network_module lycoris.kohya): `pip install lycoris_lora` in "
+                     "sd-scripts' environment first. LyCORIS releases have broken iA3 with sd-scripts before "
+                     "(LyCORIS #116, #249, kohya_ss #3192); --backend builtin trains iA3 without LyCORIS")
+        return ["--network_module", "lycoris.kohya",
+                *_key_values("--network_args", {"algo": "ia3", "train_on_input": config.ia3_train_on_input},
+                             python=False),
+                *only]
+    extra: dict[str, Any] = {}
+    if config.conv_dim:
+        # the builtin trainer reads an unset conv_alpha as conv_dim (scale 1); sd-scripts as 1.0
+        extra = {"conv_dim": config.conv_dim, "conv_alpha": config.conv_alpha or float(config.conv_dim)}
+    args = ["--network_module", "networks.lora", "--network_dim", str(config.network_dim),
+            "--network_alpha", _number(float(config.network_alpha))]
+    args += _option("network_dropout", config.network_dropout)
+    args += _key_values("--network_args", extra, python=False)
+    # the builtin trainer scales LoRA weight norms only; iA3 has no up/down pair to scale
+    return args + _option("scale_weight_norms", config.scale_weight_norms) + only
+
+
+def optimizer_args(config: TrainConfig) -> list[str]:
+    return ["--optimizer_type", OPTIMIZERS[config.optimizer],
+            *_key_values("--optimizer_args", dict(config.optimizer_args))]
+
+
+def schedule_args(config: TrainConfig) -> list[str]:
+    if config.lr_scheduler == "cosine_annealing_warm_restarts":
+        # sd-scripts refuses warm-up steps with a custom scheduler; the builtin one ignores them
+        return ["--lr_scheduler_type", CAWR, *_key_values("--lr_scheduler_args", {
+            "T_0": config.T_0, "T_mult": config.T_mult, "eta_min": config.eta_min})]
+    name = config.lr_scheduler
+    if name == "constant" and config.lr_warmup_steps:
+        name = "constant_with_warmup"  # sd-scripts raises on constant with warm-up steps
+    args = ["--lr_scheduler", name, *_option("lr_warmup_steps", config.lr_warmup_steps or None)]
+    if name == "cosine_with_restarts":
+        args += _option("lr_scheduler_num_cycles", config.lr_scheduler_num_cycles)
+    if name == "polynomial":
+        args += _option("lr_scheduler_power", config.lr_scheduler_power)
+    return args
+
+
+def length_args(config: TrainConfig) -> list[str]:
+    steps = (_option("max_train_epochs", config.max_train_epochs) if config.max_train_epochs
+             else _option("max_train_steps", config.max_train_steps))
+    # 75 is sd-scripts' default and not one of its choices (None, 150, 225)
+    if config.max_token_length != 75:
+        steps += _option("max_token_length", config.max_token_length)
+    return steps
+
+
+def noise_args(config: TrainConfig) -> list[str]:
+    args = _option("noise_offset", config.noise_offset or None)
+    if config.noise_offset:
+        args += _option("adaptive_noise_scale", config.adaptive_noise_scale)
+    if config.multires_noise_iterations:
+        args += _option("multires_noise_iterations", config.multires_noise_iterations)
+        args += _option("multires_noise_discount", config.multires_noise_discount)
+    return args
+
+
+def sample_args(config: TrainConfig) -> list[str]:
+    if not config.sample_prompts:
+        return []
+    return ["--sample_prompts", str(Path(config.sample_prompts).absolute()),
+            *_option("sample_every_n_steps", config.sample_every_n_steps),
+            *_option("sample_every_n_epochs", config.sample_every_n_epochs),
+            "--sample_sampler", config.sample_sampler]
+
+
+def model_args(model: Path, config: TrainConfig, warnings: list[str]) -> list[str]:
+    """The base model, and --v2 / --v_parameterization that sd-scripts cannot tell by itself."""
+    args = ["--pretrained_model_name_or_path", str(model)]
+    v_pred = config.v_parameterization
+    if model.is_dir():
+        unet = _json(model / "unet" / "config.json")
+        if unet.get("cross_attention_dim") == 1024:
+            args.append("--v2")  # SD 2.x: OpenCLIP text encoder
+        if unet.get("cross_attention_dim") == 2048:
+            raise CurateError(f"{model}: an SDXL model; this backend writes train_network.py (SD 1.x/2.x) "
+                              "commands, use sd-scripts' sdxl_train_network.py by hand")
+        if v_pred is None:
+            prediction = _json(model / "scheduler" / "scheduler_config.json").get("prediction_type")
+            v_pred = prediction == "v_prediction"
+    elif v_pred is None:
+        warnings.append(f"{model}: a single-file model does not say whether it predicts v; sd-scripts "
+                        "assumes epsilon (set v_parameterization = true for a v-model, and pass --v2 "
+                        "for SD 2.x)")
+    return args + (["--v_parameterization"] if v_pred else [])
+
+
+def _json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def resume_args(resume: Path | None) -> list[str]:
+    if resume is None:
+        return []
+    if (resume / "state.json").is_file() and (resume / "optimizer.pt").is_file():
+        raise CurateError(f"{resume}: a state folder of curate's builtin trainer; sd-scripts resumes only "
+                          "from its own (written with save_state), so resume it with --backend builtin")
+    return ["--resume", str(resume.absolute())]
+
+
+def unknown_settings(config: TrainConfig) -> list[str]:
+    """A warning for every set TrainConfig key this backend cannot pass on."""
+    known = set(SAME) | TRANSLATED | DATASET | SKIPPED
+    warnings = []
+    for f in fields(config):
+        if f.name in known:
+            continue
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        value = getattr(config, f.name)
+        if value != default:
+            warnings.append(f"train.{f.name} = {value!r} has no sd-scripts option in this backend: "
+                            "sd-scripts trains without it")
+    return warnings
+
+
+def accelerate_program(tool: Path) -> str:
+    """sd-scripts' own environment (venv/ or .venv/ in its folder) first, then PATH."""
+    for env in ("venv", ".venv"):
+        for rel in ("bin/accelerate", "Scripts/accelerate.exe"):
+            if (tool / env / rel).is_file():
+                return str(tool / env / rel)
+    found = shutil.which("accelerate")
+    if not found:
+        raise CurateError(f"accelerate not found in {tool}/venv, {tool}/.venv or on PATH: install "
+                          "sd-scripts' requirements (pip install -r requirements.txt) and activate them")
+    return found
+
+
+def run(plan: Plan, *, on_step: StepCallback | None = None,
+        sink: Callable[[bytes], None] | None = None) -> RunResult:
+    """Run the planned command in the sd-scripts folder, streaming its output to stderr (or `sink`).
+
+    sd-scripts reports its own progress, so `on_step` is not called.
+    """
+    if plan.tool is None or plan.command is None:
+        raise CurateError("the kohya backend needs --sd-scripts PATH (a kohya-ss/sd-scripts checkout) "
+                          "to run; or print the command with --print-command")
+    tool = check_sd_scripts(plan.tool)
+    argv = [accelerate_program(tool), *plan.command[1:]]
+    write = sink or _to_stderr
+    # stdout goes to our stderr: --json output stays parseable while the user sees the log
+    with subprocess.Popen(argv, cwd=tool, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(65536):  # chunks, not lines: tqdm redraws with \r
+                write(chunk)
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    if code:
+        raise CurateError(f"sd-scripts {SCRIPT} exited with code {code} (its output is above); "
+                          f"fix the problem it reports and re-run")
+    output = plan.out / f"{plan.config.output_name}.safetensors"
+    return RunResult(NAME, output, f"sd-scripts trained {plan.config.network} ({SCRIPT} exited 0)",
+                     {"command": plan.command, "returncode": code, "files": [str(p) for p in plan.files]})
+
+
+def _to_stderr(chunk: bytes) -> None:
+    stream = getattr(sys.stderr, "buffer", None)
+    if stream is not None:
+        stream.write(chunk)
+    else:
+        sys.stderr.write(chunk.decode("utf-8", "replace"))
+    sys.stderr.flush()
+

@@ -1,0 +1,188 @@
+"""The dataset TOML an sd-scripts run reads (`--dataset_config`), made to match the builtin trainer.
+
+The builtin trainer reads a dataset as trainer.data does: a dataset.toml's values, with the
+dataset settings a TrainConfig sets winning over them (caption_extension always, since it
+has a default), relative image_dir paths taken from the TOML's folder, or `N_name` folders.
+sd-scripts reads the TOML alone, resolves relative paths from its working folder and defaults
+caption_extension to ".caption", so this module writes the values out explicitly whenever
+sd-scripts would otherwise see something else. The keys written are sd-scripts' own
+(`library/config_util.py` ConfigSanitizer), checked by tests/test_trainer_backends.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from buckets import BucketConfig
+from curate.errors import CurateError
+from trainer.config import TrainConfig
+from trainer.data import Subset, folder_subsets
+
+FILE_NAME = "kohya-dataset.toml"
+SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
+               "caption_tag_dropout_rate")
+DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
+                "bucket_reso_steps")
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+MISSING = object()
+
+
+@dataclass
+class DatasetConfig:
+    """The TOML to pass: `text` is None when `path` (the dataset's own) is used unchanged."""
+
+    path: Path
+    text: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def overrides(config: TrainConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in (*DATASET_KEYS, *SUBSET_KEYS) if getattr(config, k) is not None}
+
+
+def dataset_config(dataset: Path, out: Path, config: TrainConfig) -> DatasetConfig:
+    source = dataset if dataset.is_file() else dataset / "dataset.toml"
+    target = out / FILE_NAME
+    if source.is_file():
+        data = _read(source)
+        result = DatasetConfig(source)
+        result.reasons = adapt(data, source, overrides(config))
+        result.notes += _unread_by_builtin(data, source)
+        if len(data["datasets"]) > 1:
+            result.warnings.append(f"{source} has {len(data['datasets'])} [[datasets]]: sd-scripts trains on "
+                                   "all of them, the builtin trainer on the first only")
+        if result.reasons:
+            result.path, result.text = target, dumps(data, f"sd-scripts dataset config for {source}")
+        return result
+    if not dataset.is_dir():
+        raise CurateError(f"{dataset}: no such dataset folder or dataset.toml")
+    text = dumps(folder_data(dataset, config), f"sd-scripts dataset config for the folders in {dataset}")
+    return DatasetConfig(target, text, ["folder mode: repeats and class tokens from the N_name folder names"])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CurateError(f"{path}: cannot read ({exc}); fix the TOML or re-run `curate layout`") from exc
+    if not isinstance(data.get("datasets"), list) or not data["datasets"]:
+        raise CurateError(f"{path}: no [[datasets]] table; re-run `curate layout` or add one")
+    return data
+
+
+def _effective(key: str, *tables: dict[str, Any]) -> Any:
+    """The value sd-scripts uses: the innermost table that sets it (subset, dataset, general)."""
+    return next((t[key] for t in tables if key in t), MISSING)
+
+
+def adapt(data: dict[str, Any], source: Path, over: dict[str, Any]) -> list[str]:
+    """Set `over` and absolute image_dir paths in `data`; why it changed (empty: unchanged)."""
+    general = data.get("general", {})
+    changed: dict[str, Any] = {}
+    relative = False
+    for dataset in data["datasets"]:
+        for key in DATASET_KEYS:
+            if key in over and _effective(key, dataset, general) != over[key]:
+                dataset[key] = changed[key] = over[key]
+        for subset in dataset.get("subsets", []):
+            for key in SUBSET_KEYS:
+                if key in over and _effective(key, subset, dataset, general) != over[key]:
+                    subset[key] = changed[key] = over[key]
+            image_dir = subset.get("image_dir")
+            if isinstance(image_dir, str) and not Path(image_dir).is_absolute():
+                subset["image_dir"] = str((source.parent / image_dir).absolute())
+                relative = True
+    reasons = [f"{k} = {v!r} from the train config" for k, v in changed.items()]
+    if relative:
+        reasons.append("image_dir made absolute (sd-scripts resolves relative paths from its own folder)")
+    return reasons
+
+
+def _unread_by_builtin(data: dict[str, Any], source: Path) -> list[str]:
+    known = {f.name for f in (*fields(Subset), *fields(BucketConfig))} | {"batch_size", "subsets"}
+    subsets = [s for d in data["datasets"] for s in d.get("subsets", [])]
+    tables = [data.get("general", {}), *data["datasets"], *subsets]
+    extra = sorted({k for t in tables for k in t} - known)
+    if not extra:
+        return []
+    return [f"{source} sets {', '.join(extra)}: sd-scripts applies them, the builtin trainer does not"]
+
+
+def folder_data(root: Path, config: TrainConfig) -> dict[str, Any]:
+    """Folder mode as TOML data: the `N_name` folders trainer.data would read, with their settings."""
+    subsets = folder_subsets(root, {})
+    if not any(not s.is_reg for s in subsets):
+        raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
+    buckets, over = BucketConfig(), overrides(config)
+    width, height = buckets.resolution
+    dataset: dict[str, Any] = {
+        "resolution": width if width == height else [width, height], "batch_size": 1,
+        "enable_bucket": buckets.enable_bucket, "min_bucket_reso": buckets.min_bucket_reso,
+        "max_bucket_reso": buckets.max_bucket_reso, "bucket_reso_steps": buckets.bucket_reso_steps,
+        "bucket_no_upscale": buckets.bucket_no_upscale}
+    dataset.update({k: v for k, v in over.items() if k in DATASET_KEYS})
+    dataset["subsets"] = [_subset_table(s) for s in subsets]
+    return {"general": {k: v for k, v in over.items() if k in SUBSET_KEYS}, "datasets": [dataset]}
+
+
+def _subset_table(subset: Subset) -> dict[str, Any]:
+    table: dict[str, Any] = {"image_dir": str(subset.image_dir.absolute()), "num_repeats": subset.num_repeats}
+    if subset.class_tokens:
+        table["class_tokens"] = subset.class_tokens
+    if subset.is_reg:
+        table["is_reg"] = True
+    return table
+
+
+def _key(name: str) -> str:
+    return name if BARE_KEY.match(name) else json.dumps(name)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise CurateError(f"{value!r}: cannot be written to a dataset TOML")
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _table(header: str, table: dict[str, Any], indent: str) -> list[str]:
+    lines = ["", f"{indent}{header}"]
+    lines += [f"{indent}{_key(k)} = {_value(v)}" for k, v in table.items() if not _is_tables(v)]
+    for name, subtables in ((k, v) for k, v in table.items() if _is_tables(v)):
+        for sub in subtables:
+            inner = header.strip("[]")
+            lines += _table(f"[[{inner}.{_key(name)}]]", sub, indent + "  ")
+    return lines
+
+
+def dumps(data: dict[str, Any], title: str) -> str:
+    """TOML for sd-scripts' dataset config shape: [general], [[datasets]], [[datasets.subsets]]."""
+    lines = [f"# Written by `curate train --backend kohya`: {title}",
+             "# Pass to sd-scripts with --dataset_config (image_dir paths are absolute)."]
+    lines += [f"{_key(k)} = {_value(v)}" for k, v in data.items()
+              if not isinstance(v, dict) and not _is_tables(v)]
+    for name, value in data.items():
+        if isinstance(value, dict):
+            lines += _table(f"[{_key(name)}]", value, "")
+        elif _is_tables(value):
+            for table in value:
+                lines += _table(f"[[{_key(name)}]]", table, "")
+    return "\n".join(lines) + "\n"
