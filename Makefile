@@ -41,6 +41,11 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: lint
+	@command -v chromium >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| echo "WARNING: could not install chromium: the report's browser test will skip"; \
+	else echo "chromium not found: tests/test_report.py skips its browser test;" \
+		"install it with: sudo apt-get install -y chromium"; fi
 	$(BIN)/python -m pytest -q
 
 bench: venv

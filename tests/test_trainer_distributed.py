@@ -58,7 +58,8 @@ def test_two_processes_agree_and_write_one_file(tmp_path: Path) -> None:
     digests = two["network_digests"]
     assert two["processes"] == 2 and isinstance(digests, list) and len(digests) == 2
     assert digests[0] == digests[1]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["last-state", "last.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["last-config.toml", "last-state",
+                                                                     "last.safetensors"]
     state = json.loads((tmp_path / "two" / "last-state" / "state.json").read_text(encoding="utf-8"))
     assert state["world_size"] == 2 and state["step"] == 3
 

@@ -128,7 +128,8 @@ def test_cli_train_json_and_saves(model: Path, dataset: Path, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["steps"] == 4 and data["output"] == str(out / "sks.safetensors")
-    assert sorted(p.name for p in out.iterdir()) == ["sks-step00000002.safetensors", "sks.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["sks-config.toml", "sks-step00000002.safetensors",
+                                                      "sks.safetensors"]
     meta = load_network(out / "sks.safetensors")[1]
     assert meta["ss_optimizer"].endswith("Prodigy") and json.loads(meta["ss_dataset_dirs"]) == {
         "1_sks": {"n_repeats": 1, "img_count": 4}}

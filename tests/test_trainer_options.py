@@ -166,13 +166,13 @@ def test_keep_last_n_saves_as_sd_scripts(model: Path, dataset: Path, tmp_path: P
     steps = replace(SMALL, max_train_steps=5, save_every_n_steps=1, save_last_n_steps=2, save_state=True)
     loop.train(dataset, model, tmp_path / "s", steps, device=CPU)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "last-state", "last-step00000002-state", "last-step00000002.safetensors", "last-step00000003-state",
-        "last-step00000003.safetensors", "last-step00000004-state", "last-step00000004.safetensors",
-        "last.safetensors"]
+        "last-config.toml", "last-state", "last-step00000002-state", "last-step00000002.safetensors",
+        "last-step00000003-state", "last-step00000003.safetensors", "last-step00000004-state",
+        "last-step00000004.safetensors", "last.safetensors"]
     epochs = replace(SMALL, max_train_epochs=4, save_every_n_epochs=1, save_last_n_epochs=2)
     loop.train(dataset, model, tmp_path / "e", epochs, device=CPU)
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
-        "last-000002.safetensors", "last-000003.safetensors", "last.safetensors"]
+        "last-000002.safetensors", "last-000003.safetensors", "last-config.toml", "last.safetensors"]
 
 
 def test_ctrl_c_saves_a_state_and_resumes_to_the_same_weights(model: Path, dataset: Path,
@@ -267,3 +267,13 @@ def test_run_writes_samples_and_tensorboard_logs(model: Path, dataset: Path, tmp
     losses = [e.value for e in events.Scalars("loss/current")]
     assert losses == pytest.approx(result.losses, rel=1e-6)
     assert "loss/epoch_average" in events.Tags()["scalars"]
+
+
+def test_resolved_config_is_saved_and_reads_back(model: Path, dataset: Path, tmp_path: Path) -> None:
+    from trainer.config import train_config
+
+    config = replace(SMALL, max_train_steps=1, optimizer_args={"weight_decay": 0.05}, output_name="sks")
+    result = loop.train(dataset, model, tmp_path, config, device=CPU)
+    written = tmp_path / "sks-config.toml"
+    assert written in result.saved and f"dataset: {dataset.absolute()}" in written.read_text(encoding="utf-8")
+    assert train_config(written) == config

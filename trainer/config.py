@@ -9,8 +9,9 @@ options) come from the dataset's own dataset.toml when it has one; the fields he
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,6 +138,28 @@ class TrainConfig:
             return {**common, "train_on_input": self.ia3_train_on_input}
         return {**common, "dim": self.network_dim, "alpha": self.network_alpha,
                 "dropout": self.network_dropout, "conv_dim": self.conv_dim, "conv_alpha": self.conv_alpha}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def to_toml(config: TrainConfig, header: str = "") -> str:
+    """The config as a `[train]` table that `curate train --config` reads back; unset keys are
+    written as comments so the file also shows what could be set."""
+    lines = [f"# {line}" for line in header.splitlines()] + ["[train]"]
+    for item in fields(config):
+        value = getattr(config, item.name)
+        lines.append(f"# {item.name} = (unset)" if value is None else f"{item.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def migrate(table: dict[str, Any]) -> dict[str, Any]:

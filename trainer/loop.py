@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
+from curate.atomic import atomic_write_text
 from curate.errors import CurateError
 from trainer import checkpoint
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, to_toml
 from trainer.data import Dataset, Item, epoch_batches, load_dataset, process_caption, steps_per_epoch
 from trainer.distributed import Dist, init_distributed, rank_batches
 from trainer.latents import LatentSource, load_pixels
@@ -108,6 +109,7 @@ class Run:
     latents: LatentSource
     dist: Dist = field(default_factory=Dist)
     scaler: Any = None  # torch.amp.GradScaler for fp16 on CUDA
+    paths: tuple[Path, Path] = (Path(), Path())  # the dataset and base model trained on
 
     @property
     def device(self) -> torch.device:
@@ -219,7 +221,7 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
     latents = LatentSource(models, config.cache_latents_to_disk, config.seed, write=dist.is_main)
     return Run(dataset, models, network, optimizer, make_lr_scheduler(config, optimizer, total), total,
-               per_epoch, metadata, latents, dist, scaler)
+               per_epoch, metadata, latents, dist, scaler, (dataset_path.absolute(), model_path.absolute()))
 
 
 def _save(run: Run, out: Path, stem: str, config: TrainConfig, step: int) -> list[Path]:
@@ -234,6 +236,16 @@ def _save(run: Run, out: Path, stem: str, config: TrainConfig, step: int) -> lis
                                                run.lr_scheduler, step, config, run.dist.world))
     run.dist.barrier()
     return paths
+
+
+def _write_config(run: Run, out: Path, config: TrainConfig, resume: Path | None) -> Path:
+    """The resolved settings beside the weights: `curate train --config` reads the file back."""
+    header = (f"written by curate train at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              f"dataset: {run.paths[0]}\nmodel: {run.paths[1]}\n"
+              f"processes: {run.dist.world}; resumed from: {resume or 'no'}")
+    path = out / f"{config.output_name}-config.toml"
+    atomic_write_text(path, to_toml(config, header))
+    return path
 
 
 def network_digest(network: AdapterNetwork) -> str:
@@ -327,6 +339,8 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
     result = TrainResult(out / f"{config.output_name}.safetensors", step, 0, run.steps_per_epoch,
                          resumed_from=step, device=str(run.device), processes=run.dist.world)
     out.mkdir(parents=True, exist_ok=True)
+    if run.dist.is_main:
+        result.saved.append(_write_config(run, out, config, resume))
     plan: tuple[int, list[list[list[Item]]]] = (-1, [])
     end = min(run.total_steps, stop_after or run.total_steps)
     while step < end:

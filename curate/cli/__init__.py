@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("curate.cli.check_cmd", "Lint a dataset folder or repo (also a pre-commit hook)."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
+    "report": ("curate.cli.report_cmd",
+               "Write a static HTML review of a workspace: images, captions, duplicates, plan."),
 }
 
 
