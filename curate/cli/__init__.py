@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lora": ("curate.cli.lora_cmd", "Export a trained iA3 as an exact LoRA that every loader reads."),
     "check": ("curate.cli.check_cmd", "Lint a dataset folder or repo (also a pre-commit hook)."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
+    "run": ("curate.cli.run_cmd",
+            "Run the pipeline of curate.toml's [run] stages; unchanged ones are skipped."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
     "report": ("curate.cli.report_cmd",
                "Write a static HTML review of a workspace: images, captions, duplicates, plan."),

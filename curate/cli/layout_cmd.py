@@ -63,6 +63,9 @@ def command(workspace: Path, out: Path, name: str | None, class_tokens: str | No
         o.json(result.as_dict())
         return
     o.problems("warning", result.warnings)
+    o.problems("kept your edit", [(e.file, e.text) for e in result.kept_edits])
+    o.problems("conflict", [(e.file, f"your edit kept; curate would have written {ours!r}")
+                            for e, ours in result.conflicts])
     rows = [(p["folder"], p["images"], p["repeats"], p["images_x_repeats"]) for p in result.plan]
     verb = "would write" if dry_run else "wrote"
     o.table(f"{verb} {result.out}", rows, ("folder", "images", "repeats", "images x repeats"))

@@ -10,6 +10,7 @@ from curate.errors import CurateError
 from curate.folder import walk_images
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
+from curate.stages.layout.edits import HandEdit, adopt, find_hand_edits, keep_hand_edits
 from curate.stages.layout.plan import Concept, assign_concepts, read_concepts, set_repeats
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
@@ -27,11 +28,16 @@ class LayoutResult:
     epochs: int = 0
     batch_size: int = 0
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    kept_edits: list[HandEdit] = field(default_factory=list)  # captions edited by hand, kept
+    conflicts: list[tuple[HandEdit, str]] = field(default_factory=list)  # ... with what curate had
 
     def as_dict(self) -> dict[str, Any]:
         return {"out": self.out, "dry_run": self.dry_run, "subsets": self.plan,
                 "total_steps": self.total_steps, "epochs": self.epochs, "batch_size": self.batch_size,
-                "warnings": [{"file": f, "reason": r} for f, r in self.warnings]}
+                "warnings": [{"file": f, "reason": r} for f, r in self.warnings],
+                "kept_edits": [{"file": e.file, "caption": e.text} for e in self.kept_edits],
+                "conflicts": [{"file": e.file, "kept": e.text, "curate_had": ours}
+                              for e, ours in self.conflicts]}
 
 
 def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = False) -> LayoutResult:
@@ -53,6 +59,7 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     reg = _reg_subset(config, concepts)
     set_repeats(concepts, config, len(reg.entries) if reg else 0)
     subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
+    subsets, result.kept_edits, result.conflicts = keep_hand_edits(subsets, find_hand_edits(out))
     result.total_steps = _steps(subsets, config)  # close-ups count as images too
     result.plan = [{"folder": s.folder, "images": len(s.entries), "repeats": s.repeats,
                     "images_x_repeats": len(s.entries) * s.repeats, "is_reg": s.is_reg,
@@ -61,6 +68,8 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
         general = {"caption_extension": config.caption_ext, "shuffle_caption": config.shuffle_caption,
                    "keep_tokens": settings.get("keep_tokens") or None,
                    "keep_tokens_separator": settings.get("keep_tokens_separator")}
+        with Workspace.open(workspace) as ws, ws.lock():
+            adopt(ws, result.kept_edits)
         write_dataset(out, subsets, config, general)
     return result
 
@@ -97,7 +106,8 @@ def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], re
         if not record.caption:
             result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
         caption = _caption(record, fallback, settings)
-        entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption))
+        entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption,
+                             record.sha256))
         # head close-ups from `curate crop --face-closeups` train as images of their own
         for n, closeup in enumerate(record.extra.get("closeups", ()), 1):
             entries.append(Entry(Path(closeup), f"{stem}-closeup{n}", Path(closeup).suffix.lower(), caption))

@@ -33,6 +33,7 @@ class Entry:
     stem: str
     ext: str
     caption: str
+    image: str | None = None  # the workspace image's sha256 (None: a close-up or a reg image)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,11 @@ def write_dataset(out: Path, subsets: list[Subset], config: LayoutConfig, genera
             _write_subset(tmp / subset.folder, subset, config)
         (tmp / "dataset.toml").write_text(dataset_toml(out, subsets, config, general), encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        (tmp / MARKER).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+        # which caption went to which image: the next layout tells hand edits from its own text
+        captions = {f"{s.folder}/{e.stem}{config.caption_ext}": {"image": e.image, "text": e.caption}
+                    for s in subsets for e in s.entries if e.image}
+        marker = {"files": files, "captions": captions}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from curate.cli._common import Out, config_options, output_options
+
+
+@contextlib.contextmanager
+def _display(out: Out) -> Iterator[tuple[Callable[[str, str], None], Callable[[int, int], None]]]:
+    """A line per stage, and a progress bar for the stage running when stderr is a terminal."""
+    bar = None
+    task: list[int] = []
+
+    def on_stage(name: str, event: str) -> None:
+        if event == "unchanged":
+            out.line(f"{name}: unchanged, skipped")
+        elif event == "start" and bar is not None:
+            task[:] = [bar.add_task(name, total=None)]
+        elif event == "ran":
+            if bar is not None and task:
+                bar.remove_task(task[0])
+                task.clear()
+            out.line(f"{name}: done")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None and task:
+            bar.update(task[0], completed=done, total=total)
+
+    if out.as_json or out.quiet or not sys.stderr.isatty():
+        yield on_stage, progress
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    with bar:
+        yield on_stage, progress
+
+
+@click.command("run")
+@click.argument("workspace", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--only", default=None, help="Run this one stage (even if [run] stages leaves it out).")
+@click.option("--from", "start", default=None,
+              help="Start at this stage; the ones before it are not looked at.")
+@click.option("--force", multiple=True,
+              help="Run this stage even if nothing it depends on changed (repeatable; 'all': every stage).")
+@config_options
+@output_options
+def command(workspace: Path, only: str | None, start: str | None, force: tuple[str, ...],
+            config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
+            verbose: bool) -> None:
+    """Run the workspace's pipeline: the stages listed in [run] of curate.toml, in order.
+
+    \b
+    Stages, in pipeline order: import, dedupe, filter, bg, crop, tag, tags-filter, captions,
+    layout, check, train. Each reads its options from its own curate.toml table, as its single
+    command does. A stage whose settings, inputs and outputs are what they were after the last
+    run is skipped, so re-running after a hand fix (a caption, keep.txt, crops.csv) redoes only
+    what the fix touches. Exit status 1 when check finds errors.
+
+    \b
+    Examples:
+      curate init ws && $EDITOR ws/curate.toml      # [run] sources, trigger, stages
+      curate run ws
+      curate run ws --set 'run.sources=["../raw"]' --set run.trigger=sks
+      curate run ws --only tag --force tag
+      curate run ws --from layout --json
+    """
+    from curate.pipeline import run_pipeline
+
+    out = Out(as_json, quiet, verbose)
+    with _display(out) as (on_stage, progress):
+        result = run_pipeline(workspace, config_file=config_file, overrides=overrides, only=only, start=start,
+                              force=force, on_stage=on_stage, progress=progress)
+    if as_json:
+        out.json(result.as_dict())
+    else:
+        ran = [o.name for o in result.stages if o.status == "ran"]
+        out.line(f"{len(ran)} of {len(result.stages)} stages ran ({', '.join(ran) or 'none'}) in "
+                 f"{result.seconds:.1f} s; the rest were unchanged")
+        if result.check_errors:
+            out.line(f"check found {result.check_errors} error(s): `curate check "
+                     f"{workspace}/<dataset>` lists them")
+    if result.check_errors:
+        raise SystemExit(1)

@@ -1,0 +1,187 @@
+"""The stages `curate run` can take, in the pipeline's order, each as the single command runs it.
+
+A stage here is a thin adapter: it reads the stage's typed options from its own curate.toml
+table (the same `stage_config` the command uses), calls the stage's one library entry point
+and returns that function's result as a dict. `view` names what the stage reads and writes (see
+state.py); a stage with no view (import, check) runs every time and is cheap when nothing
+changed (import skips unchanged files by their stamps; check only reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.config import stage_config
+from curate.errors import CurateError
+from curate.pipeline.config import RunConfig
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every stage adapter gets: the workspace, its options and the run's [run] table."""
+
+    root: Path
+    config_file: Path
+    overrides: tuple[str, ...]
+    run: RunConfig
+    progress: Progress = None
+
+    def options(self, cls: type, section: str) -> Any:
+        return stage_config(cls, section, self.config_file, self.overrides)
+
+    @property
+    def dataset(self) -> Path:
+        return self.run.path(self.root, self.run.dataset)
+
+    @property
+    def train_out(self) -> Path:
+        return self.run.path(self.root, self.run.train_out)
+
+    def files(self) -> dict[str, Path]:
+        """The paths behind the views' file: and folder: parts."""
+        return {"file:keep.txt": self.root / "keep.txt", "file:crops.csv": self.root / "crops.csv",
+                "folder:dataset": self.dataset, "folder:train_out": self.train_out}
+
+
+Options = Callable[[Context], Any]  # the stage's typed options, read before it runs
+Runner = Callable[[Context, Any], dict[str, Any]]  # runs the stage with them; its result as a dict
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    view: tuple[str, ...]  # what it reads and writes (state.py); empty: runs every time
+    options: Options
+    runner: Runner
+
+
+def _import(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.ingest import import_sources
+
+    if not ctx.run.sources:
+        raise CurateError("run.sources is empty: list the scrape folders or zips to import "
+                          "(--set 'run.sources=[\"../raw\"]'), or leave import out of run.stages")
+    sources = [ctx.run.path(ctx.root, s) for s in ctx.run.sources]
+    return import_sources(ctx.root, sources, config, on_progress=ctx.progress).as_dict()
+
+
+def _dedupe(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.dedupe.run import dedupe
+
+    return dedupe(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
+def _filter(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.quality.run import quality_filter
+
+    return quality_filter(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
+def _bg(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.background import remove_backgrounds
+
+    return remove_backgrounds(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
+def _crop(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.crop.run import crop_images
+
+    return crop_images(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
+def _tag(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.tag import tag
+
+    return tag(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
+def _tags_filter(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.captions.filter import run_filter
+
+    return run_filter(ctx.root, config).as_dict()
+
+
+def _trigger(ctx: Context) -> Any:
+    if not ctx.run.trigger:
+        raise CurateError("run.trigger is not set: name the trigger word (--set run.trigger=sks), "
+                          "or leave captions out of run.stages")
+    return {"trigger": ctx.run.trigger, "class_token": ctx.run.class_token}
+
+
+def _captions(ctx: Context, words: Any) -> dict[str, Any]:
+    from curate.stages.captions.edit import set_trigger
+
+    return set_trigger(ctx.root, words["trigger"], words["class_token"]).as_dict()
+
+
+def _layout(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.stages.layout import layout
+
+    return layout(ctx.root, ctx.dataset, config).as_dict()
+
+
+def _check_options(ctx: Context) -> Any:
+    from curate.check.config import load_config
+
+    return load_config(ctx.root, ctx.config_file, ctx.overrides).config
+
+
+def _check(ctx: Context, config: Any) -> dict[str, Any]:
+    from curate.check.run import check
+
+    return check([ctx.dataset], config).as_dict()
+
+
+def _train_options(ctx: Context) -> Any:
+    from trainer.config import train_config
+
+    if not ctx.run.model:
+        raise CurateError("run.stages has train but run.model is not set: name the base model "
+                          "(--set run.model=PATH)")
+    return train_config(ctx.config_file if ctx.config_file.is_file() else None,
+                        [o for o in ctx.overrides if o.startswith("train.")])
+
+
+def _train(ctx: Context, config: Any) -> dict[str, Any]:
+    from trainer.backends import get_backend
+
+    backend = get_backend(config.backend)
+    model = ctx.run.path(ctx.root, ctx.run.model or "")
+    plan = backend.plan(ctx.dataset, model, ctx.train_out, config)
+    on_step = (lambda step, total, _loss: ctx.progress(step, total)) if ctx.progress else None
+    return backend.run(plan, on_step=on_step).as_dict()
+
+
+def _options(section: str, module: str, name: str) -> Options:
+    """Options read from `section` into the dataclass `module.name`, imported when needed."""
+    def read(ctx: Context) -> Any:
+        import importlib
+
+        return ctx.options(getattr(importlib.import_module(module), name), section)
+    return read
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("import", (), _options("import", "curate.stages.ingest", "ImportConfig"), _import),
+    Stage("dedupe", ("images", "file:keep.txt"),
+          _options("dedupe", "curate.stages.dedupe.config", "DedupeConfig"), _dedupe),
+    Stage("filter", ("active",), _options("quality", "curate.stages.quality.config", "QualityConfig"),
+          _filter),
+    Stage("bg", ("active", "crops"), _options("bg", "curate.stages.background", "BgConfig"), _bg),
+    Stage("crop", ("active", "crops", "file:crops.csv"),
+          _options("crop", "curate.stages.crop.config", "CropConfig"), _crop),
+    Stage("tag", ("active", "tags"), _options("tag", "curate.stages.tag", "TagConfig"), _tag),
+    Stage("tags-filter", ("active", "tags", "captions"),
+          _options("filter", "curate.stages.captions.filter", "FilterStageConfig"), _tags_filter),
+    Stage("captions", ("active", "captions", "settings"), _trigger, _captions),
+    Stage("layout", ("active", "captions", "crops", "settings", "folder:dataset"),
+          _options("layout", "curate.stages.layout", "LayoutConfig"), _layout),
+    Stage("check", (), _check_options, _check),
+    Stage("train", ("folder:dataset", "folder:train_out"), _train_options, _train),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}

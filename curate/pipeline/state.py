@@ -1,0 +1,82 @@
+"""What `curate run` remembers to skip unchanged stages: one key per stage in the manifest.
+
+A stage's key is a sha256 over its settings and over the part of the workspace it reads and
+writes (its "view": the image set, the images still in play, tags, captions, crops, dataset-wide
+settings, a hand-kept file such as keep.txt, or the dataset folder). After a stage runs, and
+again when the whole run ends, the current key is stored; a later run skips the stage when
+its key is the same, because then neither its inputs, its settings nor its outputs changed.
+A hand edit (a caption, keep.txt, crops.csv) changes the view, so the stage runs again; a new
+import changes the image set, and every stage after it sees the difference in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from curate.workspace import Workspace
+
+PREFIX = "run.stage."
+QUERIES = {
+    "images": "SELECT sha256 FROM images ORDER BY sha256",
+    "tags": "SELECT image_sha256, source, tag, category, round(confidence, 6) FROM tags ORDER BY 1, 2, 3",
+    "captions": "SELECT image_sha256, source, text FROM captions ORDER BY 1, 2",
+    "crops": "SELECT image_sha256, kind, sha256, box FROM crops ORDER BY 1, 2",
+    "settings": f"SELECT key, value FROM settings WHERE key NOT LIKE '{PREFIX}%' ORDER BY key",
+}
+
+
+def _folder_digest(folder: Path, hasher: Any) -> None:
+    """Names, sizes and modification times of every file under `folder` (not their bytes: a
+    dataset of thousands of images is listed in milliseconds)."""
+    if not folder.is_dir():
+        hasher.update(b"absent")
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            stat = path.lstat()
+            hasher.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+
+
+def view_digest(ws: Workspace, parts: Iterable[str], files: dict[str, Path]) -> str:
+    """sha256 over the named parts of the workspace; `files` maps "file:..."/"folder:..." parts
+    to their paths."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(f"\n[{part}]\n".encode())
+        if part in QUERIES:
+            for row in ws.manifest.rows(QUERIES[part]):
+                hasher.update(json.dumps(list(row), default=str).encode())
+        elif part == "active":
+            hasher.update(" ".join(sorted(r.sha256 for r in ws.active_records())).encode())
+        elif part.startswith("file:"):
+            path = files[part]
+            hasher.update(path.read_bytes() if path.is_file() else b"absent")
+        elif part.startswith("folder:"):
+            _folder_digest(files[part], hasher)
+        else:
+            raise ValueError(f"unknown view part {part!r}")
+    return hasher.hexdigest()
+
+
+def stage_key(settings: Any, view: str) -> str:
+    return hashlib.sha256(json.dumps([settings, view], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored_keys(ws: Workspace) -> dict[str, str]:
+    return {k[len(PREFIX):]: str(v) for k, v in ws.manifest.settings().items() if k.startswith(PREFIX)}
+
+
+def store_keys(ws: Workspace, keys: dict[str, str]) -> None:
+    ws.manifest.set_settings({f"{PREFIX}{name}": key for name, key in keys.items()})
+
+
+def forget(ws: Workspace, names: Iterable[str]) -> None:
+    """Drop stored keys so the named stages run next time whatever they see."""
+    store_keys(ws, dict.fromkeys(names, ""))
