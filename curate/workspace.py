@@ -26,6 +26,20 @@ DEFAULT_CONFIG = """\
 # Each key can also be set for one run with `--set section.key=value`, and the common ones
 # have flags (see `curate COMMAND --help`). Flags win over --set, --set wins over this file.
 
+[run]
+# What `curate run` does, in this order (leave out what you do not want):
+# import, dedupe, filter, bg, crop, tag, tags-filter, captions, layout, check, train
+# stages = ["import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check"]
+# Scrape folders or .zip files to import (relative to this workspace).
+# sources = ["../raw"]
+# The trigger word put first in every caption, and the class word after it.
+# trigger = "sks"
+# class_token = "woman"
+# Where the Kohya dataset goes; for train also the base model and the output folder.
+# dataset = "dataset"
+# model = "../models/sd15"
+# train_out = "lora"
+
 [import]
 # What to do with animated GIF/WebP: "first" keeps the first frame (with a warning), "skip".
 # animated = "first"
@@ -82,6 +96,24 @@ DEFAULT_CONFIG = """\
 # min_confidence = ["general=0.4"]
 # single_character = true
 # rules = ["my_rules.toml"]
+
+[quality]
+# `curate filter`: images smaller than this (shorter side, pixels) are rejected.
+# min_side = 256
+# skip = ["text"]              # checks not to run
+
+[layout]
+# Repeats from a target number of steps (the guides' images x repeats x epochs / batch).
+# target_steps = 1500
+# epochs = 10
+# batch_size = 2
+# link = "copy"                # copy | hardlink | symlink
+
+[train]
+# `curate train` / the train stage: any option of `curate train --help`, sd-scripts' names.
+# network = "lora"
+# network_dim = 16
+# max_train_steps = 1600
 """
 
 

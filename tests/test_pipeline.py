@@ -154,3 +154,32 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(scrape: Path, tagger: P
     assert dataset_state(killed) == dataset_state(clean)
     leftovers = [p for p in killed.rglob("*") if p.name.startswith(".curate-tmp") or "-old-" in p.name]
     assert not leftovers
+
+
+def test_init_template_documents_real_options() -> None:
+    """Uncommenting every `# key = value` line of the curate.toml that `curate init` writes gives
+    options each stage accepts: the template cannot drift from the code."""
+    import re
+    import tomllib
+
+    from curate.config import build
+    from curate.pipeline.config import RunConfig
+    from curate.stages.captions.filter import FilterStageConfig
+    from curate.stages.dedupe.config import DedupeConfig
+    from curate.stages.ingest import ImportConfig
+    from curate.stages.layout import LayoutConfig
+    from curate.stages.quality.config import QualityConfig
+    from curate.stages.tag import TagConfig
+    from curate.workspace import DEFAULT_CONFIG
+
+    text = re.sub(r"^# (\w+ = .*)$", r"\1", DEFAULT_CONFIG, flags=re.MULTILINE)
+    tables = tomllib.loads(text)
+    classes = {"run": RunConfig, "import": ImportConfig, "dedupe": DedupeConfig, "tag": TagConfig,
+               "filter": FilterStageConfig, "quality": QualityConfig, "layout": LayoutConfig}
+    for section, cls in classes.items():
+        assert tables[section], section
+        build(cls, section, tables[section])
+    pytest.importorskip("torch")
+    from trainer.config import TrainConfig
+
+    build(TrainConfig, "train", tables["train"])
