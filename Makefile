@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
+# paths for the demo's curate.toml: sources and model relative to the workspace, tag.model to here
+DEMO_SET = --set 'run.sources=["../fixtures/scrape"]' --set run.model=../fixtures/tiny-sd \
+	--set tag.model=$(DEMO)/fixtures/tagger
 
 .PHONY: demo test lint bench clean venv
 
@@ -22,20 +25,26 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/python -m fixtures.scrape $(DEMO)/fixtures
 	$(BIN)/python -m fixtures.tiny_tagger $(DEMO)/fixtures/tagger
-	$(BIN)/curate import $(DEMO)/fixtures/scrape --into $(DEMO)/workspace
-	$(BIN)/curate dedupe $(DEMO)/workspace --report $(DEMO)/dedupe.html
-	$(BIN)/curate filter $(DEMO)/workspace
-	$(BIN)/curate tag $(DEMO)/workspace --model $(DEMO)/fixtures/tagger
-	$(BIN)/curate tags filter $(DEMO)/workspace
-	$(BIN)/curate captions trigger $(DEMO)/workspace sks --class-token woman
-	$(BIN)/curate captions stats $(DEMO)/workspace --top 10
-	$(BIN)/curate layout $(DEMO)/workspace --out $(DEMO)/dataset --target-steps 1000
-	$(BIN)/curate buckets $(DEMO)/dataset --fix
-	$(BIN)/curate check $(DEMO)/dataset
 	$(BIN)/python -m fixtures.tiny_sd $(DEMO)/fixtures/tiny-sd
-	$(BIN)/curate train $(DEMO)/dataset --model $(DEMO)/fixtures/tiny-sd --out $(DEMO)/lora \
-		--max-train-steps 10 --set resolution=128 --set min_bucket_reso=64 --set max_bucket_reso=256
+	$(BIN)/curate init $(DEMO)/workspace
+	cp fixtures/demo.toml $(DEMO)/workspace/curate.toml
+	$(BIN)/curate run $(DEMO)/workspace $(DEMO_SET)
+	@echo "--- the same command again: nothing changed, so every stage but import and check is skipped"
+	$(BIN)/curate run $(DEMO)/workspace $(DEMO_SET)
+	$(BIN)/curate report $(DEMO)/workspace --out $(DEMO)/report
+	$(BIN)/curate buckets $(DEMO)/workspace/dataset
+	$(BIN)/curate train $(DEMO)/workspace/dataset --model $(DEMO)/fixtures/tiny-sd --out $(DEMO)/ia3 \
+		--network ia3 --max-train-steps 10 --set resolution=128 --set min_bucket_reso=64 \
+		--set max_bucket_reso=256 --set learning_rate=0.01
+	$(BIN)/curate lora export $(DEMO)/ia3/last.safetensors --model $(DEMO)/fixtures/tiny-sd \
+		--out $(DEMO)/ia3-as-lora.safetensors
 	$(BIN)/curate status $(DEMO)/workspace
+	@echo "--- where everything is:"
+	@echo "  workspace (manifest, curate.toml): $(DEMO)/workspace"
+	@echo "  Kohya dataset + dataset.toml:      $(DEMO)/workspace/dataset"
+	@echo "  review report (open in a browser): $(DEMO)/report/index.html"
+	@echo "  LoRA (kohya keys):                 $(DEMO)/workspace/lora/last.safetensors"
+	@echo "  iA3 (LyCORIS keys), and as a LoRA: $(DEMO)/ia3/last.safetensors, $(DEMO)/ia3-as-lora.safetensors"
 
 lint: venv
 	$(BIN)/ruff check .
