@@ -277,3 +277,12 @@ def test_resolved_config_is_saved_and_reads_back(model: Path, dataset: Path, tmp
     written = tmp_path / "sks-config.toml"
     assert written in result.saved and f"dataset: {dataset.absolute()}" in written.read_text(encoding="utf-8")
     assert train_config(written) == config
+
+
+def test_keep_last_n_with_epoch_and_step_saves_together(model: Path, dataset: Path, tmp_path: Path) -> None:
+    config = replace(SMALL, max_train_steps=6, save_every_n_steps=1, save_last_n_steps=2, save_every_n_epochs=1)
+    loop.train(dataset, model, tmp_path, config, device=CPU)  # 2 steps per epoch: epoch saves at 2 and 4
+    steps = sorted(p.name for p in tmp_path.glob("last-step*.safetensors"))
+    assert steps == ["last-step00000003.safetensors", "last-step00000005.safetensors"]
+    assert sorted(p.name for p in tmp_path.glob("last-0*.safetensors")) == [
+        "last-000001.safetensors", "last-000002.safetensors"]

@@ -44,12 +44,16 @@ def epoch_name(name: str, epoch: int) -> str:
 
 
 def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNetwork, model: Path,
-                      started_at: float, total_steps: int) -> dict[str, Any]:
+                      started_at: float, total_steps: int, *, v2: bool = False,
+                      v_parameterization: bool = False) -> dict[str, Any]:
     """The ss_* fields sd-scripts' train_network.py records, from this run's values."""
     resolution, buckets = dataset.buckets.resolution, dataset.buckets
+    # sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1, sd_v2, sd_v2_v
+    version = ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
     run = {
-        "output_name": config.output_name, "training_started_at": started_at, "base_model_version": "sd_v1",
-        "v2": False, "sd_model_name": model.name, "resolution": f"({resolution[0]}, {resolution[1]})",
+        "output_name": config.output_name, "training_started_at": started_at, "base_model_version": version,
+        "v2": v2, "v_parameterization": v_parameterization, "sd_model_name": model.name,
+        "resolution": f"({resolution[0]}, {resolution[1]})",
         "clip_skip": config.clip_skip, "num_train_images": len(dataset.repeated()),
         "num_reg_images": len(dataset.items) - len(dataset.train_items),
         "batch_size_per_device": dataset.batch_size, "max_train_steps": total_steps, "seed": config.seed,
@@ -78,7 +82,8 @@ def save_network_file(path: Path, network: AdapterNetwork, config: TrainConfig, 
     values = {**base, "ss_steps": step, "ss_epoch": epoch, "ss_training_finished_at": now}
     resolution = tuple(int(v) for v in str(base["ss_resolution"]).strip("()").split(","))
     spec = modelspec(config.output_name, (resolution[0], resolution[1]), clip_skip=config.clip_skip,
-                     timestamp=float(base["ss_training_started_at"]))
+                     timestamp=float(base["ss_training_started_at"]), v2=base.get("ss_v2") is True,
+                     v_parameterization=base.get("ss_v_parameterization") is True)
     tensors = network.kohya_state_dict(save_dtype(config.save_precision))
     save_network(path, tensors, {**as_metadata(values), **spec})
     return path

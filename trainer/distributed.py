@@ -68,6 +68,13 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Leave the process group in step with the others (a rank that exits while another
+        still tears gloo down can abort it)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def launched_world_size() -> int:
     """How many processes a launcher (accelerate, torchrun, mpirun) started, 1 when none."""

@@ -61,11 +61,14 @@ def tensor_hash(path: Path) -> str:
 
 
 def modelspec(title: str, resolution: tuple[int, int], *, clip_skip: int | None = None,
-              timestamp: float, v_parameterization: bool = False) -> dict[str, str]:
-    """ModelSpec fields sd-scripts writes for an SD 1.x LoRA-type network."""
+              timestamp: float, v2: bool = False, v_parameterization: bool = False) -> dict[str, str]:
+    """ModelSpec fields sd-scripts writes for an SD 1.x / 2.x LoRA-type network (sai_model_spec.py:
+    v2 is stable-diffusion-v2-512, or -768-v with v-prediction)."""
+    arch = ("stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512") if v2 \
+        else "stable-diffusion-v1"
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": f"{arch}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.implementation_version": f"curate/{__version__}",
         "modelspec.title": title,

@@ -5,8 +5,9 @@ draws from the step's generator) and samples the VAE's latent distribution. With
 every image is encoded once before training, as sd-scripts does: one latent sample, plus one of
 the mirrored image when its subset uses flip_aug. cache_latents_to_disk keeps them between runs in
 sd-scripts' own file, `STEM_WWWWxHHHH_sd.npz` beside the image (keys latents, original_size,
-crop_ltrb, latents_flipped), so either tool reuses the other's cache; curate adds the image's
-sha256 and trusts a file only when it matches, so an edited image is encoded again.
+crop_ltrb, latents_flipped), so either tool reuses the other's cache. curate adds the image's
+sha256 and trusts its own files only when it matches, so an edited image is encoded again;
+sd-scripts' files carry no checksum and are trusted when newer than their image.
 """
 
 from __future__ import annotations
@@ -115,8 +116,11 @@ class LatentSource:
             return None
         try:
             with np.load(path) as npz:
-                if str(npz["curate_sha256"]) != _sha256(item.path):
-                    return None
+                if "curate_sha256" in npz.files:
+                    if str(npz["curate_sha256"]) != _sha256(item.path):
+                        return None
+                elif path.stat().st_mtime < item.path.stat().st_mtime:
+                    return None  # sd-scripts' file carries no checksum: trust it only if newer than the image
                 plain = torch.from_numpy(npz["latents"].astype(np.float32))
                 flipped = torch.from_numpy(npz["latents_flipped"].astype(np.float32)) \
                     if "latents_flipped" in npz.files else None

@@ -217,7 +217,10 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     network.train()
     per_epoch, total = plan_steps(dataset, config, dist)
     optimizer = make_optimizer(config, network)
-    metadata = checkpoint.training_metadata(config, dataset, network, model_path, time.time(), total)
+    # SD 2.x's OpenCLIP text encoder is 1024 wide, SD 1.x's CLIP-L 768
+    v2 = getattr(models.text_encoder.config, "hidden_size", 768) == 1024
+    metadata = checkpoint.training_metadata(config, dataset, network, model_path, time.time(), total, v2=v2,
+                                            v_parameterization=models.v_parameterization)
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
     latents = LatentSource(models, config.cache_latents_to_disk, config.seed, write=dist.is_main)
     return Run(dataset, models, network, optimizer, make_lr_scheduler(config, optimizer, total), total,
@@ -312,6 +315,7 @@ def train(dataset_path: Path, model_path: Path, out: Path, config: TrainConfig, 
         return result
     finally:
         torch.set_num_threads(before)
+        dist.close()
 
 
 def _epoch_plan(run: Run, config: TrainConfig, epoch: int) -> list[list[list[Item]]]:
@@ -361,9 +365,9 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
         stem = due(config, step, run.steps_per_epoch, run.total_steps)
         if stem:
             result.saved += _save(run, out, stem, config, step)
-            old = expired(config, step, run.steps_per_epoch)
-            if old and run.dist.is_main:
-                remove_save(out, old)
+            if run.dist.is_main:
+                for old in expired(config, step, run.steps_per_epoch):
+                    remove_save(out, old)
         if run.dist.any(interrupt.hit, run.device) and step < run.total_steps:
             result.interrupted = True
             break

@@ -40,7 +40,7 @@ max_train_steps = 160
 min_snr_gamma = 1.0
 """),
     Preset("easy-lora", "LoRA dim 64 / alpha 1, Prodigy, constant LR, min_snr_gamma 5 (the guide names "
-           "DAdaptAdam; dadaptation is not installed, Prodigy is its successor with the same args)",
+           "DAdaptAdam: --set optimizer=\"dadaptadam\" trains with it; Prodigy is its successor, same args)",
            """[train]
 network = "lora"
 network_dim = 64

@@ -28,19 +28,23 @@ def due(config: TrainConfig, step: int, per_epoch: int, total: int) -> str | Non
     return None
 
 
-def expired(config: TrainConfig, step: int, per_epoch: int) -> str | None:
-    """The stem of the save that falls out of the keep-last-N window once `step` is saved."""
+def expired(config: TrainConfig, step: int, per_epoch: int) -> list[str]:
+    """The stems of saves that fall out of the keep-last-N windows once `step` is reached (the
+    step window moves on even at a step whose save was an epoch save)."""
     epoch, into_epoch = divmod(step, per_epoch)
-    if config.save_every_n_epochs and not into_epoch and epoch % config.save_every_n_epochs == 0:
-        if config.save_last_n_epochs is None:
-            return None
+    stems = []
+    at_epoch_save = bool(config.save_every_n_epochs and not into_epoch
+                         and epoch % config.save_every_n_epochs == 0)
+    if at_epoch_save and config.save_last_n_epochs is not None and config.save_every_n_epochs:
         gone = epoch - config.save_every_n_epochs * config.save_last_n_epochs
-        return epoch_name(config.output_name, gone) if gone > 0 else None
+        if gone > 0:
+            stems.append(epoch_name(config.output_name, gone))
     if config.save_every_n_steps and config.save_last_n_steps is not None:
         gone = step - config.save_last_n_steps - 1
         gone -= gone % config.save_every_n_steps
-        return step_name(config.output_name, gone) if gone > 0 else None
-    return None
+        if gone > 0:
+            stems.append(step_name(config.output_name, gone))
+    return stems
 
 
 def remove_save(out: Path, stem: str) -> list[Path]:

@@ -64,7 +64,8 @@ def handle_errors(ctx: click.Context) -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         ctx.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted: re-run the same command to resume where it stopped", err=True)
+        click.echo("interrupted: re-run the same command to resume where it stopped (curate train: "
+                   "add --resume OUT/NAME-...-state, the newest state folder)", err=True)
         ctx.exit(130)
     except (click.exceptions.Exit, click.ClickException, click.Abort):
         raise

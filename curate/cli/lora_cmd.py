@@ -57,5 +57,6 @@ def export(network: Path, model: Path, target: str, out: Path | None, save_preci
     o.line(f"wrote {result.output}: {describe(result)}")
     if result.skipped_zero:
         o.line(f"left out {len(result.skipped_zero)} layers whose scales are all zero")
-    o.table("layers", [(x.name, "input" if x.on_input else "output", x.rank, f"{x.bytes:,}")
-                       for x in result.layers] if verbose else [], ("layer", "scales", "rank", "bytes"))
+    if verbose:
+        o.table("layers", [(x.name, "input" if x.on_input else "output", x.rank, f"{x.bytes:,}")
+                           for x in result.layers], ("layer", "scales", "rank", "bytes"))

@@ -41,7 +41,7 @@ def run(plan: Plan, *, on_step: StepCallback | None = None) -> RunResult:
         summary += f" ({result.processes} processes, weights equal on all)"
     if result.interrupted:
         summary += (f"\ninterrupted at step {result.steps}: saved {result.output}; continue with "
-                    f"--resume {result.output.with_suffix('').name}-state")
+                    f"--resume {result.output.with_suffix('')}-state")
     if result.samples:
         summary += f"\n{len(result.samples)} sample images in {result.samples[0].parent}"
     return RunResult(NAME, result.output, summary, data, list(result.saved))
