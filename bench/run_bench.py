@@ -66,7 +66,9 @@ def one_round(root: Path, scrape: Path, tagger: Path) -> dict[str, float]:
     again_s = time.perf_counter() - started
     ran = [o.name for o in again.stages if o.status == "ran"]
     assert ran == ["import", "check"], ran
-    return {"first": first_s, "rerun": again_s, "by_hand": by_hand(ws),
+    layout = next(o.result for o in first.stages if o.name == "layout") or {}
+    kept = sum(s["images"] for s in layout.get("subsets", []))
+    return {"first": first_s, "rerun": again_s, "by_hand": by_hand(ws), "kept": kept,
             **{f"stage:{o.name}": o.seconds for o in first.stages},
             **{f"rerun:{o.name}": o.seconds for o in again.stages}}
 
@@ -84,7 +86,8 @@ def main() -> None:
         rounds = [one_round(base / f"r{i}", scrape, tagger) for i in range(args.repeat)]
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(f"{args.count} images of {args.size} px, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-          f"median of {args.repeat} rounds\n")
+          f"median of {args.repeat} rounds; {med['kept']:.0f} images passed dedupe and the quality "
+          "filter and were tagged and laid out\n")
     print("| run | seconds | share of the first run |\n|---|---|---|")
     for key, label in (("first", "`curate run`, first"), ("rerun", "`curate run`, nothing changed"),
                        ("by_hand", "re-typing the 8 commands, nothing changed")):

@@ -165,8 +165,11 @@ def test_training_plan_follows_layout_settings(workspace: Path, report: ReportRe
     assert report.data.counts["kept"] == sum(n for _r, n in report.data.buckets.rows)
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
-    with (ws / "curate.toml").open("a", encoding="utf-8") as fh:
-        fh.write("\n[layout]\nrepeats = 3\nepochs = 4\nbatch_size = 2\n")
+    toml = ws / "curate.toml"  # `curate init` wrote a commented [layout] table: fill it in
+    text = toml.read_text(encoding="utf-8")
+    settings = "[layout]\nrepeats = 3\nepochs = 4\nbatch_size = 2\n"
+    text = text.replace("[layout]\n", settings, 1) if "[layout]\n" in text else f"{text}\n{settings}"
+    toml.write_text(text, encoding="utf-8")
     configured = collect(ws).plan
     kept = report.data.counts["kept"]
     assert configured.configured and not configured.note

@@ -280,9 +280,34 @@ def test_resolved_config_is_saved_and_reads_back(model: Path, dataset: Path, tmp
 
 
 def test_keep_last_n_with_epoch_and_step_saves_together(model: Path, dataset: Path, tmp_path: Path) -> None:
-    config = replace(SMALL, max_train_steps=6, save_every_n_steps=1, save_last_n_steps=2, save_every_n_epochs=1)
+    config = replace(SMALL, max_train_steps=6, save_every_n_steps=1, save_last_n_steps=2,
+                     save_every_n_epochs=1)
     loop.train(dataset, model, tmp_path, config, device=CPU)  # 2 steps per epoch: epoch saves at 2 and 4
     steps = sorted(p.name for p in tmp_path.glob("last-step*.safetensors"))
     assert steps == ["last-step00000003.safetensors", "last-step00000005.safetensors"]
     assert sorted(p.name for p in tmp_path.glob("last-0*.safetensors")) == [
         "last-000001.safetensors", "last-000002.safetensors"]
+
+
+def test_v_prediction_loss_factors_follow_sd_scripts_order(model: Path, dataset: Path) -> None:
+    """Zero terminal SNR rescales the schedule but the SNR table is the one from before (so
+    min-SNR never divides by the zero final SNR); the factors multiply in sd-scripts' order."""
+    from trainer.noise import loss_weights
+
+    run = loop.prepare(dataset, model, replace(SMALL, v_parameterization=True, zero_terminal_snr=True), CPU)
+    scheduler = run.models.noise_scheduler
+    assert float(scheduler.alphas_cumprod[-1]) < 1e-12 < float(scheduler.alphas_cumprod[-2])
+    t = torch.tensor([0, 10, 500, 999])
+    beta = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - beta, 0)
+    snr = (abar / (1 - abar))[t].float()  # the schedule before the rescale
+    assert torch.allclose(scheduler.all_snr[t].float(), snr, rtol=1e-4)
+    capped = snr.clamp(max=1000)
+    config = replace(SMALL, v_parameterization=True, min_snr_gamma=5.0,
+                     scale_v_pred_loss_like_noise_pred=True, v_pred_like_loss=0.1,
+                     debiased_estimation_loss=True)
+    expected = (snr.clamp(max=5.0) / (snr + 1)) * (capped / (capped + 1))
+    expected = expected * (1 + 0.1 / (capped / (capped + 1))) / (capped + 1)
+    got = loss_weights(run.models, t, config)
+    assert got is not None and torch.allclose(got.float(), expected, rtol=1e-4)
+    assert loss_weights(run.models, t, SMALL) is None

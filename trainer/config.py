@@ -62,6 +62,12 @@ class TrainConfig:
     # None: from the model folder's scheduler config (prediction_type); true/false forces it
     v_parameterization: bool | None = None
     min_snr_gamma: float | None = None
+    # v-prediction models (sd-scripts' names): rescale the schedule to zero terminal SNR,
+    # weight the v loss like an eps loss (SNR/(SNR+1)), add a v-like term, debiased estimation
+    zero_terminal_snr: bool = False
+    scale_v_pred_loss_like_noise_pred: bool = False
+    v_pred_like_loss: float | None = None
+    debiased_estimation_loss: bool = False
     prior_loss_weight: float = 1.0
     clip_skip: int | None = None
     max_token_length: Literal[75, 150, 225] = 75  # CLIP tokens per caption, in chunks of 75 as sd-scripts

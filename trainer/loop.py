@@ -35,7 +35,7 @@ from trainer.distributed import Dist, init_distributed, rank_batches
 from trainer.latents import LatentSource, load_pixels
 from trainer.model import Models, load_models
 from trainer.networks import AdapterNetwork, LoRANetwork, create_network
-from trainer.noise import diffusion_loss
+from trainer.noise import diffusion_loss, prepare_schedule
 from trainer.optim import make_lr_scheduler, make_optimizer
 from trainer.watch import Watch
 
@@ -186,6 +186,7 @@ def _load(model_path: Path, config: TrainConfig, device: torch.device) -> Models
                          model_config=config.model_config, allow_pickle=config.allow_pickle)
     if config.v_parameterization is not None:
         models.v_parameterization = config.v_parameterization
+    prepare_schedule(models.noise_scheduler, config.zero_terminal_snr)
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:

@@ -3,7 +3,8 @@
 Noise: Gaussian, plus noise_offset (x per-channel N(0,1)), adaptive to the latents' mean when
 adaptive_noise_scale is set, then multires (pyramid) noise, in sd-scripts' order. Timesteps are
 uniform in [0, 1000). Loss: MSE per sample over C,H,W against the noise (or v), x
-prior_loss_weight for regularisation images, x the min-SNR weight, then the batch mean.
+prior_loss_weight for regularisation images, x the min-SNR weight (and the other v-prediction
+factors, in sd-scripts' order), then the batch mean.
 """
 
 from __future__ import annotations
@@ -46,11 +47,51 @@ def make_noise(latents: torch.Tensor, config: TrainConfig, gen: torch.Generator)
     return noise
 
 
-def min_snr_weight(models: Models, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    alphas = models.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1) if models.v_parameterization else clipped / snr
+def prepare_schedule(scheduler: Any, zero_terminal_snr: bool) -> None:
+    """Keep the SNR of every timestep (`all_snr`), then, when asked, rescale the betas to zero
+    terminal SNR (arXiv 2305.08891). In sd-scripts' order: the SNR table comes from the schedule
+    *before* the rescale, so the loss weights below never divide by the zero final SNR."""
+    alphas = scheduler.alphas_cumprod
+    scheduler.all_snr = alphas / (1.0 - alphas)
+    if not zero_terminal_snr:
+        return
+    root = scheduler.alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alphas_bar = root**2
+    stepwise = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    scheduler.betas = 1 - stepwise
+    scheduler.alphas = stepwise
+    scheduler.alphas_cumprod = torch.cumprod(stepwise, dim=0)
+
+
+def _snr(models: Models, timesteps: torch.Tensor) -> torch.Tensor:
+    scheduler = models.noise_scheduler
+    if not hasattr(scheduler, "all_snr"):
+        prepare_schedule(scheduler, False)
+    snr: torch.Tensor = scheduler.all_snr.to(timesteps.device)[timesteps]
+    return snr
+
+
+def loss_weights(models: Models, timesteps: torch.Tensor, config: TrainConfig) -> torch.Tensor | None:
+    """sd-scripts' post_process_loss factors, in its order: min-SNR, v loss scaled like eps,
+    v-like loss, debiased estimation. None when no option is on."""
+    snr = _snr(models, timesteps)
+    capped = snr.clamp(max=1000)  # SNR at t=0 is huge: sd-scripts caps it for these two
+    weight = None
+    if config.min_snr_gamma:
+        clipped = snr.clamp(max=config.min_snr_gamma)
+        weight = clipped / (snr + 1) if models.v_parameterization else clipped / snr
+    if config.scale_v_pred_loss_like_noise_pred:
+        weight = (capped / (capped + 1)) * (1 if weight is None else weight)
+    if config.v_pred_like_loss:
+        # loss + loss / scale * v: the factor (1 + v / scale) on the loss so far
+        factor = 1 + config.v_pred_like_loss / (capped / (capped + 1))
+        weight = factor * (1 if weight is None else weight)
+    if config.debiased_estimation_loss:
+        debias = 1 / (capped + 1) if models.v_parameterization else 1 / capped.sqrt()
+        weight = debias * (1 if weight is None else weight)
+    return weight
 
 
 def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], weights: torch.Tensor,
@@ -67,6 +108,7 @@ def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], w
     pred = models.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
     target = scheduler.get_velocity(latents, noise, timesteps) if models.v_parameterization else noise
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights
-    if config.min_snr_gamma:
-        loss = loss * min_snr_weight(models, timesteps, config.min_snr_gamma)
+    factors = loss_weights(models, timesteps, config)
+    if factors is not None:
+        loss = loss * factors
     return loss.mean()

@@ -30,7 +30,7 @@ class BucketView:
 
 @dataclass(frozen=True)
 class PlanView:
-    configured: bool  # the workspace's curate.toml has a [layout] table
+    configured: bool  # the workspace's curate.toml sets [layout] options
     rows: tuple[dict[str, Any], ...] = ()  # as LayoutResult.plan
     total_steps: int = 0
     steps_per_epoch: int = 0
@@ -47,7 +47,8 @@ class PlanView:
 
 def _layout_config(root: Path) -> tuple[LayoutConfig, bool]:
     path = root / CONFIG_NAME
-    return stage_config(LayoutConfig, "layout", path), "layout" in load_toml(path)
+    # `curate init` writes an empty (all commented) [layout] table: only set keys count
+    return stage_config(LayoutConfig, "layout", path), bool(load_toml(path).get("layout"))
 
 
 def plan_view(root: Path) -> PlanView:

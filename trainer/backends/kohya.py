@@ -44,7 +44,8 @@ SAME: tuple[str, ...] = (
     "gradient_checkpointing", "seed", "min_snr_gamma", "prior_loss_weight", "clip_skip", "cache_latents",
     "cache_latents_to_disk", "output_name", "save_every_n_steps", "save_every_n_epochs", "save_state",
     "save_last_n_steps", "save_last_n_epochs", "save_precision", "mixed_precision", "logging_dir",
-    "log_prefix")
+    "log_prefix", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+    "debiased_estimation_loss")
 # read by the helpers below (their sd-scripts spelling differs, or depends on other keys)
 TRANSLATED: frozenset[str] = frozenset({
     "network", "network_dim", "network_alpha", "network_dropout", "conv_dim", "conv_alpha",
