@@ -334,7 +334,7 @@ def test_registry_and_the_builtin_backend_trains(tmp_path: Path) -> None:
     with pytest.raises(CurateError, match="no command"):
         plan.shell()
     steps: list[int] = []
-    result = backend.run(plan, on_step=lambda step, total, loss: steps.append(step))
+    result = backend.run(plan, on_step=lambda step, total, loss, info: steps.append(step))
     assert steps == [1, 2] and result.output == tmp_path / "out" / "last.safetensors"
     assert result.output.is_file()
     assert result.details["steps"] == 2 and "trained lora for 2 steps" in result.summary

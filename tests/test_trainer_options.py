@@ -180,7 +180,7 @@ def test_ctrl_c_saves_a_state_and_resumes_to_the_same_weights(model: Path, datas
     config = replace(SMALL, max_train_steps=4)
     straight = loop.train(dataset, model, tmp_path / "a", config, device=CPU)
 
-    def press_ctrl_c(step: int, _total: int, _loss: float) -> None:
+    def press_ctrl_c(step: int, _total: int, _loss: float, _info: dict[str, float]) -> None:
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # a real signal, through the loop's own handler
 
@@ -311,3 +311,23 @@ def test_v_prediction_loss_factors_follow_sd_scripts_order(model: Path, dataset:
     got = loss_weights(run.models, t, config)
     assert got is not None and torch.allclose(got.float(), expected, rtol=1e-4)
     assert loss_weights(run.models, t, SMALL) is None
+
+
+def test_repeated_resumes_and_the_progress_status(model: Path, dataset: Path, tmp_path: Path) -> None:
+    """6 steps straight == 2 + 2 + 2 with two resumes (sd-scripts' counters drift there); each
+    step reports the loss and Prodigy's d*lr for the progress bar."""
+    from curate.cli.train_cmd import status
+
+    config = replace(SMALL, max_train_steps=6, optimizer="prodigy", learning_rate=1.0, lr_scheduler="cosine")
+    infos: list[dict[str, float]] = []
+    straight = loop.train(dataset, model, tmp_path / "a", config, device=CPU,
+                          on_step=lambda _s, _t, _l, info: infos.append(info))
+    out = tmp_path / "b"
+    loop.train(dataset, model, out, config, device=CPU, stop_after=2)
+    loop.train(dataset, model, out, config, device=CPU, stop_after=4, resume=out / "last-step00000002-state")
+    last = loop.train(dataset, model, out, config, device=CPU, resume=out / "last-step00000004-state")
+    assert (last.resumed_from, last.steps, last.epochs) == (4, 6, 3)
+    expected, got = _tensors(straight.output), _tensors(last.output)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert len(infos) == 6 and any(k.startswith("lr/d*lr") for k in infos[-1])
+    assert status(straight.losses[-1], infos[-1]).startswith("loss ") and "d*lr " in status(1.0, infos[-1])

@@ -43,7 +43,8 @@ __all__ = ["Run", "TrainResult", "diffusion_loss", "epoch_batches", "load_pixels
            "prepare", "train", "train_step"]
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-StepCallback = Callable[[int, int, float], None]
+# (step, total steps, loss, {"loss/average", "lr/unet", "lr/d*lr/unet", ...} as TensorBoard logs them)
+StepCallback = Callable[[int, int, float, dict[str, float]], None]
 
 
 @dataclass
@@ -362,7 +363,7 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
         result.losses.append(loss)
         watch.after_step(run, step, loss)
         if on_step:
-            on_step(step, run.total_steps, loss)
+            on_step(step, run.total_steps, loss, watch.values)
         stem = due(config, step, run.steps_per_epoch, run.total_steps)
         if stem:
             result.saved += _save(run, out, stem, config, step)

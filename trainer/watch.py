@@ -26,13 +26,14 @@ class Watch:
         self.log = TrainLog(config.logging_dir if main else None, config.log_prefix)
         self.recorder = LossRecorder()
         self.samples: list[Path] = []
+        self.values: dict[str, float] = {}  # the last step's loss and learning rates
 
     def after_step(self, run: Any, step: int, loss: float) -> None:
         """`step` counts finished steps; the step just taken was number `step` (from 1)."""
         epoch, index = divmod(step - 1, run.steps_per_epoch)
         self.recorder.add(epoch, index, loss)
-        self.log.log(step, step_values(loss, self.recorder.average, run.optimizer, run.lr_scheduler,
-                                       run.network))
+        self.values = step_values(loss, self.recorder.average, run.optimizer, run.lr_scheduler, run.network)
+        self.log.log(step, self.values)
         every_steps, every_epochs = self.config.sample_every_n_steps, self.config.sample_every_n_epochs
         if due(step, False, epoch + 1, every_steps, every_epochs):
             self._sample(run, step, None)

@@ -134,10 +134,11 @@ class Out:
             click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
 
     @contextmanager
-    def progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
-        """A progress callback `(done, total)`; a rich bar when stderr is a terminal."""
+    def progress(self, description: str) -> Iterator[Callable[..., None]]:
+        """A progress callback `(done, total, status=None)`; a rich bar when stderr is a terminal,
+        `status` (e.g. the loss) shown after the description."""
         if self.as_json or self.quiet or not sys.stderr.isatty():
-            yield lambda done, total: None
+            yield lambda done, total, status=None: None
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -146,5 +147,10 @@ class Out:
                        MofNCompleteColumn(), TimeRemainingColumn(),
                        console=Console(stderr=True), transient=True)
         task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int, status: str | None = None) -> None:
+            shown = f"{description} {status}" if status else description
+            bar.update(task, completed=done, total=total, description=shown)
+
         with bar:
-            yield lambda done, total: bar.update(task, completed=done, total=total)
+            yield update

@@ -18,6 +18,18 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     ctx.exit(0)
 
 
+def status(loss: float, info: dict[str, float]) -> str:
+    """What the progress bar shows beside the step count: loss, learning rate, Prodigy's d*lr."""
+    parts = [f"loss {info.get('loss/average', loss):.4f}"]
+    lr = next((v for k, v in info.items() if k.startswith("lr/") and "d*lr" not in k), None)
+    dlr = next((v for k, v in info.items() if k.startswith("lr/d*lr")), None)
+    if lr is not None:
+        parts.append(f"lr {lr:.2e}")
+    if dlr is not None:
+        parts.append(f"d*lr {dlr:.2e}")
+    return " ".join(parts)
+
+
 @click.command("train")
 @click.argument("dataset", type=click.Path(exists=True, path_type=Path))
 @click.option("--model", required=True, type=click.Path(exists=True, path_type=Path),
@@ -112,7 +124,8 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
             click.echo(shell)
         return
     with o.progress("training") as progress:
-        result = trainer.run(plan, on_step=lambda step, total, _loss: progress(step, total))
+        result = trainer.run(plan, on_step=lambda step, total, loss, info: progress(step, total,
+                                                                                    status(loss, info)))
     if follower:
         return
     if as_json:

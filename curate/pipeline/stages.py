@@ -153,7 +153,7 @@ def _train(ctx: Context, config: Any) -> dict[str, Any]:
     backend = get_backend(config.backend)
     model = ctx.run.path(ctx.root, ctx.run.model or "")
     plan = backend.plan(ctx.dataset, model, ctx.train_out, config)
-    on_step = (lambda step, total, _loss: ctx.progress(step, total)) if ctx.progress else None
+    on_step = (lambda step, total, _loss, _info: ctx.progress(step, total)) if ctx.progress else None
     return backend.run(plan, on_step=on_step).as_dict()
 
 

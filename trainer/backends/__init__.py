@@ -49,7 +49,8 @@ from curate.errors import CurateError
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
-StepCallback = Callable[[int, int, float], None]
+# (step, total, loss, {"loss/average": ..., "lr/unet": ..., "lr/d*lr/unet": ...}); see trainer.loop
+StepCallback = Callable[[int, int, float, dict[str, float]], None]
 
 # name -> module (imported on use: builtin pulls in torch, kohya needs nothing heavy)
 BACKENDS: dict[str, str] = {
