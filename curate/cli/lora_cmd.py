@@ -13,6 +13,9 @@ def command() -> None:
 
     \b
     Examples:
+      curate lora info last.safetensors
+      curate lora resize last.safetensors --dim 16 --out last-16.safetensors
+      curate lora extract --base ./sd15 --tuned ./finetune.safetensors --dim 128 --out distilled.safetensors
       curate lora export ia3/last.safetensors --model ./sd15-diffusers --to lora --out last-lora.safetensors
     """
 
@@ -60,3 +63,149 @@ def export(network: Path, model: Path, target: str, out: Path | None, save_preci
     if verbose:
         o.table("layers", [(x.name, "input" if x.on_input else "output", x.rank, f"{x.bytes:,}")
                            for x in result.layers], ("layer", "scales", "rank", "bytes"))
+
+
+def _tools(what: str) -> None:
+    from curate.errors import CurateError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise CurateError(f"{what} needs the train extra ({exc}); pip install 'curate[train]'") from exc
+
+
+@command.command("info")
+@click.argument("network", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tags", "top_tags", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the most frequent training tags to show (0: none).")
+@output_options
+def info(network: Path, top_tags: int, as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Show what a LoRA / LyCORIS / iA3 file is: kind, ranks, alphas, base model, training
+    settings and the tags it was trained on (read from the header; pickles are never opened).
+
+    \b
+    Examples:
+      curate lora info last.safetensors
+      curate lora info someone-elses-locon.safetensors --tags 50
+      curate lora info last.safetensors --json | jq .training
+    """
+    _tools("reading network files")
+    from trainer.tools.info import lora_info
+
+    o = Out(as_json, quiet, verbose)
+    result = lora_info(network)
+    shown = result.tags if verbose else result.tags[:top_tags]
+    if as_json:
+        o.json({**result.as_dict(), "tags": [{"tag": t, "count": n} for t, n in shown],
+                "distinct_tags": len(result.tags)})
+        return
+    parts = ", ".join(f"{part} {n}" for part, n in result.modules.items()) or "no modules"
+    alphas = ", ".join(f"{a:g}" for a, _n in result.alphas) or "-"
+    o.line(f"{network.name}: {result.kind}, {parts}; dim {result.dims.text()}, conv dim "
+           f"{result.conv_dims.text()}, alpha {alphas}; {result.parameters:,} parameters "
+           f"({', '.join(result.dtypes)}), {result.size:,} bytes")
+    if not result.has_metadata:
+        o.line("no metadata: base model, training settings and tags are unknown")
+    if result.base_model:
+        o.table("base model", list(result.base_model.items()), ("field", "value"))
+    if result.training:
+        o.table("training", list(result.training.items()), ("setting", "value"))
+    if shown:
+        o.table(f"tags ({len(shown)} of {len(result.tags)})", shown, ("tag", "count"))
+    for warning in result.warnings:
+        o.line(f"warning: {warning}")
+
+
+@command.command("resize")
+@click.argument("network", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dim", "new_dim", required=True, type=click.IntRange(min=1),
+              help="The new rank (with --dynamic: the largest rank a module may keep).")
+@click.option("--conv-dim", type=click.IntRange(min=1), default=None,
+              help="The new rank of 3x3 conv modules (default: --dim).")
+@click.option("--dynamic", type=click.Choice(["sv_ratio", "sv_fro", "sv_cumulative"]), default=None,
+              help="Pick each module's rank from its singular values (needs --param).")
+@click.option("--param", type=float, default=None,
+              help="sv_ratio: keep s >= s_max/X; sv_fro: keep X of the Frobenius norm; "
+                   "sv_cumulative: keep X of sum(s).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: NETWORK-dimN.safetensors beside NETWORK).")
+@click.option("--save-precision", type=click.Choice(["fp16", "bf16", "float"]), default=None,
+              help="Precision of the written weights (default: the source's).")
+@click.option("--device", default="cpu", show_default=True, help="Where to run the SVDs (cpu, cuda).")
+@output_options
+def resize(network: Path, new_dim: int, conv_dim: int | None, dynamic: str | None, param: float | None,
+           out: Path | None, save_precision: str | None, device: str, as_json: bool, quiet: bool,
+           verbose: bool) -> None:
+    """Lower a LoRA's rank by SVD and report the error per module (docs/lora-tools.md).
+
+    \b
+    The file keeps its alpha/rank ratio, so the same strength gives the same effect.
+    Examples:
+      curate lora resize last.safetensors --dim 16 --out last-16.safetensors
+      curate lora resize last.safetensors --dim 64 --dynamic sv_fro --param 0.9 -v
+      curate lora resize last.safetensors --dim 8 --save-precision fp16 --json
+    """
+    _tools("resizing")
+    from trainer.tools.resize import describe, resize_lora
+
+    o = Out(as_json, quiet, verbose)
+    out = out or network.with_name(f"{network.stem}-dim{new_dim}.safetensors")
+    result = resize_lora(network, out, new_dim, conv_dim=conv_dim, dynamic=dynamic, param=param,
+                         save_precision=save_precision, device=device)
+    if as_json:
+        o.json(result.as_dict())
+        return
+    o.line(f"wrote {result.output}: {describe(result)}")
+    layers = result.layers if verbose else sorted(result.layers, key=lambda x: -x.error)[:10]
+    o.table("modules" if verbose else "modules with the largest error",
+            [(x.name, f"{x.old_rank} -> {x.new_rank}", f"{x.energy:.2%}", f"{x.error:.2%}") for x in layers],
+            ("module", "rank", "energy kept", "error"))
+
+
+@command.command("extract")
+@click.option("--base", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The original model: a diffusers folder or a single-file checkpoint.")
+@click.option("--tuned", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The fine-tuned model: the LoRA is TUNED - BASE.")
+@click.option("--dim", required=True, type=click.IntRange(min=1), help="Rank of the LoRA.")
+@click.option("--conv-dim", type=click.IntRange(min=1), default=None,
+              help="Also extract the 3x3 convs (LoCon) at this rank.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option("--clamp-quantile", type=float, default=0.99, show_default=True,
+              help="Clamp the factors to this quantile of their absolute values (1: no clamping).")
+@click.option("--min-diff", type=float, default=0.01, show_default=True,
+              help="Leave the text encoder out when no weight in it moved by more than this.")
+@click.option("--save-precision", type=click.Choice(["fp16", "bf16", "float"]), default="fp16",
+              show_default=True, help="Precision of the written weights.")
+@click.option("--model-config", default=None,
+              help="For single-file checkpoints: a diffusers folder or cached hub repo with the configs.")
+@click.option("--device", default="cpu", show_default=True, help="Where to run the SVDs (cpu, cuda).")
+@output_options
+def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, clamp_quantile: float,
+            min_diff: float, save_precision: str, model_config: str | None, device: str, as_json: bool,
+            quiet: bool, verbose: bool) -> None:
+    """Make a LoRA from the difference of two checkpoints, by SVD per layer, with a report of
+    the energy each layer keeps (docs/lora-tools.md).
+
+    \b
+    Examples:
+      curate lora extract --base ./sd15 --tuned ./finetune.safetensors --dim 128 --out distilled.safetensors
+      curate lora extract --base sd15.safetensors --tuned ft.safetensors --model-config ./sd15 \\
+          --dim 64 --conv-dim 32 --out ft-locon.safetensors --device cuda
+    """
+    _tools("extracting")
+    from trainer.tools.extract import describe, extract_lora
+
+    o = Out(as_json, quiet, verbose)
+    result = extract_lora(base, tuned, out, dim, conv_dim, clamp_quantile=clamp_quantile, min_diff=min_diff,
+                          save_precision=save_precision, device=device, model_config=model_config)
+    if as_json:
+        o.json(result.as_dict())
+        return
+    o.line(f"wrote {result.output}: {describe(result)}")
+    if result.identical:
+        o.line(f"left out {len(result.identical)} layers that are identical in both models")
+    layers = result.layers if verbose else sorted(result.layers, key=lambda x: x.energy)[:10]
+    o.table("layers" if verbose else "layers that keep the least energy",
+            [(x.name, x.rank, f"{x.energy:.2%}", f"{x.error:.2%}") for x in layers],
+            ("layer", "rank", "energy kept", "error"))
