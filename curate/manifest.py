@@ -131,6 +131,15 @@ CREATE TABLE crops (
     run_id       INTEGER
 );
 """,
+    # `curate tag`: which file an image's tags were computed from (its crop, or itself), so a
+    # new crop is tagged again instead of keeping the tags of pixels it no longer shows.
+    6: """CREATE TABLE IF NOT EXISTS tag_inputs (
+    image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+    source       TEXT NOT NULL,  -- the tagger, as tags.source
+    input_sha256 TEXT NOT NULL,  -- of the file tagged
+    PRIMARY KEY (image_sha256, source)
+);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -183,3 +183,25 @@ def test_init_template_documents_real_options() -> None:
     from trainer.config import TrainConfig
 
     build(TrainConfig, "train", tables["train"])
+
+
+def test_crops_csv_reruns_crop_and_the_users_box_wins(scrape: Path, tagger: Path, tmp_path: Path) -> None:
+    stages = ["import", "dedupe", "filter", "crop", "tag", "layout"]
+    ws = make_workspace(tmp_path, scrape, tagger, '[crop]\nsize = 128\n')
+    toml = ws / "curate.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(json.dumps(STAGES), json.dumps(stages)),
+                    encoding="utf-8")
+    run_pipeline(ws)
+    with Workspace.open(ws) as w:
+        record = w.active_records()[0]
+    (ws / "crops.csv").write_text(f"{record.sha256},10,20,100,100\n", encoding="utf-8")
+    run = run_pipeline(ws)
+    result = statuses(run)
+    assert result["crop"] == "ran" and result["tag"] == "ran" and result["dedupe"] == "unchanged"
+    tagged = next(o.result for o in run.stages if o.name == "tag")
+    assert tagged and tagged["counts"]["tagged again (new crop)"] == 1  # the new crop's tags, not the old
+    with Workspace.open(ws) as w:
+        rows = w.manifest.rows("SELECT box, subject FROM crops WHERE image_sha256 = ? AND kind = 'main'",
+                               [record.sha256])
+    assert rows and rows[0]["subject"] == "user"
+    assert statuses(run_pipeline(ws))["crop"] == "unchanged"

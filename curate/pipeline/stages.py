@@ -175,7 +175,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bg", ("active", "crops"), _options("bg", "curate.stages.background", "BgConfig"), _bg),
     Stage("crop", ("active", "crops", "file:crops.csv"),
           _options("crop", "curate.stages.crop.config", "CropConfig"), _crop),
-    Stage("tag", ("active", "tags"), _options("tag", "curate.stages.tag", "TagConfig"), _tag),
+    Stage("tag", ("active", "tags", "crops"), _options("tag", "curate.stages.tag", "TagConfig"), _tag),
     Stage("tags-filter", ("active", "tags", "captions"),
           _options("filter", "curate.stages.captions.filter", "FilterStageConfig"), _tags_filter),
     Stage("captions", ("active", "captions", "settings"), _trigger, _captions),

@@ -1,8 +1,11 @@
 """`curate tag WS`: probabilities into the manifest, captions into its `curate` caption.
 
-Images already tagged by the same model are not run again; images another stage excluded
-(duplicates) are not tagged at all. The caption an image ends up with combines the tags it
-came with (gallery-dl, Hydrus, Kohya captions) and the tagger's, as `existing` says.
+Images already tagged by the same model are not run again, unless the file that stands in for
+them changed (a new crop: its old tags describe pixels it no longer shows); images another
+stage excluded (duplicates) are not tagged at all. A caption edited by hand in the dataset
+(kept by the layout) is not replaced when such an image is tagged again. The caption an image
+ends up with combines the tags it came with (gallery-dl, Hydrus, Kohya captions) and the
+tagger's, as `existing` says.
 """
 
 from __future__ import annotations
@@ -44,6 +47,24 @@ def tagged_by(ws: Workspace, source: str) -> set[str]:
                                            (source,))}
 
 
+def input_sha(record: Record) -> str:
+    """The content that stands in for the image in later stages: its crop, or the image."""
+    crop = record.extra.get("crop")
+    return str(crop["sha256"]) if isinstance(crop, dict) else record.sha256
+
+
+def stale(ws: Workspace, source: str, records: Sequence[Record]) -> list[Record]:
+    """Tagged images whose stand-in changed since (tags from before this was recorded count as current)."""
+    inputs = {r[0]: r[1] for r in ws.manifest.rows(
+        "SELECT image_sha256, input_sha256 FROM tag_inputs WHERE source = ?", (source,))}
+    return [r for r in records if r.sha256 in inputs and inputs[r.sha256] != input_sha(r)]
+
+
+def hand_edited(ws: Workspace) -> set[str]:
+    return {r[0] for r in ws.manifest.rows(
+        "SELECT DISTINCT image_sha256 FROM decisions WHERE stage = 'layout' AND verdict = 'caption-kept'")}
+
+
 def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tagger | None,
                   tags: Sequence[TagInfo], result: TagResult, *, dry_run: bool = False,
                   on_progress: ProgressFn | None = None) -> None:
@@ -51,12 +72,15 @@ def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tag
     source = tagger_source(model_name)
     records = ws.active_records()
     done = tagged_by(ws, source)
-    todo = [r for r in records if r.sha256 not in done]
+    again = stale(ws, source, [r for r in records if r.sha256 in done])
+    todo = [r for r in records if r.sha256 not in done] + again
     result.count("already tagged", len(records) - len(todo))
+    if again:
+        result.count("tagged again (new crop)", len(again))
     if not todo or tagger is None:
         return
     existing = imported_tags(ws)
-    writer = _Writer(ws, source, dry_run)
+    writer = _Writer(ws, source, dry_run, keep_caption=hand_edited(ws))
     for index, probs, error in tagger.predict([r.path for r in todo], config.batch_size, on_progress):
         record = todo[index]
         if probs is None:
@@ -103,8 +127,11 @@ def _shown(record: Record) -> str:
 class _Writer:
     """Batches manifest writes into short transactions (a killed run keeps what it finished)."""
 
-    def __init__(self, ws: Workspace, source: str, dry_run: bool) -> None:
+    def __init__(self, ws: Workspace, source: str, dry_run: bool,
+                 keep_caption: set[str] | None = None) -> None:
         self.ws, self.source, self.dry_run = ws, source, dry_run
+        self.keep_caption = keep_caption or set()
+        self.inputs: list[tuple[str, str, str]] = []
         self.tags: list[tuple] = []
         self.captions: list[tuple] = []
         self.decisions: list[tuple] = []
@@ -112,7 +139,11 @@ class _Writer:
 
     def add(self, record: Record, rows: list[tuple[str, str, float]], caption: str, why: str) -> None:
         self.tags += [(record.sha256, self.source, name, cat, p) for name, cat, p in rows]
+        self.inputs.append((record.sha256, self.source, input_sha(record)))
         self.decision(record, "tagged", why)
+        if record.sha256 in self.keep_caption:  # edited by hand in the dataset: the edit stays
+            self._maybe_flush()
+            return
         self.caption(record, caption)  # last: it may flush, and the three belong together
 
     def caption(self, record: Record, text: str) -> None:
@@ -129,9 +160,14 @@ class _Writer:
     def flush(self) -> None:
         self.last = time.monotonic()
         if self.dry_run or not (self.tags or self.captions or self.decisions):
-            self.tags, self.captions, self.decisions = [], [], []
+            self.tags, self.captions, self.decisions, self.inputs = [], [], [], []
             return
         with self.ws.manifest.transaction() as db:
+            # an image tagged again (new crop) loses the old tagger tags that no longer apply
+            db.executemany("DELETE FROM tags WHERE image_sha256 = ? AND source = ?",
+                           [(image, source) for image, source, _ in self.inputs])
+            db.executemany("INSERT OR REPLACE INTO tag_inputs (image_sha256, source, input_sha256) "
+                           "VALUES (?, ?, ?)", self.inputs)
             # Tags before captions: an image counts as tagged once its tags are in, and tags and
             # caption commit together, so a killed run never leaves one without the other.
             db.executemany("INSERT OR REPLACE INTO tags (image_sha256, source, tag, category, confidence) "
@@ -140,4 +176,4 @@ class _Writer:
                            self.captions)
             db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, "
                            "created_at) VALUES (?, ?, ?, ?, ?, ?)", self.decisions)
-        self.tags, self.captions, self.decisions = [], [], []
+        self.tags, self.captions, self.decisions, self.inputs = [], [], [], []
