@@ -17,6 +17,8 @@ def command() -> None:
       curate lora resize last.safetensors --dim 16 --out last-16.safetensors
       curate lora extract --base ./sd15 --tuned ./finetune.safetensors --dim 128 --out distilled.safetensors
       curate lora export ia3/last.safetensors --model ./sd15-diffusers --to lora --out last-lora.safetensors
+      curate lora merge --base ./sd15 char.safetensors:0.8 --out ./sd15-char
+      curate lora blocks OUTALL
     """
 
 
@@ -209,3 +211,87 @@ def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, 
     o.table("layers" if verbose else "layers that keep the least energy",
             [(x.name, x.rank, f"{x.energy:.2%}", f"{x.error:.2%}") for x in layers],
             ("layer", "rank", "energy kept", "error"))
+
+
+@command.command("merge")
+@click.argument("networks", nargs=-1, required=True)
+@click.option("--base", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The checkpoint to bake into: a diffusers folder or a single-file .safetensors.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="A folder (diffusers) or FILE.safetensors (single file, with --format single-file).")
+@click.option("--blocks", "block_weights", default=None,
+              help="Block weights: a preset (OUTALL, MIDD...), 17 or 26 values, or IN=0,MID=0,OUT=1 "
+              "(see `curate lora blocks`).")
+@click.option("--format", "out_format", type=click.Choice(["diffusers", "single-file"]), default="diffusers",
+              show_default=True, help="What to write.")
+@click.option("--precision", "save_precision", type=click.Choice(["fp16", "bf16", "float"]), default="fp16",
+              show_default=True, help="Precision of the merged weights.")
+@click.option("--model-config", default=None,
+              help="Configs and tokenizer for a single-file base that is not SD 1.x/2.x-shaped.")
+@click.option("--strict", is_flag=True, help="Stop when a key cannot be merged instead of reporting it.")
+@output_options
+def merge(networks: tuple[str, ...], base: Path, out: Path, block_weights: str | None, out_format: str,
+          save_precision: str, model_config: str | None, strict: bool, as_json: bool, quiet: bool,
+          verbose: bool) -> None:
+    """Bake LoRA / LoCon / iA3 files into a checkpoint: NETWORKS are NET[:STRENGTH] (default 1).
+
+    \b
+    LoRA adds strength x alpha/rank x up @ down to each weight; iA3 scales rows or columns by
+    1 + strength x w; networks apply in the order given. Keys that fit no layer of the base
+    are reported (not silently dropped).
+
+    \b
+    Examples:
+      curate lora merge --base ./sd15 char.safetensors:0.8 style.safetensors:0.5 --out ./sd15-merged
+      curate lora merge --base sd15.safetensors ia3.safetensors --out merged.safetensors --format single-file
+      curate lora merge --base ./sd15 skin.safetensors --blocks OUTALL --out ./sd15-skin
+    """
+    from curate.errors import CurateError
+
+    try:
+        from trainer.merge import describe, merge_networks, parse_network_arg
+    except ImportError as exc:
+        raise CurateError(f"merging needs the train extra ({exc}); pip install 'curate[train]'") from exc
+    o = Out(as_json, quiet, verbose)
+    result = merge_networks(base, [parse_network_arg(n) for n in networks], out, block_weights=block_weights,
+                            save_precision=save_precision, out_format=out_format, model_config=model_config,
+                            strict=strict)
+    if as_json:
+        o.json(result.as_dict())
+        return
+    for line in describe(result).splitlines():
+        o.line(line)
+    if result.unknown:
+        click.echo(f"warning: {len(result.unknown)} keys were not merged (--json lists them)", err=True)
+
+
+@command.command("blocks")
+@click.argument("spec", required=False)
+@output_options
+def blocks(spec: str | None, as_json: bool, quiet: bool, verbose: bool) -> None:
+    """The UNet blocks block weights name (BASE = text encoder, IN00-IN11, M00, OUT00-OUT11),
+    and the weight each gets under SPEC.
+
+    \b
+    SPEC is a preset of the LoRA Block Weight extension (ALL, INALL, MIDD, OUTD, OUTS, OUTALL...),
+    17 values (LoRA: BASE,IN01,IN02,IN04,...,OUT11), 26 values (LyCORIS), or named groups such as
+    IN=0,MID=0,OUT=1. The same SPEC works for `curate lora merge --blocks` and for training
+    (`--set block_lr_weights=...`).
+
+    \b
+    Examples:
+      curate lora blocks
+      curate lora blocks OUTALL
+      curate lora blocks "IN=0,MID=0.5,OUT=1" --json
+    """
+    from trainer.blocks import block_table
+
+    o = Out(as_json, quiet, verbose)
+    rows = block_table(spec)
+    if as_json:
+        o.json([{"block": b, "contains": c, "in_17": in17, "weight": w} for b, c, in17, w in rows])
+        return
+    headers = ("block", "SD 1.x modules", "in the 17-value list") + (("weight",) if spec else ())
+    table = [(b, c, "yes" if in17 else "", *((f"{w:g}",) if spec and w is not None else ()))
+             for b, c, in17, w in rows]
+    o.table(f"blocks{f' under {spec}' if spec else ''}", table, headers)

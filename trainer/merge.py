@@ -1,0 +1,279 @@
+"""Baking LoRA / LoCon / iA3 networks into a base checkpoint (`curate lora merge`).
+
+Each network is applied to the base weights in the order given, at its strength s times the
+block weight b of the layer's block (trainer.blocks), m = s * b:
+- LoRA / LoCon (REFERENCE §5): W += m * (alpha / r) * up @ down, with conv weights flattened to
+  out x (in*kh*kw); a 3x3 LoCon layer's 1x1 up composed with its 3x3 down is exactly that
+  product reshaped, so every kernel size takes the one formula. A file without `.alpha` has
+  alpha = r, as sd-scripts reads it;
+- iA3 (REFERENCE §6): W *= 1 + m*w on the output rows (on_input 0) or input columns (1); the bias
+  is not scaled, as A1111 merges it.
+iA3 multiplies what LoRAs before it added, so order matters when both kinds are merged.
+
+Keys of a kind this does not know (LoHa, LoKr, DoRA's dora_scale, full `.diff`) and modules the
+base lacks are reported in `MergeResult.unknown`, never dropped silently: a module with any
+unknown key is left unmerged as a whole (merging half of it would be wrong), and `strict` turns
+any unknown key into an error. A network none of whose modules fit the base is an error.
+
+The base is loaded by trainer.model.load_models (diffusers folder or single-file checkpoint);
+the math runs in float32 on CPU. Output is a diffusers folder (every component's
+save_pretrained; model_index.json, the scheduler and any other component folders copied from a
+folder base) or one original-layout `.safetensors` (trainer.convert), both written under a
+temporary name and renamed into place, so a killed merge leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from curate.atomic import TMP_PREFIX
+from curate.errors import CurateError
+from trainer.blocks import block_weight, parse_block_weights
+from trainer.formats import load_network, save_dtype
+from trainer.model import Models, load_models
+from trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path
+from trainer.single_file import CONFIGS
+
+LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+IA3_SUFFIXES = ("weight", "on_input")
+WRITTEN = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+@dataclass
+class NetworkMerge:
+    path: Path
+    strength: float
+    lora_layers: int = 0
+    ia3_layers: int = 0
+    unknown: list[str] = field(default_factory=list)  # keys not merged: unknown kinds or layers
+
+
+@dataclass
+class MergeResult:
+    base: Path
+    output: Path
+    format: str
+    precision: str
+    block_weights: dict[str, float] | None
+    networks: list[NetworkMerge]
+
+    @property
+    def unknown(self) -> list[str]:
+        return [f"{n.path.name}: {key}" for n in self.networks for key in n.unknown]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data |= {"base": str(self.base), "output": str(self.output), "unknown": self.unknown}
+        for net in data["networks"]:
+            net["path"] = str(net["path"])
+        return data
+
+
+def model_layers(models: Models) -> dict[str, nn.Module]:
+    """Every Linear / Conv2d of the UNet and text encoder by its kohya name: a superset of what
+    the trainer adapts, so networks from other trainers (conv_in, time embedding) fit too."""
+    layers: dict[str, nn.Module] = {}
+    roots = [(UNET_PREFIX, models.unet, "")]
+    roots += [(prefix, enc, te_root_path(enc)) for prefix, enc in zip(te_prefixes(1), [models.text_encoder],
+                                                                       strict=True)]
+    for prefix, root, root_path in roots:
+        for path, module in root.named_modules():
+            if path and isinstance(module, nn.Linear | nn.Conv2d):
+                layers[kohya_name(prefix, *([root_path] if root_path else []), path)] = module
+    return layers
+
+
+def group_modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """kohya module name -> {key suffix: tensor} (`lora_up.weight`, `alpha`, `on_input`...)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, suffix = key.partition(".")
+        modules.setdefault(name, {})[suffix] = value
+    return modules
+
+
+def lora_delta(parts: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """(alpha / r) * up @ down, shaped like the base weight."""
+    down, up = parts["lora_down.weight"].float(), parts["lora_up.weight"].float()
+    rank = down.shape[0]
+    alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
+    return (up.flatten(1) @ down.flatten(1)).reshape(shape) * (alpha / rank)
+
+
+def ia3_scaled(parts: dict[str, torch.Tensor], weight: torch.Tensor, m: float) -> torch.Tensor:
+    """W * (1 + m*w) over the input columns (on_input) or the output rows."""
+    w = parts["weight"].float()
+    if bool(parts["on_input"].item()):
+        return weight * (1 + m * w).reshape(1, -1, *([1] * (weight.dim() - 2)))
+    return weight * (1 + m * w).reshape(-1, *([1] * (weight.dim() - 1)))
+
+
+def _kind(parts: dict[str, torch.Tensor]) -> str | None:
+    keys = set(parts)
+    if keys in ({"lora_down.weight", "lora_up.weight", "alpha"}, {"lora_down.weight", "lora_up.weight"}):
+        return "lora"
+    if keys == {"weight", "on_input"} and parts["weight"].dim() == 1:
+        return "ia3"
+    return None
+
+
+def _check_shape(path: Path, name: str, kind: str, parts: dict[str, torch.Tensor],
+                 weight: torch.Tensor) -> None:
+    if kind == "lora":
+        down, up = parts["lora_down.weight"], parts["lora_up.weight"]
+        fits = up.shape[0] == weight.shape[0] and down[0].numel() == weight[0].numel()
+    else:
+        axis = 1 if bool(parts["on_input"].item()) else 0
+        fits = parts["weight"].numel() == weight.shape[axis]
+    if not fits:
+        raise CurateError(f"{path}: {name} does not fit the base layer of shape {tuple(weight.shape)}; "
+                          "merge networks trained on this base model's architecture")
+
+
+def apply_network(layers: dict[str, nn.Module], path: Path, strength: float,
+                  weights: dict[str, float] | None) -> NetworkMerge:
+    """Merge one network file into `layers` in place; returns what was merged and what was not."""
+    tensors, _ = load_network(path)
+    report = NetworkMerge(path, strength)
+    for name, parts in sorted(group_modules(tensors).items()):
+        kind, layer = _kind(parts), layers.get(name)
+        if kind is None or layer is None:
+            report.unknown += [f"{name}.{suffix}" for suffix in sorted(parts)]
+            continue
+        weight = layer.weight
+        _check_shape(path, name, kind, parts, weight)
+        m = strength * block_weight(weights, name)
+        with torch.no_grad():
+            base = weight.float()
+            if kind == "lora":
+                merged = base + m * lora_delta(parts, weight.shape)
+            else:
+                merged = ia3_scaled(parts, base, m)
+            weight.copy_(merged.to(weight.dtype))
+        report.lora_layers += kind == "lora"
+        report.ia3_layers += kind == "ia3"
+    if not (report.lora_layers or report.ia3_layers):
+        raise CurateError(f"{path}: none of its {len(tensors)} keys fit the base model (LoRA lora_down/"
+                          "lora_up/alpha or iA3 weight/on_input on its layers); is it for another model?")
+    return report
+
+
+def _temp_sibling(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
+
+
+def _pipeline_files(models: Models, base: Path, model_config: str | None) -> Path:
+    """Where model_index.json and the scheduler come from: the base folder, else model_config's
+    folder, else the configs shipped for single-file loading (trainer/configs)."""
+    if base.is_dir():
+        return base
+    if model_config is not None and (Path(model_config) / "model_index.json").is_file():
+        return Path(model_config)
+    return CONFIGS / ("sd2" if models.v_parameterization else "sd1")
+
+
+def save_diffusers(models: Models, source: Path, out: Path, dtype: torch.dtype) -> None:
+    """Each component's save_pretrained; model_index.json, the scheduler and components this does
+    not rewrite (safety checker, feature extractor) copied from `source`, so the output loads as
+    the base did."""
+    tmp = _temp_sibling(out)
+    try:
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(models, name)
+            # nn.Module.to: diffusers' override warns about fp32-only modules SD's models lack
+            nn.Module.to(module, dtype)
+            module.save_pretrained(tmp / name, safe_serialization=True)
+        models.tokenizer.save_pretrained(tmp / "tokenizer")
+        shutil.copy2(source / "model_index.json", tmp / "model_index.json")
+        for entry in source.iterdir():
+            if entry.is_dir() and entry.name not in WRITTEN:
+                shutil.copytree(entry, tmp / entry.name)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_single_file(models: Models, out: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    from trainer.convert import ldm_checkpoint
+
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in sorted(ldm_checkpoint(models.unet, models.vae, models.text_encoder).items())}
+    tmp = _temp_sibling(out)
+    try:
+        save_file(state, str(tmp / out.name), metadata={"format": "pt"})
+        _replace(tmp / out.name, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an existing output is moved aside first and deleted after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{TMP_PREFIX}{out.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def merge_networks(base: Path, networks: list[tuple[Path, float]], out: Path, *,
+                   block_weights: str | None = None, save_precision: str = "fp16",
+                   out_format: Literal["diffusers", "single-file"] = "diffusers",
+                   model_config: str | None = None, strict: bool = False) -> MergeResult:
+    """Write OUT: BASE with each (network file, strength) baked in, optionally per-block weighted."""
+    dtype = save_dtype(save_precision)
+    if out_format not in ("diffusers", "single-file"):
+        raise CurateError(f"merge format {out_format!r}: choose diffusers or single-file")
+    if not networks:
+        raise CurateError("merge: give at least one network file (NET[:STRENGTH])")
+    if out.resolve() == base.resolve() or any(out.resolve() == p.resolve() for p, _ in networks):
+        raise CurateError(f"{out}: the output would overwrite an input; choose another --out")
+    weights = parse_block_weights(block_weights) if block_weights is not None else None
+    for path, _ in networks:
+        if not path.is_file():
+            raise CurateError(f"{path}: no such network file")
+    models = load_models(base, torch.device("cpu"), model_config=model_config)
+    layers = model_layers(models)
+    reports = [apply_network(layers, path, strength, weights) for path, strength in networks]
+    result = MergeResult(base, out, out_format, save_precision, weights, reports)
+    if strict and result.unknown:
+        raise CurateError(f"merge: {len(result.unknown)} keys not merged (first: {result.unknown[0]}); "
+                          "drop strict to merge the rest")
+    if out_format == "diffusers":
+        save_diffusers(models, _pipeline_files(models, base, model_config), out, dtype)
+    else:
+        save_single_file(models, out, dtype)
+    return result
+
+
+def parse_network_arg(text: str) -> tuple[Path, float]:
+    """`NET[:STRENGTH]` as the CLI takes it; a Windows drive letter is not a strength."""
+    path, sep, strength = text.rpartition(":")
+    if not sep or not path or "/" in strength or "\\" in strength:
+        return Path(text), 1.0
+    try:
+        return Path(path), float(strength)
+    except ValueError:
+        raise CurateError(f"{text}: write NET or NET:STRENGTH with a number, "
+                          "e.g. style.safetensors:0.7") from None
+
+
+def describe(result: MergeResult) -> str:
+    """One line per network for people; unknown keys are counted (the JSON lists them)."""
+    lines = [f"{n.path.name} x{n.strength:g}: {n.lora_layers} LoRA + {n.ia3_layers} iA3 layers"
+             + (f", {len(n.unknown)} keys NOT merged (first: {n.unknown[0]})" if n.unknown else "")
+             for n in result.networks]
+    return "\n".join([*lines, f"wrote {result.output} ({result.format}, {result.precision})"])
