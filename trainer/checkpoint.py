@@ -35,6 +35,9 @@ RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alph
                "gradient_accumulation_steps")
 
 
+SDXL_VERSION = "sdxl_base_v1-0"  # ss_base_model_version of an SDXL network
+
+
 def step_name(name: str, step: int) -> str:
     return f"{name}-step{step:08d}"
 
@@ -45,11 +48,11 @@ def epoch_name(name: str, epoch: int) -> str:
 
 def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNetwork, model: Path,
                       started_at: float, total_steps: int, *, v2: bool = False,
-                      v_parameterization: bool = False) -> dict[str, Any]:
+                      v_parameterization: bool = False, sdxl: bool = False) -> dict[str, Any]:
     """The ss_* fields sd-scripts' train_network.py records, from this run's values."""
     resolution, buckets = dataset.buckets.resolution, dataset.buckets
-    # sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1, sd_v2, sd_v2_v
-    version = ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
+    # sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1, sd_v2, sd_v2_v; sdxl_train_network's constant
+    version = SDXL_VERSION if sdxl else ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
     run = {
         "output_name": config.output_name, "training_started_at": started_at, "base_model_version": version,
         "v2": v2, "v_parameterization": v_parameterization, "sd_model_name": model.name,
@@ -86,7 +89,8 @@ def save_network_file(path: Path, network: AdapterNetwork, config: TrainConfig, 
     resolution = tuple(int(v) for v in str(base["ss_resolution"]).strip("()").split(","))
     spec = modelspec(config.output_name, (resolution[0], resolution[1]), clip_skip=config.clip_skip,
                      timestamp=float(base["ss_training_started_at"]), v2=base.get("ss_v2") is True,
-                     v_parameterization=base.get("ss_v_parameterization") is True)
+                     v_parameterization=base.get("ss_v_parameterization") is True,
+                     sdxl=base.get("ss_base_model_version") == SDXL_VERSION)
     tensors = network.kohya_state_dict(save_dtype(config.save_precision))
     save_network(path, tensors, {**as_metadata(values), **spec})
     return path

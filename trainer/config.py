@@ -73,6 +73,8 @@ class TrainConfig:
     max_token_length: Literal[75, 150, 225] = 75  # CLIP tokens per caption, in chunks of 75 as sd-scripts
     cache_latents: bool = False  # encode every image once before training (disables flip_aug's randomness)
     cache_latents_to_disk: bool = False  # ... and keep them in IMAGE.npz beside each image between runs
+    # encode each caption once before training (text encoders frozen, no caption shuffle or dropout)
+    cache_text_encoder_outputs: bool = False
     scale_weight_norms: float | None = None
     output_name: str = "last"
     save_every_n_steps: int | None = None

@@ -263,3 +263,50 @@ def bucket_info(dataset: Dataset) -> dict[str, Any]:
     errors = [abs(item.assignment.aspect_error) for item in dataset.items]
     buckets = {str(i): {"resolution": list(b), "count": counts[b]} for i, b in enumerate(sorted(counts))}
     return {"buckets": buckets, "mean_img_ar_error": sum(errors) / max(len(errors), 1)}
+
+
+def crop_ltrb(item: Item) -> tuple[float, float, float, float]:
+    """sd-scripts' `BucketManager.get_crop_ltrb`: not the trim of the resized image but Stability
+    AI's box of the image fitted *inside* its bucket (left, top, right, bottom), in floats."""
+    (bucket_w, bucket_h), (image_w, image_h) = item.assignment.bucket, item.assignment.size
+    image_ar = image_w / image_h
+    if bucket_w / bucket_h > image_ar:
+        resized_w, resized_h = bucket_h * image_ar, float(bucket_h)
+    else:
+        resized_w, resized_h = float(bucket_w), bucket_w / image_ar
+    left, top = (bucket_w - resized_w) // 2, (bucket_h - resized_h) // 2
+    return left, top, left + resized_w, top + resized_h
+
+
+def size_conditioning(item: Item, flipped: bool = False) -> tuple[int, int, int, int, int, int]:
+    """SDXL's six size numbers for an item, as sd-scripts computes them: (original height, width,
+    crop top, crop left, target height, width). The target is the bucket, the crop `crop_ltrb`'s
+    corner; a mirrored image's left is the bucket width minus the box's right edge."""
+    (bucket_w, bucket_h), (image_w, image_h) = item.assignment.bucket, item.assignment.size
+    left, top, right, _ = crop_ltrb(item)
+    if flipped:
+        left = bucket_w - right
+    return image_h, image_w, int(top), int(left), bucket_h, bucket_w
+
+
+def check_sdxl_dataset(dataset: Dataset, where: Path) -> None:
+    """SDXL's latents are cut in 32-pixel steps: sd-scripts asserts bucket_reso_steps % 32 == 0."""
+    steps = dataset.buckets.bucket_reso_steps
+    if steps % 32:
+        raise CurateError(f"{where}: bucket_reso_steps = {steps}, but SDXL needs a multiple of 32 "
+                          "(sd-scripts refuses it too); set bucket_reso_steps to 32 or 64")
+
+
+def cacheable_captions(dataset: Dataset, where: Path, train_text_encoder: bool) -> list[str]:
+    """Every caption as training will see it, for cache_text_encoder_outputs; refused (as sd-scripts
+    does) when the text encoders train or a subset shuffles or drops captions or tags."""
+    if train_text_encoder:
+        raise CurateError("cache_text_encoder_outputs needs frozen text encoders: set "
+                          "train_text_encoder = false, or turn the cache off")
+    for subset in dataset.subsets:
+        if subset.shuffle_caption or subset.caption_dropout_rate or subset.caption_tag_dropout_rate:
+            raise CurateError(f"{where}: subset {subset.image_dir.name} shuffles or drops captions, so its "
+                              "text encoder outputs change every step; turn shuffle_caption and the caption "
+                              "dropouts off, or cache_text_encoder_outputs off")
+    rng = random.Random(0)  # unused: without shuffle or dropout the caption is fixed
+    return [process_caption(item.caption, item.subset, rng) for item in dataset.items]

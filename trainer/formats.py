@@ -8,7 +8,7 @@
   the model hash is sha256 of everything after the header (the tensor bytes, which more
   metadata does not change), the legacy hash the first 8 hex digits of sha256 of the 64 KiB at
   offset 1 MiB (of the empty string for files smaller than that, as sd-scripts does too);
-- `modelspec.*` (Stability AI's ModelSpec 1.0.1) as sd-scripts fills it for an SD 1.x LoRA.
+- `modelspec.*` (Stability AI's ModelSpec 1.0.1) as sd-scripts fills it for an SD 1.x/2.x/XL LoRA.
 The file goes to disk through a temp file and a rename: a killed run never leaves half a file.
 """
 
@@ -32,6 +32,7 @@ from curate.errors import CurateError
 
 SAVE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 LEGACY_OFFSET, LEGACY_SIZE = 0x100000, 0x10000
+SDXL_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 
 
 def save_dtype(name: str) -> torch.dtype:
@@ -61,15 +62,19 @@ def tensor_hash(path: Path) -> str:
 
 
 def modelspec(title: str, resolution: tuple[int, int], *, clip_skip: int | None = None,
-              timestamp: float, v2: bool = False, v_parameterization: bool = False) -> dict[str, str]:
-    """ModelSpec fields sd-scripts writes for an SD 1.x / 2.x LoRA-type network (sai_model_spec.py:
-    v2 is stable-diffusion-v2-512, or -768-v with v-prediction)."""
+              timestamp: float, v2: bool = False, v_parameterization: bool = False,
+              sdxl: bool = False) -> dict[str, str]:
+    """ModelSpec fields sd-scripts writes for an SD 1.x / 2.x / SDXL LoRA-type network
+    (sai_model_spec.py: v2 is stable-diffusion-v2-512, or -768-v with v-prediction; an SDXL
+    LoRA names Stability AI's generative-models as its implementation)."""
     arch = ("stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512") if v2 \
         else "stable-diffusion-v1"
+    if sdxl:
+        arch = "stable-diffusion-xl-v1-base"
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.implementation": SDXL_IMPLEMENTATION if sdxl else "diffusers",
         "modelspec.implementation_version": f"curate/{__version__}",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",

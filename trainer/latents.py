@@ -4,10 +4,11 @@ Without caching, each step decodes, resizes and crops the images into their buck
 draws from the step's generator) and samples the VAE's latent distribution. With cache_latents
 every image is encoded once before training, as sd-scripts does: one latent sample, plus one of
 the mirrored image when its subset uses flip_aug. cache_latents_to_disk keeps them between runs in
-sd-scripts' own file, `STEM_WWWWxHHHH_sd.npz` beside the image (keys latents, original_size,
-crop_ltrb, latents_flipped), so either tool reuses the other's cache. curate adds the image's
-sha256 and trusts its own files only when it matches, so an edited image is encoded again;
-sd-scripts' files carry no checksum and are trusted when newer than their image.
+sd-scripts' own file, `STEM_WWWWxHHHH_sd.npz` (SDXL: `_sdxl.npz`) beside the image (keys latents,
+original_size, crop_ltrb, latents_flipped), so either tool reuses the other's cache; an SDXL
+file's crop_ltrb is sd-scripts' (trainer.data.crop_ltrb), which its SDXL training reads back.
+curate adds the image's sha256 and trusts its own files only when it matches, so an edited image
+is encoded again; sd-scripts' files carry no checksum and are trusted when newer than their image.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 
 from buckets import resize_to_bucket
 from curate.atomic import atomic_write_bytes
-from trainer.data import Dataset, Item
+from trainer.data import Dataset, Item, crop_ltrb
 from trainer.model import Models
 
 Progress = Callable[[int, int], None]
@@ -47,9 +48,10 @@ def load_pixels(batch: list[Item], rng: random.Random, device: torch.device,
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def npz_path(item: Item) -> Path:
+def npz_path(item: Item, sdxl: bool = False) -> Path:
+    """sd-scripts' cache file name; SDXL's VAE differs from SD's, so its files are `_sdxl.npz`."""
     w, h = item.assignment.bucket
-    return item.path.with_name(f"{item.path.stem}_{w:04d}x{h:04d}_sd.npz")
+    return item.path.with_name(f"{item.path.stem}_{w:04d}x{h:04d}_{'sdxl' if sdxl else 'sd'}.npz")
 
 
 def _sha256(path: Path) -> str:
@@ -76,15 +78,23 @@ class LatentSource:
         return latents
 
     def batch(self, batch: list[Item], rng: random.Random, gen: torch.Generator) -> torch.Tensor:
+        return self.batch_with_flips(batch, rng, gen)[0]
+
+    def batch_with_flips(self, batch: list[Item], rng: random.Random,
+                         gen: torch.Generator) -> tuple[torch.Tensor, list[bool]]:
+        """The latents and which images were mirrored (SDXL's crop numbers depend on it)."""
         if not self.cached:
-            pixels = load_pixels(batch, rng, self.device)
-            return self._encode(pixels, gen) * self.models.vae_scale
-        rows = []
+            # drawn here in load_pixels' own order, so the stream is the same as its draws
+            flips = [item.subset.flip_aug and rng.random() < 0.5 for item in batch]
+            pixels = load_pixels(batch, rng, self.device, flips)
+            return self._encode(pixels, gen) * self.models.vae_scale, flips
+        rows, flips = [], []
         for item in batch:
             plain, flipped = self.cached[item.path]
             use_flip = flipped is not None and rng.random() < 0.5
             rows.append(flipped if use_flip and flipped is not None else plain)
-        return torch.stack(rows).to(self.device) * self.models.vae_scale
+            flips.append(use_flip)
+        return torch.stack(rows).to(self.device) * self.models.vae_scale, flips
 
     def cache(self, dataset: Dataset, progress: Progress | None = None) -> int:
         """Encode (or read from disk) every image of the dataset; returns how many were encoded."""
@@ -111,7 +121,7 @@ class LatentSource:
         return plain, self._encode(load_pixels([item], random.Random(0), self.device, [True]), gen)[0].cpu()
 
     def _read(self, item: Item) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        path = npz_path(item)
+        path = npz_path(item, self.models.sdxl)
         if not path.is_file():
             return None
         try:
@@ -133,10 +143,11 @@ class LatentSource:
         return plain, flipped
 
     def _write(self, item: Item, plain: torch.Tensor, flipped: torch.Tensor | None) -> None:
+        crop = crop_ltrb(item) if self.models.sdxl else item.assignment.crop
         arrays = {"latents": plain.numpy(), "original_size": np.array(item.assignment.size),
-                  "crop_ltrb": np.array(item.assignment.crop), "curate_sha256": np.array(_sha256(item.path))}
+                  "crop_ltrb": np.array(crop), "curate_sha256": np.array(_sha256(item.path))}
         if flipped is not None:
             arrays["latents_flipped"] = flipped.numpy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(npz_path(item), buffer.getvalue())
+        atomic_write_bytes(npz_path(item, self.models.sdxl), buffer.getvalue())

@@ -33,9 +33,9 @@ from trainer.config import TrainConfig, to_toml
 from trainer.data import Dataset, Item, epoch_batches, load_dataset, process_caption, steps_per_epoch
 from trainer.distributed import Dist, init_distributed, rank_batches
 from trainer.latents import LatentSource, load_pixels
-from trainer.model import Models, load_models
+from trainer.model import Models, load_models, prepare_text
 from trainer.networks import AdapterNetwork, LoRANetwork, create_network
-from trainer.noise import diffusion_loss, prepare_schedule
+from trainer.noise import diffusion_loss, prepare_schedule, size_ids
 from trainer.optim import make_lr_scheduler, make_optimizer
 from trainer.watch import Watch
 
@@ -130,9 +130,10 @@ def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int) -> 
     weights = torch.tensor([config.prior_loss_weight if i.subset.is_reg else 1.0 for i in batch],
                            device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    latents = run.latents.batch(batch, rng, gen)
+    latents, flips = run.latents.batch_with_flips(batch, rng, gen)
+    time_ids = size_ids(batch, flips, device) if run.models.sdxl else None
     with _autocast(config, device):
-        return diffusion_loss(run.models, latents, captions, weights, config, gen)
+        return diffusion_loss(run.models, latents, captions, weights, config, gen, time_ids)
 
 
 def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: int) -> float:
@@ -191,8 +192,8 @@ def _load(model_path: Path, config: TrainConfig, device: torch.device) -> Models
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
-            encoder = models.text_encoder  # transformers 5 renamed the switch
-            getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
+            for encoder in models.text_encoders:  # transformers 5 renamed the switch
+                getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
     return models
 
 
@@ -210,9 +211,10 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     dist = dist or Dist()
     dataset = load_dataset(dataset_path, dataset_overrides(config))
     models = _load(model_path, config, device)
+    prepare_text(models, dataset, dataset_path, config)
     with torch.random.fork_rng(devices=[]):  # the initial down projections come from the run's seed
         torch.manual_seed(config.seed)
-        network = create_network(config.network, models.unet, [models.text_encoder],
+        network = create_network(config.network, models.unet, models.text_encoders,
                                  **config.network_options())
     network.to(device)
     network.apply_to()
@@ -220,9 +222,9 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     per_epoch, total = plan_steps(dataset, config, dist)
     optimizer = make_optimizer(config, network)
     # SD 2.x's OpenCLIP text encoder is 1024 wide, SD 1.x's CLIP-L 768
-    v2 = getattr(models.text_encoder.config, "hidden_size", 768) == 1024
+    v2 = not models.sdxl and getattr(models.text_encoder.config, "hidden_size", 768) == 1024
     metadata = checkpoint.training_metadata(config, dataset, network, model_path, time.time(), total, v2=v2,
-                                            v_parameterization=models.v_parameterization)
+                                            v_parameterization=models.v_parameterization, sdxl=models.sdxl)
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
     latents = LatentSource(models, config.cache_latents_to_disk, config.seed, write=dist.is_main)
     return Run(dataset, models, network, optimizer, make_lr_scheduler(config, optimizer, total), total,

@@ -6,6 +6,12 @@ A base model is a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_e
 sd-scripts' DDPMScheduler (REFERENCE §7), whatever sampler the model names; the prediction type
 (epsilon or v) comes from the scheduler config. Captions become CLIP states in trainer.tokens,
 75/150/225 tokens as sd-scripts' max_token_length.
+
+SDXL (a folder whose model_index.json names a `text_encoder_2`, or an SDXL single file) adds
+the second text encoder and tokenizer; its captions become the concatenated states of both
+encoders plus the pooled embedding (trainer.tokens), and its UNet also takes the size numbers
+(trainer.data.size_conditioning). With cache_text_encoder_outputs, the conditioning of every
+caption is computed once before training and looked up (`Models.text_cache`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
+from trainer.config import TrainConfig
+from trainer.data import Dataset, cacheable_captions, check_sdxl_dataset
 from trainer.single_file import SingleFileParts, load_single_file
-from trainer.tokens import encode_captions
+from trainer.tokens import encode_captions, encode_captions_sdxl
 
 NOISE_SCHEDULE: dict[str, Any] = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -37,6 +45,19 @@ class Models:
     noise_scheduler: Any
     vae_scale: float
     v_parameterization: bool
+    text_encoder_2: nn.Module | None = None  # SDXL's OpenCLIP bigG (CLIPTextModelWithProjection)
+    tokenizer_2: Any = None
+    # cache_text_encoder_outputs: caption -> (context, pooled or None), on the CPU
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        second = [] if self.text_encoder_2 is None else [self.text_encoder_2]
+        return [self.text_encoder, *second]
 
 
 def _check_model_path(path: Path) -> None:
@@ -48,13 +69,19 @@ def _check_model_path(path: Path) -> None:
 
 def _load_folder(path: Path) -> SingleFileParts:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        text_encoder_2 = tokenizer_2 = None
+        if (index.get("text_encoder_2") or [None])[0] is not None:  # SDXL
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2",
+                                                                         local_files_only=True)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CurateError(f"{path}: cannot load the model ({exc})") from exc
     scheduler_config = path / "scheduler" / "scheduler_config.json"
@@ -63,7 +90,7 @@ def _load_folder(path: Path) -> SingleFileParts:
         saved = json.loads(scheduler_config.read_text(encoding="utf-8"))
         prediction = saved.get("prediction_type", prediction)
     return SingleFileParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                           prediction_type=prediction)
+                           prediction_type=prediction, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
 def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.float32, *,
@@ -80,21 +107,67 @@ def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.flo
     hf_logging.disable_progress_bar()  # curate prints its own progress; a second bar is noise
     parts = load_single_file(path, model_config, allow_pickle) if path.is_file() else _load_folder(path)
     unet, vae, text_encoder = parts.unet, parts.vae, parts.text_encoder
-    for module in (unet, vae, text_encoder):
+    encoders = [text_encoder] if parts.text_encoder_2 is None else [text_encoder, parts.text_encoder_2]
+    for module in (unet, vae, *encoders):
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-    if dtype != torch.float32:  # the VAE stays in float32: SD's overflows in fp16
-        unet.to(dtype=dtype)
-        text_encoder.to(dtype=dtype)
+    if dtype != torch.float32:  # the VAE stays in float32: SD's and SDXL's overflow in fp16
+        for module in (unet, *encoders):
+            module.to(dtype=dtype)
+    if parts.tokenizer_2 is not None and parts.tokenizer_2.pad_token_id != 0:
+        # sd-scripts pads SDXL's second tokenizer with id 0 ("!") whatever its files say
+        parts.tokenizer_2.pad_token = parts.tokenizer_2.convert_ids_to_tokens(0)
     prediction = parts.prediction_type
     return Models(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=parts.tokenizer,
                   noise_scheduler=DDPMScheduler(**NOISE_SCHEDULE, prediction_type=prediction),
                   vae_scale=float(getattr(vae.config, "scaling_factor", 0.18215)),
-                  v_parameterization=prediction == "v_prediction")
+                  v_parameterization=prediction == "v_prediction",
+                  text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2)
 
 
 def encode_prompts(models: Models, captions: list[str], clip_skip: int | None = None, *,
                    max_token_length: int = 75) -> torch.Tensor:
     """CLIP hidden states for the UNet (trainer.tokens): 77 positions, or 152/227 for long captions."""
     return encode_captions(models.text_encoder, models.tokenizer, captions, clip_skip, max_token_length)
+
+
+def encode_conditioning(models: Models, captions: list[str], clip_skip: int | None = None, *,
+                        max_token_length: int = 75) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(UNet context, pooled embedding or None for SD 1.x/2.x), from the text cache when it has
+    every caption."""
+    cache = models.text_cache
+    if cache is not None and all(c in cache for c in captions):
+        device = next(models.unet.parameters()).device
+        context = torch.stack([cache[c][0] for c in captions]).to(device)
+        pooled = [p for c in captions if (p := cache[c][1]) is not None]
+        return context, torch.stack(pooled).to(device) if pooled else None
+    if models.text_encoder_2 is None:
+        return encode_prompts(models, captions, clip_skip, max_token_length=max_token_length), None
+    return encode_captions_sdxl((models.text_encoder, models.text_encoder_2),
+                                (models.tokenizer, models.tokenizer_2), captions, max_token_length)
+
+
+def cache_conditioning(models: Models, captions: list[str], max_token_length: int = 75,
+                       clip_skip: int | None = None, batch_size: int = 8) -> int:
+    """cache_text_encoder_outputs: encode each distinct caption once; returns how many."""
+    unique = [c for c in dict.fromkeys(captions) if models.text_cache is None or c not in models.text_cache]
+    cache = models.text_cache if models.text_cache is not None else {}
+    models.text_cache = None  # encode for real below, not from a half-filled cache
+    with torch.no_grad():
+        for start in range(0, len(unique), batch_size):
+            chunk = unique[start:start + batch_size]
+            context, pooled = encode_conditioning(models, chunk, clip_skip, max_token_length=max_token_length)
+            for k, caption in enumerate(chunk):
+                cache[caption] = (context[k].cpu(), None if pooled is None else pooled[k].cpu())
+    models.text_cache = cache
+    return len(unique)
+
+
+def prepare_text(models: Models, dataset: Dataset, where: Path, config: TrainConfig) -> None:
+    """Before training: SDXL's bucket-step check, then cache_text_encoder_outputs' encoding."""
+    if models.sdxl:
+        check_sdxl_dataset(dataset, where)
+    if config.cache_text_encoder_outputs:
+        captions = cacheable_captions(dataset, where, config.train_text_encoder)
+        cache_conditioning(models, captions, config.max_token_length, config.clip_skip)

@@ -15,7 +15,8 @@ import torch
 from torch.nn import functional as F
 
 from trainer.config import TrainConfig
-from trainer.model import Models, encode_prompts
+from trainer.data import Item, size_conditioning
+from trainer.model import Models, encode_conditioning
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
@@ -94,18 +95,45 @@ def loss_weights(models: Models, timesteps: torch.Tensor, config: TrainConfig) -
     return weight
 
 
+def size_ids(batch: list[Item], flips: list[bool], device: torch.device) -> torch.Tensor:
+    """SDXL's (B, 6) size numbers of a batch (trainer.data.size_conditioning)."""
+    sizes = [size_conditioning(item, flipped) for item, flipped in zip(batch, flips, strict=True)]
+    return torch.tensor(sizes, device=device)
+
+
+def default_time_ids(latents: torch.Tensor) -> torch.Tensor:
+    """SDXL's size numbers for uncropped images of the latents' size: (h, w, 0, 0, h, w) x 8."""
+    h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+    return torch.tensor([[h, w, 0, 0, h, w]] * latents.shape[0], device=latents.device)
+
+
+def predict(models: Models, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+            pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
+    """The UNet's output; SDXL's also takes the pooled embedding and the size numbers."""
+    dtype = next(models.unet.parameters()).dtype
+    if pooled is None:
+        out: torch.Tensor = models.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
+        return out
+    ids = default_time_ids(noisy) if time_ids is None else time_ids
+    added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(noisy.device, dtype)}
+    out = models.unet(noisy.to(dtype), timesteps, context.to(dtype), added_cond_kwargs=added).sample
+    return out
+
+
 def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], weights: torch.Tensor,
-                   config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """sd-scripts' loss for one batch of (scaled) latents."""
+                   config: TrainConfig, gen: torch.Generator,
+                   time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """sd-scripts' loss for one batch of (scaled) latents. `time_ids` (B, 6) are SDXL's size
+    numbers (trainer.data.size_conditioning); None means uncropped images of the latents' size."""
     scheduler = models.noise_scheduler
     noise = make_noise(latents, config, gen)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen,
                               device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     with torch.set_grad_enabled(config.train_text_encoder and torch.is_grad_enabled()):
-        context = encode_prompts(models, captions, config.clip_skip, max_token_length=config.max_token_length)
-    dtype = next(models.unet.parameters()).dtype
-    pred = models.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
+        context, pooled = encode_conditioning(models, captions, config.clip_skip,
+                                              max_token_length=config.max_token_length)
+    pred = predict(models, noisy, timesteps, context, pooled, time_ids)
     target = scheduler.get_velocity(latents, noise, timesteps) if models.v_parameterization else noise
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights
     factors = loss_weights(models, timesteps, config)

@@ -12,7 +12,8 @@ parse; here it is an error naming the file and line, since a typo would otherwis
 worth of useless samples. Options sd-scripts knows for other model families (`--g`, `--cn`,
 `--ctr`, `--rcfg`, `--fs`) are accepted and ignored.
 
-Generation reuses the loaded modules in a diffusers StableDiffusionPipeline, so the adapter
+Generation reuses the loaded modules in a diffusers StableDiffusionPipeline (for SDXL a
+StableDiffusionXLPipeline, given the pooled embeddings too), so the adapter
 network, which hangs on those modules as forward hooks, is in every image. The prompts are
 encoded with the training's own text encoding (clip_skip, long captions) and the latents
 decoded here in the VAE's dtype, so a half-precision UNet works beside the float32 VAE. Each
@@ -42,7 +43,7 @@ from torch import nn
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
-from trainer.model import NOISE_SCHEDULE, Models, encode_prompts
+from trainer.model import NOISE_SCHEDULE, Models, encode_conditioning
 
 # sd-scripts' --sample_sampler choices -> (diffusers scheduler class, extra arguments)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -241,11 +242,18 @@ def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 
 def _pipeline(models: Models) -> Any:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     # built with a scheduler the constructor accepts as is; the sampler is set per prompt after,
     # as sd-scripts does, so that its clip_sample survives the constructor's config repair
     scheduler = DDIMScheduler(**NOISE_SCHEDULE, steps_offset=1)
+    if models.sdxl:
+        pipeline = StableDiffusionXLPipeline(vae=models.vae, text_encoder=models.text_encoder,
+                                             text_encoder_2=models.text_encoder_2, tokenizer=models.tokenizer,
+                                             tokenizer_2=models.tokenizer_2, unet=models.unet,
+                                             scheduler=scheduler, add_watermarker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
     pipeline = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text_encoder,
                                        tokenizer=models.tokenizer, unet=models.unet, scheduler=scheduler,
                                        safety_checker=None, feature_extractor=None,
@@ -258,15 +266,18 @@ def _render(pipeline: Any, models: Models, sample: SamplePrompt, seed: int, clip
             max_token_length: int) -> Any:
     """One PIL image for one prompt."""
     texts = [sample.prompt, sample.negative_prompt or ""]
-    embeds = encode_prompts(models, texts, clip_skip, max_token_length=max_token_length)
+    embeds, pooled = encode_conditioning(models, texts, clip_skip, max_token_length=max_token_length)
     generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on any device
     # anything drawing from the global generators gets the prompt's seed too, as in sd-scripts
     torch.random.default_generator.manual_seed(seed)
     if embeds.device.type == "cuda":
         torch.cuda.manual_seed(seed)
+    # SDXL: the pooled embeddings too; its size numbers are the image's, uncropped, as sd-scripts samples
+    extra = {} if pooled is None else {"pooled_prompt_embeds": pooled[:1],
+                                       "negative_pooled_prompt_embeds": pooled[1:]}
     latents = pipeline(prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], height=sample.height,
                        width=sample.width, num_inference_steps=sample.steps, guidance_scale=sample.scale,
-                       generator=generator, output_type="latent").images
+                       generator=generator, output_type="latent", **extra).images
     vae = models.vae
     dtype = next(vae.parameters()).dtype
     image = vae.decode(latents.to(dtype) / models.vae_scale).sample
@@ -298,7 +309,7 @@ def generate_samples(models: Models, prompts: Sequence[SamplePrompt], out_dir: P
     pipeline = _pipeline(models)
     folder = out_dir / SAMPLE_DIR
     written = []
-    modules = [models.unet, models.text_encoder, models.vae, *([network] if network is not None else [])]
+    modules = [models.unet, *models.text_encoders, models.vae, *([network] if network is not None else [])]
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked), _eval_mode(modules), torch.no_grad():
         for sample in prompts:

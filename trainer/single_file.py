@@ -1,4 +1,4 @@
-"""Single-file SD 1.x / 2.x base checkpoints (`.safetensors`, or `.ckpt` on request), read offline.
+"""Single-file SD 1.x / 2.x / SDXL base checkpoints (`.safetensors`, or `.ckpt` on request), read offline.
 
 A single file holds only weights, in the original CompVis layout. diffusers' single-file loaders
 convert them to its UNet, VAE and CLIP text encoder, but need each component's diffusers config
@@ -6,11 +6,13 @@ and the CLIP tokenizer files, which they normally fetch from the Hub. Offline th
 
 - `model_config`: a diffusers folder, or the id of a Hub repository already in the local cache;
   its unet/vae/text_encoder configs, tokenizer and scheduler prediction type are used;
-- otherwise the configs shipped in `trainer/configs/sd1` (stable-diffusion-v1-5) and
-  `trainer/configs/sd2` (stable-diffusion-2-1, 768 px, v-prediction), chosen from the
-  checkpoint's keys as diffusers does: OpenCLIP text weights (`cond_stage_model.model.*`) mean
-  SD 2.x, CLIP ones (`cond_stage_model.transformer.*`) SD 1.x. The tokenizer's vocabulary
-  (1.6 MB) is not shipped; it must already be in the Hugging Face cache.
+- otherwise the configs shipped in `trainer/configs/sd1` (stable-diffusion-v1-5),
+  `trainer/configs/sd2` (stable-diffusion-2-1, 768 px, v-prediction) and `trainer/configs/sdxl`
+  (stable-diffusion-xl-base-1.0), chosen from the checkpoint's keys as diffusers does: SDXL's
+  pair of text encoders (`conditioner.embedders.*`) mean SDXL, OpenCLIP text weights
+  (`cond_stage_model.model.*`) SD 2.x, CLIP ones (`cond_stage_model.transformer.*`) SD 1.x.
+  The tokenizers' vocabularies (1.6 MB each) are not shipped; they must already be in the
+  Hugging Face cache.
 
 The file is read here, not by diffusers, so that a pickle is never opened by accident: `.ckpt`
 and friends are refused unless `allow_pickle`, and then read with `torch.load(weights_only=True)`,
@@ -38,6 +40,8 @@ UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 VAE_KEY = "first_stage_model.encoder.conv_in.weight"
 CLIP_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
 OPEN_CLIP_KEY = "cond_stage_model.model.token_embedding.weight"
+SDXL_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+             "conditioner.embedders.1.model.positional_embedding")
 # where the tokenizer of each family lives on the Hub: (repo, subfolder), first one named in errors
 TOKENIZER_REPOS: dict[str, list[tuple[str, str]]] = {
     "sd1": [("openai/clip-vit-large-patch14", ""),
@@ -45,8 +49,12 @@ TOKENIZER_REPOS: dict[str, list[tuple[str, str]]] = {
             ("runwayml/stable-diffusion-v1-5", "tokenizer")],
     "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer"),
             ("stabilityai/stable-diffusion-2", "tokenizer")],
+    "sdxl": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
+             ("openai/clip-vit-large-patch14", "")],
+    "sdxl_2": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
+               ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "")],
 }
-Family = Literal["sd1", "sd2"]
+Family = Literal["sd1", "sd2", "sdxl"]
 
 
 @dataclass
@@ -56,6 +64,8 @@ class SingleFileParts:
     text_encoder: nn.Module
     tokenizer: Any
     prediction_type: str
+    text_encoder_2: nn.Module | None = None  # SDXL only
+    tokenizer_2: Any = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -108,10 +118,15 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
 
 
 def detect_family(state: dict[str, torch.Tensor], path: Path) -> Family:
-    """SD 1.x or 2.x from the text encoder's layout; anything else is refused."""
+    """SD 1.x, 2.x or SDXL from the text encoders' layout; anything else is refused."""
     if UNET_KEY not in state or VAE_KEY not in state:
-        raise CurateError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint (no {UNET_KEY} or {VAE_KEY}); "
-                          "SDXL and other models are not supported")
+        raise CurateError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint nor an SDXL one (no {UNET_KEY} "
+                          f"or {VAE_KEY}); other models are not supported")
+    if any(key in state for key in SDXL_KEYS):
+        if not all(key in state for key in SDXL_KEYS):
+            raise CurateError(f"{path}: an SDXL checkpoint without both text encoders (an SDXL refiner?); "
+                              "only SDXL base models train here")
+        return "sdxl"
     if OPEN_CLIP_KEY in state:
         return "sd2"
     if CLIP_KEY in state:
@@ -163,23 +178,26 @@ def _load_tokenizer(folder: Path) -> Any | None:
         return None
 
 
-def load_tokenizer(path: Path, model_config: str | None, config_dir: Path, family: Family) -> Any:
-    """The CLIP tokenizer: model_config's `tokenizer/` folder, else the Hugging Face cache."""
+def load_tokenizer(path: Path, model_config: str | None, config_dir: Path, family: Family,
+                   folder: str = "tokenizer") -> Any:
+    """The CLIP tokenizer: model_config's `tokenizer/` folder (SDXL's second: `tokenizer_2/`),
+    else the Hugging Face cache."""
     if model_config is not None:
-        tokenizer = _load_tokenizer(config_dir / "tokenizer")
+        tokenizer = _load_tokenizer(config_dir / folder)
         if tokenizer is None:
-            raise CurateError(f"model_config {model_config}: no CLIP tokenizer (tokenizer/tokenizer.json, "
+            raise CurateError(f"model_config {model_config}: no CLIP tokenizer ({folder}/tokenizer.json, "
                               "or vocab.json and merges.txt); pass a complete diffusers folder")
         return tokenizer
-    for repo, subfolder in TOKENIZER_REPOS[family]:
+    repos = TOKENIZER_REPOS[family + folder.removeprefix("tokenizer")]
+    for repo, subfolder in repos:
         snapshot = _cached_repo(repo)
         if snapshot is not None and (tokenizer := _load_tokenizer(snapshot / subfolder)) is not None:
             return tokenizer
-    repo, subfolder = TOKENIZER_REPOS[family][0]
+    repo, subfolder = repos[0]
     command = f"hf download {repo}" + (f" --include '{subfolder}/*'" if subfolder else "")
     raise CurateError(f"{path}: its {family.upper()} CLIP tokenizer is not in the Hugging Face cache "
                       f"({_hub_cache()}); download it with `{command}`, or pass --set model_config=DIR "
-                      "(a diffusers folder with tokenizer/)")
+                      f"(a diffusers folder with {folder}/)")
 
 
 def _prediction_type(config_dir: Path) -> str:
@@ -227,6 +245,15 @@ def _components(path: Path, state: dict[str, torch.Tensor],
     return unet, vae, text_encoder
 
 
+def _text_encoder_2(path: Path, state: dict[str, torch.Tensor], config_dir: Path) -> nn.Module:
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModelWithProjection
+
+    return _build(path, "second text encoder", lambda: create_diffusers_clip_model_from_ldm(
+        CLIPTextModelWithProjection, state, subfolder="text_encoder_2", config=str(config_dir),
+        local_files_only=True), config_dir)
+
+
 def load_single_file(path: Path, model_config: str | None = None,
                      allow_pickle: bool = False) -> SingleFileParts:
     """UNet, VAE, text encoder, tokenizer and prediction type of a single-file checkpoint, offline."""
@@ -234,6 +261,10 @@ def load_single_file(path: Path, model_config: str | None = None,
     family = detect_family(state, path)
     config_dir = config_folder(model_config, family)
     tokenizer = load_tokenizer(path, model_config, config_dir, family)  # before the slow part: fail fast
+    tokenizer_2 = load_tokenizer(path, model_config, config_dir, family, "tokenizer_2") \
+        if family == "sdxl" else None
     unet, vae, text_encoder = _components(path, state, config_dir)
+    text_encoder_2 = _text_encoder_2(path, state, config_dir) if family == "sdxl" else None
     return SingleFileParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                           prediction_type=_prediction_type(config_dir))
+                           prediction_type=_prediction_type(config_dir), text_encoder_2=text_encoder_2,
+                           tokenizer_2=tokenizer_2)

@@ -17,6 +17,12 @@ sd-scripts has a v2-only branch meant to patch windows that read `BOS EOS PAD...
 a token id to the EOS *string*, which is never equal, so its output is the same concatenation as
 for v1; that concatenation is what is reproduced here. With 75 (sd-scripts' `None`) nothing is cut
 or stitched: ids are padded to 77 and the states are the text encoder's 77 positions.
+
+SDXL (`strategy_sdxl.SdxlTextEncodingStrategy`) tokenizes the caption for both encoders the same
+way and conditions on the penultimate layer of each, without the final layer norm (CLIP-L's
+hidden_states[11], OpenCLIP bigG's [-2]; clip_skip does not apply), stitched as above and
+concatenated on the feature axis (768 + 1280 = 2048). The pooled embedding is the second
+encoder's last_hidden_state at the first EOS of the first window, through its text_projection.
 """
 
 from __future__ import annotations
@@ -105,3 +111,46 @@ def encode_captions(text_encoder: nn.Module, tokenizer: Any, captions: list[str]
     device = next(text_encoder.parameters()).device
     ids = tokenize(tokenizer, captions, max_token_length).to(device)
     return hidden_states(text_encoder, ids, clip_skip)
+
+
+def _pooled(text_encoder: nn.Module, last_hidden: torch.Tensor, ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """sd-scripts' `_pool_workaround`: the state at the first EOS (0 when a window has none),
+    projected; not transformers' own pooling, which older versions took at the largest id."""
+    index = (ids == eos).int().argmax(dim=1).to(last_hidden.device)
+    pooled = last_hidden[torch.arange(last_hidden.shape[0], device=last_hidden.device), index]
+    projection: nn.Module = text_encoder.text_projection
+    weight: torch.Tensor = projection.weight
+    out: torch.Tensor = projection(pooled.to(weight.dtype))
+    return out.to(last_hidden.dtype)
+
+
+def _stitch(states: torch.Tensor, batch: int, n: int, window: int) -> torch.Tensor:
+    states = states.reshape(batch, n * window, states.shape[-1])
+    if n == 1:
+        return states
+    middles = [states[:, i * window + 1:(i + 1) * window - 1] for i in range(n)]
+    return torch.cat([states[:, :1], *middles, states[:, -1:]], dim=1)
+
+
+def sdxl_hidden_states(text_encoders: tuple[nn.Module, nn.Module], ids1: torch.Tensor, ids2: torch.Tensor,
+                       eos2: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context (B, 75n + 2, D1 + D2), pooled (B, P)) from (B, n, 77) ids of both tokenizers."""
+    batch, n, window = ids1.shape
+    te1, te2 = text_encoders
+    flat2 = ids2.reshape(batch * n, window)
+    states1 = te1(ids1.reshape(batch * n, window), output_hidden_states=True).hidden_states[-2]
+    out2 = te2(flat2, output_hidden_states=True)
+    pooled = _pooled(te2, out2.last_hidden_state, flat2, eos2)[::n]  # the first window's
+    states2 = out2.hidden_states[-2]
+    context = torch.cat((_stitch(states1, batch, n, window), _stitch(states2, batch, n, window)), dim=2)
+    return context, pooled
+
+
+def encode_captions_sdxl(text_encoders: tuple[nn.Module, nn.Module], tokenizers: tuple[Any, Any],
+                         captions: list[str], max_token_length: int = 75
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's (context, pooled) for captions, on the first text encoder's device."""
+    device = next(text_encoders[0].parameters()).device
+    ids1 = tokenize(tokenizers[0], captions, max_token_length).to(device)
+    ids2 = tokenize(tokenizers[1], captions, max_token_length).to(device)
+    return sdxl_hidden_states(text_encoders, ids1, ids2, int(tokenizers[1].eos_token_id))

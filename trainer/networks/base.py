@@ -5,10 +5,16 @@ pre-hook for input-side iA3), so `remove()` gives the untouched model back and t
 weights never enter the adapter's state dict. The network is an `nn.Module` whose children
 are named by their kohya module names (`lora_unet_..._attn1_to_q`), so `state_dict()` already
 has the keys A1111, ComfyUI, diffusers and sd-scripts load (REFERENCE §5).
+
+SDXL UNets are named as sd-scripts names them: its SDXL UNet keeps the original (SGM) module
+layout, so its files say `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q` where the
+diffusers module is `down_blocks.1.attentions.0...`. `sgm_path` translates a diffusers UNet
+path (blocks, resnets, samplers) to that layout; A1111, ComfyUI and diffusers' loader read it.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -38,17 +44,72 @@ def te_root_path(encoder: nn.Module) -> str:
     return "" if hasattr(encoder, "text_model") else "text_model"
 
 
+def is_sdxl_unet(unet: nn.Module | None) -> bool:
+    """An SDXL-style UNet: one conditioned on the pooled text embedding and the size numbers."""
+    config = getattr(unet, "config", None)
+    return getattr(config, "addition_embed_type", None) == "text_time"
+
+
+# inside a ResNet / sampler, diffusers' layer names -> the original model's
+_SGM_LAYERS = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
+               "conv_shortcut": "skip_connection", "downsamplers.0.conv": "op"}
+
+
+def sgm_path(path: str, layers_per_block: int, up_has_attention: Sequence[bool]) -> str:
+    """A diffusers UNet module path in the original SDXL layout, as sd-scripts' SDXL UNet names
+    it: each level has layers_per_block (resnet, transformer) input blocks and a down-sampler,
+    layers_per_block + 1 output blocks, the up-sampler last in the level's last output block."""
+    n = layers_per_block
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path):
+        level, kind, k, rest = int(m[1]), m[2], int(m[3]), m[4]
+        inner = 0 if kind == "resnets" else 1
+        return f"input_blocks.{1 + level * (n + 1) + k}.{inner}.{_sgm_layer(rest)}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", path):
+        return f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op{m[2]}"
+    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", path):
+        index = 1 if m[1] == "attentions" else 2 * int(m[2])
+        return f"middle_block.{index}.{_sgm_layer(m[3])}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path):
+        level, kind, k, rest = int(m[1]), m[2], int(m[3]), m[4]
+        return f"output_blocks.{level * (n + 1) + k}.{0 if kind == 'resnets' else 1}.{_sgm_layer(rest)}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", path):
+        level = int(m[1])
+        return f"output_blocks.{level * (n + 1) + n}.{2 if up_has_attention[level] else 1}.{m[2]}"
+    return path
+
+
+def _sgm_layer(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    if head in _SGM_LAYERS:
+        return ".".join(filter(None, (_SGM_LAYERS[head], tail)))
+    return rest
+
+
+def unet_renamer(unet: nn.Module) -> Callable[[str], str] | None:
+    """The module-path translation sd-scripts' names need for this UNet (None: none, SD 1.x/2.x)."""
+    if not is_sdxl_unet(unet):
+        return None
+    config: Any = unet.config
+    if not isinstance(config.layers_per_block, int):
+        raise ValueError("an SDXL UNet with per-level layers_per_block has no sd-scripts module names")
+    up_attention = ["CrossAttn" in kind for kind in config.up_block_types]
+    return lambda path: sgm_path(path, config.layers_per_block, up_attention)
+
+
 def find_targets(root: nn.Module, prefix: str, blocks: Sequence[str],
                  accept: Callable[[str, nn.Module], bool], root_path: str = "") -> dict[str, nn.Module]:
-    """kohya name -> layer, for every layer inside a `blocks` module that `accept(child_name, layer)`."""
+    """kohya name -> layer, for every layer inside a `blocks` module that `accept(child_name, layer)`.
+    An SDXL UNet's layers get sd-scripts' SDXL names (`sgm_path`)."""
     found: dict[str, nn.Module] = {}
+    rename = unet_renamer(root)
     for block_name, block in root.named_modules():
         if type(block).__name__ not in blocks:
             continue
-        path = [root_path, block_name] if root_path else [block_name]
         for child_name, child in block.named_modules():
             if child_name and isinstance(child, nn.Linear | nn.Conv2d) and accept(child_name, child):
-                found.setdefault(kohya_name(prefix, *path, child_name), child)
+                path = f"{block_name}.{child_name}"
+                path = rename(path) if rename else path
+                found.setdefault(kohya_name(prefix, *([root_path] if root_path else []), path), child)
     return found
 
 

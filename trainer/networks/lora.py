@@ -4,9 +4,10 @@ Each adapted layer gets y = W x + m * (alpha / r) * up(down(x)): `lora_down` [r,
 initialised kaiming-uniform(a=sqrt(5)), `lora_up` [out, r(, 1, 1)] zeros, `alpha` a 0-d
 tensor (REFERENCE §5). Targets: every Linear and 1x1 Conv2d inside the UNet's
 Transformer2DModel blocks and the text encoder's CLIPAttention / CLIPMLP (SD 1.5: 192 UNet and
-72 text-encoder modules). With conv_dim, every layer inside ResnetBlock2D, Downsample2D and
-Upsample2D joins too: 3x3 convs at conv_dim / conv_alpha, their Linear and 1x1 layers
-(time_emb_proj, conv_shortcut) at network_dim, as sd-scripts does.
+72 text-encoder modules; SDXL: 722 UNet, 72 `lora_te1_` and 192 `lora_te2_`). With conv_dim,
+every layer inside ResnetBlock2D, Downsample2D and Upsample2D joins too: 3x3 convs at conv_dim /
+conv_alpha, their Linear and 1x1 layers (time_emb_proj, conv_shortcut) at network_dim, as
+sd-scripts does.
 """
 
 from __future__ import annotations
