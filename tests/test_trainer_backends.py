@@ -338,3 +338,15 @@ def test_registry_and_the_builtin_backend_trains(tmp_path: Path) -> None:
     assert steps == [1, 2] and result.output == tmp_path / "out" / "last.safetensors"
     assert result.output.is_file()
     assert result.details["steps"] == 2 and "trained lora for 2 steps" in result.summary
+
+
+def test_block_weights_become_sd_scripts_network_args(tmp_path: Path) -> None:
+    from trainer.backends.kohya import block_args
+
+    notes: list[str] = []
+    config = TrainConfig(block_lr_weights="IN=0,MID=0.5,OUT=1,BASE=0", block_lr_zero_threshold=0.1)
+    args = block_args(config, notes)
+    assert args["down_lr_weight"] == ",".join(["0"] * 12) and args["mid_lr_weight"] == "0.5"
+    assert args["up_lr_weight"] == ",".join(["1"] * 12) and args["block_lr_zero_threshold"] == 0.1
+    assert notes and "text encoder" in notes[0]
+    assert block_args(TrainConfig(up_lr_weight="sine"), []) == {"up_lr_weight": "sine"}

@@ -331,3 +331,26 @@ def test_repeated_resumes_and_the_progress_status(model: Path, dataset: Path, tm
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert len(infos) == 6 and any(k.startswith("lr/d*lr") for k in infos[-1])
     assert status(straight.losses[-1], infos[-1]).startswith("loss ") and "d*lr " in status(1.0, infos[-1])
+
+
+def test_block_learning_rates_train_only_the_chosen_blocks(model: Path, dataset: Path,
+                                                           tmp_path: Path) -> None:
+    """`block_lr_weights = "IN=0,MID=0,OUT=1"` (a "skin" LoRA: OUT blocks only): IN and MID
+    modules keep their initial weights (up stays zero), OUT and text-encoder modules train."""
+    import json as _json
+
+    from trainer.blocks import block_of
+
+    config = replace(SMALL, max_train_steps=3, learning_rate=1e-2, block_lr_weights="IN=0,MID=0,OUT=1")
+    result = loop.train(dataset, model, tmp_path, config, device=CPU)
+    tensors, meta = load_network(result.output)
+    ups = {k.split(".")[0]: v for k, v in tensors.items() if k.endswith("lora_up.weight")}
+    frozen = [n for n in ups if (block_of(n) or "").startswith(("IN", "M"))]
+    trained = [n for n in ups if (block_of(n) or "").startswith("OUT") or n.startswith("lora_te")]
+    assert frozen and trained
+    assert all(float(ups[n].abs().max()) == 0.0 for n in frozen)
+    assert all(float(ups[n].abs().max()) > 0.0 for n in trained)
+    assert _json.loads(meta["ss_network_args"])["block_lr_weights"] == "IN=0,MID=0,OUT=1"
+    with pytest.raises(CurateError, match="nothing to train"):
+        loop.train(dataset, model, tmp_path / "x", replace(config, block_lr_weights="ALL=0",
+                                                           train_text_encoder=False), device=CPU)

@@ -38,6 +38,10 @@ RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alph
 SDXL_VERSION = "sdxl_base_v1-0"  # ss_base_model_version of an SDXL network
 
 
+BLOCK_KEYS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
+              "block_lr_zero_threshold")
+
+
 def step_name(name: str, step: int) -> str:
     return f"{name}-step{step:08d}"
 
@@ -79,7 +83,11 @@ def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNet
         "multires_noise_iterations": config.multires_noise_iterations,
         "multires_noise_discount": config.multires_noise_discount, "cache_latents": config.cache_latents,
     }
-    return {**network.metadata(), **{f"ss_{k}": v for k, v in run.items()}}
+    meta = network.metadata()
+    blocks = {k: str(getattr(config, k)) for k in BLOCK_KEYS if getattr(config, k) not in (None, 0.0)}
+    if blocks:  # sd-scripts takes its block learning rates as network_args and records them there
+        meta["ss_network_args"] = json.dumps({**json.loads(meta.get("ss_network_args", "{}")), **blocks})
+    return {**meta, **{f"ss_{k}": v for k, v in run.items()}}
 
 
 def save_network_file(path: Path, network: AdapterNetwork, config: TrainConfig, base: dict[str, Any],

@@ -39,6 +39,15 @@ class TrainConfig:
     text_encoder_lr: float | None = None
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam"] = "adamw"
     optimizer_args: dict[str, Any] = field(default_factory=dict)
+    # per-block learning rates (SD 1.x/2.x UNets): sd-scripts' down/mid/up lists ("sine", "cosine",
+    # "linear", "reverse_linear", "zeros" [+N], or 12 / 1 / 12 comma values), or one block-weight
+    # spec as `curate lora blocks` shows ("OUTALL", 17 or 26 values, "IN=0,MID=0,OUT=1"); blocks at
+    # or below block_lr_zero_threshold are not trained (e.g. OUT blocks only, for a "skin" LoRA)
+    down_lr_weight: str | None = None
+    mid_lr_weight: str | None = None
+    up_lr_weight: str | None = None
+    block_lr_weights: str | None = None
+    block_lr_zero_threshold: float = 0.0
     # diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts
     # ("cosine_annealing_warm_restarts", stepped once per optimiser step) as the iA3 guide uses it
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",

@@ -31,8 +31,36 @@ def _one_rate(config: TrainConfig, groups: list[dict[str, Any]]) -> None:
                           "unset (learning_rate = 1.0 is the usual choice)")
 
 
+def block_multipliers(config: TrainConfig, network: AdapterNetwork) -> dict[str, float] | None:
+    """Per-module learning-rate factors from the block settings, or None when none is set."""
+    given = (config.down_lr_weight, config.mid_lr_weight, config.up_lr_weight, config.block_lr_weights)
+    if all(value is None for value in given):
+        return None
+    if any(name.startswith("lora_unet_input_blocks") for name in network.unet_names):
+        raise CurateError("block learning rates are defined for SD 1.x/2.x UNets; this is an SDXL model "
+                          "(leave down/mid/up_lr_weight and block_lr_weights unset)")
+    from trainer.blocks import lr_weights
+
+    return lr_weights(network.unet_names + network.te_names, down_lr_weight=config.down_lr_weight,
+                      mid_lr_weight=config.mid_lr_weight, up_lr_weight=config.up_lr_weight,
+                      block_weights=config.block_lr_weights, zero_threshold=config.block_lr_zero_threshold)
+
+
+def param_groups(config: TrainConfig, network: AdapterNetwork) -> list[dict[str, Any]]:
+    multipliers = block_multipliers(config, network)
+    if multipliers is None:
+        return network.param_groups(config.unet_lr, config.text_encoder_lr)
+    from trainer.blocks import weighted_param_groups
+
+    groups = weighted_param_groups(network, multipliers, config.unet_lr, config.text_encoder_lr,
+                                   config.learning_rate)
+    if not groups:
+        raise CurateError("the block learning rates leave nothing to train (every block at 0)")
+    return groups
+
+
 def make_optimizer(config: TrainConfig, network: AdapterNetwork) -> torch.optim.Optimizer:
-    groups = network.param_groups(config.unet_lr, config.text_encoder_lr)
+    groups = param_groups(config, network)
     args, lr = config.optimizer_args, config.learning_rate
     if config.optimizer in ADAPTIVE:
         _one_rate(config, groups)

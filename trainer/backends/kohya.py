@@ -54,7 +54,8 @@ TRANSLATED: frozenset[str] = frozenset({
     "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
     "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
     "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
-    "sample_sampler"})
+    "sample_sampler", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
+    "block_lr_zero_threshold"})
 # dataset settings: they go into the dataset TOML (kohya_toml.py), not the command line
 DATASET: frozenset[str] = frozenset({
     "resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
@@ -145,6 +146,27 @@ def _key_values(option: str, pairs: dict[str, Any], *, python: bool = True) -> l
     return [option, *(f"{k}={text(v)}" for k, v in pairs.items())] if pairs else []
 
 
+def block_args(config: TrainConfig, notes: list[str]) -> dict[str, Any]:
+    """Block learning rates as sd-scripts' networks.lora reads them (network_args); a block-weight
+    spec becomes its down/mid/up lists (sd-scripts has no text-encoder entry: BASE must be 1)."""
+    out: dict[str, Any] = {k: getattr(config, k) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+                           if getattr(config, k) is not None}
+    if config.block_lr_weights is not None:
+        from trainer.blocks import BLOCK_IDS_26, parse_block_weights
+
+        weights = parse_block_weights(config.block_lr_weights)
+        ids = BLOCK_IDS_26[1:]
+        out |= {"down_lr_weight": ",".join(_number(weights[b]) for b in ids[:12]),
+                "mid_lr_weight": _number(weights["M00"]),
+                "up_lr_weight": ",".join(_number(weights[b]) for b in ids[13:])}
+        if weights["BASE"] != 1.0:
+            notes.append(f"block_lr_weights gives BASE (text encoder) {weights['BASE']:g}; sd-scripts' block "
+                         "learning rates leave the text encoder at 1 (use text_encoder_lr)")
+    if out and config.block_lr_zero_threshold:
+        out["block_lr_zero_threshold"] = config.block_lr_zero_threshold
+    return out
+
+
 def network_args(config: TrainConfig, notes: list[str]) -> list[str]:
     only = (["--network_train_unet_only"] if not config.train_text_encoder else
             ["--network_train_text_encoder_only"] if not config.train_unet else [])
@@ -163,6 +185,7 @@ def network_args(config: TrainConfig, notes: list[str]) -> list[str]:
     args = ["--network_module", "networks.lora", "--network_dim", str(config.network_dim),
             "--network_alpha", _number(float(config.network_alpha))]
     args += _option("network_dropout", config.network_dropout)
+    extra |= block_args(config, notes)
     args += _key_values("--network_args", extra, python=False)
     # the builtin trainer scales LoRA weight norms only; iA3 has no up/down pair to scale
     return args + _option("scale_weight_norms", config.scale_weight_norms) + only
