@@ -354,3 +354,18 @@ def test_block_learning_rates_train_only_the_chosen_blocks(model: Path, dataset:
     with pytest.raises(CurateError, match="nothing to train"):
         loop.train(dataset, model, tmp_path / "x", replace(config, block_lr_weights="ALL=0",
                                                            train_text_encoder=False), device=CPU)
+
+
+def test_v_prediction_flags_reach_the_config(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+
+    (tmp_path / "1_sks").mkdir()
+    args = ["train", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--backend", "kohya", "--print-command", "--v-parameterization", "--zero-terminal-snr",
+            "--scale-v-pred-loss"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    for flag in ("--v_parameterization", "--zero_terminal_snr", "--scale_v_pred_loss_like_noise_pred"):
+        assert flag in result.stdout

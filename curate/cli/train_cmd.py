@@ -51,6 +51,13 @@ def status(loss: float, info: dict[str, float]) -> str:
 @click.option("--seed", type=int, default=None, help="Random seed (default 42).")
 @click.option("--threads", type=int, default=None,
               help="CPU threads (default: 1 on a machine with 2 or fewer cores; 0 = torch's default).")
+@click.option("--v-parameterization/--no-v-parameterization", default=None,
+              help="Train a v-prediction model (default: what the model's scheduler config says).")
+@click.option("--zero-terminal-snr/--no-zero-terminal-snr", default=None,
+              help="Rescale the noise schedule to zero terminal SNR (v-prediction models).")
+@click.option("--scale-v-pred-loss/--no-scale-v-pred-loss", "scale_v_pred_loss_like_noise_pred", default=None,
+              help="Weight the v-prediction loss like a noise-prediction loss (sd-scripts' "
+              "--scale_v_pred_loss_like_noise_pred).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
               help="Autocast the frozen model (fp16 needs a CUDA GPU; default no).")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
