@@ -4,7 +4,6 @@ loads and that gives the iA3's model (A1111's merge, W * (1 + m*w)) at every mul
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from PIL import Image  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from trainer import loop  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.export import export_ia3_to_lora, factorise  # noqa: E402
@@ -29,18 +27,12 @@ from trainer.networks.base import kohya_name, te_root_path  # noqa: E402
 
 PREFIXES = ("lora_unet_", "lora_te_")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two spinning threads on a busy 2-core machine are far slower than one
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ computed here from the raw tensors, and the merged UNet computes what the hooked
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from safetensors.torch import load_file  # noqa: E402
 
 from curate.atomic import TMP_PREFIX  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from trainer.formats import save_network  # noqa: E402
 from trainer.merge import describe, merge_networks, parse_network_arg  # noqa: E402
 from trainer.model import load_models  # noqa: E402
@@ -27,18 +25,12 @@ CPU = torch.device("cpu")
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 TE_FILE = "text_encoder/model.safetensors"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 def random_network(model: Path, out: Path, name: str, seed: int, **options: Any) -> Path:

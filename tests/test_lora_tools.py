@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from safetensors.torch import save_file  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from fixtures.tiny_sd_single_file import build_single_file  # noqa: E402
 from trainer import loop  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -43,18 +41,12 @@ PLANTED = {
 }
 CONV = "lora_unet_down_blocks_0_resnets_0_conv1"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two spinning threads on a busy 2-core machine are far slower than one
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 def _pipeline(path: Path) -> Any:

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")  # diffusers loads LoRA files through peft
 
-from fixtures.tiny_sd import build_components, build_tiny_sd  # noqa: E402
+from fixtures.tiny_sd import build_components  # noqa: E402
 from trainer.formats import (  # noqa: E402
     addnet_hashes,
     as_metadata,
@@ -26,8 +26,8 @@ from trainer.networks import create_network  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def tiny_folder(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 def _randomise(net: torch.nn.Module) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,48 +14,27 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from click.testing import CliRunner  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from trainer import loop  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.formats import load_network  # noqa: E402
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 SMALL = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=4, network_dim=4,
                     save_precision="float", seed=1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core CI machine two spinning threads slow the tiny model
-    down 20-50x (measured: 30 steps 155 s at load 5.6, against 3 s idle); one is steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four of scikit-image's photos at 128 px, captioned, in one 1_sks folder."""
-    import skimage.data
-
-    root = tmp_path_factory.mktemp("dataset")
-    folder = root / "1_sks"
-    folder.mkdir()
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((128, 128))
-        image.save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"sks, {name}, photo", encoding="utf-8")
-    return root
+def dataset(photos_dataset: Path) -> Path:
+    return photos_dataset
 
 
 def _eval_loss(run: loop.Run, config: TrainConfig) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from trainer import loop  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.formats import load_network  # noqa: E402
@@ -32,18 +30,12 @@ SMALL = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batc
                     save_precision="float", seed=3, learning_rate=1e-3)
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 @pytest.fixture()

@@ -16,7 +16,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from trainer.model import Models, load_models  # noqa: E402
 from trainer.networks import AdapterNetwork, LoRAModule, create_network  # noqa: E402
 from trainer.samples import (  # noqa: E402
@@ -31,19 +30,12 @@ from trainer.samples import (  # noqa: E402
 
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: two spinning threads on a busy 2-core machine slow the tiny model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    return load_models(build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model"), CPU)
+def models(tiny_sd: Path) -> Models:
+    return load_models(tiny_sd, CPU)
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ loads to the same outputs, iA3, the text-encoder output cache and the bucket ste
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,7 @@ SMALL = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batc
 TRAINED = replace(SMALL, max_train_steps=30, learning_rate=1e-2, conv_dim=4)
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_trainer_loop: two spinning threads crawl on a busy 2-core box
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +62,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import skimage.data
-
-    root = tmp_path_factory.mktemp("dataset")
-    folder = root / "1_sks"
-    folder.mkdir()
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((128, 128))
-        image.save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"sks, {name}, photo", encoding="utf-8")
-    return root
+def dataset(photos_dataset: Path) -> Path:
+    return photos_dataset
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from curate.errors import CurateError  # noqa: E402
-from fixtures.tiny_sd import build_tiny_sd  # noqa: E402
 from fixtures.tiny_sd_single_file import build_single_file, ldm_state_dict  # noqa: E402
 from trainer.model import Models, load_models  # noqa: E402
 from trainer.single_file import CONFIGS, detect_family, read_checkpoint  # noqa: E402
@@ -23,8 +22,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+def model_dir(tiny_sd: Path) -> Path:
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")
