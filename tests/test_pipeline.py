@@ -205,3 +205,20 @@ def test_crops_csv_reruns_crop_and_the_users_box_wins(scrape: Path, tagger: Path
                                [record.sha256])
     assert rows and rows[0]["subject"] == "user"
     assert statuses(run_pipeline(ws))["crop"] == "unchanged"
+
+
+def test_train_stage_runs_once_and_is_skipped_when_nothing_changed(scrape: Path, tagger: Path, tiny_sd: Path,
+                                                                    tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    stages = ["import", "dedupe", "layout", "train"]
+    extra = ('[train]\nmax_train_steps = 2\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = 128\n'
+             'network_dim = 2\n')
+    ws = make_workspace(tmp_path, scrape, tagger, extra)
+    toml = ws / "curate.toml"
+    text = toml.read_text(encoding="utf-8").replace(json.dumps(STAGES), json.dumps(stages))
+    toml.write_text(text.replace("[run]\n", f'[run]\nmodel = "{tiny_sd}"\n', 1), encoding="utf-8")
+    first = run_pipeline(ws)
+    trained = next(o.result for o in first.stages if o.name == "train")
+    assert trained and trained["steps"] == 2 and (ws / "lora" / "last.safetensors").is_file()
+    assert statuses(run_pipeline(ws))["train"] == "unchanged"
+    assert statuses(run_pipeline(ws, overrides=["train.max_train_steps=3"]))["train"] == "ran"
