@@ -15,6 +15,8 @@ from curate.cli._common import handle_errors
 # verb -> (module, one-line help shown by `curate --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("curate.cli.init_cmd", "Create a workspace with a commented curate.toml."),
+    "run": ("curate.cli.run_cmd",
+            "Run the pipeline of curate.toml's [run] stages; unchanged ones are skipped."),
     "import": ("curate.cli.import_cmd", "Import scraped images, tags and captions into a workspace."),
     "dedupe": ("curate.cli.dedupe_cmd", "Find exact and near-duplicate images; report, move or mark them."),
     "filter": ("curate.cli.filter_cmd", "Reject blurry, small, dark, greyscale or badly framed images."),
@@ -27,11 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layout": ("curate.cli.layout_cmd", "Write a Kohya dataset (N_name folders, captions, dataset.toml)."),
     "buckets": ("curate.cli.buckets_cmd", "Aspect-ratio buckets as sd-scripts makes them; fix strays."),
     "train": ("curate.cli.train_cmd", "Train a LoRA or iA3 on a Kohya dataset (needs the train extra)."),
-    "lora": ("curate.cli.lora_cmd", "Export a trained iA3 as an exact LoRA that every loader reads."),
+    "lora": ("curate.cli.lora_cmd", "LoRA/iA3 files: info, resize, extract, merge, blocks, iA3 to LoRA."),
     "check": ("curate.cli.check_cmd", "Lint a dataset folder or repo (also a pre-commit hook)."),
     "doctor": ("curate.cli.doctor_cmd", "Show what works on this machine (onnxruntime, CUDA, Hub)."),
-    "run": ("curate.cli.run_cmd",
-            "Run the pipeline of curate.toml's [run] stages; unchanged ones are skipped."),
     "status": ("curate.cli.status_cmd", "Show what a workspace holds and every stage's verdicts."),
     "report": ("curate.cli.report_cmd",
                "Write a static HTML review of a workspace: images, captions, duplicates, plan."),
