@@ -1,4 +1,5 @@
-"""Extract what sd-scripts' `train_network.py` accepts, for tests/test_trainer_backends.py.
+"""Extract what sd-scripts' `train_network.py` and `sdxl_train_network.py` accept, for
+tests/test_trainer_backends.py.
 
 Reads a kohya-ss/sd-scripts git repository with `git show COMMIT:path` (no checkout, nothing
 imported or run) and walks the source with `ast`:
@@ -8,6 +9,9 @@ imported or run) and walks the source with `ast`:
   `if flag:` on a parameter is decided from the call's literal arguments, as at run time, so
   only the options train_network.py really registers are listed. Each option records what
   argparse needs to parse it (action, nargs, type, choices).
+- sdxl_options: the same for sdxl_train_network.py, whose `setup_parser()` starts from
+  `parser = train_network.setup_parser()` (an assignment the walker follows too) and adds
+  sdxl_train_util.add_sdxl_training_arguments (--cache_text_encoder_outputs, ...).
 - dataset_schema: the key names of `ConfigSanitizer`'s voluptuous schemas in config_util.py,
   composed as train_network.py builds it (`ConfigSanitizer(True, True, masked_loss, True)`:
   DreamBooth subsets with caption dropout; the ControlNet keys only come with masked_loss).
@@ -29,6 +33,7 @@ from typing import Any
 
 OUT = Path(__file__).with_name("sd_scripts_train_network_args.json")
 ENTRY = "train_network.py"
+SDXL_ENTRY = "sdxl_train_network.py"
 
 
 def show(repo: str, commit: str, path: str) -> ast.Module:
@@ -83,7 +88,8 @@ class Walker:
                     self._block(path, stmt.body, bound)
                 if decided is not True:
                     self._block(path, stmt.orelse, bound)
-            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            elif isinstance(stmt, ast.Expr | ast.Assign) and isinstance(stmt.value, ast.Call):
+                # an Assign: `parser = train_network.setup_parser()` in sdxl_train_network.py
                 self._call(path, stmt.value, bound)
 
     @staticmethod
@@ -101,7 +107,7 @@ class Walker:
             self._option(call)
             return
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if not name.startswith("add_"):
+        if not (name.startswith("add_") or name == "setup_parser"):
             return
         target = self._resolve(path, func)
         if target is None:
@@ -182,10 +188,14 @@ def dataset_schema(repo: str, commit: str) -> dict[str, list[str]]:
 def extract(repo: str, commit: str) -> dict[str, Any]:
     full = subprocess.run(["git", "--git-dir", repo, "rev-parse", commit], check=True, capture_output=True,
                           text=True).stdout.strip()
-    walker = Walker(repo, full)
-    walker.walk(ENTRY, walker.function(ENTRY, "setup_parser"), {})
+    options: dict[str, dict[str, Any]] = {}
+    for entry in (ENTRY, SDXL_ENTRY):
+        walker = Walker(repo, full)
+        walker.walk(entry, walker.function(entry, "setup_parser"), {})
+        options[entry] = dict(sorted(walker.options.items()))
     return {"source": "https://github.com/kohya-ss/sd-scripts", "commit": full, "script": ENTRY,
-            "options": dict(sorted(walker.options.items())), "dataset_schema": dataset_schema(repo, full)}
+            "options": options[ENTRY], "sdxl_script": SDXL_ENTRY, "sdxl_options": options[SDXL_ENTRY],
+            "dataset_schema": dataset_schema(repo, full)}
 
 
 def main(argv: list[str]) -> None:
@@ -193,7 +203,8 @@ def main(argv: list[str]) -> None:
     commit = argv[2] if len(argv) > 2 else "HEAD"
     data = extract(repo, commit)
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"{OUT}: {len(data['options'])} options from {data['commit'][:12]}")
+    print(f"{OUT}: {len(data['options'])} {ENTRY} and {len(data['sdxl_options'])} {SDXL_ENTRY} options "
+          f"from {data['commit'][:12]}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 `curate train --backend NAME` turns one TrainConfig (sd-scripts' option names) into a run:
 
 - `builtin` (builtin.py): curate's own loop, `trainer.loop.train`, in this process.
-- `kohya` (kohya.py): kohya-ss/sd-scripts' `train_network.py`, launched with accelerate. Its
-  plan writes the dataset TOML and builds the command; `--print-command` shows it, and
-  `--sd-scripts PATH` runs it.
+- `kohya` (kohya.py): kohya-ss/sd-scripts' `train_network.py` (`sdxl_train_network.py` for an
+  SDXL base model, kohya_model.py), launched with accelerate. Its plan writes the dataset TOML
+  (kohya_toml.py) and builds the command; `--print-command` shows it, and `--sd-scripts PATH`
+  runs it.
 
 The interface is two functions, so that a backend is a plain module:
 

@@ -1,4 +1,5 @@
-"""The kohya backend: the same TrainConfig as an sd-scripts `train_network.py` run.
+"""The kohya backend: the same TrainConfig as an sd-scripts `train_network.py` run, or for an
+SDXL base model `sdxl_train_network.py` (kohya_model.py tells the family from the folder or file).
 
 The plan has two parts. The dataset config: a `curate layout` dataset.toml is used as it is
 when sd-scripts would read it the way the builtin trainer does; when the config overrides one
@@ -14,7 +15,17 @@ network and the torch CosineAnnealingWarmRestarts schedule are spelled different
 do not change the trained network (threads, backend, ...) are skipped; any other key this
 module does not know (one added to TrainConfig later) becomes a warning in the plan when it is
 set, so nothing that changes training is dropped without a word. The option names are pinned
-against sd-scripts' own parser by tests/data/sd_scripts_train_network_args.json.
+against sd-scripts' own parsers by tests/data/sd_scripts_train_network_args.json.
+
+SDXL (`sdxl_args`) uses the same launcher and network modules (networks.lora knows SDXL's
+UNet; iA3 stays lycoris.kohya) with these differences: no --v2 and no --clip_skip (sd-scripts
+ignores clip_skip for SDXL, as curate's builtin trainer does; a set one becomes a warning);
+--v_parameterization only for a v-predicting SDXL model; --cache_text_encoder_outputs when
+the config caches them (curate keeps them in memory only, so never
+--cache_text_encoder_outputs_to_disk); and always --no_half_vae, because curate keeps the VAE
+in float32 under mixed precision (SDXL's VAE overflows in fp16) and sd-scripts casts it to
+the mixed-precision type without that flag. The dataset is checked as sdxl_train_network.py
+checks it (kohya_toml.check_sdxl) before anything is written.
 """
 
 from __future__ import annotations
@@ -30,11 +41,13 @@ from typing import Any
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
 from trainer.backends import Plan, RunResult, StepCallback
-from trainer.backends.kohya_toml import dataset_config
+from trainer.backends.kohya_model import BaseModel, base_model, model_args
+from trainer.backends.kohya_toml import check_sdxl, dataset_config
 from trainer.config import TrainConfig
 
 NAME = "kohya"
 SCRIPT = "train_network.py"
+SDXL_SCRIPT = "sdxl_train_network.py"
 LAUNCH = ["accelerate", "launch", "--num_cpu_threads_per_process", "1"]
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "dadaptadam": "DAdaptAdam"}
 CAWR = "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts"
@@ -52,6 +65,7 @@ TRANSLATED: frozenset[str] = frozenset({
     "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "T_0", "T_mult",
     "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
+    "cache_text_encoder_outputs",
     "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
     "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
     "sample_sampler", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
@@ -70,16 +84,20 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     """Write the dataset TOML into `out` and build the sd-scripts command (nothing is trained)."""
     config.check()
     dataset, model, out = dataset.absolute(), model.absolute(), out.absolute()
-    if tool is not None:
-        tool = check_sd_scripts(tool)
     if not model.exists():
         raise CurateError(f"{model}: no such base model (a diffusers folder or a .safetensors file)")
+    base = base_model(model, config)
+    name = SDXL_SCRIPT if base.sdxl else SCRIPT
+    if tool is not None:
+        tool = check_sd_scripts(tool, name)
     result = Plan(NAME, dataset, model, out, config, resume=resume, tool=tool)
     data = dataset_config(dataset, out, config)
-    script = str(tool / SCRIPT) if tool else SCRIPT
-    args = [*model_args(model, config, result.warnings), "--dataset_config", str(data.path),
-            "--output_dir", str(out), *arguments(config, result.notes), *resume_args(resume)]
-    result.command = [*LAUNCH, script, *args]
+    if base.sdxl:
+        check_sdxl(data, config)
+    args = [*model_args(base, config, result.warnings), "--dataset_config", str(data.path),
+            "--output_dir", str(out), *arguments(config, base, result.notes, result.warnings),
+            *resume_args(resume)]
+    result.command = [*LAUNCH, str(tool / name) if tool else name, *args]
     # written only once everything above has been checked, so a refused plan leaves nothing behind
     if data.text is not None:
         atomic_write_text(data.path, data.text)
@@ -96,20 +114,38 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     return result
 
 
-def check_sd_scripts(tool: Path) -> Path:
+def check_sd_scripts(tool: Path, script: str = SCRIPT) -> Path:
     tool = tool.absolute()
-    if not (tool / SCRIPT).is_file():
-        raise CurateError(f"{tool}: no {SCRIPT} here; --sd-scripts must be a kohya-ss/sd-scripts checkout")
+    if not (tool / script).is_file():
+        raise CurateError(f"{tool}: no {script} here; --sd-scripts must be a kohya-ss/sd-scripts checkout")
     return tool
 
 
-def arguments(config: TrainConfig, notes: list[str]) -> list[str]:
+def arguments(config: TrainConfig, base: BaseModel, notes: list[str], warnings: list[str]) -> list[str]:
     """The sd-scripts options for the training settings of `config` (not paths)."""
+    sdxl = base.sdxl
     out: list[str] = []
     for name in SAME:
-        out += _option(name, getattr(config, name))
-    return [*network_args(config, notes), *optimizer_args(config), *schedule_args(config),
+        if not (sdxl and name == "clip_skip"):
+            out += _option(name, getattr(config, name))
+    if sdxl:
+        out += sdxl_args(config, warnings)
+    elif config.cache_text_encoder_outputs:
+        notes.append("cache_text_encoder_outputs: train_network.py (SD 1.x/2.x) has no such option, so "
+                     "sd-scripts encodes the captions every step (the same training, slower)")
+    return [*network_args(config, notes, sdxl), *optimizer_args(config), *schedule_args(config),
             *length_args(config), *noise_args(config), *out, *sample_args(config)]
+
+
+def sdxl_args(config: TrainConfig, warnings: list[str]) -> list[str]:
+    """sdxl_train_network.py's own options (see the module docstring)."""
+    if config.clip_skip is not None:
+        warnings.append(f"train.clip_skip = {config.clip_skip}: sd-scripts ignores clip_skip for SDXL (so "
+                        "does --backend builtin), so --clip_skip is not passed")
+    if config.cache_text_encoder_outputs and config.train_text_encoder:
+        raise CurateError("cache_text_encoder_outputs needs frozen text encoders (sdxl_train_network.py "
+                          "refuses it otherwise): set train_text_encoder = false, or turn the cache off")
+    return [*_option("cache_text_encoder_outputs", config.cache_text_encoder_outputs), "--no_half_vae"]
 
 
 def _option(name: str, value: Any) -> list[str]:
@@ -167,7 +203,7 @@ def block_args(config: TrainConfig, notes: list[str]) -> dict[str, Any]:
     return out
 
 
-def network_args(config: TrainConfig, notes: list[str]) -> list[str]:
+def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> list[str]:
     only = (["--network_train_unet_only"] if not config.train_text_encoder else
             ["--network_train_text_encoder_only"] if not config.train_unet else [])
     if config.network == "ia3":
@@ -185,6 +221,9 @@ def network_args(config: TrainConfig, notes: list[str]) -> list[str]:
     args = ["--network_module", "networks.lora", "--network_dim", str(config.network_dim),
             "--network_alpha", _number(float(config.network_alpha))]
     args += _option("network_dropout", config.network_dropout)
+    if sdxl and config.block_lr_weights is not None:
+        raise CurateError(f"train.block_lr_weights = {config.block_lr_weights!r}: a spec of SD 1.x/2.x's 26 "
+                          "blocks; for SDXL give sd-scripts' down/mid/up_lr_weight (9, 3 and 9 values)")
     extra |= block_args(config, notes)
     args += _key_values("--network_args", extra, python=False)
     # the builtin trainer scales LoRA weight norms only; iA3 has no up/down pair to scale
@@ -240,37 +279,6 @@ def sample_args(config: TrainConfig) -> list[str]:
             "--sample_sampler", config.sample_sampler]
 
 
-def model_args(model: Path, config: TrainConfig, warnings: list[str]) -> list[str]:
-    """The base model, and --v2 / --v_parameterization that sd-scripts cannot tell by itself."""
-    args = ["--pretrained_model_name_or_path", str(model)]
-    v_pred = config.v_parameterization
-    if model.is_dir():
-        unet = _json(model / "unet" / "config.json")
-        if unet.get("cross_attention_dim") == 1024:
-            args.append("--v2")  # SD 2.x: OpenCLIP text encoder
-        if unet.get("cross_attention_dim") == 2048:
-            raise CurateError(f"{model}: an SDXL model; this backend writes train_network.py (SD 1.x/2.x) "
-                              "commands, use sd-scripts' sdxl_train_network.py by hand")
-        if v_pred is None:
-            prediction = _json(model / "scheduler" / "scheduler_config.json").get("prediction_type")
-            v_pred = prediction == "v_prediction"
-    elif v_pred is None:
-        warnings.append(f"{model}: a single-file model does not say whether it predicts v; sd-scripts "
-                        "assumes epsilon (set v_parameterization = true for a v-model, and pass --v2 "
-                        "for SD 2.x)")
-    return args + (["--v_parameterization"] if v_pred else [])
-
-
-def _json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def resume_args(resume: Path | None) -> list[str]:
     if resume is None:
         return []
@@ -317,7 +325,8 @@ def run(plan: Plan, *, on_step: StepCallback | None = None,
     if plan.tool is None or plan.command is None:
         raise CurateError("the kohya backend needs --sd-scripts PATH (a kohya-ss/sd-scripts checkout) "
                           "to run; or print the command with --print-command")
-    tool = check_sd_scripts(plan.tool)
+    script = Path(plan.command[len(LAUNCH)]).name
+    tool = check_sd_scripts(plan.tool, script)
     argv = [accelerate_program(tool), *plan.command[1:]]
     write = sink or _to_stderr
     # stdout goes to our stderr: --json output stays parseable while the user sees the log
@@ -332,10 +341,10 @@ def run(plan: Plan, *, on_step: StepCallback | None = None,
             proc.wait()
             raise
     if code:
-        raise CurateError(f"sd-scripts {SCRIPT} exited with code {code} (its output is above); "
+        raise CurateError(f"sd-scripts {script} exited with code {code} (its output is above); "
                           f"fix the problem it reports and re-run")
     output = plan.out / f"{plan.config.output_name}.safetensors"
-    return RunResult(NAME, output, f"sd-scripts trained {plan.config.network} ({SCRIPT} exited 0)",
+    return RunResult(NAME, output, f"sd-scripts trained {plan.config.network} ({script} exited 0)",
                      {"command": plan.command, "returncode": code, "files": [str(p) for p in plan.files]})
 
 

@@ -7,6 +7,11 @@ sd-scripts reads the TOML alone, resolves relative paths from its working folder
 caption_extension to ".caption", so this module writes the values out explicitly whenever
 sd-scripts would otherwise see something else. The keys written are sd-scripts' own
 (`library/config_util.py` ConfigSanitizer), checked by tests/test_trainer_backends.py.
+
+`check_sdxl` refuses, before anything is written, a dataset that sdxl_train_network.py would
+refuse after loading the model: a bucket_reso_steps that is not a multiple of 32 (64, the
+default, is), and with cache_text_encoder_outputs a subset that shuffles or drops captions.
+The builtin trainer refuses the same (trainer.data.check_sdxl_dataset, cacheable_captions).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class DatasetConfig:
     """The TOML to pass: `text` is None when `path` (the dataset's own) is used unchanged."""
 
     path: Path
+    data: dict[str, Any]  # the TOML's tables as sd-scripts will read them
+    source: Path  # what the user gave: the dataset.toml, or the folder of N_name folders
     text: str | None = None
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -52,7 +59,7 @@ def dataset_config(dataset: Path, out: Path, config: TrainConfig) -> DatasetConf
     target = out / FILE_NAME
     if source.is_file():
         data = _read(source)
-        result = DatasetConfig(source)
+        result = DatasetConfig(source, data, source)
         result.reasons = adapt(data, source, overrides(config))
         result.notes += _unread_by_builtin(data, source)
         if len(data["datasets"]) > 1:
@@ -63,8 +70,32 @@ def dataset_config(dataset: Path, out: Path, config: TrainConfig) -> DatasetConf
         return result
     if not dataset.is_dir():
         raise CurateError(f"{dataset}: no such dataset folder or dataset.toml")
-    text = dumps(folder_data(dataset, config), f"sd-scripts dataset config for the folders in {dataset}")
-    return DatasetConfig(target, text, ["folder mode: repeats and class tokens from the N_name folder names"])
+    data = folder_data(dataset, config)
+    text = dumps(data, f"sd-scripts dataset config for the folders in {dataset}")
+    reason = "folder mode: repeats and class tokens from the N_name folder names"
+    return DatasetConfig(target, data, dataset, text, [reason])
+
+
+def check_sdxl(dataset: DatasetConfig, config: TrainConfig) -> None:
+    """What sdxl_train_network.py asserts about the dataset (see the module docstring)."""
+    where = dataset.source
+    general = dataset.data.get("general", {})
+    for table in dataset.data["datasets"]:
+        steps = _effective("bucket_reso_steps", table, general)
+        steps = 64 if steps is MISSING else steps  # sd-scripts' --bucket_reso_steps default
+        if not isinstance(steps, int) or steps % 32:
+            raise CurateError(f"{where}: bucket_reso_steps = {steps}, but SDXL needs a multiple of 32 "
+                              "(sdxl_train_network.py refuses it); set bucket_reso_steps to 32 or 64")
+        if not config.cache_text_encoder_outputs:
+            continue
+        for subset in table.get("subsets", []):
+            varying = [k for k in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
+                                   "token_warmup_step")
+                       if _effective(k, subset, table, general) not in (MISSING, False, 0)]
+            if varying:
+                raise CurateError(f"{where}: subset {subset.get('image_dir')} sets {', '.join(varying)}, so "
+                                  "its text encoder outputs change every step; turn them off, or "
+                                  "cache_text_encoder_outputs off")
 
 
 def _read(path: Path) -> dict[str, Any]:
