@@ -1,5 +1,6 @@
-"""Block weights: the kohya-name -> block mapping on SD 1.5's real UNet (built on the meta device),
-the extension's weight specs and presets, and sd-scripts' block learning rates."""
+"""Block weights: the kohya-name -> block mapping on SD 1.5's and SDXL's real UNets (built on the
+meta device), the extension's weight specs and presets (17 / 26 values; SDXL 12 / 20), sd-scripts'
+block learning rates (SDXL: 9 / 3 / 9), and SDXL training with block learning rates."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from torch import nn  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
 from trainer.blocks import (  # noqa: E402
+    BLOCK_IDS_12,
     BLOCK_IDS_17,
+    BLOCK_IDS_20,
     BLOCK_IDS_26,
     block_of,
     block_table,
@@ -220,3 +223,192 @@ def test_block_table_names_what_block_of_maps(sd15: tuple[nn.Module, nn.Module])
         for path in contents.split(" + "):
             unet.get_submodule(path)  # the module exists in SD 1.5
             assert block_of(path + ".conv") == block
+
+
+# --- SDXL -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl() -> tuple[nn.Module, nn.Module, nn.Module]:
+    """stable-diffusion-xl-base-1.0's UNet and text encoders from the shipped configs, on meta."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from trainer.single_file import CONFIGS
+
+    def text(name: str) -> Any:
+        return CLIPTextConfig.from_pretrained(CONFIGS / "sdxl", subfolder=name)
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / "sdxl",
+                                                                                 subfolder="unet"))
+        return unet, CLIPTextModel(text("text_encoder")), CLIPTextModelWithProjection(text("text_encoder_2"))
+
+
+def test_sdxl_lora_covers_exactly_the_12_blocks(sdxl: tuple[nn.Module, ...]) -> None:
+    unet, te1, te2 = sdxl
+    net = create_network("lora", unet, [te1, te2], dim=4)
+    assert {block_of(name) for name in net.unet_names + net.te_names} == set(BLOCK_IDS_12)
+    assert {block_of(name) for name in net.te_names} == {"BASE"}
+    locon = create_network("lora", unet, [te1, te2], dim=4, conv_dim=4)
+    blocks = [block_of(name) for name in locon.unet_names]
+    assert None not in blocks and set(blocks) == set(BLOCK_IDS_20) - {"BASE", "IN00"}
+    ia3 = create_network("ia3", unet, [te1, te2])
+    assert {block_of(name) for name in ia3.unet_names + ia3.te_names} == set(BLOCK_IDS_12)
+
+
+def test_every_sdxl_layer_has_its_sgm_block(sdxl: tuple[nn.Module, ...]) -> None:
+    """A diffusers path and sd-scripts' SGM name of the same layer land in the same block; every
+    block of the 20 holds layers; only the embeddings and conv_out are outside every block."""
+    from trainer.networks.base import unet_renamer
+
+    unet = sdxl[0]
+    rename = unet_renamer(unet)
+    assert rename is not None
+    seen: dict[str, set[str]] = {}
+    for path, module in unet.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            block = block_of("lora_unet_" + rename(path).replace(".", "_"))
+            assert block == block_of(path), path
+            seen.setdefault(str(block), set()).add(path.split(".")[0])
+    assert set(seen) == set(BLOCK_IDS_20[1:]) | {"None"}
+    assert seen["None"] == {"time_embedding", "add_embedding", "conv_out"}
+
+
+@pytest.mark.parametrize(("name", "block"), [
+    ("lora_unet_input_blocks_1_0_in_layers_2", "IN01"),
+    ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q", "IN04"),
+    ("lora_unet_input_blocks_8_1_transformer_blocks_9_ff_net_2", "IN08"),
+    ("lora_unet_middle_block_1_transformer_blocks_9_attn2_to_k", "M00"),
+    ("lora_unet_middle_block_2_emb_layers_1", "M00"),
+    ("lora_unet_output_blocks_0_1_proj_in", "OUT00"),
+    ("lora_unet_output_blocks_2_2_conv", "OUT02"),
+    ("lora_unet_output_blocks_8_0_out_layers_3", "OUT08"),
+    ("lora_te2_text_model_encoder_layers_31_mlp_fc2", "BASE"),
+    ("lora_unet_label_emb_0_0", None),
+])
+def test_sdxl_block_of(name: str, block: str | None) -> None:
+    assert block_of(name) == block
+
+
+def test_sdxl_specs() -> None:
+    values = [round(0.1 * i, 1) for i in range(12)]
+    weights = parse_block_weights(",".join(map(str, values)), sdxl=True)
+    assert list(weights) == BLOCK_IDS_20
+    assert [weights[b] for b in BLOCK_IDS_12] == values
+    assert all(weights[b] == 0 for b in set(BLOCK_IDS_20) - set(BLOCK_IDS_12))  # the extension's to26
+    values20 = [float(i) for i in range(20)]
+    assert list(parse_block_weights(",".join(map(str, values20)), sdxl=True).values()) == values20
+    assert set(parse_block_weights("ALL", sdxl=True).values()) == {0.0, 1.0}
+    assert {b for b, w in parse_block_weights("all", sdxl=True).items() if w} == set(BLOCK_IDS_12)
+    named = parse_block_weights("IN=0,MID=0.5,OUT=1", sdxl=True)
+    assert list(named) == BLOCK_IDS_20 and named["BASE"] == 1 and named["M00"] == 0.5
+    assert all(named[f"IN{i:02d}"] == 0 and named[f"OUT{i:02d}"] == 1 for i in range(9))
+    ranged = parse_block_weights("ALL=0,IN07-OUT01=2", sdxl=True)
+    assert {b for b, w in ranged.items() if w} == {"IN07", "IN08", "M00", "OUT00", "OUT01"}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (",".join(["1"] * 17), "17 values; SDXL takes 12"),
+    (",".join(["1"] * 26), "26 values; SDXL takes 12"),
+    ("OUTALL", "an SD 1.x preset"),
+    ("IN09=0", "unknown block 'IN09' for SDXL"),
+    ("OUT05-OUT11=0", "unknown block"),
+])
+def test_sdxl_parse_errors(spec: str, message: str) -> None:
+    with pytest.raises(CurateError, match=message):
+        parse_block_weights(spec, sdxl=True)
+
+
+SDXL_NAMES = ["lora_te1_text_model_encoder_layers_0_mlp_fc1",
+              "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+              "lora_unet_input_blocks_4_1_proj_in",  # down index 4
+              "lora_unet_input_blocks_8_1_proj_out",  # 8
+              "lora_unet_middle_block_0_in_layers_2",  # mid index 0
+              "lora_unet_middle_block_1_proj_in",  # 1
+              "lora_unet_middle_block_2_out_layers_3",  # 2
+              "lora_unet_output_blocks_0_1_proj_in",  # up index 0
+              "lora_unet_output_blocks_5_1_proj_out"]  # 5
+
+
+def test_sdxl_lr_lists_follow_sd_scripts() -> None:
+    """sd-scripts' SDXL get_block_index: input_blocks_N -> down[N] (9 values), middle_block_M ->
+    mid[M] (3), output_blocks_N -> up[N] (9); the presets run over 9 values."""
+    got = lr_weights(SDXL_NAMES, down_lr_weight="sine", mid_lr_weight="0.1,0.2,0.3", up_lr_weight="linear+1",
+                     sdxl=True)
+    sine = [math.sin(math.pi * i / 8 / 2) for i in range(9)]
+    assert got[SDXL_NAMES[0]] == got[SDXL_NAMES[1]] == 1.0
+    assert got[SDXL_NAMES[2]] == pytest.approx(sine[4]) and got[SDXL_NAMES[3]] == pytest.approx(1.0)
+    assert [got[n] for n in SDXL_NAMES[4:7]] == [0.1, 0.2, 0.3]
+    assert got[SDXL_NAMES[7]] == pytest.approx(1.0) and got[SDXL_NAMES[8]] == pytest.approx(1 + 5 / 8)
+    padded = lr_weights(SDXL_NAMES, mid_lr_weight="0.05", zero_threshold=0.1, sdxl=True)
+    assert [padded[n] for n in SDXL_NAMES[4:7]] == [0.0, 1.0, 1.0]
+    spec = lr_weights(SDXL_NAMES, block_weights="BASE=0.5,IN=0,MID=2,OUT=1", sdxl=True)
+    assert [spec[n] for n in SDXL_NAMES] == [0.5, 0.5, 0, 0, 2, 2, 2, 1, 1]
+    with pytest.raises(CurateError, match="10 values, at most 9"):
+        lr_weights(SDXL_NAMES, down_lr_weight=",".join(["1"] * 10), sdxl=True)
+    with pytest.raises(CurateError, match="4 values, at most 3"):
+        lr_weights(SDXL_NAMES, mid_lr_weight="1,1,1,1", sdxl=True)
+
+
+def test_sdxl_block_table_names_what_block_of_maps(sdxl: tuple[nn.Module, ...]) -> None:
+    unet = sdxl[0]
+    rows = block_table("IN=0,MID=0,OUT=1", sdxl=True)
+    assert [r[0] for r in rows] == BLOCK_IDS_20 and [r[0] for r in rows if r[2]] == BLOCK_IDS_12
+    for block, contents, _, weight in rows[1:]:
+        assert weight == (1.0 if block.startswith("OUT") else 0.0)
+        for path in contents.split(" + "):
+            unet.get_submodule(path)  # the module exists in SDXL
+            assert block_of(path + ".conv") == block
+
+
+def test_cli_blocks_sdxl() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+
+    result = CliRunner().invoke(cli, ["lora", "blocks", "--sdxl", "--json", "1,0,0,0,0,1,1,1,1,1,1,1"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["block"] for r in rows] == BLOCK_IDS_20
+    assert {r["block"] for r in rows if r["weight"]} == {"BASE", "M00", *(f"OUT{i:02d}" for i in range(6))}
+    assert sum(r["in_12"] for r in rows) == 12
+    refused = CliRunner().invoke(cli, ["lora", "blocks", "--sdxl", "MIDD"])
+    assert refused.exit_code != 0 and "SD 1.x preset" in refused.output
+
+
+def test_sdxl_training_with_block_learning_rates(photos_dataset: Any, tmp_path_factory: Any) -> None:
+    """block_lr_weights on the tiny SDXL model: IN and MID modules keep their initial (zero) up
+    weights, OUT and both text encoders' modules train; sd-scripts' 3-value mid list works too."""
+    from dataclasses import replace
+
+    from fixtures.tiny_sdxl import build_tiny_sdxl
+    from trainer import loop
+    from trainer.config import TrainConfig
+    from trainer.formats import load_network
+
+    model = build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl") / "model")
+    config = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=4, network_dim=4,
+                         conv_dim=4, save_precision="float", seed=1, max_train_steps=2, learning_rate=1e-2,
+                         block_lr_weights="IN=0,MID=0,OUT=1")
+    cpu = torch.device("cpu")
+
+    def ups(config: TrainConfig, out: str) -> dict[str, torch.Tensor]:
+        tensors = load_network(loop.train(photos_dataset, model, tmp_path_factory.mktemp(out), config,
+                                          device=cpu).output)[0]
+        return {k.split(".")[0]: v for k, v in tensors.items() if k.endswith("lora_up.weight")}
+
+    got = ups(config, "spec")
+    frozen = [n for n in got if (block_of(n) or "").startswith(("IN", "M"))]
+    # CLIP-L's last layer feeds nothing: SDXL reads its penultimate states and bigG's pooled output
+    unused = "lora_te1_text_model_encoder_layers_1_"
+    trained = [n for n in got if ((block_of(n) or "").startswith("OUT") or n.startswith("lora_te"))
+               and not n.startswith(unused)]
+    assert frozen and trained and {n.split("_")[1] for n in trained} == {"unet", "te1", "te2"}
+    assert all(float(got[n].abs().max()) == 0.0 for n in frozen)
+    assert all(float(got[n].abs().max()) > 0.0 for n in trained)
+    mid = ups(replace(config, block_lr_weights=None, mid_lr_weight="0,1,0"), "mid")
+    middle = {n: float(v.abs().max()) for n, v in mid.items() if "middle_block" in n}
+    assert {n.split("_")[4] for n, w in middle.items() if w > 0} == {"1"}  # only the transformer
+    assert any(n.split("_")[4] in "02" for n in middle)

@@ -253,3 +253,62 @@ def test_wrong_base_model_is_refused(model: Path, tmp_path: Path) -> None:
     save_network(missing, nowhere, {})
     with pytest.raises(CurateError, match="no layer of"):
         export_ia3_to_lora(missing, model, tmp_path / "out.safetensors")
+
+
+# --- SDXL: sd-scripts' SGM UNet names and both text encoders, loaded by StableDiffusionXLPipeline ---
+
+@pytest.fixture(scope="module")
+def sdxl_export(photos_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """(model, iA3 file, export result): an iA3 trained 3 steps on the tiny SDXL model, exported."""
+    from fixtures.tiny_sdxl import build_tiny_sdxl
+
+    model = build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl") / "model")
+    config = TrainConfig(network="ia3", resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=4,
+                         max_train_steps=3, learning_rate=5e-2, save_precision="float", seed=3)
+    out = tmp_path_factory.mktemp("sdxl_ia3")
+    ia3 = loop.train(photos_dataset, model, out, config, device=torch.device("cpu")).output
+    return model, ia3, export_ia3_to_lora(ia3, model, out / "lora.safetensors", "float")
+
+
+def _sdxl_outputs(pipe: Any) -> tuple[Any, Any, Any]:
+    """Both encoders' context, bigG's pooled output and the UNet's prediction, as the pipeline runs them."""
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=gen)
+    time_ids = torch.tensor([[96.0, 64, 0, 11, 64, 64]] * 2)
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(["sks, astronaut, photo", "a cat"],
+                                                  do_classifier_free_guidance=False)
+        sample = pipe.unet(latents, torch.tensor([10, 600]), embeds,
+                           added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    return embeds, pooled, sample
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.6])
+def test_sdxl_export_gives_the_ia3_model_in_diffusers(sdxl_export: tuple[Path, Path, Any],
+                                                      multiplier: float) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    model, ia3, result = sdxl_export
+    names = {layer.name.split("_")[1] for layer in result.layers}
+    assert names == {"unet", "te1", "te2"}
+    assert any(layer.name.startswith("lora_unet_input_blocks_3_1_") for layer in result.layers)
+    # each encoder is loaded on its own, so each needs its zero out_proj LoRA
+    assert [m.split("_")[1] for m in result.markers] == ["te1", "te2"]
+    expected_pipe = StableDiffusionXLPipeline.from_pretrained(model, local_files_only=True)
+    encoders = [expected_pipe.text_encoder, expected_pipe.text_encoder_2]
+    net = create_network("ia3", expected_pipe.unet, encoders)
+    net.load_kohya_state_dict(load_network(ia3)[0])
+    net.set_multiplier(multiplier)
+    with torch.no_grad():  # A1111's iA3 merge
+        for module in net.adapters():
+            assert isinstance(module, IA3Module)
+            module.layer.weight.copy_(module.scaled_weight(module.layer.weight))
+    expected = _sdxl_outputs(expected_pipe)
+    pipe = StableDiffusionXLPipeline.from_pretrained(model, local_files_only=True)
+    base = _sdxl_outputs(pipe)
+    pipe.load_lora_weights(str(result.output), adapter_name="ia3")
+    pipe.set_adapters(["ia3"], adapter_weights=[multiplier])
+    got = _sdxl_outputs(pipe)
+    for name, a, b, plain in zip(("context", "pooled", "sample"), got, expected, base, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name
+        assert (a - plain).abs().max() > 1e-4, name  # the trained scales move every output

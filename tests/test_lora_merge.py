@@ -294,3 +294,154 @@ def test_cli_merge_and_blocks(model: Path, lora: Path, ia3: Path, tmp_path: Path
     assert weights["OUT03"] == 1.0 and weights["IN04"] == 0.0 and weights["M00"] == 0.0
     bad = CliRunner().invoke(cli, ["lora", "blocks", "1,2,3"])
     assert bad.exit_code == 2 and "17" in bad.stderr
+
+
+# --- SDXL: both text encoders, sd-scripts' SGM-layout UNet names, SDXL block ids -------------------
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures.tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl") / "model")
+
+
+def sdxl_layers(models: Any) -> dict[str, torch.nn.Module]:
+    """kohya name -> layer for everything a LoCon or an iA3 adapts (the trainer's own naming)."""
+    encoders = models.text_encoders
+    lora = create_network("lora", models.unet, encoders, dim=1, conv_dim=1)
+    ia3 = create_network("ia3", models.unet, encoders)
+    return {m.kohya_name: m.layer for net in (lora, ia3) for m in net.adapters()}
+
+
+@pytest.fixture(scope="module")
+def sdxl_nets(sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sdxl_nets")
+    models = load_models(sdxl, CPU)
+    out = {}
+    for seed, (name, kind, options) in enumerate([("locon", "lora", {"dim": 4, "alpha": 2, "conv_dim": 3}),
+                                                  ("ia3", "ia3", {})]):
+        net = create_network(kind, models.unet, models.text_encoders, **options)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, value in net.state_dict().items():
+                if value.is_floating_point() and not key.endswith("alpha"):
+                    value.copy_(torch.randn(value.shape, generator=gen) * 0.2)
+        out[name] = folder / f"{name}.safetensors"
+        save_network(out[name], net.kohya_state_dict(torch.float32), net.metadata())
+    return out
+
+
+def sdxl_reference(model: Path, networks: list[tuple[Path, float]],
+                   scale: Any = lambda _name: 1.0) -> dict[str, torch.Tensor]:
+    """Every parameter of the merged SDXL model (component.key), computed densely from the raw files."""
+    models = load_models(model, CPU)
+    layers = sdxl_layers(models)
+    weights = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    for path, strength in networks:
+        raw = load_file(str(path))
+        for name in {k.split(".")[0] for k in raw}:
+            m, w = strength * scale(name), weights[name]
+            if f"{name}.lora_up.weight" in raw:
+                up, down = raw[f"{name}.lora_up.weight"].flatten(1), raw[f"{name}.lora_down.weight"]
+                delta = torch.einsum("or,rikl->oikl", up, down) if down.dim() == 4 else up @ down
+                weights[name] = w + m * float(raw[f"{name}.alpha"]) / down.shape[0] * delta.reshape(w.shape)
+            elif int(raw[f"{name}.on_input"]):
+                weights[name] = w * (1 + m * raw[f"{name}.weight"]).reshape(1, -1, *([1] * (w.dim() - 2)))
+            else:
+                weights[name] = w * (1 + m * raw[f"{name}.weight"]).reshape(-1, *([1] * (w.dim() - 1)))
+    by_param = {id(layer.weight): name for name, layer in layers.items()}
+    expected = {}
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for key, param in getattr(models, part).named_parameters():
+            name = by_param.get(id(param))
+            expected[f"{part}.{key}"] = param.detach() if name is None else weights[name]
+    return expected
+
+
+def assert_sdxl_merged(models: Any, expected: dict[str, torch.Tensor]) -> None:
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for key, param in getattr(models, part).named_parameters():
+            torch.testing.assert_close(param.detach().float(), expected[f"{part}.{key}"],
+                                       atol=1e-5, rtol=1e-5, msg=f"{part}.{key}")
+
+
+def test_sdxl_merge_equals_dense_reference(sdxl: Path, sdxl_nets: dict[str, Path], tmp_path: Path) -> None:
+    nets = [(sdxl_nets["locon"], 0.7), (sdxl_nets["ia3"], -0.5)]
+    result = merge_networks(sdxl, nets, tmp_path / "out", save_precision="float")
+    assert result.unknown == []
+    for net, report in zip(nets, result.networks, strict=True):
+        modules = {k.split(".")[0] for k in load_file(str(net[0]))}
+        assert report.lora_layers + report.ia3_layers == len(modules)
+    merged = load_models(tmp_path / "out", CPU)
+    assert merged.sdxl
+    expected = sdxl_reference(sdxl, nets)
+    assert_sdxl_merged(merged, expected)
+    base = sdxl_reference(sdxl, [])
+    changed = {k.split(".")[0] for k in expected if not torch.equal(expected[k], base[k])}
+    assert changed == {"unet", "text_encoder", "text_encoder_2"}
+
+
+def test_sdxl_block_weights(sdxl: Path, sdxl_nets: dict[str, Path], tmp_path: Path) -> None:
+    from trainer.blocks import block_of
+
+    def scale(name: str) -> float:  # IN off; OUT01 (up_blocks.0's resnet and attention 1) at half
+        block = block_of(name) or ""
+        return 0.0 if block.startswith("IN") else 0.5 if block == "OUT01" else 1.0
+
+    locon = sdxl_nets["locon"]
+    assert any(k.startswith("lora_unet_output_blocks_1_1_") for k in load_file(str(locon)))
+    result = merge_networks(sdxl, [(locon, 1.0)], tmp_path / "out", save_precision="float",
+                            block_weights="IN=0,OUT01=0.5")
+    assert result.block_weights is not None and len(result.block_weights) == 20
+    assert_sdxl_merged(load_models(tmp_path / "out", CPU), sdxl_reference(sdxl, [(locon, 1.0)], scale))
+    with pytest.raises(CurateError, match="17 values; SDXL takes 12"):
+        merge_networks(sdxl, [(locon, 1.0)], tmp_path / "x", block_weights=",".join(["1"] * 17))
+
+
+def test_sdxl_merged_unet_equals_hooked_network(sdxl: Path, sdxl_nets: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from trainer.model import encode_conditioning
+    from trainer.noise import predict
+
+    merge_networks(sdxl, [(sdxl_nets["locon"], 0.8)], tmp_path / "out")  # fp16 files
+    for file in (UNET_FILE, TE_FILE, "text_encoder_2/model.safetensors"):
+        assert {v.dtype for v in load_file(str(tmp_path / "out" / file)).values()} == {torch.float16}
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "out", local_files_only=True,
+                                                     dtype=torch.float32)
+    image = pipe("sks", num_inference_steps=2, height=64, width=64, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text()) == \
+        json.loads((sdxl / "model_index.json").read_text())
+    merged, base = load_models(tmp_path / "out", CPU), load_models(sdxl, CPU)
+    net = create_network("lora", base.unet, base.text_encoders, dim=4, alpha=2, conv_dim=3)
+    net.load_kohya_state_dict(load_file(str(sdxl_nets["locon"])))
+    net.set_multiplier(0.8)
+    net.apply_to()
+    for module in (merged.unet, *merged.text_encoders):  # whatever dtype the fp16 files loaded as
+        module.float()
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    steps, ids = torch.tensor([10, 600]), torch.tensor([[96, 64, 0, 0, 64, 64]] * 2)
+    outputs = []
+    with torch.no_grad():
+        for models in (base, merged):
+            context, pooled = encode_conditioning(models, ["sks, a cat", "a rocket"])
+            outputs.append(predict(models, latents, steps, context, pooled, ids))
+        net.remove()
+        context, pooled = encode_conditioning(base, ["sks, a cat", "a rocket"])
+        plain = predict(base, latents, steps, context, pooled, ids)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=2e-3, rtol=2e-3)  # fp16 rounding of the weights
+    assert (outputs[1] - plain).abs().max() > 1e-2
+
+
+def test_sdxl_single_file_output(sdxl: Path, sdxl_nets: dict[str, Path], tmp_path: Path) -> None:
+    nets = [(sdxl_nets["ia3"], 1.2)]
+    merge_networks(sdxl, nets, tmp_path / "merged.safetensors", save_precision="float",
+                   out_format="single-file")
+    state = load_file(str(tmp_path / "merged.safetensors"))
+    open_clip = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_"
+    assert any(k.startswith(open_clip) for k in state)
+    assert any(k.startswith("model.diffusion_model.label_emb.0.0.") for k in state)
+    assert_sdxl_merged(load_models(tmp_path / "merged.safetensors", CPU, model_config=str(sdxl)),
+                       sdxl_reference(sdxl, nets))

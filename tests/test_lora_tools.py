@@ -420,3 +420,81 @@ def test_cli_json(model: Path, tuned: tuple[Path, Any], lora8: Path, tmp_path: P
     assert human.exit_code == 0 and "LoCon" in human.output and "sd_v1" in human.output
     bad = CliRunner().invoke(cli, ["lora", "resize", str(lora8), "--dim", "2", "--dynamic", "sv_fro"])
     assert bad.exit_code == 2 and "needs --param" in bad.output
+
+
+# ---------------------------------------------------------------- extract on SDXL
+
+# sd-scripts' SDXL names on the tiny SDXL model (one layer per level: input_blocks 1-3, output 0-3)
+SDXL_PLANTED = {
+    "lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k": 3,  # cross-attention, 80 inputs
+    "lora_unet_middle_block_1_transformer_blocks_0_ff_net_2": 3,
+    "lora_unet_output_blocks_1_1_proj_out": 2,
+    "lora_unet_output_blocks_2_0_in_layers_2": 3,  # up_blocks.1.resnets.0.conv1, 3x3
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": 2,
+    "lora_te2_text_model_encoder_layers_1_self_attn_k_proj": 2,
+}
+
+
+def _sdxl_outputs(pipe: Any) -> tuple[Any, Any, Any]:
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=gen)
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(["sks, a cat", "a rocket"],
+                                                  do_classifier_free_guidance=False)
+        sample = pipe.unet(latents, torch.tensor([10, 700]), embeds, added_cond_kwargs={
+            "text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}).sample
+    return embeds, pooled, sample
+
+
+@pytest.fixture(scope="module")
+def sdxl_tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """(base, tuned, planted deltas): the tiny SDXL model and a copy with known-rank deltas."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from fixtures.tiny_sdxl import build_tiny_sdxl
+
+    base = build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "base")
+    out = tmp_path_factory.mktemp("sdxl_tuned") / "tuned"
+    shutil.copytree(base, out)
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)
+    net = create_network("lora", pipe.unet, [pipe.text_encoder, pipe.text_encoder_2], dim=1, conv_dim=1)
+    layers = {m.kohya_name: m.layer for m in net.adapters()}
+    gen = torch.Generator().manual_seed(12)
+    deltas = {}
+    with torch.no_grad():
+        for name, rank in SDXL_PLANTED.items():
+            weight = layers[name].weight
+            a, b = torch.randn(weight.shape[0], rank, generator=gen), torch.randn(rank, weight[0].numel(),
+                                                                                  generator=gen)
+            deltas[name] = (a @ b * 0.05).reshape(weight.shape)
+            weight.add_(deltas[name])
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        getattr(pipe, part).save_pretrained(out / part)
+    return base, out, deltas
+
+
+def test_sdxl_extract_recovers_the_planted_delta(sdxl_tuned: tuple[Path, Path, Any], tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    base, tuned, deltas = sdxl_tuned
+    result = extract_lora(base, tuned, tmp_path / "sdxl.safetensors", dim=4, conv_dim=4, clamp_quantile=1.0,
+                          save_precision="float")
+    assert {x.name for x in result.layers} == set(SDXL_PLANTED) and not result.text_encoder_skipped
+    tensors, meta = load_network(result.output)
+    for layer in result.layers:
+        assert torch.allclose(dense(tensors, layer.name), deltas[layer.name].double().flatten(1), atol=1e-5)
+        assert layer.rank == 4 and layer.error < 1e-5
+    # 64 channels from below + 32 from the skip connection
+    assert tensors["lora_unet_output_blocks_2_0_in_layers_2.lora_down.weight"].shape == (4, 96, 3, 3)
+    # each encoder has one of q/k_proj only: diffusers needs an out_proj key per encoder to read it
+    assert [m.split("_")[1] for m in result.markers] == ["te1", "te2"]
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_v2"] == "False"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    expected = _sdxl_outputs(StableDiffusionXLPipeline.from_pretrained(tuned))
+    pipe = StableDiffusionXLPipeline.from_pretrained(base)
+    plain = _sdxl_outputs(pipe)
+    pipe.load_lora_weights(str(result.output))
+    for name, got, want, before in zip(("context", "pooled", "sample"), _sdxl_outputs(pipe), expected, plain,
+                                       strict=True):
+        assert torch.allclose(got, want, atol=1e-4), name
+        assert (got - before).abs().max() > 1e-3, name

@@ -16,6 +16,12 @@ and VAE configs, so any width and depth converts (the tiny test model too):
   linears are stored as 1x1 convolutions with the old names (norm, q, k, v, proj_out).
 SD 2.x's OpenCLIP text encoder is stored differently (`cond_stage_model.model.*`) and is not
 written here.
+
+SDXL (`sgm_checkpoint`) uses the same UNet numbering (sd-scripts' sdxl_model_util), its added
+embedding as `label_emb.0.{0,2}`, and the conditioner's names for the text encoders:
+`conditioner.embedders.0.transformer.text_model.*` (CLIP-L, as transformers names it) and
+`conditioner.embedders.1.model.*` (OpenCLIP bigG: `transformer.resblocks.N`, q/k/v fused into
+`attn.in_proj_*`, `text_projection` stored as the matrix x is multiplied by, i.e. transposed).
 """
 
 from __future__ import annotations
@@ -120,3 +126,51 @@ def ldm_checkpoint(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module) -> 
     return {**unet_to_ldm(unet.state_dict(), dict(unet.config)),  # type: ignore[arg-type]
             **vae_to_ldm(vae.state_dict(), dict(vae.config)),  # type: ignore[arg-type]
             **text_encoder_to_ldm(text_encoder.state_dict())}
+
+
+OPEN_CLIP_NAMES = (("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."),
+                   ("self_attn.out_proj.", "attn.out_proj."), ("mlp.fc2.", "mlp.c_proj."))
+
+
+def open_clip_text(state: dict[str, Any]) -> dict[str, Any]:
+    """CLIPTextModelWithProjection weights in OpenCLIP's layout (SDXL's second text encoder)."""
+    text = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+    out = {"token_embedding.weight": text.pop("embeddings.token_embedding.weight"),
+           "positional_embedding": text.pop("embeddings.position_embedding.weight"),
+           "text_projection": text.pop("text_projection.weight").T.contiguous()}
+    for key, value in text.items():
+        if m := re.match(r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", key):
+            qkv = [text[f"encoder.layers.{m[1]}.self_attn.{p}_proj.{m[2]}"] for p in "qkv"]
+            out[f"transformer.resblocks.{m[1]}.attn.in_proj_{m[2]}"] = _cat(qkv)
+        elif m := re.match(r"encoder\.layers\.(\d+)\.(.*)", key):
+            rest = m[2]
+            if re.match(r"self_attn\.[kv]_proj\.", rest):
+                continue  # fused with q above
+            for new, old in OPEN_CLIP_NAMES:
+                rest = old + rest[len(new):] if rest.startswith(new) else rest
+            out[f"transformer.resblocks.{m[1]}.{rest}"] = value
+        else:
+            out[key.replace("final_layer_norm.", "ln_final.")] = value
+    return out
+
+
+def _cat(parts: list[Any]) -> Any:
+    import torch
+
+    return torch.cat(parts)
+
+
+def sgm_checkpoint(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
+                   text_encoder_2: nn.Module) -> dict[str, Any]:
+    """The SDXL components' weights as one original-layout (SGM) state dict."""
+    state = unet.state_dict()
+    added = {k: state.pop(k) for k in list(state) if k.startswith("add_embedding.")}
+    out = unet_to_ldm(state, dict(unet.config))  # type: ignore[arg-type]
+    out |= {"model.diffusion_model.label_emb.0." + k.removeprefix("add_embedding.").replace("linear_1", "0")
+            .replace("linear_2", "2"): v for k, v in added.items()}
+    out |= vae_to_ldm(vae.state_dict(), dict(vae.config))  # type: ignore[arg-type]
+    out |= {"conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model."): v
+            for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    open_clip = open_clip_text(text_encoder_2.state_dict())
+    out |= {"conditioner.embedders.1.model." + k: v for k, v in open_clip.items()}
+    return out

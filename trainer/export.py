@@ -20,10 +20,13 @@ Every layer gets the same alpha A (the largest rank), its up multiplied by r/A (
 rounding step, none for power-of-two ratios): with alphas that differ by layer, diffusers 0.42 drops
 the per-layer alphas of kohya UNet attention keys (its alpha_pattern names do not match) and
 scales those layers wrongly; one alpha needs no pattern. For the same loader, a text encoder
-whose attention LoRAs include no out_proj gets a zero rank-1 out_proj LoRA (`_diffusers_marker`).
+whose attention LoRAs include no out_proj gets a zero rank-1 out_proj LoRA (`_diffusers_markers`;
+SDXL's two encoders are loaded apart, so each gets its own).
 
 The base weights come from the diffusers folder the iA3 was trained on; layers are found by
-the same kohya names the trainer gives them (`trainer.networks.base.find_targets`).
+the same kohya names the trainer gives them (`trainer.networks.base.find_targets`): for SDXL,
+sd-scripts' original-layout UNet names and `lora_te1_` / `lora_te2_` for the two encoders,
+which diffusers' StableDiffusionXLPipeline.load_lora_weights reads.
 """
 
 from __future__ import annotations
@@ -72,7 +75,12 @@ class ExportResult:
     lora_bytes: int
     layers: list[LayerExport] = field(default_factory=list)
     skipped_zero: list[str] = field(default_factory=list)  # layers whose scales are all zero
-    marker: str | None = None  # the zero out_proj LoRA added for diffusers, if any
+    markers: list[str] = field(default_factory=list)  # the zero out_proj LoRAs added for diffusers
+
+    @property
+    def marker(self) -> str | None:
+        """The first (SD 1.x/2.x: the only) marker LoRA."""
+        return self.markers[0] if self.markers else None
 
     @property
     def ratio(self) -> float:
@@ -81,7 +89,8 @@ class ExportResult:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data |= {"source": str(self.source), "output": str(self.output), "model": str(self.model),
-                 "ratio": round(self.ratio, 2), "max_rank": max((x.rank for x in self.layers), default=0)}
+                 "ratio": round(self.ratio, 2), "marker": self.marker,
+                 "max_rank": max((x.rank for x in self.layers), default=0)}
         return data
 
 
@@ -107,7 +116,7 @@ def base_layers(model_dir: Path) -> dict[str, nn.Module]:
     """Every Linear / Conv2d of the model an adapter may target, by kohya name."""
     models = load_models(model_dir, torch.device("cpu"))
     layers = find_targets(models.unet, UNET_PREFIX, UNET_BLOCKS + UNET_CONV_BLOCKS, lambda _n, _layer: True)
-    encoders = [models.text_encoder]
+    encoders = models.text_encoders
     for prefix, encoder in zip(te_prefixes(len(encoders)), encoders, strict=True):
         layers |= find_targets(encoder, prefix, TE_BLOCKS, lambda _n, _layer: True, te_root_path(encoder))
     return layers
@@ -141,7 +150,7 @@ def _check_fits(path: Path, model_dir: Path, name: str, layer: nn.Module | None,
                 on_input: bool) -> torch.Tensor:
     if layer is None:
         raise CurateError(f"{path}: {name} is no layer of {model_dir}; pass the base model the iA3 was "
-                          "trained on (SD 1.x/2.x diffusers folder)")
+                          "trained on (its diffusers folder)")
     weight: torch.Tensor = layer.weight.detach()
     want = weight.shape[1] if on_input else weight.shape[0]
     if scale.numel() != want:
@@ -162,23 +171,26 @@ def _metadata(source: dict[str, str], ia3_path: Path, ranks: list[int]) -> dict[
     return meta
 
 
-def _diffusers_marker(tensors: dict[str, torch.Tensor], layers: dict[str, nn.Module], alpha: float,
-                      dtype: torch.dtype) -> str | None:
-    """Add a zero LoRA (rank 1, up = 0: it changes nothing anywhere) on one text-encoder out_proj
-    when the file has text-encoder attention LoRAs but none on an out_proj: diffusers tells kohya
-    text-encoder keys apart by a `to_out_lora` key, and without one silently drops k/q/v_proj
-    (diffusers 0.42 `convert_state_dict_to_peft`). Returns the added name, if any."""
-    attention = sorted(k.split(".")[0] for k in tensors if k.startswith("lora_te") and "_self_attn_" in k)
-    if not attention or any(name.endswith("_self_attn_out_proj") for name in attention):
-        return None
-    name = attention[0].rsplit("_self_attn_", 1)[0] + "_self_attn_out_proj"
-    if name not in layers:
-        return None
-    out_dim, in_dim = layers[name].weight.shape
-    tensors |= {f"{name}.lora_down.weight": torch.zeros(1, in_dim, dtype=dtype),
-                f"{name}.lora_up.weight": torch.zeros(out_dim, 1, dtype=dtype),
-                f"{name}.alpha": torch.tensor(alpha, dtype=dtype)}
-    return name
+def _diffusers_markers(tensors: dict[str, torch.Tensor], layers: dict[str, nn.Module], alpha: float,
+                       dtype: torch.dtype) -> list[str]:
+    """Add a zero LoRA (rank 1, up = 0: it changes nothing anywhere) on one out_proj of each text
+    encoder whose attention LoRAs include no out_proj: diffusers tells kohya text-encoder keys
+    apart by a `to_out_lora` key, and without one silently drops k/q/v_proj (diffusers 0.42
+    `convert_state_dict_to_peft`, run per encoder). Returns the added names."""
+    added = []
+    for prefix in ("lora_te_", "lora_te1_", "lora_te2_"):
+        attention = sorted(k.split(".")[0] for k in tensors if k.startswith(prefix) and "_self_attn_" in k)
+        if not attention or any(name.endswith("_self_attn_out_proj") for name in attention):
+            continue
+        name = attention[0].rsplit("_self_attn_", 1)[0] + "_self_attn_out_proj"
+        if name not in layers:
+            continue
+        out_dim, in_dim = layers[name].weight.shape
+        tensors |= {f"{name}.lora_down.weight": torch.zeros(1, in_dim, dtype=dtype),
+                    f"{name}.lora_up.weight": torch.zeros(out_dim, 1, dtype=dtype),
+                    f"{name}.alpha": torch.tensor(alpha, dtype=dtype)}
+        added.append(name)
+    return added
 
 
 def _tensor_bytes(*tensors: torch.Tensor) -> int:
@@ -214,7 +226,7 @@ def export_ia3_to_lora(ia3_path: Path, model_dir: Path, out_path: Path,
                  f"{layer.name}.alpha": torch.tensor(alpha, dtype=dtype)}
         layer.bytes = _tensor_bytes(*entry.values())
         tensors |= entry
-    result.marker = _diffusers_marker(tensors, layers, alpha, dtype)
+    result.markers = _diffusers_markers(tensors, layers, alpha, dtype)
     save_network(out_path, tensors, _metadata(source_meta, ia3_path, [x.rank for x in result.layers]))
     result.lora_bytes = out_path.stat().st_size
     return result

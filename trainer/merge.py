@@ -16,9 +16,12 @@ unknown key is left unmerged as a whole (merging half of it would be wrong), and
 any unknown key into an error. A network none of whose modules fit the base is an error.
 
 The base is loaded by trainer.model.load_models (diffusers folder or single-file checkpoint);
-the math runs in float32 on CPU. Output is a diffusers folder (every component's
+the math runs in float32 on CPU. An SDXL base's layers carry sd-scripts' SDXL names (UNet in
+the original SGM layout, `lora_te1_` / `lora_te2_` for its two text encoders, as the trainer
+names them), its block weights are SDXL's (trainer.blocks, 12 / 20 values), and its output
+holds text_encoder_2 / tokenizer_2 too. Output is a diffusers folder (every component's
 save_pretrained; model_index.json, the scheduler and any other component folders copied from a
-folder base) or one original-layout `.safetensors` (trainer.convert), both written under a
+folder base) or one original-layout `.safetensors` (trainer.convert; SDXL's SGM layout), both written under a
 temporary name and renamed into place, so a killed merge leaves no half-written model.
 """
 
@@ -39,12 +42,16 @@ from curate.errors import CurateError
 from trainer.blocks import block_weight, parse_block_weights
 from trainer.formats import load_network, save_dtype
 from trainer.model import Models, load_models
-from trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path
+from trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path, unet_renamer
 from trainer.single_file import CONFIGS
 
 LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
 IA3_SUFFIXES = ("weight", "on_input")
-WRITTEN = ("unet", "vae", "text_encoder", "tokenizer")
+WRITTEN = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+# SDXL's UNet layers outside the down / mid / up blocks, under their SGM names (sd-scripts' SDXL UNet)
+SGM_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+           "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+           "add_embedding.linear_2": "label_emb.0.2", "conv_out": "out.2"}
 
 
 @dataclass
@@ -78,15 +85,19 @@ class MergeResult:
 
 
 def model_layers(models: Models) -> dict[str, nn.Module]:
-    """Every Linear / Conv2d of the UNet and text encoder by its kohya name: a superset of what
+    """Every Linear / Conv2d of the UNet and text encoder(s) by its kohya name: a superset of what
     the trainer adapts, so networks from other trainers (conv_in, time embedding) fit too."""
     layers: dict[str, nn.Module] = {}
+    rename = unet_renamer(models.unet)
+    encoders = models.text_encoders
     roots = [(UNET_PREFIX, models.unet, "")]
-    roots += [(prefix, enc, te_root_path(enc)) for prefix, enc in zip(te_prefixes(1), [models.text_encoder],
+    roots += [(prefix, enc, te_root_path(enc)) for prefix, enc in zip(te_prefixes(len(encoders)), encoders,
                                                                        strict=True)]
     for prefix, root, root_path in roots:
         for path, module in root.named_modules():
             if path and isinstance(module, nn.Linear | nn.Conv2d):
+                if rename is not None and root is models.unet:
+                    path = SGM_TOP.get(path, rename(path))
                 layers[kohya_name(prefix, *([root_path] if root_path else []), path)] = module
     return layers
 
@@ -178,6 +189,8 @@ def _pipeline_files(models: Models, base: Path, model_config: str | None) -> Pat
         return base
     if model_config is not None and (Path(model_config) / "model_index.json").is_file():
         return Path(model_config)
+    if models.sdxl:
+        return CONFIGS / "sdxl"
     return CONFIGS / ("sd2" if models.v_parameterization else "sd1")
 
 
@@ -187,12 +200,15 @@ def save_diffusers(models: Models, source: Path, out: Path, dtype: torch.dtype) 
     the base did."""
     tmp = _temp_sibling(out)
     try:
-        for name in ("unet", "vae", "text_encoder"):
+        sdxl = ("text_encoder_2",) if models.sdxl else ()
+        for name in ("unet", "vae", "text_encoder", *sdxl):
             module = getattr(models, name)
             # nn.Module.to: diffusers' override warns about fp32-only modules SD's models lack
             nn.Module.to(module, dtype)
             module.save_pretrained(tmp / name, safe_serialization=True)
         models.tokenizer.save_pretrained(tmp / "tokenizer")
+        if models.tokenizer_2 is not None:
+            models.tokenizer_2.save_pretrained(tmp / "tokenizer_2")
         shutil.copy2(source / "model_index.json", tmp / "model_index.json")
         for entry in source.iterdir():
             if entry.is_dir() and entry.name not in WRITTEN:
@@ -205,10 +221,14 @@ def save_diffusers(models: Models, source: Path, out: Path, dtype: torch.dtype) 
 def save_single_file(models: Models, out: Path, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
 
-    from trainer.convert import ldm_checkpoint
+    from trainer.convert import ldm_checkpoint, sgm_checkpoint
 
+    if models.text_encoder_2 is not None:
+        raw = sgm_checkpoint(models.unet, models.vae, models.text_encoder, models.text_encoder_2)
+    else:
+        raw = ldm_checkpoint(models.unet, models.vae, models.text_encoder)
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in sorted(ldm_checkpoint(models.unet, models.vae, models.text_encoder).items())}
+             for k, v in sorted(raw.items())}
     tmp = _temp_sibling(out)
     try:
         save_file(state, str(tmp / out.name), metadata={"format": "pt"})
@@ -241,11 +261,12 @@ def merge_networks(base: Path, networks: list[tuple[Path, float]], out: Path, *,
         raise CurateError("merge: give at least one network file (NET[:STRENGTH])")
     if out.resolve() == base.resolve() or any(out.resolve() == p.resolve() for p, _ in networks):
         raise CurateError(f"{out}: the output would overwrite an input; choose another --out")
-    weights = parse_block_weights(block_weights) if block_weights is not None else None
     for path, _ in networks:
         if not path.is_file():
             raise CurateError(f"{path}: no such network file")
     models = load_models(base, torch.device("cpu"), model_config=model_config)
+    # SD 1.x and SDXL number their blocks differently, so the spec is read for the loaded base
+    weights = parse_block_weights(block_weights, sdxl=models.sdxl) if block_weights is not None else None
     layers = model_layers(models)
     reports = [apply_network(layers, path, strength, weights) for path, strength in networks]
     result = MergeResult(base, out, out_format, save_precision, weights, reports)

@@ -32,18 +32,19 @@ def _one_rate(config: TrainConfig, groups: list[dict[str, Any]]) -> None:
 
 
 def block_multipliers(config: TrainConfig, network: AdapterNetwork) -> dict[str, float] | None:
-    """Per-module learning-rate factors from the block settings, or None when none is set."""
+    """Per-module learning-rate factors from the block settings, or None when none is set. An
+    SDXL network (sd-scripts' original-layout UNet names, two text encoders) takes SDXL's blocks."""
     given = (config.down_lr_weight, config.mid_lr_weight, config.up_lr_weight, config.block_lr_weights)
     if all(value is None for value in given):
         return None
-    if any(name.startswith("lora_unet_input_blocks") for name in network.unet_names):
-        raise CurateError("block learning rates are defined for SD 1.x/2.x UNets; this is an SDXL model "
-                          "(leave down/mid/up_lr_weight and block_lr_weights unset)")
     from trainer.blocks import lr_weights
 
-    return lr_weights(network.unet_names + network.te_names, down_lr_weight=config.down_lr_weight,
-                      mid_lr_weight=config.mid_lr_weight, up_lr_weight=config.up_lr_weight,
-                      block_weights=config.block_lr_weights, zero_threshold=config.block_lr_zero_threshold)
+    names = network.unet_names + network.te_names
+    sdxl_names = ("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks", "lora_te1_")
+    return lr_weights(names, down_lr_weight=config.down_lr_weight, mid_lr_weight=config.mid_lr_weight,
+                      up_lr_weight=config.up_lr_weight, block_weights=config.block_lr_weights,
+                      zero_threshold=config.block_lr_zero_threshold,
+                      sdxl=any(name.startswith(sdxl_names) for name in names))
 
 
 def param_groups(config: TrainConfig, network: AdapterNetwork) -> list[dict[str, Any]]:

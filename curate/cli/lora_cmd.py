@@ -220,8 +220,8 @@ def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, 
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="A folder (diffusers) or FILE.safetensors (single file, with --format single-file).")
 @click.option("--blocks", "block_weights", default=None,
-              help="Block weights: a preset (OUTALL, MIDD...), 17 or 26 values, or IN=0,MID=0,OUT=1 "
-              "(see `curate lora blocks`).")
+              help="Block weights: a preset (OUTALL, MIDD...), 17 or 26 values (SDXL base: 12 or 20), or "
+              "IN=0,MID=0,OUT=1 (see `curate lora blocks [--sdxl]`).")
 @click.option("--format", "out_format", type=click.Choice(["diffusers", "single-file"]), default="diffusers",
               show_default=True, help="What to write.")
 @click.option("--precision", "save_precision", type=click.Choice(["fp16", "bf16", "float"]), default="fp16",
@@ -267,31 +267,36 @@ def merge(networks: tuple[str, ...], base: Path, out: Path, block_weights: str |
 
 @command.command("blocks")
 @click.argument("spec", required=False)
+@click.option("--sdxl", is_flag=True, help="SDXL's blocks (IN00-IN08, M00, OUT00-OUT08; 12 / 20 values).")
 @output_options
-def blocks(spec: str | None, as_json: bool, quiet: bool, verbose: bool) -> None:
-    """The UNet blocks block weights name (BASE = text encoder, IN00-IN11, M00, OUT00-OUT11),
-    and the weight each gets under SPEC.
+def blocks(spec: str | None, sdxl: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
+    """The UNet blocks block weights name (BASE = text encoder, IN00-IN11, M00, OUT00-OUT11;
+    SDXL: IN00-IN08, M00, OUT00-OUT08), and the weight each gets under SPEC.
 
     \b
     SPEC is a preset of the LoRA Block Weight extension (ALL, INALL, MIDD, OUTD, OUTS, OUTALL...),
     17 values (LoRA: BASE,IN01,IN02,IN04,...,OUT11), 26 values (LyCORIS), or named groups such as
-    IN=0,MID=0,OUT=1. The same SPEC works for `curate lora merge --blocks` and for training
-    (`--set block_lr_weights=...`).
+    IN=0,MID=0,OUT=1. With --sdxl: 12 values (LoRA: BASE,IN04,IN05,IN07,IN08,M00,OUT00-OUT05),
+    20 values (LyCORIS), the presets NONE / ALL / ALL0.5, or named groups. The same SPEC works for
+    `curate lora merge --blocks` and for training (`--set block_lr_weights=...`).
 
     \b
     Examples:
       curate lora blocks
       curate lora blocks OUTALL
       curate lora blocks "IN=0,MID=0.5,OUT=1" --json
+      curate lora blocks --sdxl "1,0,0,0,0,1,1,1,1,1,1,1"
     """
     from trainer.blocks import block_table
 
     o = Out(as_json, quiet, verbose)
-    rows = block_table(spec)
+    rows = block_table(spec, sdxl=sdxl)
+    short = "in_12" if sdxl else "in_17"
     if as_json:
-        o.json([{"block": b, "contains": c, "in_17": in17, "weight": w} for b, c, in17, w in rows])
+        o.json([{"block": b, "contains": c, short: in_short, "weight": w} for b, c, in_short, w in rows])
         return
-    headers = ("block", "SD 1.x modules", "in the 17-value list") + (("weight",) if spec else ())
-    table = [(b, c, "yes" if in17 else "", *((f"{w:g}",) if spec and w is not None else ()))
-             for b, c, in17, w in rows]
+    headers = ("block", f"{'SDXL' if sdxl else 'SD 1.x'} modules",
+               f"in the {short[3:]}-value list") + (("weight",) if spec else ())
+    table = [(b, c, "yes" if in_short else "", *((f"{w:g}",) if spec and w is not None else ()))
+             for b, c, in_short, w in rows]
     o.table(f"blocks{f' under {spec}' if spec else ''}", table, headers)

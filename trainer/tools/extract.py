@@ -18,6 +18,10 @@ identical is left out. Every module gets alpha = dim (sd-scripts gives alpha = r
 capped below dim has its up scaled by rank / dim instead, so that one alpha serves all modules,
 which diffusers needs, see trainer/export.py). Both models are loaded with
 `trainer.model.load_models`, so either may be a diffusers folder or a single-file checkpoint.
+
+SDXL: the targets are those of `curate train` on SDXL, so the file has sd-scripts' SDXL names
+(original-layout `lora_unet_input_blocks_4_1_...`, `lora_te1_` / `lora_te2_`) and SDXL metadata;
+the text-encoder rule looks at both encoders together, as sd-scripts' SDXL extraction does.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
-from trainer.export import _diffusers_marker
+from trainer.checkpoint import SDXL_VERSION
+from trainer.export import _diffusers_markers
 from trainer.formats import as_metadata, modelspec, save_dtype, save_network
 from trainer.model import Models, load_models
 from trainer.networks import LoRANetwork, create_network
@@ -62,7 +67,11 @@ class ExtractResult:
     identical: list[str] = field(default_factory=list)  # layers left out: no difference at all
     text_encoder_skipped: bool = False
     text_encoder_max_diff: float = 0.0
-    marker: str | None = None  # the zero out_proj LoRA added for diffusers, if any
+    markers: list[str] = field(default_factory=list)  # the zero out_proj LoRAs added for diffusers
+
+    @property
+    def marker(self) -> str | None:
+        return self.markers[0] if self.markers else None
 
     @property
     def energy(self) -> float:
@@ -73,13 +82,13 @@ class ExtractResult:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data |= {"base": str(self.base), "tuned": str(self.tuned), "output": str(self.output),
-                 "energy": self.energy}
+                 "energy": self.energy, "marker": self.marker}
         return data
 
 
 def _targets(models: Models, conv_dim: int | None) -> tuple[LoRANetwork, dict[str, nn.Module]]:
     """The layers a curate LoRA (LoCon with conv_dim) adapts, by kohya name."""
-    net = create_network("lora", models.unet, [models.text_encoder], dim=1, conv_dim=1 if conv_dim else None)
+    net = create_network("lora", models.unet, models.text_encoders, dim=1, conv_dim=1 if conv_dim else None)
     assert isinstance(net, LoRANetwork)
     return net, {m.kohya_name: m.layer for m in net.adapters()}
 
@@ -149,18 +158,21 @@ def _differences(base: Models, tuned: Models, conv_dim: int | None, min_diff: fl
 
 def _metadata(base: Path, tuned: Path, out: Path, models: Models, dim: int,
               conv_dim: int | None) -> dict[str, str]:
-    v2 = getattr(models.text_encoder.config, "hidden_size", 768) == 1024
+    sdxl = models.sdxl
+    v2 = not sdxl and getattr(models.text_encoder.config, "hidden_size", 768) == 1024
     v_pred = models.v_parameterization
     args = {"conv_dim": str(conv_dim), "conv_alpha": str(float(dim))} if conv_dim else {}
-    size = 768 if v_pred else 512
+    size = 1024 if sdxl else 768 if v_pred else 512
+    version = SDXL_VERSION if sdxl else ("sd_v2" if v2 else "sd_v1") + ("_v" if v_pred else "")
     return as_metadata({
         "ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": float(dim),
         "ss_network_args": args, "ss_v2": v2, "ss_v_parameterization": v_pred,
-        "ss_base_model_version": ("sd_v2" if v2 else "sd_v1") + ("_v" if v_pred else ""),
+        "ss_base_model_version": version,
         "ss_sd_model_name": base.name,
         "ss_training_comment": f"extracted by curate: {tuned.name} - {base.name}",
         "curate_extracted_from": {"base": base.name, "tuned": tuned.name},
-        **modelspec(out.stem, (size, size), timestamp=time.time(), v2=v2, v_parameterization=v_pred),
+        **modelspec(out.stem, (size, size), timestamp=time.time(), v2=v2, v_parameterization=v_pred,
+                    sdxl=sdxl),
     })
 
 
@@ -198,7 +210,7 @@ def extract_lora(base: Path, tuned: Path, out: Path, dim: int, conv_dim: int | N
                 .to("cpu", dtype).contiguous(),
                 f"{name}.alpha": torch.tensor(float(dim), dtype=dtype),
             }
-    result.marker = _diffusers_marker(tensors, layers, float(dim), dtype)
+    result.markers = _diffusers_markers(tensors, layers, float(dim), dtype)
     save_network(out, tensors, _metadata(base, tuned, out, base_models, dim, conv_dim))
     return result
 
