@@ -116,7 +116,7 @@ def test_sdxl_is_detected_from_folders_and_single_files(dataset: Path, tmp_path:
     ({"cache_text_encoder_outputs": True, "train_text_encoder": False, "shuffle_caption": True},
      "shuffle_caption"),
     ({"bucket_reso_steps": 48}, "multiple of 32"),
-    ({"block_lr_weights": "OUTALL"}, "down/mid/up_lr_weight"),
+    ({"block_lr_weights": "OUTALL"}, "an SD 1.x preset"),
 ])
 def test_sdxl_refusals_write_nothing(options: dict[str, Any], message: str, dataset: Path,
                                      tmp_path: Path) -> None:
@@ -184,3 +184,11 @@ def test_sdxl_runs_sdxl_train_network(dataset: Path, tmp_path: Path) -> None:
     result = kohya.run(plan, sink=chunks.append)
     assert str(checkout / "sdxl_train_network.py") in b"".join(chunks).decode()
     assert "sdxl_train_network.py exited 0" in result.summary
+
+
+def test_sdxl_block_spec_becomes_sd_scripts_9_3_9_lists(dataset: Path, tmp_path: Path) -> None:
+    plan = kohya.plan(dataset, sdxl_model(tmp_path / "xl"), tmp_path / "out",
+                      TrainConfig(block_lr_weights="IN=0,MID=0.5,OUT=1"))
+    args = sd_args(plan.command or [], sdxl=True).network_args
+    assert "down_lr_weight=" + ",".join(["0"] * 9) in args and "mid_lr_weight=0.5,0.5,0.5" in args
+    assert "up_lr_weight=" + ",".join(["1"] * 9) in args

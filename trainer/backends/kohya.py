@@ -182,19 +182,22 @@ def _key_values(option: str, pairs: dict[str, Any], *, python: bool = True) -> l
     return [option, *(f"{k}={text(v)}" for k, v in pairs.items())] if pairs else []
 
 
-def block_args(config: TrainConfig, notes: list[str]) -> dict[str, Any]:
+def block_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> dict[str, Any]:
     """Block learning rates as sd-scripts' networks.lora reads them (network_args); a block-weight
-    spec becomes its down/mid/up lists (sd-scripts has no text-encoder entry: BASE must be 1)."""
+    spec becomes its down/mid/up lists (12/1/12 values; SDXL 9/3/9, the one mid weight repeated
+    for sd-scripts' three middle blocks). sd-scripts has no text-encoder entry: BASE must be 1."""
     out: dict[str, Any] = {k: getattr(config, k) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
                            if getattr(config, k) is not None}
     if config.block_lr_weights is not None:
-        from trainer.blocks import BLOCK_IDS_26, parse_block_weights
+        from trainer.blocks import block_ids, parse_block_weights
 
-        weights = parse_block_weights(config.block_lr_weights)
-        ids = BLOCK_IDS_26[1:]
-        out |= {"down_lr_weight": ",".join(_number(weights[b]) for b in ids[:12]),
-                "mid_lr_weight": _number(weights["M00"]),
-                "up_lr_weight": ",".join(_number(weights[b]) for b in ids[13:])}
+        weights = parse_block_weights(config.block_lr_weights, sdxl=sdxl)
+        ids = block_ids(sdxl)[1:]
+        side = len(ids) // 2  # IN00.. then M00 then OUT00..
+        mid = _number(weights["M00"])
+        out |= {"down_lr_weight": ",".join(_number(weights[b]) for b in ids[:side]),
+                "mid_lr_weight": ",".join([mid] * 3) if sdxl else mid,
+                "up_lr_weight": ",".join(_number(weights[b]) for b in ids[side + 1:])}
         if weights["BASE"] != 1.0:
             notes.append(f"block_lr_weights gives BASE (text encoder) {weights['BASE']:g}; sd-scripts' block "
                          "learning rates leave the text encoder at 1 (use text_encoder_lr)")
@@ -221,10 +224,7 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> l
     args = ["--network_module", "networks.lora", "--network_dim", str(config.network_dim),
             "--network_alpha", _number(float(config.network_alpha))]
     args += _option("network_dropout", config.network_dropout)
-    if sdxl and config.block_lr_weights is not None:
-        raise CurateError(f"train.block_lr_weights = {config.block_lr_weights!r}: a spec of SD 1.x/2.x's 26 "
-                          "blocks; for SDXL give sd-scripts' down/mid/up_lr_weight (9, 3 and 9 values)")
-    extra |= block_args(config, notes)
+    extra |= block_args(config, notes, sdxl)
     args += _key_values("--network_args", extra, python=False)
     # the builtin trainer scales LoRA weight norms only; iA3 has no up/down pair to scale
     return args + _option("scale_weight_norms", config.scale_weight_norms) + only
