@@ -82,8 +82,9 @@ def command(workspace: Path, only: str | None, start: str | None, force: tuple[s
         out.json(result.as_dict())
     else:
         ran = [o.name for o in result.stages if o.status == "ran"]
+        rest = "; the rest were unchanged" if len(ran) < len(result.stages) else ""
         out.line(f"{len(ran)} of {len(result.stages)} stages ran ({', '.join(ran) or 'none'}) in "
-                 f"{result.seconds:.1f} s; the rest were unchanged")
+                 f"{result.seconds:.1f} s{rest}")
         if result.check_errors:
             out.line(f"check found {result.check_errors} error(s): `curate check "
                      f"{workspace}/<dataset>` lists them")
