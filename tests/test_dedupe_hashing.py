@@ -158,3 +158,29 @@ def test_imagehash_agrees_on_distance(photos: dict[str, Path]) -> None:
     b = hash_file(photos["rocket"], decode="full").value
     assert a is not None and b is not None
     assert imagehash.hex_to_hash(f"{a:016x}") - imagehash.hex_to_hash(f"{b:016x}") == distance(a, b)
+
+
+def test_pool_forks_when_single_threaded_and_uses_the_forkserver_beside_a_thread() -> None:
+    """A lone thread forks (workers start with the parent's imports); with a progress bar's
+    thread alive the pool starts from the forkserver, which cannot copy a held lock."""
+    import multiprocessing
+    import threading
+
+    from curate.stages.dedupe.hashing import MIN_FILES_PER_WORKER, _context, pool_map
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    items = list(range(MIN_FILES_PER_WORKER * 4))
+    expected = [abs(x - 7) for x in items]
+    if threading.active_count() == 1:
+        assert _context().get_start_method() == "fork"
+    assert list(pool_map(abs, [x - 7 for x in items], workers=2)) == expected
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert _context().get_start_method() == "forkserver"
+        assert list(pool_map(abs, [x - 7 for x in items], workers=2)) == expected
+    finally:
+        stop.set()
+        thread.join()
