@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -235,8 +236,9 @@ def hash_files(
 def _context() -> multiprocessing.context.BaseContext:
     # A process with one thread forks safely, and its workers start with everything it has
     # imported (no second import of numpy, scipy and Pillow: about half a second per run).
-    # With another thread alive (a progress bar's), a fork could copy a lock that thread holds.
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+    # With another thread alive (a progress bar's), a fork could copy a lock that thread holds;
+    # macOS system libraries are not fork-safe at all (Python's own default there is spawn).
+    if threading.active_count() == 1 and sys.platform == "linux":
         return multiprocessing.get_context("fork")
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
