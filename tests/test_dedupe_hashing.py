@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sys
 from pathlib import Path
@@ -143,7 +144,8 @@ def test_hash_files_matches_hash_file_in_order(photos: dict[str, Path], tmp_path
 
 
 def test_keys_and_validation() -> None:
-    assert hash_key() == "phash-8-draft"
+    assert hash_key() == "phash-8-draft-luma"
+    assert hash_key("colorhash", 8) == "colorhash-8-draft"
     assert hash_key("dhash", 16, "full") == "dhash-16-full"
     assert hash_bits("phash", 16) == 256 and hash_bits("colorhash", 3) == 42
     with pytest.raises(ValueError, match="phash, dhash, whash, ahash, colorhash"):
@@ -184,3 +186,32 @@ def test_pool_forks_when_single_threaded_and_uses_the_forkserver_beside_a_thread
     finally:
         stop.set()
         thread.join()
+
+
+def test_grey_hashes_decode_colour_jpegs_to_luma_and_colorhash_keeps_colour(tmp_path: Path) -> None:
+    """Draft decoding hands libjpeg a grey target for the grey-level hashes (skipping chroma
+    work); the luma is the Y that Pillow's RGB -> L approximates, so hashes barely move."""
+    path = tmp_path / "coffee.jpg"
+    photo("coffee").save(path, quality=90)
+    with Image.open(path) as image:
+        assert prepare(image, "draft", 64, luma=True).mode == "L"
+    with Image.open(path) as image:
+        assert prepare(image, "draft", 64).mode == "RGB"
+    luma, rgb = hash_file(path, "phash"), hash_file(path, "colorhash")
+    with Image.open(path) as image:
+        image.draft(None, (64, 64))
+        via_rgb = int(str(imagehash.phash(image.convert("RGB"))), 16)
+    assert luma.value is not None and bin(luma.value ^ via_rgb).count("1") <= 2
+    assert rgb.value is not None and hash_key("colorhash") == "colorhash-8-draft"
+
+
+def test_probe_reads_the_whole_file_and_refuses_oversized_ones(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from curate.stages.dedupe import scan
+
+    path = tmp_path / "astronaut.jpg"
+    photo("astronaut").save(path, quality=90)
+    probe = scan.probe_file(str(path), "phash", 8, "draft", False)
+    assert probe.error is None and probe.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(scan, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    assert "larger than" in (scan.probe_file(str(path), "phash", 8, "draft", False).error or "")

@@ -73,7 +73,10 @@ def probe_file(path: str, method: str, hash_size: int, decode: str, flip: bool) 
     """Read a file once: its sha256, header facts and perceptual hash (or why it failed)."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+            # read(MAX + 1) would allocate a 256 MiB buffer per call (0.05 ms of a 0.5 ms probe);
+            # the size from fstat bounds the read instead (a file growing meanwhile stops at +1)
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(min(size, MAX_FILE_BYTES) + 1)
     except OSError as exc:
         return Probe(error=f"cannot read ({exc.strerror}): check the file and its permissions")
     if not data:
@@ -98,19 +101,21 @@ def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
     found = listing.relpaths
     cache = cache or FolderCache()
     key = hash_key(config.hash, config.hash_size, config.decode)
-    stats = _stat_all(root, found, scan)
-    known = cache.files(str(root / rel) for rel in stats)
+    # one string join per file: tens of thousands of pathlib joins cost a tenth of a second
+    paths = {rel: os.path.join(root, rel) for rel in found}
+    stats = _stat_all(paths, scan)
+    known = cache.files(paths[rel] for rel in stats)
     cached = read_hashes(cache.db, (v[1] for v in known.values()), key, config.flip_invariant)
     todo = [rel for rel, (stamp, _) in stats.items()
-            if known.get(str(root / rel), ("",))[0] != stamp or known[str(root / rel)][1] not in cached]
-    probes = dict(zip(todo, _probe_all([str(root / r) for r in todo], config, on_progress), strict=True))
+            if known.get(paths[rel], ("",))[0] != stamp or known[paths[rel]][1] not in cached]
+    probes = dict(zip(todo, _probe_all([paths[r] for r in todo], config, on_progress), strict=True))
     new_files, new_hashes = [], []
     for order, (rel, (stamp, st)) in enumerate(stats.items()):
-        absolute = str(root / rel)
+        absolute = paths[rel]
         if rel in probes:
             p = probes[rel]
             if p.error is not None or p.hash is None:
-                scan.skipped.append((display(root / rel), p.error or "no hash"))
+                scan.skipped.append((display(Path(absolute)), p.error or "no hash"))
                 continue
             facts, value = (p.sha256, p.width, p.height, p.format), p.hash
             new_files.append((absolute, stamp, *facts))
@@ -118,21 +123,22 @@ def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
         else:
             facts, value = known[absolute][1:], cached[known[absolute][1]]
         sha, width, height, fmt = facts
-        scan.items.append(Item(rel, root / rel, sha, width, height, fmt, st.st_size, st.st_mtime,
-                               order, (absolute, display(root / rel))))
+        path = Path(absolute)
+        scan.items.append(Item(rel, path, sha, width, height, fmt, st.st_size, st.st_mtime,
+                               order, (absolute, display(path))))
         scan.hashes.append(value)
     scan.hashed = len(probes)
     cache.save(new_files, key, new_hashes)
     return scan
 
 
-def _stat_all(root: Path, rels: list[str], scan: Scan) -> dict[str, tuple[str, os.stat_result]]:
+def _stat_all(paths: dict[str, str], scan: Scan) -> dict[str, tuple[str, os.stat_result]]:
     out = {}
-    for rel in rels:
+    for rel, path in paths.items():
         try:
-            st = os.stat(root / rel)
+            st = os.stat(path)
         except OSError as exc:
-            scan.skipped.append((display(root / rel), f"cannot read ({exc.strerror})"))
+            scan.skipped.append((display(Path(path)), f"cannot read ({exc.strerror})"))
             continue
         out[rel] = (f"{st.st_size}:{st.st_mtime_ns}", st)
     return out
