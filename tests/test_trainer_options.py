@@ -361,3 +361,12 @@ def test_v_prediction_flags_reach_the_config(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     for flag in ("--v_parameterization", "--zero_terminal_snr", "--scale_v_pred_loss_like_noise_pred"):
         assert flag in result.stdout
+
+
+def test_an_image_that_no_longer_decodes_stops_with_its_name(model: Path, dataset: Path,
+                                                             tmp_path: Path) -> None:
+    image = dataset / "1_sks" / "coffee.png"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])  # a header that opens, pixels that do not
+    with pytest.raises(CurateError, match=r"coffee\.png: cannot decode the image .*curate check"):
+        loop.train(dataset, model, tmp_path, replace(SMALL, max_train_steps=2, batch_size=4), device=CPU)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from buckets import resize_to_bucket
 from curate.atomic import atomic_write_bytes
+from curate.errors import CurateError
 from trainer.data import Dataset, Item, crop_ltrb
 from trainer.model import Models
 
@@ -38,14 +39,23 @@ def load_pixels(batch: list[Item], rng: random.Random, device: torch.device,
     mirrored when `flips` says so, else (flip_aug subsets) with probability 1/2 from `rng`."""
     arrays = []
     for k, item in enumerate(batch):
-        with Image.open(item.path) as image:
-            image = resize_to_bucket(image.convert("RGB"), item.assignment)
-        array = np.asarray(image, dtype=np.float32)
+        array = np.asarray(_bucket_image(item), dtype=np.float32)
         flip = flips[k] if flips is not None else item.subset.flip_aug and rng.random() < 0.5
         if flip:
             array = array[:, ::-1]
         arrays.append(array / 127.5 - 1.0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _bucket_image(item: Item) -> Image.Image:
+    """The item's image in its bucket; a file that no longer decodes stops the run with its name
+    (the saves made so far stay, and a state folder resumes once the file is fixed)."""
+    try:
+        with Image.open(item.path) as image:
+            return resize_to_bucket(image.convert("RGB"), item.assignment)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CurateError(f"{item.path}: cannot decode the image ({exc}); replace or remove it "
+                          "(`curate check` lists unreadable images), then train again") from exc
 
 
 def npz_path(item: Item, sdxl: bool = False) -> Path:
