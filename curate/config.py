@@ -9,6 +9,8 @@ ones, so a typo never silently does nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 from curate.errors import CurateError
 
 CONFIG_NAME = "curate.toml"
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 T = TypeVar("T")
 
 
@@ -33,6 +36,26 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise CurateError(f"{path}: not valid TOML ({exc}); fix the file or move it away") from exc
     except UnicodeDecodeError as exc:
         raise CurateError(f"{path}: not UTF-8 ({exc}); re-save it as UTF-8") from exc
+
+
+def toml_key(name: str) -> str:
+    """A TOML key: bare when it can be, else quoted."""
+    return name if BARE_KEY.match(name) else json.dumps(name)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for the values curate writes (dataset.toml, the resolved train config)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise CurateError(f"{value!r}: cannot be written as a TOML value")
 
 
 def parse_value(text: str) -> Any:

@@ -9,13 +9,12 @@ options) come from the dataset's own dataset.toml when it has one; the fields he
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from curate.config import apply_overrides, build, load_toml
+from curate.config import apply_overrides, build, load_toml, toml_value
 from curate.errors import CurateError
 
 VERSION = 1
@@ -157,25 +156,13 @@ class TrainConfig:
                 "dropout": self.network_dropout, "conv_dim": self.conv_dim, "conv_alpha": self.conv_alpha}
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
 def to_toml(config: TrainConfig, header: str = "") -> str:
     """The config as a `[train]` table that `curate train --config` reads back; unset keys are
     written as comments so the file also shows what could be set."""
     lines = [f"# {line}" for line in header.splitlines()] + ["[train]"]
     for item in fields(config):
         value = getattr(config, item.name)
-        lines.append(f"# {item.name} = (unset)" if value is None else f"{item.name} = {_toml_value(value)}")
+        lines.append(f"# {item.name} = (unset)" if value is None else f"{item.name} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -16,14 +16,13 @@ The builtin trainer refuses the same (trainer.data.check_sdxl_dataset, cacheable
 
 from __future__ import annotations
 
-import json
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from buckets import BucketConfig
+from curate.config import toml_key, toml_value
 from curate.errors import CurateError
 from trainer.config import TrainConfig
 from trainer.data import Subset, folder_subsets
@@ -33,7 +32,6 @@ SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "caption_d
                "caption_tag_dropout_rate")
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps")
-BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 MISSING = object()
 
 
@@ -172,35 +170,17 @@ def _subset_table(subset: Subset) -> dict[str, Any]:
     return table
 
 
-def _key(name: str) -> str:
-    return name if BARE_KEY.match(name) else json.dumps(name)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    raise CurateError(f"{value!r}: cannot be written to a dataset TOML")
-
-
 def _is_tables(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _table(header: str, table: dict[str, Any], indent: str) -> list[str]:
     lines = ["", f"{indent}{header}"]
-    lines += [f"{indent}{_key(k)} = {_value(v)}" for k, v in table.items() if not _is_tables(v)]
+    lines += [f"{indent}{toml_key(k)} = {toml_value(v)}" for k, v in table.items() if not _is_tables(v)]
     for name, subtables in ((k, v) for k, v in table.items() if _is_tables(v)):
         for sub in subtables:
             inner = header.strip("[]")
-            lines += _table(f"[[{inner}.{_key(name)}]]", sub, indent + "  ")
+            lines += _table(f"[[{inner}.{toml_key(name)}]]", sub, indent + "  ")
     return lines
 
 
@@ -208,12 +188,12 @@ def dumps(data: dict[str, Any], title: str) -> str:
     """TOML for sd-scripts' dataset config shape: [general], [[datasets]], [[datasets.subsets]]."""
     lines = [f"# Written by `curate train --backend kohya`: {title}",
              "# Pass to sd-scripts with --dataset_config (image_dir paths are absolute)."]
-    lines += [f"{_key(k)} = {_value(v)}" for k, v in data.items()
+    lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in data.items()
               if not isinstance(v, dict) and not _is_tables(v)]
     for name, value in data.items():
         if isinstance(value, dict):
-            lines += _table(f"[{_key(name)}]", value, "")
+            lines += _table(f"[{toml_key(name)}]", value, "")
         elif _is_tables(value):
             for table in value:
-                lines += _table(f"[[{_key(name)}]]", table, "")
+                lines += _table(f"[[{toml_key(name)}]]", table, "")
     return "\n".join(lines) + "\n"

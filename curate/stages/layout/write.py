@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.atomic import TMP_PREFIX
+from curate.config import toml_value
 from curate.errors import CurateError
 from curate.stages.layout.config import LayoutConfig
 
@@ -134,24 +135,16 @@ def _sweep(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
 def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general: dict[str, object]) -> str:
     lines = ["# Written by `curate layout`. Use with sd-scripts: --dataset_config dataset.toml",
              "# (image_dir paths are absolute: sd-scripts resolves relative ones from its working dir)",
              "", "[general]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in general.items() if v is not None]
+    lines += [f"{k} = {toml_value(v)}" for k, v in general.items() if v is not None]
     dataset = {"resolution": config.resolution, "batch_size": config.batch_size,
                "enable_bucket": config.enable_bucket, "min_bucket_reso": config.min_bucket_reso,
                "max_bucket_reso": config.max_bucket_reso, "bucket_reso_steps": config.bucket_reso_steps,
                "bucket_no_upscale": config.bucket_no_upscale}
-    lines += ["", "[[datasets]]", *(f"{k} = {_toml(v)}" for k, v in dataset.items())]
+    lines += ["", "[[datasets]]", *(f"{k} = {toml_value(v)}" for k, v in dataset.items())]
     for s in subsets:
         fields: dict[str, object] = {"image_dir": str(out / s.folder), "num_repeats": s.repeats,
                                      "caption_extension": config.caption_ext}
@@ -163,5 +156,5 @@ def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general
             fields["flip_aug"] = config.flip_aug
         if s.alpha_mask:
             fields["alpha_mask"] = True
-        lines += ["", "  [[datasets.subsets]]", *(f"  {k} = {_toml(v)}" for k, v in fields.items())]
+        lines += ["", "  [[datasets.subsets]]", *(f"  {k} = {toml_value(v)}" for k, v in fields.items())]
     return "\n".join(lines) + "\n"
