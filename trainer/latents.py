@@ -111,12 +111,13 @@ class LatentSource:
         unique = list({item.path: item for item in dataset.items}.values())
         encoded = 0
         for done, item in enumerate(unique, 1):
-            entry = self._read(item) if self.to_disk else None
+            sha = _sha256(item.path) if self.to_disk else ""
+            entry = self._read(item, sha) if self.to_disk else None
             if entry is None:
                 entry = self._encode_item(item)
                 encoded += 1
                 if self.to_disk and self.write:
-                    self._write(item, *entry)
+                    self._write(item, sha, *entry)
             self.cached[item.path] = entry
             if progress:
                 progress(done, len(unique))
@@ -130,14 +131,14 @@ class LatentSource:
             return plain, None
         return plain, self._encode(load_pixels([item], random.Random(0), self.device, [True]), gen)[0].cpu()
 
-    def _read(self, item: Item) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def _read(self, item: Item, sha: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         path = npz_path(item, self.models.sdxl)
         if not path.is_file():
             return None
         try:
             with np.load(path) as npz:
                 if "curate_sha256" in npz.files:
-                    if str(npz["curate_sha256"]) != _sha256(item.path):
+                    if str(npz["curate_sha256"]) != sha:
                         return None
                 elif path.stat().st_mtime < item.path.stat().st_mtime:
                     return None  # sd-scripts' file carries no checksum: trust it only if newer than the image
@@ -152,10 +153,10 @@ class LatentSource:
             return None
         return plain, flipped
 
-    def _write(self, item: Item, plain: torch.Tensor, flipped: torch.Tensor | None) -> None:
+    def _write(self, item: Item, sha: str, plain: torch.Tensor, flipped: torch.Tensor | None) -> None:
         crop = crop_ltrb(item) if self.models.sdxl else item.assignment.crop
         arrays = {"latents": plain.numpy(), "original_size": np.array(item.assignment.size),
-                  "crop_ltrb": np.array(crop), "curate_sha256": np.array(_sha256(item.path))}
+                  "crop_ltrb": np.array(crop), "curate_sha256": np.array(sha)}
         if flipped is not None:
             arrays["latents_flipped"] = flipped.numpy()
         buffer = io.BytesIO()
