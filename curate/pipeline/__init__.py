@@ -137,8 +137,10 @@ def run_pipeline(root: Path, *, config_file: Path | None = None, overrides: Iter
         stage = BY_NAME[name]
         result.stages.append(_run_stage(ctx, stage, "all" in forced or name in forced, on_stage))
     # the end state is what a re-run will see: key every stage on it, so one that a later stage
-    # touched (captions after tags-filter) is not taken for changed
-    _store(ctx, {o.name: _key(ctx, BY_NAME[o.name], BY_NAME[o.name].options(ctx))
-                 for o in result.stages if BY_NAME[o.name].view})
+    # touched (captions after tags-filter) is not taken for changed. When no keyed stage ran,
+    # every key was just computed on this very state (import and check come first and last).
+    if any(o.status == "ran" and BY_NAME[o.name].view for o in result.stages):
+        _store(ctx, {o.name: _key(ctx, BY_NAME[o.name], BY_NAME[o.name].options(ctx))
+                     for o in result.stages if BY_NAME[o.name].view})
     result.seconds = time.perf_counter() - started
     return result
