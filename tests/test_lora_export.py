@@ -15,6 +15,7 @@ pytest.importorskip("peft")  # diffusers loads LoRA files through peft
 
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
+from trainer_helpers import unet_and_text_outputs  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
@@ -52,15 +53,6 @@ def ia3_file(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return loop.train(root, model, out, config, device=torch.device("cpu")).output
 
 
-def _outputs(unet: Any, text_encoder: Any) -> tuple[Any, Any]:
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 8, 8, generator=gen)
-    ids = torch.randint(0, 500, (2, 77), generator=gen)
-    with torch.no_grad():
-        context = text_encoder(ids).last_hidden_state
-        return context, unet(latents, torch.tensor([10, 700]), context).sample
-
-
 def _a1111_merged(model: Path, ia3_path: Path, multiplier: float) -> Any:
     """The base pipeline with A1111's iA3 merge applied to its weights."""
     from diffusers import StableDiffusionPipeline
@@ -86,12 +78,13 @@ def exported(model: Path, ia3_file: Path, tmp_path_factory: pytest.TempPathFacto
 def test_diffusers_gives_the_ia3_model(model: Path, ia3_file: Path, exported: Any, multiplier: float) -> None:
     from diffusers import StableDiffusionPipeline
 
-    expected = _outputs(*(lambda p: (p.unet, p.text_encoder))(_a1111_merged(model, ia3_file, multiplier)))
+    merged = _a1111_merged(model, ia3_file, multiplier)
+    expected = unet_and_text_outputs(merged.unet, merged.text_encoder)
     pipe = StableDiffusionPipeline.from_pretrained(model)
-    base = _outputs(pipe.unet, pipe.text_encoder)
+    base = unet_and_text_outputs(pipe.unet, pipe.text_encoder)
     pipe.load_lora_weights(str(exported.output), adapter_name="ia3")
     pipe.set_adapters(["ia3"], adapter_weights=[multiplier])
-    context, sample = _outputs(pipe.unet, pipe.text_encoder)
+    context, sample = unet_and_text_outputs(pipe.unet, pipe.text_encoder)
     assert torch.allclose(context, expected[0], atol=1e-5, rtol=1e-5)
     assert torch.allclose(sample, expected[1], atol=1e-5, rtol=1e-5)
     # the trained scales do move both models, so the equality above is not base == base
@@ -177,10 +170,10 @@ def test_conv_and_sparse_layers_load_in_diffusers(model: Path, tmp_path: Path) -
             layer = _layer(expected_pipe, name)
             scale = tensors[f"{name}.weight"]
             layer.weight.mul_(1 + scale.reshape(_axis(bool(on_input), layer.weight.dim())))
-    expected = _outputs(expected_pipe.unet, expected_pipe.text_encoder)
+    expected = unet_and_text_outputs(expected_pipe.unet, expected_pipe.text_encoder)
     pipe = StableDiffusionPipeline.from_pretrained(model)
     pipe.load_lora_weights(str(result.output))
-    context, sample = _outputs(pipe.unet, pipe.text_encoder)
+    context, sample = unet_and_text_outputs(pipe.unet, pipe.text_encoder)
     assert torch.allclose(context, expected[0], atol=1e-5) and torch.allclose(sample, expected[1], atol=1e-5)
 
 
@@ -215,10 +208,11 @@ def test_cli_json(model: Path, ia3_file: Path, tmp_path: Path) -> None:
     # fp16 factors: the same model to fp16 rounding
     from diffusers import StableDiffusionPipeline
 
-    expected = _outputs(*(lambda p: (p.unet, p.text_encoder))(_a1111_merged(model, ia3_file, 1.0)))
+    merged = _a1111_merged(model, ia3_file, 1.0)
+    expected = unet_and_text_outputs(merged.unet, merged.text_encoder)
     pipe = StableDiffusionPipeline.from_pretrained(model)
     pipe.load_lora_weights(str(out))
-    for got, want in zip(_outputs(pipe.unet, pipe.text_encoder), expected, strict=True):
+    for got, want in zip(unet_and_text_outputs(pipe.unet, pipe.text_encoder), expected, strict=True):
         assert (got - want).abs().max() < 2e-3 * want.abs().max()
 
 

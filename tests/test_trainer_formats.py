@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")  # diffusers loads LoRA files through peft
 
+from trainer_helpers import unet_and_text_outputs  # noqa: E402
+
 from fixtures.tiny_sd import build_components  # noqa: E402
 from trainer.formats import (  # noqa: E402
     addnet_hashes,
@@ -83,32 +85,23 @@ def test_hashes_follow_sd_scripts_rules(tmp_path: Path) -> None:
     assert tensor_hash(tmp_path / "a.safetensors") == model
 
 
-def _pipeline_outputs(unet: Any, text_encoder: Any) -> tuple[Any, Any]:
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 8, 8, generator=gen)
-    ids = torch.randint(0, 500, (2, 77), generator=gen)
-    with torch.no_grad():
-        context = text_encoder(ids).last_hidden_state
-        return context, unet(latents, torch.tensor([10, 700]), context).sample
-
-
 def test_diffusers_loads_our_lora(tiny_folder: Path, tmp_path: Path) -> None:
     """alpha != rank, UNet and text encoder: what diffusers computes is what we trained."""
     from diffusers import StableDiffusionPipeline
 
     ours = StableDiffusionPipeline.from_pretrained(tiny_folder)
-    base = _pipeline_outputs(ours.unet, ours.text_encoder)
+    base = unet_and_text_outputs(ours.unet, ours.text_encoder)
     net = create_network("lora", ours.unet, [ours.text_encoder], dim=4, alpha=2.0)
     _randomise(net)
     net.apply_to()
     net.eval()
-    expected = _pipeline_outputs(ours.unet, ours.text_encoder)
+    expected = unet_and_text_outputs(ours.unet, ours.text_encoder)
     path = tmp_path / "sks.safetensors"
     save_network(path, net.kohya_state_dict(torch.float32), _metadata(net))
 
     theirs = StableDiffusionPipeline.from_pretrained(tiny_folder)
     theirs.load_lora_weights(str(path))
-    context, sample = _pipeline_outputs(theirs.unet, theirs.text_encoder)
+    context, sample = unet_and_text_outputs(theirs.unet, theirs.text_encoder)
     assert torch.allclose(context, expected[0], atol=1e-4)
     assert torch.allclose(sample, expected[1], atol=1e-4)
     assert not torch.allclose(sample, base[1], atol=1e-2)  # the LoRA does change the output

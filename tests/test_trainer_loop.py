@@ -4,7 +4,6 @@ bit-for-bit the uninterrupted one, and `curate train` wires it up."""
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from click.testing import CliRunner  # noqa: E402
+from trainer_helpers import eval_loss  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
@@ -37,29 +37,14 @@ def dataset(photos_dataset: Path) -> Path:
     return photos_dataset
 
 
-def _eval_loss(run: loop.Run, config: TrainConfig) -> float:
-    """Mean loss over fixed noise draws, the same for every network: a fair before/after measure."""
-    run.network.eval()
-    batch = loop.epoch_batches(run.dataset, 0, 0)[0]
-    pixels = loop.load_pixels(batch, random.Random(0), torch.device("cpu"))
-    total = 0.0
-    with torch.no_grad():
-        latents = run.models.vae.encode(pixels).latent_dist.mean * run.models.vae_scale
-        for k in range(8):
-            gen = torch.Generator().manual_seed(k)
-            total += float(loop.diffusion_loss(run.models, latents, [i.caption for i in batch],
-                                               torch.ones(len(batch)), config, gen))
-    return total / 8
-
-
 def test_loss_falls_on_a_memorisable_set(model: Path, dataset: Path, tmp_path: Path) -> None:
     config = replace(SMALL, max_train_steps=30, learning_rate=1e-2)
     result = loop.train(dataset, model, tmp_path, config, device=torch.device("cpu"))
     assert result.steps == 30 and result.output == tmp_path / "last.safetensors"
     run = loop.prepare(dataset, model, config, torch.device("cpu"))
-    before = _eval_loss(run, config)
+    before = eval_loss(run, config)
     run.network.load_kohya_state_dict(load_network(result.output)[0])
-    after = _eval_loss(run, config)
+    after = eval_loss(run, config)
     assert after < 0.85 * before, (before, after)
 
 

@@ -4,7 +4,6 @@ loads to the same outputs, iA3, the text-encoder output cache and the bucket ste
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ pytest.importorskip("diffusers")
 
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
+from trainer_helpers import eval_loss  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
 from fixtures.tiny_sdxl import build_tiny_sdxl  # noqa: E402
@@ -200,29 +200,16 @@ def test_latent_cache_files_are_sd_scripts_sdxl_ones(model: Path, tmp_path: Path
 
 # --- training --------------------------------------------------------------------------------------
 
-def _eval_loss(run: loop.Run, config: TrainConfig) -> float:
-    run.network.eval()
-    batch = loop.epoch_batches(run.dataset, 0, 0)[0]
-    pixels = loop.load_pixels(batch, random.Random(0), CPU)
-    total = 0.0
-    with torch.no_grad():
-        latents = run.models.vae.encode(pixels).latent_dist.mean * run.models.vae_scale
-        for k in range(8):
-            gen = torch.Generator().manual_seed(k)
-            total += float(loop.diffusion_loss(run.models, latents, [i.caption for i in batch],
-                                               torch.ones(len(batch)), config, gen))
-    return total / 8
-
 
 def test_lora_loss_falls_and_file_is_sdxl(trained: loop.TrainResult, model: Path, dataset: Path) -> None:
     config = TRAINED
     run = loop.prepare(dataset, model, config, CPU)
     assert run.models.vae_scale == pytest.approx(0.13025)
     assert next(run.models.vae.parameters()).dtype == torch.float32
-    before = _eval_loss(run, config)
+    before = eval_loss(run, config)
     tensors, meta = load_network(trained.output)
     run.network.load_kohya_state_dict(tensors)
-    after = _eval_loss(run, config)
+    after = eval_loss(run, config)
     assert after < 0.85 * before, (before, after)
     prefixes = {k.split(".")[0].split("_")[1] for k in tensors}
     assert prefixes == {"unet", "te1", "te2"}
