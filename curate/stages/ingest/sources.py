@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from curate.errors import CurateError
+from curate.paths import display  # re-exported: stages import it from here
 
 IMAGE_EXTS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
@@ -33,11 +34,6 @@ def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
     """
     with open(path, "rb") as fh:
         return fh.read(min(os.fstat(fh.fileno()).st_size, limit) + 1)
-
-
-def display(path: str | os.PathLike[str]) -> str:
-    """A path as text that can be stored and printed, even with undecodable bytes in it."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
