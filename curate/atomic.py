@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from curate.errors import OutputError, os_error_line
+
 TMP_PREFIX = ".curate-tmp-"
 
 
@@ -16,18 +18,24 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
 
     `durable` fsyncs the data before the rename, so a power cut cannot leave a renamed but
     empty file (SIGKILL alone cannot, the page cache survives the process).
+    A full disk or an unwritable folder raises OutputError naming `path` (the temp file gone).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        line = os_error_line(exc, path) if isinstance(exc, OSError) else None
+        if line is not None:
+            raise OutputError(line) from exc
         raise
 
 

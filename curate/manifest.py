@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.paths import display
 
 _SCHEMA_V1 = """
 CREATE TABLE images (
@@ -154,6 +155,30 @@ CURRENT_DECISION = (
 )
 
 
+# A write waits this long for another connection's transaction before "database is locked":
+# a lock held for less is simply waited for.
+BUSY_TIMEOUT_S = 5.0
+# Manifests open in this process, newest last: the CLI names one when an sqlite error that
+# never passed through Manifest reaches it.
+OPEN_PATHS: list[Path] = []
+
+
+def sqlite_error_line(exc: sqlite3.Error, path: Path | None) -> str | None:
+    """One line (manifest, cause, what to do) for a locked, full or read-only manifest; else None."""
+    text = str(exc).lower()
+    where = f"{display(path)}: " if path is not None else "the workspace manifest: "
+    if "locked" in text or "busy" in text:
+        return (f"{where}the manifest is locked ({exc}) for more than {BUSY_TIMEOUT_S:g} s: another "
+                "curate (or sqlite) process is using the workspace: wait for it to finish or stop it, "
+                "then re-run")
+    if "full" in text:
+        return f"{where}cannot write the manifest ({exc}): free some disk space and re-run"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return (f"{where}cannot write the manifest ({exc}): the workspace is read-only here: make it "
+                "writable or copy it to a writable folder")
+    return None
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -184,30 +209,49 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.row_factory = sqlite3.Row
             migrate(self.db)
+        except sqlite3.OperationalError as exc:
+            line = sqlite_error_line(exc, path)
+            if line is None:
+                raise
+            raise CurateError(line) from exc
         except sqlite3.DatabaseError as exc:
             raise CurateError(
                 f"{path}: cannot open the manifest ({exc}); if the file is damaged, move it "
                 "away and re-run the import"
             ) from exc
+        OPEN_PATHS.append(path)
 
     def close(self) -> None:
         self.db.close()
+        if self.path in OPEN_PATHS:
+            OPEN_PATHS.remove(self.path)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT; a locked, full or read-only manifest is a CurateError."""
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # sqlite may have rolled back already (disk full)
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self.db.in_transaction:  # a COMMIT that failed leaves the transaction open
+                self.db.execute("ROLLBACK")
+            line = sqlite_error_line(exc, self.path)
+            if line is None:
+                raise
+            raise CurateError(line) from exc
 
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, command: str, params: dict[str, Any]) -> int:

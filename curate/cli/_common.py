@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from curate.errors import CurateError
+from curate.errors import CurateError, os_error_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 50
@@ -72,9 +73,24 @@ def handle_errors(ctx: click.Context) -> Iterator[None]:
     except Exception as exc:
         if ctx.meta.get("curate.debug"):
             raise
+        if (line := known_error_line(exc)) is not None:
+            click.echo(f"error: {line}", err=True)
+            ctx.exit(2)
         click.echo(f"error: internal error ({type(exc).__name__}: {exc}); re-run with --debug "
                    "and report the traceback", err=True)
         ctx.exit(1)
+
+
+def known_error_line(exc: BaseException) -> str | None:
+    """A full disk, an unwritable folder or a locked/full/read-only manifest that no library
+    code turned into a CurateError: still one line naming the path, the cause, what to do."""
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        from curate.manifest import OPEN_PATHS, sqlite_error_line
+
+        return sqlite_error_line(exc, OPEN_PATHS[-1] if OPEN_PATHS else None)
+    return None
 
 
 @dataclass

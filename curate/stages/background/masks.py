@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from curate.errors import CurateError
+from curate.paths import display
 from curate.stages.background.config import BgConfig
 
 RELEASES = "https://github.com/danielgatis/rembg/releases"
@@ -46,6 +47,26 @@ def subject_seed(rgb: np.ndarray, margin: float) -> tuple[int, int, int, int] | 
     return x0, y0, x1 - x0, y1 - y0
 
 
+# GrabCut models the background from the pixels outside its rectangle: a rectangle covering the
+# image (margin 0, a subject that fills the frame, a tiny image) leaves it none and OpenCV
+# asserts `!bgdSamples.empty()`. The rectangle is kept this share of each side (>= 2 px) inside.
+MIN_BORDER = 0.02
+
+
+def with_background(rect: tuple[int, int, int, int], width: int,
+                    height: int) -> tuple[int, int, int, int] | None:
+    """rect shrunk so that a border of every side stays outside it; None when the image is too
+    small to have both a border and an inside."""
+    bx, by = max(2, round(width * MIN_BORDER)), max(2, round(height * MIN_BORDER))
+    if width < 2 * bx + 2 or height < 2 * by + 2:
+        return None
+    x0, y0 = max(rect[0], bx), max(rect[1], by)
+    x1, y1 = min(rect[0] + rect[2], width - bx), min(rect[1] + rect[3], height - by)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return bx, by, width - 2 * bx, height - 2 * by
+    return x0, y0, x1 - x0, y1 - y0
+
+
 def grabcut_mask(rgb: np.ndarray, config: BgConfig) -> np.ndarray:
     """GrabCut from the seed box: outside it is background, inside is modelled."""
     import cv2
@@ -59,6 +80,10 @@ def grabcut_mask(rgb: np.ndarray, config: BgConfig) -> np.ndarray:
     if config.seed == "subject":
         found = subject_seed(small, config.margin)
         rect = found if found is not None else rect
+    inner = with_background(rect, sw, sh)
+    if inner is None:  # a few pixels across: nothing to model a background from, all subject
+        return np.full((h, w), 255, np.uint8)
+    rect = inner
     mask = np.zeros((sh, sw), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
@@ -110,8 +135,14 @@ def open_session(config: BgConfig) -> Any:
         path = Path(config.model_path).expanduser().absolute()
         if not path.is_file():
             raise CurateError(f"bg.model_path {path} is not a file: name a u2net-style .onnx model")
-        with _model_home(path.parent):
-            return _new(rembg, "u2net_custom", model_path=str(path))
+        try:
+            with _model_home(path.parent):
+                return _new(rembg, "u2net_custom", model_path=str(path))
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, NoSuchFile, Fail, ...: not a model
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise CurateError(f"bg.model_path {display(path)}: cannot load it as an ONNX model "
+                              f"({type(exc).__name__}: {first}): name a complete u2net-style .onnx file "
+                              "(re-download it if it is damaged), or use --method grabcut") from exc
     from rembg.sessions import sessions_class
 
     found = [c for c in sessions_class if c.name() == config.model]

@@ -25,8 +25,9 @@ from curate.errors import CurateError
 from curate.folder import resolve_target, walk_images
 from curate.manifest import now
 from curate.stages.background.config import BgConfig, parse_fill
-from curate.stages.background.masks import Segmenter
+from curate.stages.background.masks import Cut, Segmenter
 from curate.stages.background.render import coverage, encode
+from curate.stages.guard import FAILED, Failed, attempt
 from curate.stages.quality.copy import check_out, copy_image
 from curate.workspace import Workspace
 
@@ -44,6 +45,7 @@ class Item:
     data: bytes | None = None
     size: tuple[int, int] = (0, 0)
     subject: float = 0.0  # share of the image kept
+    error: str | None = None  # why it could not be cut
     written: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,17 +111,22 @@ def _run(result: BgResult, segmenter: Segmenter, on_progress: ProgressFn | None)
     result.device = segmenter.device
     fill = parse_fill(result.config.fill)
     for done, it in enumerate(result.items, 1):
-        try:
-            with Image.open(it.path) as image:
-                image.load()
-                cut = segmenter.cut(image)
-        except (OSError, ValueError) as exc:
-            result.skipped.append((it.shown, f"cannot read or cut: {exc}"))
+        cut = attempt(lambda path: _cut_file(segmenter, path), it.path, "cannot read or cut it",
+                      "replace the file, try the other --method, or leave it out")
+        if isinstance(cut, Failed):
+            it.error = cut.reason
+            result.skipped.append((it.shown, cut.reason))
         else:
             it.data, shown = encode(cut, fill, result.config.mask_only)
             it.size, it.subject = shown.size, coverage(cut.mask)
         if on_progress:
             on_progress(done, len(result.items))
+
+
+def _cut_file(segmenter: Segmenter, path: Path) -> Cut:
+    with Image.open(path) as image:
+        image.load()
+        return segmenter.cut(image)
 
 
 def _write_folder(root: Path, out: Path, it: Item, mask_only: bool) -> list[str]:
@@ -168,6 +175,8 @@ def _store(ws: Workspace, result: BgResult, sources: dict[str, tuple[str, dict[s
                      run_id))
         reason = f"{result.device}; subject {it.subject:.0%} of {it.size[0]}x{it.size[1]}"
         decisions.append((it.sha256, it.shown, STAGE, CUT, reason, run_id, now()))
+    decisions += [(it.sha256, it.shown, STAGE, FAILED, it.error, run_id, now())
+                  for it in result.items if it.error]
     with ws.manifest.transaction() as db:
         db.executemany("DELETE FROM crops WHERE image_sha256 = ? AND kind = 'main'", [(c[0],) for c in crops])
         db.executemany("INSERT INTO crops (image_sha256, kind, sha256, stored_path, width, height, mode, "

@@ -26,6 +26,7 @@ from curate.record import Record
 from curate.stages.crop.config import CropConfig
 from curate.stages.crop.render import Outcome, Piece, crop_file
 from curate.stages.crop.user_boxes import CROPS_FILE, Box, match, read_crops
+from curate.stages.guard import FAILED, Failed, per_image_map
 from curate.stages.quality.copy import check_out, copy_image
 from curate.workspace import Workspace
 
@@ -141,17 +142,16 @@ def _ws_item(record: Record) -> Item:
 
 def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
          on_progress: ProgressFn | None, render: bool) -> None:
-    from curate.stages.dedupe.hashing import pool_map
-
     used, jobs = set(), []
     for it in result.items:
         hit = match(boxes, it.names)
         if hit:
             used.add(hit[0])
         jobs.append((str(it.path), hit[1] if hit else None, result.config, render))
-    outcomes = pool_map(crop_file, jobs, result.config.workers or None)
+    outcomes = per_image_map(crop_file, jobs, result.config.workers or None, "cannot crop it",
+                             "give its box in crops.csv, replace the file, or leave it out")
     for done, (it, outcome) in enumerate(zip(result.items, outcomes, strict=True), 1):
-        it.outcome = outcome
+        it.outcome = Outcome(error=outcome.reason) if isinstance(outcome, Failed) else outcome
         if outcome.error:
             result.skipped.append((it.shown, outcome.error))
         if on_progress:
@@ -174,6 +174,8 @@ def _store(ws: Workspace, result: CropResult) -> None:
         reason = "; ".join([it.reason(result.config.max_upscale), *it.outcome.notes])
         verdict = SMALL if main.small else CROPPED
         decisions.append((it.sha256, it.shown, STAGE, verdict, reason, run_id, now()))
+    decisions += [(it.sha256, it.shown, STAGE, FAILED, it.outcome.error, run_id, now())
+                  for it in result.items if it.outcome is not None and it.outcome.error]
     with ws.manifest.transaction() as db:
         db.execute("DELETE FROM crops")
         db.executemany("INSERT INTO crops (image_sha256, kind, sha256, stored_path, width, height, mode, "

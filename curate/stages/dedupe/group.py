@@ -107,18 +107,22 @@ def _confirmed(
     uf.parent = labels.tolist()  # component labels are their smallest member: a valid forest
     rep = _representatives(unique, inverse, len(items))
     budget = config.verify_max_pairs
-    for start in range(0, len(pending), VERIFY_BATCH):
-        batch = _still_apart(uf, pending[start:start + VERIFY_BATCH])
+    # Each round verifies one pair per pair of groups still apart; a pair that fails leaves the
+    # next pair of the same two groups for a later round (dropping it split a group: a second
+    # run over the kept images then joined them and moved one more).
+    while pending and budget > 0:
+        batch, rest = _still_apart(uf, pending[:VERIFY_BATCH])
         if len(batch) > budget:
-            unverified.append(len(batch) - budget + len(pending) - start - VERIFY_BATCH)
+            rest = batch[budget:] + rest
             batch = batch[:budget]
+        pending = rest + pending[VERIFY_BATCH:]
         budget -= len(batch)
         ok = set(confirm(items, [(rep[a], rep[b]) for a, b in batch]))
         for a, b in batch:
             if (rep[a], rep[b]) in ok:
                 uf.union(a, b)
-        if budget <= 0:
-            break
+    if pending and (left := len(_still_apart(uf, pending)[0])):
+        unverified.append(left)
     return np.array([uf.find(x) for x in range(len(unique))], dtype=np.int64)
 
 
@@ -129,15 +133,19 @@ def _representatives(unique: np.ndarray, inverse: np.ndarray, n: int) -> list[in
     return rep.tolist()
 
 
-def _still_apart(uf: UnionFind, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Pairs whose sides are in different groups, one per pair of groups."""
-    seen, out = set(), []
+def _still_apart(uf: UnionFind, pairs: list[tuple[int, int]]
+                 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Pairs whose sides are in different groups: one per pair of groups, and the others of
+    those groups (in order, for a later round); pairs already joined are dropped."""
+    seen, out, later = set(), [], []
     for a, b in pairs:
         ra, rb = uf.find(a), uf.find(b)
-        if ra != rb and (min(ra, rb), max(ra, rb)) not in seen:
-            seen.add((min(ra, rb), max(ra, rb)))
-            out.append((a, b))
-    return out
+        if ra == rb:
+            continue
+        key = (min(ra, rb), max(ra, rb))
+        (later if key in seen else out).append((a, b))
+        seen.add(key)
+    return out, later
 
 
 def _make_group(members: list[int], items: Sequence[Item], words: np.ndarray, n: int,

@@ -12,16 +12,18 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from curate.atomic import TMP_PREFIX, atomic_write_text
-from curate.errors import CurateError
+from curate.errors import CurateError, OutputError, os_error_line
 from curate.stages.dedupe.group import Group
 from curate.stages.dedupe.scan import Item
 
 UNDO_NAME = "dedupe.json"
+LOCK_NAME = ".dedupe.lock"
 SIDECAR_SUFFIXES = (".json", ".txt", ".caption", ".npz")
 
 
@@ -57,6 +59,28 @@ def plan_moves(root: Path, dest: Path, items: Sequence[Item], groups: Iterable[G
     return moves
 
 
+@contextmanager
+def move_lock(dest: Path) -> Iterator[None]:
+    """Hold DEST for one `--move-to` run from scan to record. A second run waits for the first
+    and then scans what is left, so it moves (and records) only what the first did not."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        fh = (dest / LOCK_NAME).open("a+")
+    except OSError as exc:
+        line = os_error_line(exc, dest)
+        if line is None:
+            raise
+        raise OutputError(line) from exc
+    with fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        except ImportError:  # Windows: no advisory locks; single-user use assumed
+            pass
+        yield
+
+
 def read_record(path: Path) -> dict:  # type: ignore[type-arg]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -85,6 +109,10 @@ def apply_moves(dest: Path, moves: Sequence[Move]) -> tuple[list[Move], list[tup
             refused.append((m.source, problem))
         else:
             done.append(m)
+    if refused:  # the record lists the moves made: a refused one was listed only in case of a kill
+        not_made = {m for m, _ in refused} - seen
+        record["moves"] = [m for m in record["moves"] if m["source"] not in not_made]
+        atomic_write_text(record_path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return done, refused
 
 

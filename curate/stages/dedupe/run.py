@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.group import Group, find_groups
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
-from curate.stages.dedupe.move import apply_moves, plan_moves
+from curate.stages.dedupe.move import apply_moves, move_lock, plan_moves
 from curate.stages.dedupe.report import write_report
 from curate.stages.dedupe.scan import Item, ProgressFn, Scan, scan_folder, scan_workspace
 from curate.workspace import Workspace
@@ -106,10 +107,12 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
     else:
         if move_to is not None and Path(move_to).absolute() == target:
             raise CurateError("--move-to must be another folder than the one deduplicated")
-        scan = scan_folder(target, config, [move_to] if move_to else [], on_progress=on_progress)
-        _group(result, scan, config, keep_list, target)
-        if move_to is not None:
-            _move(result, target, Path(move_to).absolute(), dry_run)
+        dest = Path(move_to).absolute() if move_to is not None and not dry_run else None
+        with move_lock(dest) if dest is not None else nullcontext():
+            scan = scan_folder(target, config, [move_to] if move_to else [], on_progress=on_progress)
+            _group(result, scan, config, keep_list, target)
+            if move_to is not None:
+                _move(result, target, Path(move_to).absolute(), dry_run)
     if report is not None:
         write_report(Path(report), result.items, result.groups, f"curate dedupe: {target}",
                      _summary_line(result))

@@ -20,6 +20,7 @@ from curate.errors import CurateError
 from curate.folder import resolve_target, walk_images
 from curate.manifest import now
 from curate.record import EXCLUDING, REJECTED, Record
+from curate.stages.guard import FAILED, Failed, per_image_map
 from curate.stages.quality.config import CHECKS, QualityConfig
 from curate.stages.quality.copy import check_out, copy_image
 from curate.stages.quality.faces import detector_key
@@ -51,6 +52,7 @@ class QualityResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     measured: int = 0  # images read in this run (the rest had stored scores)
+    failed: list[tuple[Item, str]] = field(default_factory=list)  # could not be measured, why
     out: str | None = None
     copied: list[str] = field(default_factory=list)
 
@@ -139,15 +141,16 @@ def _workspace(ws: Workspace, result: QualityResult, on_progress: ProgressFn | N
 def _measure(result: QualityResult, detector: str, on_progress: ProgressFn | None) -> list[Item]:
     """Scores for items without them (on all cores), then every item judged; returns the
     items measured in this run. An image that cannot be read is skipped with the reason."""
-    from curate.stages.dedupe.hashing import pool_map
-
     todo = [it for it in result.items if it.scores is None]
     jobs = [(str(it.path), detector) for it in todo]
-    for done, (it, (scores, error)) in enumerate(
-            zip(todo, pool_map(measure_file, jobs, result.config.workers or None), strict=True), 1):
+    measured = per_image_map(measure_file, jobs, result.config.workers or None, "cannot measure it",
+                             "replace the file or leave it out")
+    for done, (it, outcome) in enumerate(zip(todo, measured, strict=True), 1):
+        scores, error = (None, outcome.reason) if isinstance(outcome, Failed) else outcome
         it.scores = scores
         if error:
             result.skipped.append((it.shown, error))
+            result.failed.append((it, error))
         if on_progress:
             on_progress(done, len(todo))
     result.measured = len(todo)
@@ -162,6 +165,8 @@ def _record(ws: Workspace, result: QualityResult) -> None:
     run_id = ws.manifest.start_run(STAGE, {**asdict(result.config), "skip": list(result.config.skip)})
     rows = [(it.sha256, it.shown, STAGE, REJECTED, "; ".join(r for _, r in it.failures), run_id, now())
             for it in result.rejected]
+    rows += [(it.sha256, it.shown, STAGE, FAILED, reason, run_id, now())
+             for it, reason in result.failed]
     with ws.manifest.transaction() as db:
         db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)

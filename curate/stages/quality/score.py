@@ -44,11 +44,16 @@ def measure_image(image: Image.Image, detector: str) -> Scores:
 
 
 def measure_file(job: tuple[str, str]) -> tuple[Scores | None, str | None]:
-    """(scores, None) or (None, why it could not be read); picklable for a process pool."""
+    """(scores, None) or (None, why it could not be read); picklable for a process pool.
+
+    Only decoding is caught here; a measure that fails on the pixels raises, and the stage's
+    per-image guard (`curate.stages.guard`) names the measure's exception instead."""
     path, detector = job
     try:
-        with Image.open(Path(path)) as image:
-            return measure_image(image, detector), None
+        image = Image.open(Path(path))
+        image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         first = (str(exc).splitlines() or [""])[0] or type(exc).__name__
         return None, f"cannot decode ({first}): re-download it or leave it out"
+    with image:
+        return measure_image(image, detector), None
