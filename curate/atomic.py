@@ -11,6 +11,12 @@ from pathlib import Path
 from curate.errors import OutputError, os_error_line
 
 TMP_PREFIX = ".curate-tmp-"
+# mkstemp makes 0600 files; a dataset, caption or LoRA must get the permissions any other
+# program's file would (0666 less the umask), or a user's other tools and accounts cannot
+# read it. Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -24,6 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:

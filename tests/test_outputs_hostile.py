@@ -218,3 +218,36 @@ def test_move_to_twice_and_concurrently(tmp_path: Path) -> None:
     assert sorted(m["source"] for m in record["moves"]) == sorted(moved)
     again = json.loads(curate("dedupe", str(folder), "--move-to", str(dest), "--json").stdout)
     assert again["counts"]["moved"] == 0 and again["counts"]["duplicates"] == 0
+
+
+TRAIN = ("--max-train-steps", "1", "--set", "resolution=128", "--set", "min_bucket_reso=64")
+
+
+@pytest.mark.parametrize(("size", "mode", "cause"), [("1m", "ro", "read-only"), ("100k", "rw", "full")])
+def test_train_into_a_read_only_or_full_folder_is_one_line(
+    tiny_sd: Path, photos_dataset: Path, tmp_path: Path, size: str, mode: str, cause: str
+) -> None:
+    out = tmp_path / "out"
+    proc = in_tmpfs(out, size, mode, "train", str(photos_dataset), "--model", str(tiny_sd),
+                    "--out", str(out / "lora"), *TRAIN)
+    assert cause in one_line_error(proc, str(out / "lora"))
+
+
+def test_lora_resize_into_a_read_only_folder_is_one_line(
+    tiny_sd: Path, photos_dataset: Path, tmp_path: Path
+) -> None:
+    trained = curate("train", str(photos_dataset), "--model", str(tiny_sd), "--out",
+                     str(tmp_path / "lora"), *TRAIN)
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "ro"
+    proc = in_tmpfs(out, "1m", "ro", "lora", "resize", str(tmp_path / "lora" / "last.safetensors"),
+                    "--dim", "2", "--out", str(out / "small.safetensors"))
+    one_line_error(proc, str(out / "small.safetensors"), "read-only")
+
+
+def test_written_files_get_the_umask_permissions_not_0600(tmp_path: Path) -> None:
+    from curate.atomic import FILE_MODE, atomic_write_text
+
+    atomic_write_text(tmp_path / "caption.txt", "sks")
+    assert (tmp_path / "caption.txt").stat().st_mode & 0o777 == FILE_MODE
+    assert FILE_MODE & 0o044  # with any usual umask (022, 002) others can read what curate wrote
