@@ -145,6 +145,17 @@ def test_a_pickle_with_code_is_refused_and_never_run(tiny_sd: Path, photos_datas
     assert not marker.exists()
 
 
+def test_a_resume_state_with_code_is_refused_and_never_run(tiny_sd: Path, photos_dataset: Path,
+                                                           tmp_path: Path) -> None:
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+    assert train(photos_dataset, tiny_sd, out, "--save-state").exit_code == 0
+    state = out / "last-state"
+    (state / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": WritesMarker(marker)}))
+    res = train(photos_dataset, tiny_sd, tmp_path / "again", "--resume", str(state), "--max-train-steps", "2")
+    one_error_line(res, str(state), "pickled Python")
+    assert not marker.exists()
+
+
 # --- item 6: terminal escapes from a file's metadata ----------------------------------------
 
 def test_lora_info_escapes_control_characters(tmp_path: Path) -> None:
