@@ -14,7 +14,8 @@ from pathlib import Path
 
 from curate.errors import CurateError
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def display(path: str | os.PathLike[str]) -> str:
@@ -23,17 +24,19 @@ def display(path: str | os.PathLike[str]) -> str:
     Linux names are bytes: a name that is not UTF-8 reaches Python as surrogate escapes,
     which SQLite, JSON and terminals refuse. `\\xff` is shown instead.
     """
-    return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    return printable(os.fsencode(path).decode("utf-8", "backslashreplace"), one_line=True)
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, one_line: bool = False) -> str:
     """User data (metadata, names, tags) made safe to print: control characters escaped.
 
     A file's metadata can hold ANSI escapes that recolour or rewrite the user's terminal;
-    surrogate escapes from undecodable bytes would make print() raise.
+    surrogate escapes from undecodable bytes would make print() raise. `one_line` escapes
+    tabs and newlines too (a file name, a tag: anything shown inside a one-line message).
     """
-    if _CONTROL.search(text):
-        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    control = _CONTROL_ALL if one_line else _CONTROL
+    if control.search(text):
+        text = control.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

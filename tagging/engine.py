@@ -117,8 +117,7 @@ class Tagger:
                                                          ort_config or {})
         self.providers: list[str] = list(self.session.get_providers())
         self.input_name, self.input_size, self.batch_limit = _input_spec(self.model_path, self.session)
-        shape = self.session.get_outputs()[0].shape
-        self.num_tags: int | None = shape[-1] if isinstance(shape[-1], int) else None
+        self.num_tags: int | None = _output_width(self.model_path, self.session)
 
     @property
     def fixed_batch(self) -> bool:
@@ -127,6 +126,15 @@ class Tagger:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities `[N, tags]` for a stacked `[N, S, S, 3]` batch of preprocessed images."""
+        try:
+            return self._run(batch)
+        except Exception as exc:  # onnxruntime's own types: a model that loads but cannot run
+            size = self.input_size
+            raise CurateError(f"{self.model_path}: onnxruntime cannot run this model on a [N, {size}, "
+                              f"{size}, 3] float32 batch ({_first_line(exc)[:200]}); it is not a WD14 "
+                              "tagger, or it is damaged: re-download it") from exc
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.batch_limit is None:
             return self.session.run(None, {self.input_name: batch})[0]
         outputs = []
@@ -246,13 +254,27 @@ def _without_cuda(providers: list[str]) -> list[str]:
 
 def _input_spec(model_path: Path, session: Any) -> tuple[str, int, int | None]:
     """(input name, square size, fixed batch or None) from `session.get_inputs()[0]`."""
-    spec = session.get_inputs()[0]
+    inputs = session.get_inputs()
+    if not inputs:
+        raise CurateError(f"{model_path}: the model takes no input; a WD14 tagger takes one image batch "
+                          "[batch, size, size, 3]: re-download it or use another model")
+    spec = inputs[0]
     shape = list(spec.shape)
     if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2]:
         raise CurateError(f"{model_path}: input {spec.name} has shape {shape}; a WD14 tagger takes "
                           "[batch, size, size, 3] (NHWC, square)")
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     return spec.name, shape[1], batch
+
+
+def _output_width(model_path: Path, session: Any) -> int | None:
+    """The number of tags the first output gives per image (None: a symbolic size)."""
+    outputs = session.get_outputs()
+    shape = list(outputs[0].shape or []) if outputs else None
+    if shape is None or len(shape) not in (0, 2):  # 0: the model does not declare it
+        raise CurateError(f"{model_path}: the model's output has shape {shape or 'none'}; a WD14 tagger "
+                          "gives [batch, tags] probabilities: re-download it or use another model")
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
 
 
 def load_tagger(files: ModelFiles, *, providers: Sequence[str] | None = None,

@@ -75,7 +75,7 @@ def download_hint(repo: str) -> str:
 
 def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import (
             EntryNotFoundError,
             LocalEntryNotFoundError,
@@ -84,28 +84,50 @@ def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
     except ImportError:
         raise CurateError(f"cannot download {repo}: huggingface_hub is not installed "
                           f"(pip install 'curate[tag]'), or {download_hint(repo)}") from None
+    # huggingface_hub retries a refused connection for ~25 s before giving up: one quick probe
+    # first, and then only the cache, when the Hub cannot be reached
+    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
     paths = []
     for name in (MODEL_FILE, TAGS_FILE):
         try:
-            paths.append(Path(hf_hub_download(repo, name, cache_dir=cache_dir)))
+            paths.append(Path(hf_hub_download(repo, name, cache_dir=cache_dir,
+                                              local_files_only=offline is not None)))
         # LocalEntryNotFoundError (offline, not cached) subclasses EntryNotFoundError: test it first
         except LocalEntryNotFoundError as exc:
-            raise _offline(repo) from exc
+            raise _offline(repo, offline or "the Hugging Face Hub is unreachable") from exc
         except RepositoryNotFoundError:
             raise CurateError(f"{repo}: no such model on the Hugging Face Hub (or it is private or "
                               "gated); check the name, e.g. SmilingWolf/wd-swinv2-tagger-v3") from None
         except EntryNotFoundError:
             raise CurateError(f"{repo} has no {name}: it is not a WD14-style tagger "
                               f"({MODEL_FILE} + {TAGS_FILE})") from None
-        except OSError as exc:  # network errors: connection refused, DNS, timeouts, offline mode
-            raise _offline(repo) from exc
+        except OSError as exc:  # network errors after the probe: DNS, timeouts, a dropped connection
+            raise _offline(repo, f"the Hugging Face Hub is unreachable ({_first_line(exc)})") from exc
     return ModelFiles(paths[0], paths[1], repo)
 
 
-def _offline(repo: str) -> CurateError:
+def _unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
+    """Why the Hub endpoint cannot be reached (one request, no retries), or None when it answers.
+
+    huggingface_hub's own HTTP client is used, so proxies and certificates set for it apply.
+    """
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception as exc:  # the client's transport errors (httpx types, OSError)
+        return f"{endpoint} cannot be reached ({_first_line(exc)})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _offline(repo: str, why: str) -> CurateError:
     # huggingface_hub's own messages run to several sentences; --debug shows the chained one
-    return CurateError(f"cannot download {repo}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE "
-                       f"is set) and the files are not cached; {download_hint(repo)}")
+    return CurateError(f"cannot download {repo}: {why}, and the files are not in the Hugging Face cache; "
+                       f"{download_hint(repo)}")
 
 
 def read_tags(csv_path: Path) -> list[TagInfo]:

@@ -112,9 +112,9 @@ def read_ia3(path: Path) -> tuple[dict[str, tuple[torch.Tensor, bool]], dict[str
     return layers, metadata
 
 
-def base_layers(model_dir: Path) -> dict[str, nn.Module]:
+def base_layers(model_dir: Path, allow_pickle: bool = False) -> dict[str, nn.Module]:
     """Every Linear / Conv2d of the model an adapter may target, by kohya name."""
-    models = load_models(model_dir, torch.device("cpu"))
+    models = load_models(model_dir, torch.device("cpu"), allow_pickle=allow_pickle)
     layers = find_targets(models.unet, UNET_PREFIX, UNET_BLOCKS + UNET_CONV_BLOCKS, lambda _n, _layer: True)
     encoders = models.text_encoders
     for prefix, encoder in zip(te_prefixes(len(encoders)), encoders, strict=True):
@@ -198,13 +198,13 @@ def _tensor_bytes(*tensors: torch.Tensor) -> int:
 
 
 def export_ia3_to_lora(ia3_path: Path, model_dir: Path, out_path: Path,
-                       save_precision: str = "fp16") -> ExportResult:
+                       save_precision: str = "fp16", *, allow_pickle: bool = False) -> ExportResult:
     """Write OUT, a kohya LoRA equal to the iA3 file on MODEL at every multiplier."""
     dtype = save_dtype(save_precision)
     if out_path.resolve() == ia3_path.resolve():
         raise CurateError(f"{out_path}: the LoRA would overwrite the iA3 file; choose another --out")
     ia3, source_meta = read_ia3(ia3_path)
-    layers = base_layers(model_dir)
+    layers = base_layers(model_dir, allow_pickle)
     result = ExportResult(ia3_path, out_path, model_dir, save_precision, ia3_path.stat().st_size, 0)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, (scale, on_input) in ia3.items():

@@ -33,6 +33,7 @@ from trainer.config import TrainConfig, to_toml
 from trainer.data import Dataset, Item, epoch_batches, load_dataset, process_caption, steps_per_epoch
 from trainer.distributed import Dist, init_distributed, rank_batches
 from trainer.latents import LatentSource, load_pixels
+from trainer.loading import loading
 from trainer.model import Models, load_models, prepare_text
 from trainer.networks import AdapterNetwork, LoRANetwork, create_network
 from trainer.noise import diffusion_loss, prepare_schedule, size_ids
@@ -342,8 +343,9 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
     started = time.perf_counter()
     step = 0
     if resume is not None:
-        step = checkpoint.load_state(resume, run.network, run.optimizer, run.lr_scheduler, config,
-                                     run.dist.world)
+        with loading(resume, "training state"):  # a state folder is user data: pickles, JSON, tensors
+            step = checkpoint.load_state(resume, run.network, run.optimizer, run.lr_scheduler, config,
+                                         run.dist.world)
     result = TrainResult(out / f"{config.output_name}.safetensors", step, 0, run.steps_per_epoch,
                          resumed_from=step, device=str(run.device), processes=run.dist.world)
     out.mkdir(parents=True, exist_ok=True)

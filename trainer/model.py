@@ -5,7 +5,9 @@ A base model is a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_e
 `.ckpt` pickle only with allow_pickle and then tensors only), read offline. The noise schedule is
 sd-scripts' DDPMScheduler (REFERENCE §7), whatever sampler the model names; the prediction type
 (epsilon or v) comes from the scheduler config. Captions become CLIP states in trainer.tokens,
-75/150/225 tokens as sd-scripts' max_token_length.
+75/150/225 tokens as sd-scripts' max_token_length. A folder's weights are read from
+`.safetensors` only unless allow_pickle, and any file of it that fails to load stops the run
+with one line naming it (trainer.loading).
 
 SDXL (a folder whose model_index.json names a `text_encoder_2`, or an SDXL single file) adds
 the second text encoder and tokenizer; its captions become the concatenated states of both
@@ -16,7 +18,6 @@ caption is computed once before training and looked up (`Models.text_cache`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
+from curate.paths import display
 from trainer.config import TrainConfig
 from trainer.data import Dataset, cacheable_captions, check_sdxl_dataset
+from trainer.loading import loading, prediction_type, read_json_object, refuse_pickle_only, safetensors_only
 from trainer.single_file import SingleFileParts, load_single_file
 from trainer.tokens import encode_captions, encode_captions_sdxl
 
@@ -62,33 +65,36 @@ class Models:
 
 def _check_model_path(path: Path) -> None:
     if not path.exists():
-        raise CurateError(f"{path}: no such model folder or checkpoint file")
+        raise CurateError(f"{display(path)}: no such model folder or checkpoint file")
     if path.is_dir() and not (path / "model_index.json").is_file():
-        raise CurateError(f"{path}: not a diffusers model folder (no model_index.json)")
+        raise CurateError(f"{display(path)}: not a diffusers model folder (no model_index.json)")
 
 
-def _load_folder(path: Path) -> SingleFileParts:
+def _component(root: Path, name: str, cls: Any, allow_pickle: bool) -> Any:
+    """One component folder of a diffusers model, read offline; a pickle only with allow_pickle."""
+    folder = root / name
+    refuse_pickle_only(folder, allow_pickle)
+    weights = safetensors_only(allow_pickle) if name.startswith(("unet", "vae", "text_encoder")) else {}
+    with loading(folder, {"unet": "UNet", "vae": "VAE"}.get(name, name.replace("_", " "))):
+        return cls.from_pretrained(folder, local_files_only=True, **weights)
+
+
+def _load_folder(path: Path, allow_pickle: bool) -> SingleFileParts:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    try:
-        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-        text_encoder_2 = tokenizer_2 = None
-        if (index.get("text_encoder_2") or [None])[0] is not None:  # SDXL
-            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2",
-                                                                         local_files_only=True)
-            tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CurateError(f"{path}: cannot load the model ({exc})") from exc
-    scheduler_config = path / "scheduler" / "scheduler_config.json"
-    prediction = "epsilon"
-    if scheduler_config.is_file():
-        saved = json.loads(scheduler_config.read_text(encoding="utf-8"))
-        prediction = saved.get("prediction_type", prediction)
+    index = read_json_object(path / "model_index.json", "model index")
+    entry = index.get("text_encoder_2")
+    sdxl = isinstance(entry, list) and bool(entry) and entry[0] is not None
+    prediction = prediction_type(path)  # read first: a broken small file fails before the slow loads
+    unet = _component(path, "unet", UNet2DConditionModel, allow_pickle)
+    vae = _component(path, "vae", AutoencoderKL, allow_pickle)
+    text_encoder = _component(path, "text_encoder", CLIPTextModel, allow_pickle)
+    tokenizer = _component(path, "tokenizer", CLIPTokenizer, allow_pickle)
+    text_encoder_2 = tokenizer_2 = None
+    if sdxl:
+        text_encoder_2 = _component(path, "text_encoder_2", CLIPTextModelWithProjection, allow_pickle)
+        tokenizer_2 = _component(path, "tokenizer_2", CLIPTokenizer, allow_pickle)
     return SingleFileParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                            prediction_type=prediction, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
@@ -105,7 +111,8 @@ def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.flo
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # curate prints its own progress; a second bar is noise
-    parts = load_single_file(path, model_config, allow_pickle) if path.is_file() else _load_folder(path)
+    parts = (load_single_file(path, model_config, allow_pickle) if path.is_file()
+             else _load_folder(path, allow_pickle))
     unet, vae, text_encoder = parts.unet, parts.vae, parts.text_encoder
     encoders = [text_encoder] if parts.text_encoder_2 is None else [text_encoder, parts.text_encoder_2]
     for module in (unet, vae, *encoders):

@@ -22,8 +22,6 @@ running its code. diffusers gets the resulting state dict.
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +31,10 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
+from curate.paths import display
+from trainer.loading import PICKLE_SUFFIXES, first_line, loading, pickle_refused, prediction_type
 
 CONFIGS = Path(__file__).parent / "configs"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 VAE_KEY = "first_stage_model.encoder.conv_in.weight"
 CLIP_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
@@ -68,28 +67,10 @@ class SingleFileParts:
     tokenizer_2: Any = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _pickle_refused(path: Path) -> CurateError:
-    return CurateError(f"{path}: a pickle checkpoint can run code when loaded; pass --allow-pickle to read "
-                       "its tensors only (torch.load weights_only), or convert it to .safetensors")
-
-
 def _read_pickle(path: Path) -> Any:
-    try:
+    """The tensors of a pickle via torch.load(weights_only=True), which builds no other object."""
+    with loading(path, "PyTorch checkpoint"):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise CurateError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
-        # weights_only met an object that is not a tensor or plain container and did not build it
-        raise CurateError(f"{path}: holds Python objects besides tensors, refused unread even with "
-                          "--allow-pickle (torch.load weights_only); convert it to .safetensors with a "
-                          "tool you trust") from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CurateError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
 
 
 def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -102,10 +83,11 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
         try:
             loaded: Any = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CurateError(f"{path}: not a readable .safetensors file ({_first_line(exc)})") from exc
+            raise CurateError(f"{display(path)}: not a readable .safetensors file "
+                              f"({first_line(exc)})") from exc
     elif suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise _pickle_refused(path)
+            raise pickle_refused(path)
         loaded = _read_pickle(path)
     else:
         raise CurateError(f"{path}: not a model checkpoint (.safetensors, or .ckpt with --allow-pickle) "
@@ -174,7 +156,7 @@ def _load_tokenizer(folder: Path) -> Any | None:
         return None
     try:
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError):
+    except Exception:  # a broken tokenizer file: the caller says which tokenizer is missing
         return None
 
 
@@ -200,13 +182,6 @@ def load_tokenizer(path: Path, model_config: str | None, config_dir: Path, famil
                       f"(a diffusers folder with {folder}/)")
 
 
-def _prediction_type(config_dir: Path) -> str:
-    path = config_dir / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return "epsilon"
-    return str(json.loads(path.read_text(encoding="utf-8")).get("prediction_type", "epsilon"))
-
-
 def _incomplete(path: Path, name: str, example: str) -> CurateError:
     return CurateError(f"{path}: the {name} weights are incomplete (e.g. {example} is missing); the "
                        "checkpoint does not match its config (--set model_config=DIR)")
@@ -216,12 +191,14 @@ def _build(path: Path, name: str, build: Callable[[], nn.Module], config_dir: Pa
     """One component; diffusers builds it on the meta device and fills it from the checkpoint."""
     try:
         module = build()
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (CurateError, MemoryError):
+        raise
+    except Exception as exc:  # diffusers and transformers raise types of their own on a bad config
         if "meta tensor" in str(exc):  # a tensor the file lacks stayed on meta, then was moved
             raise _incomplete(path, name, "a tensor") from exc
-        raise CurateError(f"{path}: cannot build the {name} from this checkpoint with the configs in "
-                          f"{config_dir} ({_first_line(exc)}); pass --set model_config=DIR matching it"
-                          ) from exc
+        raise CurateError(f"{display(path)}: cannot build the {name} from this checkpoint with the configs "
+                          f"in {display(config_dir)} ({first_line(exc)}); pass --set model_config=DIR "
+                          "matching it") from exc
     # the text encoder's loader leaves a missing tensor on meta without complaint
     missing = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if missing:
@@ -266,5 +243,5 @@ def load_single_file(path: Path, model_config: str | None = None,
     unet, vae, text_encoder = _components(path, state, config_dir)
     text_encoder_2 = _text_encoder_2(path, state, config_dir) if family == "sdxl" else None
     return SingleFileParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                           prediction_type=_prediction_type(config_dir), text_encoder_2=text_encoder_2,
+                           prediction_type=prediction_type(config_dir), text_encoder_2=text_encoder_2,
                            tokenizer_2=tokenizer_2)

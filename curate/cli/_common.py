@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 import traceback
@@ -16,9 +17,13 @@ from typing import Any, TypeVar
 import click
 
 from curate.errors import CurateError, os_error_line
+from curate.paths import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 50
+# json.dumps(ensure_ascii=False) escapes C0 controls but passes C1 ones (\x9b is a terminal's CSI)
+# and lone surrogates (undecodable bytes) through; they only occur inside strings, as \uXXXX
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -58,7 +63,7 @@ def handle_errors(ctx: click.Context) -> Iterator[None]:
     except CurateError as exc:
         if ctx.meta.get("curate.debug"):
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         ctx.exit(2)
     except BrokenPipeError:
         # the reader went away (`curate ... | head`): nothing left to say, and no traceback
@@ -107,31 +112,36 @@ class Out:
         return Console(highlight=False, soft_wrap=True)
 
     def json(self, data: dict[str, Any]) -> None:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+        click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
     def line(self, text: str) -> None:
         if not self.as_json:
-            click.echo(text)
+            click.echo(printable(text))  # lines quote user data: names, tags, metadata
 
     def problems(self, label: str, items: list[tuple[str, str]], *, always: bool = True) -> None:
         if self.as_json or not items or not (always or self.verbose):
             return
         shown = items if self.verbose else items[:LIST_LIMIT]
         for subject, reason in shown:
-            click.echo(f"{label}: {subject}: {reason}")
+            click.echo(printable(f"{label}: {subject}: {reason}"))
         if len(items) > len(shown):
             click.echo(f"{label}: ... and {len(items) - len(shown)} more (-v lists all)")
 
     def table(self, title: str, rows: list[tuple[Any, ...]], headers: tuple[str, ...]) -> None:
         if self.as_json or self.quiet:
             return
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        def shown(cell: Any) -> str:  # user data: no terminal escapes, no rich markup ("[/x]" raises)
+            return escape(printable(str(cell)))
+
+        table = Table(title=shown(title), title_justify="left")
         for i, header in enumerate(headers):
             table.add_column(header, justify="right" if i else "left")
         for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+            table.add_row(*(shown(cell) for cell in row))
         self.console().print(table)
 
     def listing(self, lines: list[str], what: str = "") -> None:

@@ -32,9 +32,12 @@ def command() -> None:
               help="File to write (default: NETWORK-lora.safetensors beside NETWORK).")
 @click.option("--save-precision", type=click.Choice(["fp16", "bf16", "float"]), default="fp16",
               show_default=True, help="Precision of the written weights.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Read a base model whose weights are pickles (.bin; tensors only, with torch.load "
+              "weights_only; still only from sources you trust).")
 @output_options
 def export(network: Path, model: Path, target: str, out: Path | None, save_precision: str,
-           as_json: bool, quiet: bool, verbose: bool) -> None:
+           allow_pickle: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Turn an iA3 file into an exact LoRA that ComfyUI, diffusers, Forge and sd-scripts load.
 
     \b
@@ -55,7 +58,7 @@ def export(network: Path, model: Path, target: str, out: Path | None, save_preci
         raise CurateError(f"exporting needs the train extra ({exc}); pip install 'curate[train]'") from exc
     o = Out(as_json, quiet, verbose)
     out = out or network.with_name(f"{network.stem}-lora.safetensors")
-    result = export_ia3_to_lora(network, model, out, save_precision)
+    result = export_ia3_to_lora(network, model, out, save_precision, allow_pickle=allow_pickle)
     if as_json:
         o.json({"to": target, **result.as_dict()})
         return

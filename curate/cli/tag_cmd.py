@@ -79,6 +79,8 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
         out.line(f"model {result.model} on {result.providers[0]}")
     if result.provider_note:
         out.line(f"note: {result.provider_note}")
+    for note in result.notes:
+        out.line(f"note: {note}")
     out.problems("skipped", result.skipped)
     out.problems("ignored", result.ignored, always=False)
     if result.dry_run or out.verbose:

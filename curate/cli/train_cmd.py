@@ -8,6 +8,8 @@ import click
 
 from curate.cli._common import Out, config_options, output_options
 
+INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT, as handle_errors uses
+
 
 def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
@@ -96,8 +98,9 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
     TrainConfig field, sd-scripts names: network_dim, learning_rate, min_snr_gamma, ...), then flags.
     The result loads in A1111, ComfyUI, diffusers and sd-scripts (LoRA) or A1111 (iA3).
     --model is a diffusers folder or a single-file .safetensors checkpoint. Ctrl-C saves a
-    resumable state and stops; a second Ctrl-C stops at once. Several GPUs: launch with
-    `accelerate launch --multi_gpu --num_processes N -m curate train ...` (all options as here).
+    resumable state and stops (exit code 130); a second Ctrl-C stops at once. Several GPUs:
+    launch with `accelerate launch --multi_gpu --num_processes N -m curate train ...` (all options
+    as here).
 
     \b
     Examples:
@@ -133,14 +136,21 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
     with o.progress("training") as progress:
         result = trainer.run(plan, on_step=lambda step, total, loss, info: progress(step, total,
                                                                                     status(loss, info)))
+    _report(o, result, follower)
+    if result.details.get("interrupted"):
+        # Ctrl-C stopped the run early, its state saved: a script or `&&` must not take it as done
+        click.get_current_context().exit(INTERRUPTED)
+
+
+def _report(o: Out, result: Any, follower: bool) -> None:
     if follower:
         return
-    if as_json:
+    if o.as_json:
         o.json(result.as_dict())
         return
     for line in result.summary.splitlines():
         o.line(line)
     o.line(f"wrote {result.output}")
-    if verbose:
+    if o.verbose:
         for path in result.saved:
             o.line(f"saved {path}")

@@ -9,7 +9,8 @@ only the 0-d `.alpha` tensors are read, being the one number a shape cannot give
 else (base model, training settings, tag frequencies) is the `ss_*` / `modelspec.*` metadata
 sd-scripts writes, and all of it is optional: files from other tools often carry none, and
 then the report says so rather than failing. Pickles (.ckpt/.pt) are never opened: loading
-one runs code from the file.
+one runs code from the file. Every string taken from the file (metadata values, folder names,
+tags) passes curate.paths.printable: a header can hold terminal escapes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from curate.errors import CurateError
+from curate.paths import display, printable
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # key suffix -> the family it marks; longest first, so `.lora_down.weight` wins over `.weight`
@@ -100,7 +102,7 @@ class LoraInfo:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["path"] = str(self.path)
+        data["path"] = display(self.path)
         data["tags"] = [{"tag": t, "count": n} for t, n in self.tags]
         data["alphas"] = [{"alpha": a, "modules": n} for a, n in self.alphas]
         return data
@@ -209,11 +211,23 @@ def tag_table(frequency: Any) -> list[tuple[str, int]]:
         if isinstance(tags, dict):
             for tag, count in tags.items():
                 if isinstance(count, int | float):
-                    merged[str(tag).strip()] += int(count)
+                    merged[printable(str(tag).strip())] += int(count)
     return sorted(merged.items(), key=lambda item: (-item[1], item[0]))
 
 
-def _metadata(meta: dict[str, str], info: LoraInfo) -> None:
+def _clean(value: Any) -> Any:
+    """JSON from a file's header with every string made printable, keys included."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _metadata(raw: dict[str, str], info: LoraInfo) -> None:
+    meta = _clean(raw)
     info.base_model = {k: meta[k] for k in BASE_FIELDS if meta.get(k, "") not in EMPTY_VALUES}
     training = {k: meta[k] for k in TRAINING_FIELDS if meta.get(k, "") not in EMPTY_VALUES}
     training |= {k: v for k, v in sorted(meta.items()) if k.startswith("curate_")}
@@ -221,8 +235,8 @@ def _metadata(meta: dict[str, str], info: LoraInfo) -> None:
         if key in training:
             training[key] = _timestamp(training[key])
     info.training = {k.removeprefix("ss_"): v for k, v in training.items()}
-    info.folders = _json_field(meta, "ss_dataset_dirs", info) or {}
-    info.tags = tag_table(_json_field(meta, "ss_tag_frequency", info))
+    info.folders = _clean(_json_field(raw, "ss_dataset_dirs", info)) or {}
+    info.tags = tag_table(_json_field(raw, "ss_tag_frequency", info))
 
 
 def lora_info(path: Path) -> LoraInfo:

@@ -17,6 +17,7 @@ class TagResult:
     dry_run: bool
     providers: list[str] = field(default_factory=list)
     provider_note: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the run did besides tagging, for people
     counts: dict[str, int] = field(default_factory=dict)
     captions: list[tuple[str, str]] = field(default_factory=list)  # (image, caption) written
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -28,7 +29,8 @@ class TagResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target, "mode": self.mode, "model": self.model, "dry_run": self.dry_run,
-            "providers": self.providers, "provider_note": self.provider_note, "counts": self.counts,
+            "providers": self.providers, "provider_note": self.provider_note, "notes": self.notes,
+            "counts": self.counts,
             "captions": [{"image": i, "caption": c} for i, c in self.captions],
             **{k: [{"file": f, "reason": r} for f, r in getattr(self, k)] for k in ("skipped", "ignored")},
         }

@@ -6,12 +6,19 @@ stage excluded (duplicates) are not tagged at all. A caption edited by hand in t
 (kept by the layout) is not replaced when such an image is tagged again. The caption an image
 ends up with combines the tags it came with (gallery-dl, Hydrus, Kohya captions) and the
 tagger's, as `existing` says.
+
+The selection settings a model's captions were made with (thresholds, MCut, rating, limits,
+replacements) are stored in the manifest's settings; when a run's settings differ, the images
+already tagged get their captions selected again from the stored probabilities, as
+`--rethreshold` does, so a changed `--threshold` applies to every image and never silently
+only to new ones. A workspace tagged before this was recorded counts as tagged with the defaults.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from curate.manifest import now
 from curate.record import Record
@@ -25,10 +32,30 @@ from tagging.model import TagInfo
 STAGE = "tag"
 WORKING = "curate"  # captions.source of the caption later stages and the layout use
 COMMIT_EVERY_S = 0.5
+SELECTION_KEY = "tag.selection."  # + tagger source: the selection settings its captions follow
+SELECTION_FIELDS = ("threshold", "character_threshold", "mcut", "rating", "character_first", "max_tags",
+                    "undesired", "replace", "escape")
 
 
 def tagger_source(model_name: str) -> str:
     return f"tagger:{model_name}"
+
+
+def selection(config: TagConfig) -> dict[str, Any]:
+    """The options that decide which stored probabilities become caption tags, as JSON values."""
+    values = {name: getattr(config, name) for name in SELECTION_FIELDS}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+
+def selection_changes(ws: Workspace, source: str, config: TagConfig) -> list[str]:
+    """`name old -> new` for each selection option that differs from the stored captions' ones."""
+    stored = ws.manifest.settings().get(SELECTION_KEY + source, selection(TagConfig()))
+    return [f"{name} {stored.get(name)} -> {value}" for name, value in selection(config).items()
+            if stored.get(name) != value]
+
+
+def remember_selection(ws: Workspace, source: str, config: TagConfig) -> None:
+    ws.manifest.set_settings({SELECTION_KEY + source: selection(config)})
 
 
 def imported_tags(ws: Workspace) -> dict[str, list[str]]:
@@ -77,6 +104,15 @@ def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tag
     result.count("already tagged", len(records) - len(todo))
     if again:
         result.count("tagged again (new crop)", len(again))
+    changes = selection_changes(ws, source, config)
+    if changes and len(records) > len(todo):
+        kept = {r.sha256 for r in todo}
+        count = reselect(ws, config, source, [r for r in records if r.sha256 not in kept], result,
+                         "re-selected", dry_run=dry_run)
+        result.notes.append(f"re-selected {count} already tagged images from stored probabilities "
+                            f"(threshold {config.threshold}): {', '.join(changes)}")
+    if not dry_run:
+        remember_selection(ws, source, config)
     if not todo or tagger is None:
         return
     existing = imported_tags(ws)
@@ -100,24 +136,49 @@ def rethreshold(ws: Workspace, config: TagConfig, model_name: str, result: TagRe
                 dry_run: bool = False) -> None:
     """Captions again from stored probabilities under new thresholds, without the model."""
     source = tagger_source(model_name)
+    reselect(ws, config, source, ws.active_records(), result, "re-thresholded", dry_run=dry_run,
+             keep_edited=False)
+    if not dry_run:
+        remember_selection(ws, source, config)
+
+
+def stored_probabilities(ws: Workspace, source: str) -> dict[str, list[tuple[str, str, float]]]:
     rows: dict[str, list[tuple[str, str, float]]] = {}
     for r in ws.manifest.rows("SELECT image_sha256, tag, category, confidence FROM tags WHERE source = ? "
                               "ORDER BY image_sha256, rowid", (source,)):
         rows.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    return rows
+
+
+def reselect(ws: Workspace, config: TagConfig, source: str, records: Sequence[Record], result: TagResult,
+             verb: str, *, dry_run: bool = False, keep_edited: bool = True) -> int:
+    """Captions of `records` selected again from their stored probabilities; returns how many.
+
+    `keep_edited`: a caption edited by hand in the dataset (kept by the layout) stays, as when
+    an image is tagged again.
+    """
+    rows = stored_probabilities(ws, source)
     existing = imported_tags(ws)
+    keep = hand_edited(ws) if keep_edited else set()
     writer = _Writer(ws, source, dry_run)
-    for record in ws.active_records():
+    done = 0
+    for record in records:
         if record.sha256 not in rows:
             result.count("not tagged yet")
+            continue
+        if record.sha256 in keep:
+            result.count("caption edited by hand, kept")
             continue
         probs, infos = from_rows(rows[record.sha256])
         caption = merge(existing.get(record.sha256), caption_tags(probs, infos, config), config.existing)
         caption = caption if caption is not None else existing[record.sha256]
         text = render(caption, config)
-        result.count("re-thresholded")
+        result.count(verb)
         result.captions.append((_shown(record), text))
         writer.caption(record, text)
+        done += 1
     writer.flush()
+    return done
 
 
 def _shown(record: Record) -> str:
