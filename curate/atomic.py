@@ -14,9 +14,9 @@ TMP_PREFIX = ".curate-tmp-"
 # mkstemp makes 0600 files; a dataset, caption or LoRA must get the permissions any other
 # program's file would (0666 less the umask), or a user's other tools and accounts cannot
 # read it. Read once: os.umask can only be read by setting it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+FILE_MODE = 0o666 & ~UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:

@@ -172,6 +172,9 @@ def test_fp16_output_loads_with_diffusers(model: Path, lora: Path, tmp_path: Pat
 
     out = tmp_path / "merged"
     merge_networks(model, [(lora, 1.0)], out)
+    from curate.atomic import UMASK
+
+    assert out.stat().st_mode & 0o777 == 0o777 & ~UMASK  # not mkdtemp's 0700
     for file in (UNET_FILE, TE_FILE, "vae/diffusion_pytorch_model.safetensors"):
         assert {v.dtype for v in load_file(str(out / file)).values()} == {torch.float16}
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, dtype=torch.float32)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from curate.atomic import TMP_PREFIX
+from curate.atomic import TMP_PREFIX, UMASK
 from curate.errors import CurateError
 from trainer.blocks import block_weight, parse_block_weights
 from trainer.formats import load_network, save_dtype
@@ -179,7 +179,9 @@ def apply_network(layers: dict[str, nn.Module], path: Path, strength: float,
 
 def _temp_sibling(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
+    tmp.chmod(0o777 & ~UMASK)  # mkdtemp's 0700 would hide the merged model from other users
+    return tmp
 
 
 def _pipeline_files(models: Models, base: Path, model_config: str | None) -> Path:
