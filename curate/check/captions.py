@@ -4,7 +4,6 @@ train_util.py: UTF-8, first line only, empty file refused) and the tags in it.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -209,9 +208,9 @@ def _trigger_at(keys: list[str], index: int, word: str) -> bool:
     if keys[index] == word or keys[index].startswith(word + " "):
         return True
     joined = ""
-    # a spread trigger covers at most one tag per word: never walk (or copy) the rest of the
-    # caption, which made a long caption quadratic
-    for key in itertools.islice(keys, index, index + word.count(" ") + 1):
+    # a spread trigger covers at most one tag per word: never copy the rest of the caption
+    # (`keys[index:]` made a long caption quadratic)
+    for key in keys[index: index + word.count(" ") + 1]:
         joined = f"{joined} {key}".strip()
         if joined == word:
             return True
