@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.kohya import SD_IMAGE_EXTS, caption_extension, parse_folder_name, sd_image
+from curate.kohya import SD_IMAGE_EXTS, caption_extension, parse_folder_name
 
 DATASET_TOML = "dataset.toml"
 SD_EXTS = frozenset(SD_IMAGE_EXTS)
@@ -84,10 +84,6 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)  # dataset.toml errors
     bad_folders: list[Path] = field(default_factory=list)  # folder mode: not N_name, holding images
     parents: list[Path] = field(default_factory=list)  # folders whose other children no subset reads
-
-
-def is_sd_image(name: str) -> bool:
-    return sd_image(name)
 
 
 def has_images(folder: Path, recursive: bool = False) -> bool:
