@@ -275,3 +275,21 @@ def test_buckets_read_a_symlinked_layout(tmp_path: Path) -> None:
     assert len(result.report.assignments) == 3 and result.skipped == []
     assert check([out], CheckConfig(check_duplicates=False)).images == 3
     assert len(load_dataset(out, SMALL).items) == 3
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_on_non_utf8_names(tiny_sd: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from trainer import loop
+    from trainer.config import TrainConfig
+    from trainer.formats import load_network
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/ds/1_caf\xe9"))
+    for i, name in enumerate((b"bad\xffname", b"ok")):
+        image = Path(os.fsdecode(os.fsencode(folder) + b"/" + name + b".png"))
+        picture(image, i, "sks, photo")
+    config = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=2, network_dim=4,
+                         max_train_steps=1, save_precision="float", seed=1, cache_latents=True)
+    result = loop.train(folder.parent, tiny_sd, tmp_path / "out", config, device=torch.device("cpu"))
+    _, metadata = load_network(result.output)
+    assert json.loads(metadata["ss_tag_frequency"]) == {"1_caf\\xe9": {"sks": 2, "photo": 2}}
