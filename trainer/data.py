@@ -42,7 +42,7 @@ from curate.kohya import (
     readable_plugin_exts,
     sd_image,
 )
-from curate.paths import display, special_file_reason
+from curate.paths import display, printable, special_file_reason
 
 IMAGE_EXTENSIONS = SD_IMAGE_EXTS
 # ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
@@ -252,7 +252,7 @@ def _item(path: Path, subset: Subset, buckets: BucketConfig, root: Path) -> Item
         with Image.open(path) as image:
             size = image.size
     except OSError as exc:
-        raise CurateError(f"{display(path)}: cannot read image ({exc})") from exc
+        raise CurateError(f"{display(path)}: cannot read image ({printable(str(exc))})") from exc
     return Item(path, read_caption(path, subset, root), subset, assign(size, buckets))
 
 

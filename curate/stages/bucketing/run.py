@@ -30,7 +30,7 @@ from buckets import suggest_fixes as suggest
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
 from curate.kohya import readable_plugin_exts, sd_image, unsafe_caption_reason
-from curate.paths import display, is_inside, special_file_reason
+from curate.paths import display, is_inside, printable, special_file_reason
 from curate.workspace import Workspace, is_workspace
 
 # Folders a dataset walk never enters (tool state, caches), as `curate check` skips them.
@@ -136,7 +136,8 @@ def _sizes(target: Path) -> tuple[dict[str, tuple[int, int]], dict[str, Path], l
                 sizes[key] = image.size
             paths[key] = found
         except Exception as exc:  # any unreadable image is skipped with its reason
-            skipped.append((display(found), f"not a readable image ({exc})"))
+            # Pillow's message repeats the file name, undecodable bytes included
+            skipped.append((display(found), printable(f"not a readable image ({exc})")))
     return sizes, paths, skipped
 
 
