@@ -149,7 +149,7 @@ def unsafe_caption_reason(path: Path, roots: Sequence[Path]) -> str | None:
         return f"cannot be read ({exc.strerror})"
     reason = special_file_reason(st.st_mode)
     if reason is not None or not os.path.isfile(path):
-        return reason or "is a folder, not a caption file"
+        return f"is {reason}" if reason else "is a folder, not a caption file"
     if st.st_size > CAPTION_LIMIT:
         return (f"is {st.st_size / (1 << 20):.1f} MiB, over the {CAPTION_LIMIT >> 20} MiB caption limit: "
                 "not read (a caption is one prompt of tags)")
