@@ -83,3 +83,22 @@ def child_path(root: Path, name: str, what: str) -> Path:
     if not is_inside(root, path):
         raise CurateError(f"{what} {shown} leads outside {display(root)}: give it a plain name")
     return path
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """A regular file's bytes (symlinks followed), at most limit + 1 of them.
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO or device (even one
+    swapped in after the caller's stat) is never waited on: OSError with the reason instead.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        reason = special_file_reason(st.st_mode)
+        if reason is not None or not stat.S_ISREG(st.st_mode):
+            raise OSError(reason or "a folder, not a file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(min(st.st_size, limit) + 1)
+    finally:
+        os.close(fd)

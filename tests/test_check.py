@@ -58,11 +58,19 @@ EXPECTED = {
     ("duplicate-exact", T + "ok_copy.jpg"), ("duplicate-near", T + "near_q.jpg"),
     ("image-too-small", T + "small.jpg"), ("alpha-without-mask", T + "alpha.png"),
     ("image-unreadable", T + "broken.jpg"), ("caption-extension", "dsA/img/5_other/x.txt"),
+    ("caption-unread", T + "outside.txt"), ("caption-control", T + "ctrl.txt"),
+    ("extension-plugin", T + "pic.avif"), ("separator-literal", "dsA/img/3_sep/s.txt"),
     ("caption-extension-default", "dsA/dataset.toml"), ("dataset-config", "dsA/dataset.toml"),
     ("image-unused", "dsA/img/old"), ("image-unused", "dsB/img/loose.jpg"),
     ("folder-name", "dsB/img/sks_extra"), ("caption-extension-default", "dsB/img"),
     ("duplicate-exact", "dsB/img/10_sks/b2_again.png"), ("network-alpha", "train/config.toml"),
 }
+
+
+def has_avif() -> bool:
+    from curate.kohya import readable_plugin_exts
+
+    return ".avif" in readable_plugin_exts()
 
 
 def build_toml_dataset(a: Path) -> None:
@@ -71,7 +79,9 @@ def build_toml_dataset(a: Path) -> None:
     write(a / "dataset.toml", "[general]\nshuffle_caption = true\n\n[[datasets]]\nresolution = 512\n\n"
           "  [[datasets.subsets]]\n  image_dir = \"img/10_sks\"\n  class_tokens = \"sks woman\"\n\n"
           "  [[datasets.subsets]]\n  image_dir = \"img/5_other\"\n  caption_extension = \".caption\"\n\n"
-          "  [[datasets.subsets]]\n  image_dir = \"img/gone\"\n")
+          "  [[datasets.subsets]]\n  image_dir = \"img/gone\"\n\n"
+          "  [[datasets.subsets]]\n  image_dir = \"img/3_sep\"\n  caption_extension = \".txt\"\n"
+          "  keep_tokens_separator = \"|||\"\n  shuffle_caption = false\n")
     s = a / "img/10_sks"
     image(s, "ok.jpg", 0)
     shutil.copy(s / "ok.jpg", s / "ok_copy.jpg")
@@ -83,6 +93,15 @@ def build_toml_dataset(a: Path) -> None:
             ("black", "sks, watermark"), ("contra", "sks, blonde hair, brown hair"),
             ("long", "sks, " + ", ".join(f"detail {i}" for i in range(40))), ("twin", OK)], 1):
         image(s, f"{name}.jpg", index, caption)
+    for name, index in (("ctrl", 2), ("outside", 3)):  # turned: unlike every other picture here
+        write(s / f"{name}.jpg", jpeg(distinct(index).transpose(Image.Transpose.ROTATE_90)))
+    write(s / "ctrl.txt", "sks, a\x00b, \x1b[31mred")
+    write(a.parent / "secret.txt", "sks, the text of a file outside the dataset")
+    (s / "outside.txt").symlink_to(a.parent / "secret.txt")
+    write(s / "pic.avif", b"")  # sd-scripts globs .avif only with pillow-avif-plugin
+    distinct(25).save(s / "pic.avif") if has_avif() else None
+    write(s / "pic.txt", OK)
+    image(a / "img/3_sep", "s.jpg", 26, "sks ||| woman, 1girl")
     image(s, "twin.png", 12, None)
     write(s / "anim.gif", b"GIF89a")
     image(s, "mixed.Jpg", 13, None)

@@ -5,8 +5,12 @@ subset says its num_repeats and class_tokens), or folder mode, where each immedi
 `N_name` of the dataset (or of its `img/` and `reg/` folders, as `curate layout` arranges
 them) holds images repeated N times with class tokens "name". Images are globbed
 non-recursively with sd-scripts' extensions, all-lower or ALL-UPPER only; a caption is the first
-line of stem + caption_extension, the class tokens when it is missing; an empty caption file is
-an error (sd-scripts asserts). Buckets come from the `buckets` package, which reproduces
+line of stem + caption_extension (or, for a face-crop name `a_x_y_w_h.png`, of `a` +
+caption_extension; every line with enable_wildcard), the class tokens when it is missing; an
+empty caption file is an error (sd-scripts asserts). Folder names, extensions and caption files
+are read by `curate.kohya`, pinned against sd-scripts. Unlike sd-scripts, a caption symlink
+leaving the dataset, a caption over 1 MiB and a FIFO or device are refused with the reason
+(never opened: a FIFO would hang the run). Buckets come from the `buckets` package, which reproduces
 sd-scripts' BucketManager. Regularisation images are repeated until they are as many as the
 training images, as sd-scripts' DreamBoothDataset does.
 """
@@ -14,7 +18,9 @@ training images, as sd-scripts' DreamBoothDataset does.
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, fields, replace
@@ -26,9 +32,25 @@ from PIL import Image
 from buckets import BucketConfig, assign
 from buckets.assign import Assignment
 from curate.errors import CurateError
-from curate.kohya import SD_IMAGE_EXTS
+from curate.kohya import (
+    SD_IMAGE_EXTS,
+    caption_extension,
+    caption_names,
+    caption_text,
+    parse_folder_name,
+    read_caption_bytes,
+    readable_plugin_exts,
+    sd_image,
+)
+from curate.paths import display, printable, special_file_reason
 
 IMAGE_EXTENSIONS = SD_IMAGE_EXTS
+# ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
+# made 16.7 MB of metadata. A1111 lists the most frequent tags, so each folder keeps its
+# MAX_FOLDER_TAGS most frequent ones, and a "tag" longer than MAX_TAG_CHARS (text without
+# commas, not a tag) is left out.
+MAX_FOLDER_TAGS = 1000
+MAX_TAG_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,12 @@ class Subset:
     caption_tag_dropout_rate: float = 0.0
     caption_prefix: str | None = None
     caption_suffix: str | None = None
+    enable_wildcard: bool = False
     flip_aug: bool = False
+
+    def __post_init__(self) -> None:
+        # sd-scripts adds a missing dot: caption_extension = "txt" reads a.txt
+        object.__setattr__(self, "caption_extension", caption_extension(self.caption_extension))
 
 
 @dataclass(frozen=True)
@@ -76,16 +103,18 @@ class Dataset:
         return out + balance_reg([i for i in self.items if i.subset.is_reg], len(out))
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
-        """ss_tag_frequency: per training folder, in how many captions each tag appears."""
+        """ss_tag_frequency: per training folder, in how many captions each tag appears (bounded:
+        see MAX_FOLDER_TAGS)."""
         out: dict[str, Counter[str]] = {}
         for item in self.train_items:
-            tags = {t.strip().lower() for t in item.caption.split(",") if t.strip()}
-            out.setdefault(item.subset.image_dir.name, Counter()).update(tags)
-        return {folder: dict(counter) for folder, counter in out.items()}
+            tags = {t.strip().lower() for t in item.caption.split(",") if 0 < len(t.strip()) <= MAX_TAG_CHARS}
+            out.setdefault(display(item.subset.image_dir.name), Counter()).update(tags)
+        return {folder: dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_FOLDER_TAGS])
+                for folder, counter in out.items()}
 
     def dataset_dirs(self, reg: bool = False) -> dict[str, dict[str, int]]:
         """ss_dataset_dirs: {folder: {n_repeats, img_count}}."""
-        return {s.image_dir.name: {"n_repeats": s.num_repeats,
+        return {display(s.image_dir.name): {"n_repeats": s.num_repeats,
                                    "img_count": sum(1 for i in self.items if i.subset is s)}
                 for s in self.subsets if s.is_reg == reg}
 
@@ -101,24 +130,46 @@ def balance_reg(reg: list[Item], train_count: int) -> list[Item]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """sd-scripts' glob: no recursion; `.png` or `.PNG` but not `.Png`."""
-    wanted = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in wanted)
+    """sd-scripts' glob: no recursion; `.png` or `.PNG` but not `.Png`; `.avif` / `.jxl` where
+    Pillow here reads them. Symlinks are followed to regular files; a FIFO or device is refused
+    without being opened."""
+    extra = readable_plugin_exts()
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not sd_image(path.name, extra):
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise CurateError(f"{display(path)}: cannot read image ({exc.strerror}); "
+                              "fix or remove it") from exc
+        reason = special_file_reason(mode)
+        if reason is not None:
+            raise CurateError(f"{display(path)}: {reason}; remove it from the dataset")
+        if path.is_file():
+            found.append(path)
+    return found
 
 
-def read_caption(image: Path, subset: Subset) -> str:
-    path = image.with_suffix(subset.caption_extension)
-    if not path.is_file():
+def read_caption(image: Path, subset: Subset, root: Path | None = None) -> str:
+    """The caption sd-scripts trains `image` with (see the module doc); `root` is the dataset,
+    which a symlinked caption may not leave."""
+    names = [image.with_name(n) for n in caption_names(image.name, subset.caption_extension)]
+    path = next((p for p in names if os.path.lexists(p) and not p.is_dir()), None)
+    if path is None:
         return subset.class_tokens or ""
+    data = read_caption_bytes(path, tuple(r for r in (root, subset.image_dir) if r is not None))
+    if isinstance(data, str):
+        raise CurateError(f"{display(path)}: caption {data}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CurateError(f"{path}: caption is not UTF-8 ({exc}); re-save it as UTF-8") from exc
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise CurateError(f"{path}: empty caption file (sd-scripts stops on it); "
+        raise CurateError(f"{display(path)}: caption is not UTF-8 ({exc}); re-save it as UTF-8") from exc
+    caption = caption_text(text, subset.enable_wildcard)
+    if caption is None:
+        raise CurateError(f"{display(path)}: empty caption file (sd-scripts stops on it); "
                           "write a caption or delete the file")
-    return lines[0].strip()
+    return caption
 
 
 def folder_subsets(root: Path, defaults: dict[str, Any]) -> list[Subset]:
@@ -129,10 +180,10 @@ def folder_subsets(root: Path, defaults: dict[str, Any]) -> list[Subset]:
         if not parent.is_dir():
             continue
         for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
-            head, _, rest = folder.name.partition("_")
-            if not head.isdigit() or int(head) < 1:
+            parsed = parse_folder_name(folder.name)
+            if parsed is None:
                 continue  # sd-scripts skips these with a warning; so do we, quietly
-            subsets.append(Subset(image_dir=folder, num_repeats=int(head), class_tokens=rest or None,
+            subsets.append(Subset(image_dir=folder, num_repeats=parsed[0], class_tokens=parsed[1] or None,
                                   is_reg=is_reg, **defaults))
     return subsets
 
@@ -183,7 +234,8 @@ def load_dataset(root: Path, overrides: dict[str, Any] | None = None) -> Dataset
         raise CurateError(f"{root}: no such dataset folder or dataset.toml")
     settings = {**settings, **{k: v for k, v in overrides.items() if k not in subset_names}}
     buckets = bucket_config(settings)
-    items = [_item(path, subset, buckets) for subset in subsets for path in _images(subset)]
+    top = root if root.is_dir() else root.parent
+    items = [_item(path, subset, buckets, top) for subset in subsets for path in _images(subset)]
     if not any(not i.subset.is_reg for i in items):
         raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
     return Dataset(tuple(items), buckets, int(settings.get("batch_size", 1)), tuple(subsets))
@@ -191,17 +243,17 @@ def load_dataset(root: Path, overrides: dict[str, Any] | None = None) -> Dataset
 
 def _images(subset: Subset) -> list[Path]:
     if not subset.image_dir.is_dir():
-        raise CurateError(f"{subset.image_dir}: image folder of a subset does not exist")
+        raise CurateError(f"{display(subset.image_dir)}: image folder of a subset does not exist")
     return list_images(subset.image_dir)
 
 
-def _item(path: Path, subset: Subset, buckets: BucketConfig) -> Item:
+def _item(path: Path, subset: Subset, buckets: BucketConfig, root: Path) -> Item:
     try:
         with Image.open(path) as image:
             size = image.size
     except OSError as exc:
-        raise CurateError(f"{path}: cannot read image ({exc})") from exc
-    return Item(path, read_caption(path, subset), subset, assign(size, buckets))
+        raise CurateError(f"{display(path)}: cannot read image ({printable(str(exc))})") from exc
+    return Item(path, read_caption(path, subset, root), subset, assign(size, buckets))
 
 
 def process_caption(caption: str, subset: Subset, rng: random.Random) -> str:
@@ -213,6 +265,7 @@ def process_caption(caption: str, subset: Subset, rng: random.Random) -> str:
         caption = f"{caption} {subset.caption_suffix}"
     if subset.caption_dropout_rate > 0 and rng.random() < subset.caption_dropout_rate:
         return ""
+    caption = _wildcards(caption, rng) if subset.enable_wildcard else caption.split("\n")[0]
     if not (subset.shuffle_caption or subset.caption_tag_dropout_rate > 0):
         return caption
     sep, fixed, tail = subset.caption_separator, [], []
@@ -231,6 +284,19 @@ def process_caption(caption: str, subset: Subset, rng: random.Random) -> str:
     if subset.caption_tag_dropout_rate > 0:
         flex = [t for t in flex if rng.random() >= subset.caption_tag_dropout_rate]
     return ", ".join(fixed + flex + tail)
+
+
+def _wildcards(caption: str, rng: random.Random) -> str:
+    """sd-scripts' enable_wildcard: one of the caption's lines, then each `{a|b}` replaced by one
+    of its choices (`{{` and `}}` are literal braces)."""
+    if "\n" in caption:
+        caption = rng.choice(caption.split("\n"))
+    open_mark, close_mark = "\u2985", "\u2986"  # stand-ins for escaped braces, as sd-scripts uses
+    while open_mark in caption or close_mark in caption:
+        open_mark, close_mark = open_mark + "\u2985", close_mark + "\u2986"
+    caption = caption.replace("{{", open_mark).replace("}}", close_mark)
+    caption = re.sub(r"\{([^}]+)\}", lambda m: rng.choice(m.group(1).split("|")), caption)
+    return caption.replace(open_mark, "{").replace(close_mark, "}")
 
 
 def epoch_batches(dataset: Dataset, epoch: int, seed: int) -> list[list[Item]]:

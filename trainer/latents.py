@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import zlib
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from PIL import Image
 from buckets import resize_to_bucket
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
+from curate.paths import display
 from trainer.data import Dataset, Item, crop_ltrb
 from trainer.model import Models
 
@@ -54,7 +56,7 @@ def _bucket_image(item: Item) -> Image.Image:
         with Image.open(item.path) as image:
             return resize_to_bucket(image.convert("RGB"), item.assignment)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise CurateError(f"{item.path}: cannot decode the image ({exc}); replace or remove it "
+        raise CurateError(f"{display(item.path)}: cannot decode the image ({exc}); replace or remove it "
                           "(`curate check` lists unreadable images), then train again") from exc
 
 
@@ -124,8 +126,10 @@ class LatentSource:
         return encoded
 
     def _encode_item(self, item: Item) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # seeded by the image's name, so a cache rebuilt for one edited image leaves the others' draws alone
-        gen = torch.Generator(device=self.device).manual_seed(self.seed ^ zlib.crc32(item.path.name.encode()))
+        # seeded by the image's name, so a cache rebuilt for one edited image leaves the others' draws
+        # alone; fsencode: a name that is not UTF-8 has surrogates .encode() refuses (same bytes otherwise)
+        name_seed = zlib.crc32(os.fsencode(item.path.name))
+        gen = torch.Generator(device=self.device).manual_seed(self.seed ^ name_seed)
         plain = self._encode(load_pixels([item], random.Random(0), self.device, [False]), gen)[0].cpu()
         if not item.subset.flip_aug:
             return plain, None

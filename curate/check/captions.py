@@ -14,11 +14,14 @@ from curate.check.config import CheckConfig
 from curate.check.dataset import CAPTION_EXTS, Subset
 from curate.check.rules import Finding, make, shown
 from curate.check.tokens import TokenCounter
+from curate.kohya import caption_lines, caption_names, caption_text, read_caption_bytes
 from tagging.captions import SEPARATOR, parse_caption
 from tagging.rules import Rules
 from tagging.tags import tag_key
 
 ESCAPED = re.compile(r"\\[()]")
+# Control characters sd-scripts keeps in a caption (tab and the line break of wildcard lines aside).
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Tags that make two values of an exclusive group legitimate on one image.
 MIXED = {
     "hair_colour": frozenset({"multicolored hair", "two-tone hair", "gradient hair", "streaked hair",
@@ -62,18 +65,18 @@ class CaptionRules:
         return self.config.enabled(rule_id)
 
 
-def check_caption(image: Path, subset: Subset, ext: str, names: set[str], ctx: CaptionRules) -> list[Finding]:
-    """Findings about the caption of one image sd-scripts reads from `subset`."""
-    stem = os.path.splitext(image.name)[0]
-    caption = image.with_name(stem + ext)
-    if caption.name not in names:
-        return _absent(image, caption, subset, ext, names, ctx)
-    try:
-        data = caption.read_bytes()
-    except OSError as exc:
-        return [make("caption-encoding", caption, None, (image,), caption=caption.name,
-                     problem=f"cannot be read ({exc.strerror})")]
+def check_caption(image: Path, subset: Subset, ext: str, names: set[str], ctx: CaptionRules,
+                  roots: tuple[Path, ...]) -> list[Finding]:
+    """Findings about the caption of one image sd-scripts reads from `subset`; `roots` are the
+    folders a symlinked caption may lead into (see curate.kohya.unsafe_caption_reason)."""
+    name = next((n for n in caption_names(image.name, ext) if n in names), None)
+    if name is None:
+        return _absent(image, image.with_name(os.path.splitext(image.name)[0] + ext), subset, ext, names, ctx)
+    caption = image.with_name(name)
     cap = caption.name  # the finding's path names the folder; the message names the file
+    data = read_caption_bytes(caption, roots)
+    if isinstance(data, str):
+        return [make("caption-unread", caption, None, (image,), caption=cap, reason=data)]
     if data.startswith(b"\xef\xbb\xbf"):
         return [make("caption-encoding", caption, 1, (image,), caption=cap,
                      problem="starts with a UTF-8 byte-order mark, which sd-scripts keeps as text")]
@@ -83,18 +86,47 @@ def check_caption(image: Path, subset: Subset, ext: str, names: set[str], ctx: C
         line = data[: exc.start].count(b"\n") + 1
         return [make("caption-encoding", caption, line, (image,), caption=cap,
                      problem=f"is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})")]
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    first = lines[0].strip()
-    if not first:
-        detail = "" if not text.strip() else " on line 1, the only line sd-scripts reads"
+    read = caption_text(text, subset.enable_wildcard)
+    if not read:
+        detail = "" if read is None or not text.strip() else " on line 1, the only line sd-scripts reads"
         return [make("caption-empty", caption, 1, (image,), caption=cap, detail=detail)]
     found = []
+    lines = caption_lines(text)
     extra = next((i + 2 for i, line in enumerate(lines[1:]) if line.strip()), None)
-    if extra is not None:
+    if extra is not None and not subset.enable_wildcard:
         found.append(make("caption-multiline", caption, extra, (image,), caption=cap))
-    found += _text_rules(image, caption, first, cap, ctx)
-    found += _tag_rules(image, caption, parse_caption(first), subset, cap, ctx)
-    found += _trigger_rules(image, caption, first, subset, cap, ctx)
+    found += _content_rules(image, caption, read, subset, cap)
+    seen: set[tuple[str, str]] = set()
+    for variant in read.split("\n"):  # with enable_wildcard each line is trained in turn
+        full = _with_prefix(variant, subset)
+        for finding in (*_text_rules(image, caption, full, cap, ctx),
+                        *_tag_rules(image, caption, parse_caption(full), subset, cap, ctx),
+                        *_trigger_rules(image, caption, full, subset, cap, ctx)):
+            if (finding.rule, finding.message) not in seen:
+                seen.add((finding.rule, finding.message))
+                found.append(finding)
+    return found
+
+
+def _with_prefix(caption: str, subset: Subset) -> str:
+    """The caption as sd-scripts trains it: caption_prefix and caption_suffix joined by a space."""
+    if subset.caption_prefix:
+        caption = f"{subset.caption_prefix} {caption}"
+    if subset.caption_suffix:
+        caption = f"{caption} {subset.caption_suffix}"
+    return caption
+
+
+def _content_rules(image: Path, caption: Path, read: str, subset: Subset, cap: str) -> list[Finding]:
+    found = []
+    controls = sorted(set(CONTROL.findall(read)))
+    if controls:
+        chars = ", ".join(f"\\x{ord(c):02x}" for c in controls[:5])
+        found.append(make("caption-control", caption, 1, (image,), caption=cap, chars=chars))
+    separator = subset.keep_tokens_separator
+    if separator and separator in read and not subset.tags_move:
+        found.append(make("separator-literal", caption, 1, (image,), caption=cap, separator=separator,
+                          source=subset.source))
     return found
 
 
@@ -176,7 +208,9 @@ def _trigger_at(keys: list[str], index: int, word: str) -> bool:
     if keys[index] == word or keys[index].startswith(word + " "):
         return True
     joined = ""
-    for key in keys[index:]:
+    # a spread trigger covers at most one tag per word: never copy the rest of the caption
+    # (`keys[index:]` made a long caption quadratic)
+    for key in keys[index: index + word.count(" ") + 1]:
         joined = f"{joined} {key}".strip()
         if joined == word:
             return True

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.kohya import KOHYA_FOLDER, SD_IMAGE_EXTS
+from curate.kohya import SD_IMAGE_EXTS, caption_extension, parse_folder_name
 
 DATASET_TOML = "dataset.toml"
 SD_EXTS = frozenset(SD_IMAGE_EXTS)
@@ -43,7 +43,6 @@ PRUNE = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "__MA
 # "images" would turn a repository's screenshots folder into a dataset full of errors.)
 TRAIN_NAMES = frozenset({"img"})
 REG_NAMES = frozenset({"reg"})
-FOLDER_NAME = KOHYA_FOLDER
 SUBSET_HEADER = r"^\s*\[\[\s*datasets\.subsets\s*\]\]"
 
 
@@ -57,6 +56,13 @@ class Subset:
     alpha_mask: bool = False
     class_tokens: str | None = None
     keep_tokens: int = 0  # leading tags sd-scripts holds in place when it shuffles
+    keep_tokens_separator: str = ""
+    # keep_tokens_separator only splits when tags move (shuffle, tag dropout, token warm-up);
+    # otherwise sd-scripts trains the separator as text
+    tags_move: bool = False
+    enable_wildcard: bool = False  # every non-blank caption line is an alternative
+    caption_prefix: str = ""
+    caption_suffix: str = ""
     captions_from_files: bool = True  # False: fine-tuning metadata_file supplies the captions
     source: str = ""  # "dataset.toml subset 2" or "folder 10_sks"
 
@@ -80,19 +86,6 @@ class Dataset:
     parents: list[Path] = field(default_factory=list)  # folders whose other children no subset reads
 
 
-def parse_folder_name(name: str) -> tuple[int, str] | None:
-    """sd-scripts' folder-mode name: `10_sks dog` -> (10, "sks dog"); None when it would skip it."""
-    match = FOLDER_NAME.match(name)
-    if not match or int(match[1]) < 1:
-        return None
-    return int(match[1]), match[2]
-
-
-def is_sd_image(name: str) -> bool:
-    ext = os.path.splitext(name)[1]
-    return ext.lower() in SD_EXTS and ext in (ext.lower(), ext.upper())
-
-
 def has_images(folder: Path, recursive: bool = False) -> bool:
     return next(images_in(folder, recursive), None) is not None
 
@@ -108,7 +101,8 @@ def images_in(folder: Path, recursive: bool = False) -> Iterator[Path]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            if recursive and entry.name not in PRUNE:
+            # a symlinked folder is not entered: a link to a parent would never end
+            if recursive and entry.name not in PRUNE and not entry.is_symlink():
                 yield from images_in(Path(entry.path), True)
         elif os.path.splitext(entry.name)[1].lower() in ANY_IMAGE_EXTS:
             yield Path(entry.path)
@@ -126,7 +120,7 @@ def is_train_dir(folder: Path) -> bool:
     """A train_data_dir / reg_data_dir: an `N_name` subfolder holding images, or a folder named
     like one (img/, reg/...) whose subfolders hold images."""
     children = _subdirs(folder)
-    if any(FOLDER_NAME.match(c.name) and has_images(c) for c in children):
+    if any(parse_folder_name(c.name) and has_images(c) for c in children):
         return True
     return folder.name.lower() in TRAIN_NAMES | REG_NAMES and any(has_images(c) for c in children)
 
@@ -267,20 +261,27 @@ def _subset(data: Dataset, text: str, table: dict[str, Any], outer: tuple[dict[s
                                      "working folder; curate layout writes absolute ones)"))
         return None
     ext = _pick(table, outer, "caption_extension")
-    if ext is not None and (not isinstance(ext, str) or not ext.startswith(".")):
+    if ext is not None and not isinstance(ext, str):
         data.problems.append(Problem(config, line_of(text, r"caption_extension") or line,
-                                     f"caption_extension {ext!r} has no leading dot: sd-scripts "
-                                     f"looks for 'image{ext}'", f"write caption_extension = \".{ext}\""))
-        ext = f".{ext}"
+                                     f"caption_extension {ext!r} is not a string",
+                                     "write caption_extension = \".txt\""))
+        ext = None
+    ext = caption_extension(ext) if ext else ext  # sd-scripts adds a missing dot: "txt" reads .txt
     repeats = table.get("num_repeats", 1)
     if not isinstance(repeats, int) or repeats < 1:
         data.problems.append(Problem(config, line, f"{where}: num_repeats {repeats!r} is not a whole "
                                      "number >= 1", "set num_repeats = 1 or more"))
     tokens = table.get("class_tokens")
     keep = _pick(table, outer, "keep_tokens")
+    text_of = {k: _pick(table, outer, k)
+               for k in ("keep_tokens_separator", "caption_prefix", "caption_suffix")}
+    moves = any(_pick(table, outer, k)
+                for k in ("shuffle_caption", "caption_tag_dropout_rate", "token_warmup_step"))
     return Subset(folder, bool(table.get("is_reg", False)), ext, bool(_pick(table, outer, "alpha_mask")),
                   tokens if isinstance(tokens, str) and tokens.strip() else None,
                   keep if isinstance(keep, int) and keep > 0 else 0,
+                  **{k: v for k, v in text_of.items() if isinstance(v, str)}, tags_move=moves,
+                  enable_wildcard=bool(_pick(table, outer, "enable_wildcard")),
                   captions_from_files=not metadata, source=f"{DATASET_TOML} {where}")
 
 

@@ -61,7 +61,9 @@ def scan_paths(paths: Sequence[Path], config: DedupeConfig, cache: FolderCache |
     cache = cache or FolderCache()
     try:
         key = hash_key(config.hash, config.hash_size, config.decode)
-        known = cache.files(stamps)
+        # the cache is SQLite text: a non-UTF-8 file name is probed every time, never stored
+        storable = {p: v for p, v in stamps.items() if _utf8(p)}
+        known = cache.files(storable)
         cached = read_hashes(cache.db, (v[1] for v in known.values()), key, config.flip_invariant)
         todo = [p for p, (stamp, _) in stamps.items()
                 if p not in known or known[p][0] != stamp or known[p][1] not in cached]
@@ -70,13 +72,21 @@ def scan_paths(paths: Sequence[Path], config: DedupeConfig, cache: FolderCache |
         probes = dict(zip(todo, pool_map(probe, todo, config.workers or None), strict=True))
         _collect(facts, stamps, known, cached, probes)
         cache.save([(p, stamps[p][0], pr.sha256, pr.width, pr.height, pr.format)
-                    for p, pr in probes.items() if pr.hash is not None],
+                    for p, pr in probes.items() if pr.hash is not None and p in storable],
                    key, [(pr.sha256, *pr.hash) for pr in probes.values() if pr.hash is not None])
     finally:
         if own:
             cache.close()
     facts.hashed = len(probes)
     return facts
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _collect(facts: Facts, stamps: dict[str, tuple[str, os.stat_result]], known: dict, cached: dict,

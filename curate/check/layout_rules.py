@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.check.dataset import (
-    FOLDER_NAME,
     OTHER_IMAGE_EXTS,
     PRUNE,
     SD_EXTS,
@@ -19,6 +18,8 @@ from curate.check.dataset import (
     images_in,
 )
 from curate.check.rules import Finding, make, shown
+from curate.kohya import PLUGIN_IMAGE_EXTS, plugin_note, readable_plugin_exts, sd_image
+from curate.paths import special_file_reason
 
 
 @dataclass
@@ -35,9 +36,8 @@ def folder_rules(dataset: Dataset) -> list[Finding]:
     found = []
     for folder in dataset.bad_folders:
         images = list(images_in(folder, recursive=True))
-        match = FOLDER_NAME.match(folder.name)
         found.append(make("folder-name", folder, None, images, folder=folder.name, count=len(images),
-                          name=match[2] if match else folder.name))
+                          name=folder.name.split("_", 1)[-1] or "name"))
     subset_dirs = [s.image_dir for s in dataset.subsets]
     if dataset.config_file is None:
         fix = "move {it} into an N_name folder (e.g. 10_name), or out of the dataset"
@@ -85,18 +85,37 @@ def check_subset(subset: Subset, subset_dirs: set[Path]) -> Listing:
             if entry.name not in PRUNE and path not in subset_dirs:
                 _nested(listing, path, subset, subset_dirs)
             continue
-        listing.names.add(entry.name)
-        stem, ext = os.path.splitext(entry.name)
-        low = ext.lower()
-        if low in SD_EXTS and ext in (low, ext.upper()):
-            listing.images.append(path)
-        elif low in SD_EXTS:
-            listing.findings.append(make("extension-case", path, image=entry.name, ext=ext,
-                                         fixed=stem + low))
-        elif low in OTHER_IMAGE_EXTS:
-            listing.findings.append(make("extension-unsupported", path, image=entry.name, ext=ext))
+        _file(listing, entry, path)
     listing.findings += _shared_stems(listing.images)
     return listing
+
+
+def _file(listing: Listing, entry: os.DirEntry[str], path: Path) -> None:
+    """One file of an image folder: read as an image, or a finding about why sd-scripts will not."""
+    try:
+        special = special_file_reason(entry.stat().st_mode)  # symlinks followed, as sd-scripts does
+    except OSError:
+        special = None  # a broken link: sd-scripts globs it and fails to open it; so does the scan
+    stem, ext = os.path.splitext(entry.name)
+    low = ext.lower()
+    image_like = low in SD_EXTS or low in OTHER_IMAGE_EXTS
+    if special is not None and image_like:  # never opened: a FIFO would block the check forever
+        listing.findings.append(make("image-unreadable", path, image=entry.name, reason=special))
+        return
+    listing.names.add(entry.name)  # a special caption file is reported by the caption that names it
+    if special is not None:
+        return
+    if sd_image(entry.name):
+        listing.images.append(path)
+    elif low in SD_EXTS:
+        listing.findings.append(make("extension-case", path, image=entry.name, ext=ext, fixed=stem + low))
+    elif low in PLUGIN_IMAGE_EXTS and ext in (low, low.upper()):
+        listing.findings.append(make("extension-plugin", path, image=entry.name, ext=ext,
+                                     plugin=plugin_note(low)))
+        if low in readable_plugin_exts():  # checked like the others when Pillow here reads it
+            listing.images.append(path)
+    elif low in OTHER_IMAGE_EXTS:
+        listing.findings.append(make("extension-unsupported", path, image=entry.name, ext=ext))
 
 
 def _nested(listing: Listing, folder: Path, subset: Subset, subset_dirs: set[Path]) -> None:

@@ -13,6 +13,9 @@ in curate.toml (or `[tool.curate.check]` in pyproject.toml) changes a rule's lev
 | caption-empty | error | an empty caption file, or a blank first line |
 | caption-multiline | error | text after the first line (sd-scripts reads only the first line) |
 | caption-encoding | error | a caption that is not UTF-8, or starts with a byte-order mark |
+| caption-unread | error | a caption not read: a symlink leaving the dataset, a FIFO, over 1 MiB |
+| caption-control | warning | NUL or other control characters in a caption (trained as text) |
+| separator-literal | warning | keep_tokens_separator in a caption whose tags never move: trained as text |
 | caption-extension | error | captions beside the images with another extension than the one read |
 | caption-extension-default | warning | no caption_extension written: sd-scripts defaults to `.caption` |
 | caption-too-long | warning | more CLIP tokens than max_tokens (the rest is cut off) |
@@ -24,7 +27,8 @@ in curate.toml (or `[tool.curate.check]` in pyproject.toml) changes a rule's lev
 | folder-name | error | an image folder not named `N_name` (sd-scripts skips it) |
 | nested-folder | error | images in a subfolder of an image folder (never read) |
 | image-unused | warning | images beside the image folders that no subset reads |
-| extension-unsupported | error | an image format sd-scripts does not read (gif, avif, tiff...) |
+| extension-unsupported | error | an image format sd-scripts does not read (gif, tiff, heic...) |
+| extension-plugin | warning | `.avif` / `.jxl`: sd-scripts reads them only with their Pillow plugins |
 | extension-case | error | a mixed-case extension (`.Jpg`): sd-scripts matches lower or UPPER only |
 | stem-shared | error | two images with one stem, so one caption file |
 | image-unreadable | error | an image that cannot be decoded |
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from curate.errors import CurateError
+from curate.paths import display, printable
 
 Severity = Literal["error", "warning"]
 SEVERITIES = ("error", "warning")
@@ -87,8 +92,8 @@ def shown(path: Path) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive (Windows)
-        return path.as_posix()
-    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+        return display(path.as_posix())
+    return display(path.as_posix() if rel.startswith("..") else Path(rel).as_posix())
 
 
 def register(rule: Rule) -> Rule:
@@ -115,10 +120,14 @@ def check_ids(ids: Iterable[str], where: str) -> None:
 
 def make(rule_id: str, path: Path, line: int | None = None, related: Iterable[Path] = (),
          **fields: Any) -> Finding:
-    """A finding of `rule_id` about `path`, its message and hint filled in from `fields`."""
+    """A finding of `rule_id` about `path`, its message and hint filled in from `fields`.
+
+    Fields are names and caption text from the dataset: printable() turns undecodable bytes
+    and control characters into escapes, so the text can be printed, written as JSON and sent
+    as a GitHub annotation."""
     rule = RULES[rule_id]
-    return Finding(rule.id, rule.severity, path, rule.message.format(**fields),
-                   rule.hint.format(**fields), line, tuple(related))
+    return Finding(rule.id, rule.severity, path, printable(rule.message.format(**fields)),
+                   printable(rule.hint.format(**fields)), line, tuple(related))
 
 
 def _rule(rule_id: str, severity: Severity, message: str, hint: str) -> None:
@@ -133,6 +142,13 @@ _rule("caption-multiline", "error", "caption {caption} has text after line 1: sd
       "first line", "join the lines into one line, tags separated by ', '")
 _rule("caption-encoding", "error", "caption {caption} {problem}",
       "re-save it as UTF-8 without a byte-order mark")
+_rule("caption-unread", "error", "caption {caption} {reason}",
+      "replace it with a plain UTF-8 text file of at most 1 MiB inside the dataset")
+_rule("caption-control", "warning", "caption {caption} holds control character(s) {chars}: sd-scripts "
+      "trains them as text", "remove them (a NUL or an escape code is never a tag)")
+_rule("separator-literal", "warning", "caption {caption} holds keep_tokens_separator '{separator}', but "
+      "{source} neither shuffles nor drops tags: sd-scripts then trains '{separator}' as text",
+      "set shuffle_caption = true on the subset, or remove '{separator}' from the captions")
 _rule("caption-extension", "error", "caption {found} is not read: this subset reads '{ext}' ({why})",
       "{fix}")
 _rule("caption-extension-default", "warning", "{where}: sd-scripts then reads '.caption' files, but "
@@ -161,6 +177,9 @@ _rule("nested-folder", "error", "{count} image(s) in {folder}, a subfolder of th
 _rule("image-unused", "warning", "{subject} is in no subset: sd-scripts never reads {them}", "{fix}")
 _rule("extension-unsupported", "error", "{image}: sd-scripts does not read '{ext}' images",
       "convert it to PNG, JPEG or WebP")
+_rule("extension-plugin", "warning", "{image}: sd-scripts reads '{ext}' images only with {plugin} "
+      "installed, and skips them otherwise", "install {plugin} where you train, or convert it to PNG, "
+      "JPEG or WebP")
 _rule("extension-case", "error", "{image}: extension '{ext}' is mixed case; sd-scripts matches only "
       "all-lower or ALL-UPPER extensions and skips it", "rename it to {fixed}")
 _rule("stem-shared", "error", "{image} and {other} share the stem '{stem}', so one caption file",

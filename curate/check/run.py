@@ -36,6 +36,7 @@ from curate.check.layout_rules import check_subset, folder_rules
 from curate.check.rules import Finding, make, shown
 from curate.check.tokens import TokenCounter
 from curate.errors import CurateError
+from curate.paths import display
 from tagging.rules import load_rules
 from tagging.tags import tag_key
 
@@ -100,7 +101,7 @@ def plan(paths: Sequence[Path], only_files: Sequence[Path] | None) -> Plan:
     for raw in paths:
         folder = Path(os.path.abspath(raw))
         if not folder.is_dir():
-            raise CurateError(f"{raw}: no such folder")
+            raise CurateError(f"{display(raw)}: no such folder")
         key = dataset_at(folder, cache)
         root = key.parent if key is not None and key.name == DATASET_TOML else key
         if key is not None and root != folder and root in folder.parents:
@@ -163,8 +164,8 @@ def check(paths: Sequence[Path], config: CheckConfig,
                                         alpha=f"{net.alpha:g}", dim=f"{net.dim:g}",
                                         scale=f"{net.alpha / net.dim:g}"))
     if paths and not work.datasets and not network:
-        raise CurateError(f"no Kohya dataset under {', '.join(map(str, paths))}: expected a {DATASET_TOML} "
-                          "or a folder of N_name image folders (e.g. img/10_sks)")
+        raise CurateError(f"no Kohya dataset under {', '.join(map(display, paths))}: expected a "
+                          f"{DATASET_TOML} or a folder of N_name image folders (e.g. img/10_sks)")
     result.findings = _levelled(result.findings, config)
     result.tokens = "exact" if ctx.counter.used_exact else "bounds"
     return result
@@ -188,7 +189,7 @@ def _dataset_findings(dataset: Dataset, ctx: CaptionRules) -> tuple[list[Finding
         if subset.caption_extension is None and any(n.endswith(ext) for n in listing.names):
             implicit_ext.add(ext)
         for image in listing.images:
-            found += check_caption(image, subset, ext, listing.names, ctx)
+            found += check_caption(image, subset, ext, listing.names, ctx, (dataset.root, subset.image_dir))
     for ext in sorted(implicit_ext - {".caption"}):
         where = (f"{DATASET_TOML} sets no caption_extension" if dataset.config_file else
                  f"no dataset.toml sets caption_extension for the N_name folders in {dataset.root.name}")

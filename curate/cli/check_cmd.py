@@ -7,6 +7,7 @@ import click
 from curate.check.output import RENDER, render, rule_table
 from curate.cli._common import Out, config_options, output_options
 from curate.errors import CurateError
+from curate.paths import display
 
 
 @click.command("check")
@@ -63,7 +64,8 @@ def command(paths: tuple[Path, ...], fmt: str, disable: tuple[str, ...], caption
     if verbose and fmt == "human":
         for dataset in result.datasets:
             click.echo(f"checked: {dataset}")
-        click.echo(f"options: {loaded.source or 'defaults'}; token counts: {result.tokens}")
+        source = display(loaded.source) if loaded.source else "defaults"
+        click.echo(f"options: {source}; token counts: {result.tokens}")
     text = render(result, fmt, quiet)
     if text:
         click.echo(text)
@@ -79,7 +81,7 @@ def _split(paths: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
         elif path.exists():
             files.append(path)
         else:
-            raise CurateError(f"{path}: no such file or folder")
+            raise CurateError(f"{display(path)}: no such file or folder")
     return folders, files
 
 

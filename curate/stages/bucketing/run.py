@@ -6,8 +6,10 @@ move stray images into the main buckets, and optionally a copy of the dataset wi
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,12 @@ from buckets import (
 from buckets import suggest_fixes as suggest
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
-from curate.folder import walk_images
-from curate.stages.ingest.sources import display
+from curate.kohya import readable_plugin_exts, sd_image, unsafe_caption_reason
+from curate.paths import display, is_inside, printable, special_file_reason
 from curate.workspace import Workspace, is_workspace
 
+# Folders a dataset walk never enters (tool state, caches), as `curate check` skips them.
+PRUNE = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "__MACOSX"})
 DATASET_KEYS = ("resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                 "bucket_no_upscale", "enable_bucket")
 SIDECARS = (".txt", ".caption", ".json", ".npz")
@@ -73,6 +77,48 @@ def dataset_settings(root: Path) -> dict[str, Any]:
     return {k: merged[k] for k in (*DATASET_KEYS, "batch_size") if k in merged}
 
 
+def dataset_images(root: Path) -> Iterator[tuple[str, Path] | tuple[str, str]]:
+    """(shown relpath, path) of every image below root that sd-scripts would glob, depth first in
+    name order, or (shown path, reason) for a file that is not read.
+
+    Symlinked files are followed when they resolve to a regular file, wherever it lies:
+    `curate layout --link symlink` points a dataset's images into the workspace (and the reg
+    folder), and sd-scripts opens them too; only their pixel sizes are read. Symlinked folders
+    are not entered (a link to a parent would never end), nor hidden ones. A FIFO, socket or
+    device is never opened: reading one waits forever.
+    """
+    extra = readable_plugin_exts()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield display(folder), f"cannot list folder ({exc.strerror})"
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name in PRUNE:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(Path(entry.path))
+            elif sd_image(entry.name, extra):
+                yield _image_entry(root, entry)
+        stack.extend(reversed(subdirs))
+
+
+def _image_entry(root: Path, entry: os.DirEntry[str]) -> tuple[str, Path] | tuple[str, str]:
+    path = Path(entry.path)
+    try:
+        reason = special_file_reason(entry.stat().st_mode)
+    except OSError as exc:
+        return display(path), f"broken symlink or unreadable ({exc.strerror}): fix or remove it"
+    if reason is not None or entry.is_dir():
+        return display(path), reason or "symlink to a folder, not an image: not followed"
+    return display(path.relative_to(root).as_posix()), path
+
+
 def _sizes(target: Path) -> tuple[dict[str, tuple[int, int]], dict[str, Path], list[tuple[str, str]]]:
     if is_workspace(target):
         with Workspace.open(target) as ws:
@@ -80,15 +126,18 @@ def _sizes(target: Path) -> tuple[dict[str, tuple[int, int]], dict[str, Path], l
         names = {r.origins[0].source_path if r.origins else str(r.path): r for r in records}
         return ({k: (r.width, r.height) for k, r in names.items()},
                 {k: r.path for k, r in names.items()}, [])
-    listing = walk_images(target)
-    sizes, paths, skipped = {}, {}, list(listing.skipped)
-    for rel in listing.relpaths:
+    sizes, paths, skipped = {}, {}, []
+    for key, found in dataset_images(target):
+        if isinstance(found, str):
+            skipped.append((key, found))
+            continue
         try:
-            with Image.open(target / rel) as image:  # the header is enough for the size
-                sizes[rel] = image.size
-            paths[rel] = target / rel
+            with Image.open(found) as image:  # the header is enough for the size
+                sizes[key] = image.size
+            paths[key] = found
         except Exception as exc:  # any unreadable image is skipped with its reason
-            skipped.append((display(target / rel), f"not a readable image ({exc})"))
+            # Pillow's message repeats the file name, undecodable bytes included
+            skipped.append((display(found), printable(f"not a readable image ({exc})")))
     return sizes, paths, skipped
 
 
@@ -96,12 +145,12 @@ def buckets_for(target: Path, config: BucketConfig, batch_size: int, *, fix: boo
                 max_loss: float = 0.15, apply_to: Path | None = None, resize: bool = False) -> BucketsResult:
     target = Path(target).absolute()
     if not target.is_dir():
-        raise CurateError(f"{target}: no such folder (name a workspace or a dataset folder)")
+        raise CurateError(f"{display(target)}: no such folder (name a workspace or a dataset folder)")
     sizes, paths, skipped = _sizes(target)
     if not sizes:
-        raise CurateError(f"{target}: no images to bucket")
+        raise CurateError(f"{display(target)}: no images to bucket")
     report = bucket_report(sizes, config, batch_size)
-    result = BucketsResult(str(target), report, skipped=skipped)
+    result = BucketsResult(display(target), report, skipped=skipped)
     if fix or apply_to is not None:
         result.fixes = suggest(report, max_loss)
         result.after = bucket_report(sizes_after(sizes, result.fixes), config, batch_size)
@@ -121,7 +170,7 @@ def _write_copy(root: Path, dest: Path, paths: dict[str, Path], fixes: list[Fix]
         raise CurateError("--apply-to must be outside the dataset folder")
     crops = {f.key: f.crop_box for f in fixes}
     for rel, src in paths.items():
-        target = dest / rel
+        target = dest / src.relative_to(root)  # the real name: `rel` is the printable one
         if rel in crops or resize is not None:
             with Image.open(src) as image:
                 image.load()
@@ -134,7 +183,9 @@ def _write_copy(root: Path, dest: Path, paths: dict[str, Path], fixes: list[Fix]
             shutil.copy2(src, target)
         for ext in SIDECARS:
             side = src.with_suffix(ext)
-            if side.is_file():
+            # the caption rule of check and train: no text from a symlink leaving the dataset
+            if side.is_file() and is_inside(root, side) and (
+                    ext not in (".txt", ".caption") or unsafe_caption_reason(side, (root,)) is None):
                 shutil.copy2(side, target.with_suffix(ext))
     for extra in ("dataset.toml",):
         if (root / extra).is_file():

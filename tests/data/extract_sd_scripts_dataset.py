@@ -1,0 +1,214 @@
+"""Run sd-scripts' own dataset-reading functions on a table of cases, for
+tests/test_check_sdscripts.py (which checks curate.kohya, `curate check` and trainer/data.py
+against the answers, without sd-scripts).
+
+Reads a kohya-ss/sd-scripts git repository with `git show COMMIT:path` (no checkout) and, as
+fixtures/bucket_table.py does, executes unchanged the few definitions that read a dataset, in
+one private namespace holding the modules they name (importing library.train_util would pull
+in torch, diffusers and transformers):
+
+- library/config_util.py: `extract_dreambooth_params`, nested in
+  `generate_dreambooth_subsets_config_by_subdirs` (folder name -> repeats, class tokens);
+- library/train_util.py: the literal `IMAGE_EXTENSIONS` list and `glob_images` (which files of
+  a folder are images; the `.avif` / `.jxl` branch run by extending the list as the plugin
+  imports do), `read_caption`, nested in `DreamBoothDataset.__init__` (which caption file, what
+  text), the `caption_extension` lines of `DreamBoothSubset.__init__` (the added dot), and
+  `BaseDataset.process_caption` (prefix/suffix, wildcard lines, keep_tokens_separator), bound
+  to a stand-in dataset; random choices are recorded as the set of outcomes over 40 seeds.
+
+    python tests/data/extract_sd_scripts_dataset.py /work/.mirror/kohya-ss+sd-scripts/repo [COMMIT]
+
+writes tests/data/sd_scripts_dataset.json (sorted, no time in it: the same commit gives the same
+file). Caption files are written in a temporary folder with relative, underscore-free folder
+names, so read_caption's whole-path split sees only the file name.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import logging
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).with_name("sd_scripts_dataset.json")
+
+FOLDER_NAMES = ["10_sks dog", "10_", "10", " 5_x", "5 _x", "+3_x", "0_x", "-1_x", "x_10", "_x",
+                "1_000_x", "1__x", "\u0663_x", "10.5_x", "1e3_x", "", "007_bond", "10_sks_dog",
+                "\t2_x", "2\n_x", "1 000_x", "\uff12_x", "sks"]
+GLOB_FILES = ["a.png", "b.PNG", "c.Png", "d.jpg", "e.JPEG", "f.gif", "g.avif", "h.AVIF", "i.jxl",
+              ".hidden.png", "j.webp", "k.bmp", "l.tar.png", "m.png.txt", "n.JPG", "o.jpeg",
+              "p.Webp", "q.tif", "r.BMP", "s.Jxl", "png", "t .png"]
+# (name, caption files {name: bytes}, image name, caption_extension as configured, enable_wildcard)
+CAPTIONS: list[tuple[str, dict[str, bytes], str, str, bool]] = [
+    ("plain", {"x.txt": b"sks, a\nsecond\n"}, "x.png", ".txt", False),
+    ("crlf", {"x.txt": b"sks, a\r\nsecond"}, "x.png", ".txt", False),
+    ("cr", {"x.txt": b"sks, a\rsecond"}, "x.png", ".txt", False),
+    ("formfeed", {"x.txt": b"sks\x0ca\x1cb\nc"}, "x.png", ".txt", False),
+    ("line-separator", {"x.txt": "sks\u2028a\u0085b".encode()}, "x.png", ".txt", False),
+    ("blank-first-line", {"x.txt": b"\nsks, a"}, "x.png", ".txt", False),
+    ("only-newline", {"x.txt": b"\n"}, "x.png", ".txt", False),
+    ("empty", {"x.txt": b""}, "x.png", ".txt", False),
+    ("bom", {"x.txt": b"\xef\xbb\xbfsks, a"}, "x.png", ".txt", False),
+    ("nul", {"x.txt": b"sks, a\x00b, \x1b[31mred"}, "x.png", ".txt", False),
+    ("latin1", {"x.txt": b"sks, caf\xe9"}, "x.png", ".txt", False),
+    ("blanks", {"x.txt": b"  sks, a \t\n"}, "x.png", ".txt", False),
+    ("wildcard", {"x.txt": b"one\n\n  two \nthree\n"}, "x.png", ".txt", True),
+    ("wildcard-one-line", {"x.txt": b"one, {a|b}"}, "x.png", ".txt", True),
+    ("no-dot", {"x.txt": b"sks"}, "x.png", "txt", False),
+    ("caption-default", {"x.txt": b"sks"}, "x.png", ".caption", False),
+    ("face-crop", {"face.txt": b"sks, face"}, "face_1_2_3_4.png", ".txt", False),
+    ("face-crop-own-first", {"face.txt": b"base", "face_1_2_3_4.txt": b"own"}, "face_1_2_3_4.png",
+     ".txt", False),
+    ("four-fields", {"a.txt": b"sks"}, "a_b_c_d.png", ".txt", False),
+    ("six-fields", {"a_b.txt": b"sks"}, "a_b_c_d_e_f.png", ".txt", False),
+    ("missing", {}, "x.png", ".txt", False),
+    ("other-ext", {"x.caption": b"sks"}, "x.png", ".txt", False),
+]
+# (name, caption, subset fields) for process_caption
+PROCESS: list[tuple[str, str, dict[str, Any]]] = [
+    ("separator-literal", "sks ||| 1girl, solo", {"keep_tokens_separator": "|||"}),
+    ("separator-shuffled", "sks ||| 1girl, solo", {"keep_tokens_separator": "|||", "shuffle_caption": True}),
+    ("separator-tail", "sks ||| 1girl, solo ||| end", {"keep_tokens_separator": "|||",
+                                                       "shuffle_caption": True}),
+    ("prefix", "1girl, solo", {"caption_prefix": "sks,"}),
+    ("prefix-suffix", "1girl", {"caption_prefix": "sks", "caption_suffix": ", end"}),
+    ("wildcard-lines", "sks, one\nsks, two", {"enable_wildcard": True}),
+    ("wildcard-braces", "sks, {red|blue} hair, {{x}}", {"enable_wildcard": True}),
+    ("no-wildcard-lines", "sks, one\nsks, two", {}),
+    ("keep-tokens", "sks, a, b, c", {"shuffle_caption": True, "keep_tokens": 1}),
+]
+SUBSET_DEFAULTS = {"caption_prefix": None, "caption_suffix": None, "caption_dropout_rate": 0.0,
+                   "caption_dropout_every_n_epochs": 0, "enable_wildcard": False, "shuffle_caption": False,
+                   "token_warmup_step": 0, "token_warmup_min": 1, "caption_tag_dropout_rate": 0.0,
+                   "keep_tokens_separator": None, "keep_tokens": 0, "caption_separator": ",",
+                   "secondary_separator": None}
+
+
+def source(repo: str, commit: str, path: str) -> ast.Module:
+    text = subprocess.run(["git", "--git-dir", repo, "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+    return ast.parse(text)
+
+
+def find(tree: ast.AST, kind: type, name: str) -> Any:
+    for node in ast.walk(tree):
+        if isinstance(node, kind) and getattr(node, "name", None) == name:
+            return node
+    raise LookupError(name)
+
+
+def namespace(repo: str, commit: str) -> dict[str, Any]:
+    """sd-scripts' definitions, executed unchanged, in one namespace."""
+    config_util = source(repo, commit, "library/config_util.py")
+    train_util = source(repo, commit, "library/train_util.py")
+    ns: dict[str, Any] = {"os": os, "glob": glob, "random": random, "re": re, "math": math, "Path": Path,
+                          "Tuple": tuple, "logger": logging.getLogger("sd-scripts")}
+    extensions = next(n for n in train_util.body if isinstance(n, ast.Assign)
+                      and getattr(n.targets[0], "id", None) == "IMAGE_EXTENSIONS")
+    cls_subset = find(train_util, ast.ClassDef, "DreamBoothSubset")
+    dot = next(n for n in ast.walk(find(cls_subset, ast.FunctionDef, "__init__"))
+               if isinstance(n, ast.If) and "caption_extension" in ast.unparse(n.test))
+    dot_fn = ast.parse("def add_dot(self):\n    pass")
+    dot_fn.body[0].body = [dot]
+    defs = [extensions, find(config_util, ast.FunctionDef, "extract_dreambooth_params"),
+            find(train_util, ast.FunctionDef, "glob_images"),
+            find(find(train_util, ast.ClassDef, "DreamBoothDataset"), ast.FunctionDef, "read_caption"),
+            find(find(train_util, ast.ClassDef, "BaseDataset"), ast.FunctionDef, "process_caption"),
+            dot_fn.body[0]]
+    module = ast.fix_missing_locations(ast.Module(body=defs, type_ignores=[]))
+    exec(compile(module, "sd-scripts", "exec"), ns)  # sd-scripts' own code, run to pin its answers
+    return ns
+
+
+def folder_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name in FOLDER_NAMES:
+        repeats, tokens = ns["extract_dreambooth_params"](name)
+        out.append({"name": name, "read": repeats >= 1, "repeats": repeats, "class_tokens": tokens})
+    return out
+
+
+def glob_cases(ns: dict[str, Any]) -> dict[str, list[str]]:
+    out = {}
+    base = list(ns["IMAGE_EXTENSIONS"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in GLOB_FILES:
+            Path(tmp, name).write_bytes(b"")
+        for label, extra in (("base", []), ("plugins", [".avif", ".AVIF", ".jxl", ".JXL"])):
+            ns["IMAGE_EXTENSIONS"][:] = base + extra
+            out[label] = sorted(os.path.basename(p) for p in ns["glob_images"](tmp, "*"))
+    ns["IMAGE_EXTENSIONS"][:] = base
+    return out
+
+
+def caption_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for n, (name, files, image, ext, wildcard) in enumerate(CAPTIONS):
+                folder = f"case{n}"
+                os.mkdir(folder)
+                for file, data in files.items():
+                    Path(folder, file).write_bytes(data)
+                subset = types.SimpleNamespace(caption_extension=ext)
+                ns["add_dot"](subset)
+                try:
+                    answer = {"caption": ns["read_caption"](os.path.join(folder, image),
+                                                            subset.caption_extension, wildcard)}
+                except (AssertionError, UnicodeDecodeError) as exc:
+                    answer = {"error": type(exc).__name__}
+                out.append({"name": name, "files": {k: v.decode("latin-1") for k, v in files.items()},
+                            "image": image, "caption_extension": ext,
+                            "read_extension": subset.caption_extension,
+                            "enable_wildcard": wildcard, **answer})
+        finally:
+            os.chdir(here)
+    return out
+
+
+def process_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
+    dataset = types.SimpleNamespace(current_epoch=1, replacements={}, max_train_steps=100, current_step=0)
+    out = []
+    for name, caption, fields in PROCESS:
+        outcomes = set()
+        for seed in range(40):
+            random.seed(seed)
+            subset = types.SimpleNamespace(**{**SUBSET_DEFAULTS, **fields})
+            outcomes.add(ns["process_caption"](dataset, subset, caption))
+        out.append({"name": name, "caption": caption, "subset": fields, "outcomes": sorted(outcomes)})
+    return out
+
+
+def extract(repo: str, commit: str) -> dict[str, Any]:
+    full = subprocess.run(["git", "--git-dir", repo, "rev-parse", commit], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    ns = namespace(repo, full)
+    return {"source": "https://github.com/kohya-ss/sd-scripts", "commit": full,
+            "image_extensions": list(ns["IMAGE_EXTENSIONS"]), "folders": folder_cases(ns),
+            "glob": {"files": GLOB_FILES, **glob_cases(ns)}, "captions": caption_cases(ns),
+            "process_caption": process_cases(ns)}
+
+
+def main(argv: list[str]) -> None:
+    repo = argv[1] if len(argv) > 1 else "/work/.mirror/kohya-ss+sd-scripts/repo"
+    commit = argv[2] if len(argv) > 2 else "HEAD"
+    data = extract(repo, commit)
+    OUT.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
+    print(f"{OUT}: {len(data['folders'])} folder names, {len(data['captions'])} captions, "
+          f"{len(data['process_caption'])} process_caption cases from {data['commit'][:12]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
