@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,8 +192,11 @@ def test_a_caption_symlink_leaving_the_dataset_is_not_read(tmp_path: Path) -> No
     assert result.images == 2
     text = json.dumps(result.as_dict())
     assert "outside the dataset" in text and "SECRET" not in text
-    with pytest.raises(CurateError, match=r"a\.txt: caption is a symlink .* outside the dataset"):
-        load_dataset(tmp_path / "ds", SMALL)
+    # train leaves that image out with the reason and trains on the rest
+    loaded = load_dataset(tmp_path / "ds", SMALL)
+    assert [i.path.name for i in loaded.items] == ["b.png"]
+    [(file, why)] = loaded.skipped
+    assert file.endswith("a.png") and re.search(r"a\.txt: caption is a symlink .* outside the dataset", why)
     (folder / "a.txt").unlink()
     (folder / "a.txt").symlink_to(folder / "b.txt")  # inside the dataset: read
     assert {i.caption for i in load_dataset(tmp_path / "ds", SMALL).items} == {"sks, b"}
@@ -208,8 +212,8 @@ def test_big_captions_are_capped_and_the_check_is_linear(tmp_path: Path) -> None
     unread = next(f for f in result.findings if f.rule == "caption-unread")
     assert unread.path.name == "big.txt" and "1 MiB caption limit" in unread.message
     assert {f.path.name for f in result.findings if f.rule == "trigger-not-first"} == {"many.txt"}
-    with pytest.raises(CurateError, match=r"big\.txt: caption is 1\.0 MiB, over the 1 MiB caption limit"):
-        load_dataset(tmp_path / "ds", SMALL)
+    [(file, why)] = load_dataset(tmp_path / "ds", SMALL).skipped
+    assert file.endswith("big.png") and "big.txt: caption is 1.0 MiB, over the 1 MiB caption limit" in why
     # a trigger spread over tags is looked for in as many tags as it has words, not the rest
     assert _trigger_at(["sks", "woman", "x"], 0, "sks woman")
     assert not _trigger_at(["sks", "x"], 0, "sks woman")
@@ -256,8 +260,14 @@ def test_fifos_are_never_opened(tmp_path: Path, no_hang: None) -> None:
     report = buckets_for(tmp_path / "ds", BucketConfig(), 1)
     assert len(report.report.assignments) == 2
     assert next(why for name, why in report.skipped if name.endswith("pipe.jpg")).startswith("a named pipe")
-    with pytest.raises(CurateError, match=r"pipe\.jpg: a named pipe"):
-        load_dataset(tmp_path / "ds", SMALL)
+    loaded = load_dataset(tmp_path / "ds", SMALL)
+    assert [i.path.name for i in loaded.items] == ["ok.png"]
+    why = {Path(file).name: reason for file, reason in loaded.skipped}
+    assert why["pipe.jpg"].startswith("a named pipe")
+    assert "pipe.txt: caption is a named pipe" in why["pipe.png"]  # its caption is the FIFO
+    (folder / "ok.png").unlink()
+    with pytest.raises(CurateError, match=r"no training images.*pipe\.jpg: a named pipe"):
+        load_dataset(tmp_path / "ds", SMALL)  # nothing left: the error says why
 
 
 def test_buckets_read_a_symlinked_layout(tmp_path: Path) -> None:

@@ -92,6 +92,10 @@ class Dataset:
     buckets: BucketConfig
     batch_size: int
     subsets: tuple[Subset, ...]
+    # (file, reason) for each image left out: unreadable, not a file, a caption that cannot be
+    # used. sd-scripts would stop (or hang, on a FIFO) at the first; one bad file in a scraped
+    # dataset should cost that file, said in one line, not the run.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def train_items(self) -> list[Item]:
@@ -129,24 +133,23 @@ def balance_reg(reg: list[Item], train_count: int) -> list[Item]:
     return out
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """sd-scripts' glob: no recursion; `.png` or `.PNG` but not `.Png`; `.avif` / `.jxl` where
-    Pillow here reads them. Symlinks are followed to regular files; a FIFO or device is refused
-    without being opened."""
+    Pillow here reads them. Symlinks are followed to regular files; a FIFO or device is left
+    out without being opened, with its reason in `skipped`."""
     extra = readable_plugin_exts()
     found = []
     for path in sorted(folder.iterdir()):
         if not sd_image(path.name, extra):
             continue
         try:
-            mode = path.stat().st_mode
+            reason = special_file_reason(path.stat().st_mode)
         except OSError as exc:
-            raise CurateError(f"{display(path)}: cannot read image ({exc.strerror}); "
-                              "fix or remove it") from exc
-        reason = special_file_reason(mode)
+            reason = f"cannot read image ({exc.strerror}); fix or remove it"
         if reason is not None:
-            raise CurateError(f"{display(path)}: {reason}; remove it from the dataset")
-        if path.is_file():
+            if skipped is not None:
+                skipped.append((display(path), reason))
+        elif path.is_file():
             found.append(path)
     return found
 
@@ -235,22 +238,34 @@ def load_dataset(root: Path, overrides: dict[str, Any] | None = None) -> Dataset
     settings = {**settings, **{k: v for k, v in overrides.items() if k not in subset_names}}
     buckets = bucket_config(settings)
     top = root if root.is_dir() else root.parent
-    items = [_item(path, subset, buckets, top) for subset in subsets for path in _images(subset)]
+    items, skipped = [], []
+    for subset in subsets:
+        for path in _images(subset, skipped):
+            try:
+                items.append(_item(path, subset, buckets, top))
+            except CurateError as exc:  # its message names the file and what to do
+                skipped.append((display(path), str(exc).removeprefix(f"{display(path)}: ")))
     if not any(not i.subset.is_reg for i in items):
-        raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
-    return Dataset(tuple(items), buckets, int(settings.get("batch_size", 1)), tuple(subsets))
+        hint = f"; {len(skipped)} images left out, e.g. {': '.join(skipped[0])}" if skipped else ""
+        raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)"
+                          + hint)
+    return Dataset(tuple(items), buckets, int(settings.get("batch_size", 1)), tuple(subsets),
+                   tuple(skipped))
 
 
-def _images(subset: Subset) -> list[Path]:
+def _images(subset: Subset, skipped: list[tuple[str, str]]) -> list[Path]:
     if not subset.image_dir.is_dir():
         raise CurateError(f"{display(subset.image_dir)}: image folder of a subset does not exist")
-    return list_images(subset.image_dir)
+    return list_images(subset.image_dir, skipped)
 
 
 def _item(path: Path, subset: Subset, buckets: BucketConfig, root: Path) -> Item:
     try:
         with Image.open(path) as image:
             size = image.size
+    except Image.DecompressionBombError as exc:
+        raise CurateError(f"{display(path)}: declares more pixels than Pillow will open "
+                          f"({printable(str(exc)).split('.')[0]}); resize it or remove it") from exc
     except OSError as exc:
         raise CurateError(f"{display(path)}: cannot read image ({printable(str(exc))})") from exc
     return Item(path, read_caption(path, subset, root), subset, assign(size, buckets))

@@ -64,6 +64,7 @@ class TrainResult:
     latents_encoded: int = 0  # images the VAE encoded for the latent cache (0: all read from disk)
     samples: list[Path] = field(default_factory=list)  # sample images written during the run
     interrupted: bool = False  # Ctrl-C: `output` is the step save, its state folder beside it
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # dataset files left out, why
 
     def as_dict(self) -> dict[str, Any]:
         done = self.steps - self.resumed_from
@@ -74,6 +75,7 @@ class TrainResult:
                 "seconds": round(self.seconds, 3), "device": self.device, "processes": self.processes,
                 "interrupted": self.interrupted, "network_digests": self.network_digests,
                 "latents_encoded": self.latents_encoded, "samples": [str(p) for p in self.samples],
+                "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
                 "seconds_per_step": round(self.seconds / done, 4) if done else None}
 
 
@@ -347,7 +349,8 @@ def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_ste
             step = checkpoint.load_state(resume, run.network, run.optimizer, run.lr_scheduler, config,
                                          run.dist.world)
     result = TrainResult(out / f"{config.output_name}.safetensors", step, 0, run.steps_per_epoch,
-                         resumed_from=step, device=str(run.device), processes=run.dist.world)
+                         resumed_from=step, device=str(run.device), processes=run.dist.world,
+                         skipped=list(run.dataset.skipped))
     out.mkdir(parents=True, exist_ok=True)
     if run.dist.is_main:
         result.saved.append(_write_config(run, out, config, resume))

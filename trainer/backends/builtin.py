@@ -42,6 +42,8 @@ def run(plan: Plan, *, on_step: StepCallback | None = None) -> RunResult:
     if result.interrupted:
         summary += (f"\ninterrupted at step {result.steps}: saved {result.output}; continue with "
                     f"--resume {result.output.with_suffix('')}-state")
+    for file, reason in result.skipped:
+        summary += f"\nskipped {file}: {reason}"
     if result.samples:
         summary += f"\n{len(result.samples)} sample images in {result.samples[0].parent}"
     return RunResult(NAME, result.output, summary, data, list(result.saved))
