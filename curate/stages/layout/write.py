@@ -141,8 +141,8 @@ def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general
              "", "[general]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in general.items() if v is not None]
     dataset = {"resolution": config.resolution, "batch_size": config.batch_size,
-               "enable_bucket": config.enable_bucket, "min_bucket_reso": config.min_bucket_reso,
-               "max_bucket_reso": config.max_bucket_reso, "bucket_reso_steps": config.bucket_reso_steps,
+               "enable_bucket": config.enable_bucket, "min_bucket_reso": config.bucket_bounds[0],
+               "max_bucket_reso": config.bucket_bounds[1], "bucket_reso_steps": config.bucket_reso_steps,
                "bucket_no_upscale": config.bucket_no_upscale}
     lines += ["", "[[datasets]]", *(f"{k} = {toml_value(v)}" for k, v in dataset.items())]
     for s in subsets:
