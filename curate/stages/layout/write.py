@@ -19,6 +19,7 @@ from pathlib import Path
 from curate.atomic import TMP_PREFIX
 from curate.config import toml_value
 from curate.errors import CurateError
+from curate.paths import child_path
 from curate.stages.layout.config import LayoutConfig
 
 MARKER = ".curate-layout.json"
@@ -81,7 +82,8 @@ def write_dataset(out: Path, subsets: list[Subset], config: LayoutConfig, genera
     tmp.mkdir(parents=True)
     try:
         for subset in subsets:
-            _write_subset(tmp / subset.folder, subset, config)
+            kind, _, name = subset.folder.partition("/")  # "img", "10_sks"
+            _write_subset(child_path(tmp / kind, name, "concept folder"), subset, config)
         (tmp / "dataset.toml").write_text(dataset_toml(out, subsets, config, general), encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         # which caption went to which image: the next layout tells hand edits from its own text
