@@ -252,7 +252,8 @@ def _replace(new: Path, out: Path) -> None:
 def merge_networks(base: Path, networks: list[tuple[Path, float]], out: Path, *,
                    block_weights: str | None = None, save_precision: str = "fp16",
                    out_format: Literal["diffusers", "single-file"] = "diffusers",
-                   model_config: str | None = None, strict: bool = False) -> MergeResult:
+                   model_config: str | None = None, strict: bool = False,
+                   allow_pickle: bool = False) -> MergeResult:
     """Write OUT: BASE with each (network file, strength) baked in, optionally per-block weighted."""
     dtype = save_dtype(save_precision)
     if out_format not in ("diffusers", "single-file"):
@@ -264,7 +265,7 @@ def merge_networks(base: Path, networks: list[tuple[Path, float]], out: Path, *,
     for path, _ in networks:
         if not path.is_file():
             raise CurateError(f"{path}: no such network file")
-    models = load_models(base, torch.device("cpu"), model_config=model_config)
+    models = load_models(base, torch.device("cpu"), model_config=model_config, allow_pickle=allow_pickle)
     # SD 1.x and SDXL number their blocks differently, so the spec is read for the loaded base
     weights = parse_block_weights(block_weights, sdxl=models.sdxl) if block_weights is not None else None
     layers = model_layers(models)
