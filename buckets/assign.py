@@ -47,6 +47,15 @@ class UnbucketableImage(CurateError):
     """sd-scripts cannot train on this image with this configuration."""
 
 
+def derived_bucket_reso(resolution: int, steps: int = 64) -> tuple[int, int]:
+    """min/max_bucket_reso for a resolution when they are not given: half the resolution (at most
+    256) rounded down to the step, and twice the resolution rounded up to it. This is sd-scripts'
+    256/1024 at 512 px, 64/256 at 128 px, 256/2048 at SDXL's 1024."""
+    low = max(steps, min(256, resolution // 2) // steps * steps)
+    high = -(-2 * resolution // steps) * steps
+    return low, high
+
+
 @dataclass(frozen=True)
 class BucketConfig:
     """sd-scripts' dataset fields for bucketing; defaults are its own, except `enable_bucket`.

@@ -66,22 +66,28 @@ def is_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> boo
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
+def check_name(name: str, what: str) -> None:
+    """A name from user data that becomes one path component (a folder, a file stem): refused,
+    with the reason, when empty, `.`/`..`, absolute, or holding a NUL or a path separator."""
+    shown = printable(repr(name))
+    if not name or name in {".", ".."}:
+        raise CurateError(f"{what} {shown} cannot name a folder or file: give it a plain name")
+    if "\x00" in name or "/" in name or "\\" in name or os.path.isabs(name):
+        raise CurateError(f"{what} {shown} holds a path separator or NUL: give it a plain name "
+                          "(it becomes a folder or file name)")
+
+
 def child_path(root: Path, name: str, what: str) -> Path:
     """root / name for a name taken from user data (a concept, an output name, a class token).
 
-    Refused, with the reason, when the name is empty, absolute, holds `..`, a NUL or a path
-    separator, or would lead out of root through a symlink: such a name must never decide
-    where curate writes.
+    Refused, with the reason, when the name is not a plain name (see `check_name`) or would
+    lead out of root through a symlink: such a name must never decide where curate writes.
     """
-    shown = printable(repr(name))
-    if not name or name in {".", ".."}:
-        raise CurateError(f"{what} {shown} cannot name a folder: give it a plain name")
-    if "\x00" in name or "/" in name or "\\" in name or os.path.isabs(name):
-        raise CurateError(f"{what} {shown} holds a path separator or NUL: give it a plain name "
-                          "(it becomes a folder name)")
+    check_name(name, what)
     path = root / name
     if not is_inside(root, path):
-        raise CurateError(f"{what} {shown} leads outside {display(root)}: give it a plain name")
+        raise CurateError(f"{what} {printable(repr(name))} leads outside {display(root)}: "
+                          "give it a plain name")
     return path
 
 

@@ -10,12 +10,14 @@ options) come from the dataset's own dataset.toml when it has one; the fields he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from curate.config import apply_overrides, build, load_toml, toml_value
+from buckets.assign import derived_bucket_reso
+from curate.config import apply_overrides, build, check_ranges, load_toml, option, toml_value
 from curate.errors import CurateError
+from curate.paths import check_name
 
 VERSION = 1
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -25,17 +27,17 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 class TrainConfig:
     version: int = VERSION
     network: Literal["lora", "ia3"] = "lora"
-    network_dim: int = 8
-    network_alpha: float = 1.0
-    network_dropout: float | None = None
-    conv_dim: int | None = None
-    conv_alpha: float | None = None
+    network_dim: int = option(8, ge=1, le=1024)
+    network_alpha: float = option(1.0, ge=0)
+    network_dropout: float | None = option(None, ge=0, lt=1)
+    conv_dim: int | None = option(None, ge=1, le=1024)
+    conv_alpha: float | None = option(None, ge=0)
     ia3_train_on_input: bool = True
     train_unet: bool = True
     train_text_encoder: bool = True
-    learning_rate: float = 1e-4
-    unet_lr: float | None = None
-    text_encoder_lr: float | None = None
+    learning_rate: float = option(1e-4, gt=0)
+    unet_lr: float | None = option(None, ge=0)
+    text_encoder_lr: float | None = option(None, ge=0)
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam"] = "adamw"
     optimizer_args: dict[str, Any] = field(default_factory=dict)
     # per-block learning rates (SD 1.x/2.x UNets): sd-scripts' down/mid/up lists ("sine", "cosine",
@@ -46,53 +48,54 @@ class TrainConfig:
     mid_lr_weight: str | None = None
     up_lr_weight: str | None = None
     block_lr_weights: str | None = None
-    block_lr_zero_threshold: float = 0.0
+    block_lr_zero_threshold: float = option(0.0, ge=0)
     # diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts
     # ("cosine_annealing_warm_restarts", stepped once per optimiser step) as the iA3 guide uses it
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial", "cosine_annealing_warm_restarts"] = "constant"
-    lr_warmup_steps: int = 0
-    lr_scheduler_num_cycles: int = 1  # cosine_with_restarts: hard restarts over the run
-    lr_scheduler_power: float = 1.0  # polynomial: 1 = linear decay
-    T_0: int = 160  # cosine_annealing_warm_restarts: steps of the first cycle (the guide's)
-    T_mult: int = 1  # each later cycle is T_mult times longer
-    eta_min: float = 0.0  # the learning rate at the bottom of each cycle
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
+    lr_warmup_steps: int = option(0, ge=0)
+    lr_scheduler_num_cycles: int = option(1, ge=1)  # cosine_with_restarts: hard restarts over the run
+    lr_scheduler_power: float = option(1.0, gt=0)  # polynomial: 1 = linear decay
+    T_0: int = option(160, ge=1)  # cosine_annealing_warm_restarts: steps of the first cycle (the guide's)
+    T_mult: int = option(1, ge=1)  # each later cycle is T_mult times longer
+    eta_min: float = option(0.0, ge=0)  # the learning rate at the bottom of each cycle
+    max_grad_norm: float = option(1.0, ge=0)
+    gradient_accumulation_steps: int = option(1, ge=1, le=1024)
     gradient_checkpointing: bool = False
-    max_train_steps: int = 1600  # sd-scripts' default
-    max_train_epochs: int | None = None  # when set, wins over max_train_steps
-    seed: int = 42
-    noise_offset: float = 0.0
-    adaptive_noise_scale: float | None = None
-    multires_noise_iterations: int | None = None  # pyramid noise (sd-scripts' multires noise)
-    multires_noise_discount: float = 0.3
+    max_train_steps: int = option(1600, ge=1)  # sd-scripts' default
+    max_train_epochs: int | None = option(None, ge=1)  # when set, wins over max_train_steps
+    seed: int = option(42, ge=0, le=2**32 - 1)
+    noise_offset: float = option(0.0, ge=0, le=1)
+    adaptive_noise_scale: float | None = option(None, ge=-1, le=1)
+    # pyramid noise (sd-scripts' multires noise)
+    multires_noise_iterations: int | None = option(None, ge=1, le=32)
+    multires_noise_discount: float = option(0.3, ge=0, le=1)
     # None: from the model folder's scheduler config (prediction_type); true/false forces it
     v_parameterization: bool | None = None
-    min_snr_gamma: float | None = None
+    min_snr_gamma: float | None = option(None, gt=0)
     # v-prediction models (sd-scripts' names): rescale the schedule to zero terminal SNR,
     # weight the v loss like an eps loss (SNR/(SNR+1)), add a v-like term, debiased estimation
     zero_terminal_snr: bool = False
     scale_v_pred_loss_like_noise_pred: bool = False
-    v_pred_like_loss: float | None = None
+    v_pred_like_loss: float | None = option(None, ge=0)
     debiased_estimation_loss: bool = False
-    prior_loss_weight: float = 1.0
-    clip_skip: int | None = None
+    prior_loss_weight: float = option(1.0, ge=0)
+    clip_skip: int | None = option(None, ge=1, le=24)
     max_token_length: Literal[75, 150, 225] = 75  # CLIP tokens per caption, in chunks of 75 as sd-scripts
     cache_latents: bool = False  # encode every image once before training (disables flip_aug's randomness)
     cache_latents_to_disk: bool = False  # ... and keep them in IMAGE.npz beside each image between runs
     # encode each caption once before training (text encoders frozen, no caption shuffle or dropout)
     cache_text_encoder_outputs: bool = False
-    scale_weight_norms: float | None = None
+    scale_weight_norms: float | None = option(None, gt=0)
     output_name: str = "last"
-    save_every_n_steps: int | None = None
-    save_every_n_epochs: int | None = None
+    save_every_n_steps: int | None = option(None, ge=1)
+    save_every_n_epochs: int | None = option(None, ge=1)
     save_state: bool = False
-    save_last_n_steps: int | None = None  # keep only the step saves of the last N steps
-    save_last_n_epochs: int | None = None  # keep only the last N epoch saves
+    save_last_n_steps: int | None = option(None, ge=1)  # keep only the step saves of the last N steps
+    save_last_n_epochs: int | None = option(None, ge=1)  # keep only the last N epoch saves
     sample_prompts: str | None = None  # a prompt file in sd-scripts syntax (--n --w --h --d --l --s)
-    sample_every_n_steps: int | None = None
-    sample_every_n_epochs: int | None = None
+    sample_every_n_steps: int | None = option(None, ge=1)
+    sample_every_n_epochs: int | None = option(None, ge=1)
     sample_sampler: str = "ddim"
     logging_dir: str | None = None  # TensorBoard event files go to logging_dir/[log_prefix]TIMESTAMP
     log_prefix: str | None = None
@@ -107,46 +110,29 @@ class TrainConfig:
     # default. Measured on the tiny model, 2 cores, 64 px, batch 4 (docs/benchmarks.md): idle,
     # 1 thread 0.060 s/step against 2 threads' 0.069; with 3 busy processes, 0.28 against 0.49, and
     # the test suite saw 20-50x at load 5.6 (two threads spin-waiting for a core). Ignored on CUDA.
-    threads: int | None = None
+    threads: int | None = option(None, ge=0, le=1024)
     # folder mode (and overrides of dataset.toml when set)
-    resolution: int | None = None
-    batch_size: int | None = None
+    resolution: int | None = option(None, ge=64, le=8192)
+    batch_size: int | None = option(None, ge=1, le=1024)
     enable_bucket: bool | None = None
-    min_bucket_reso: int | None = None
-    max_bucket_reso: int | None = None
-    bucket_reso_steps: int | None = None
+    min_bucket_reso: int | None = option(None, ge=8, le=8192)
+    max_bucket_reso: int | None = option(None, ge=8, le=16384)
+    bucket_reso_steps: int | None = option(None, ge=8, le=1024)
     caption_extension: str = ".txt"
     shuffle_caption: bool | None = None
-    keep_tokens: int | None = None
-    caption_dropout_rate: float | None = None
-    caption_tag_dropout_rate: float | None = None
+    keep_tokens: int | None = option(None, ge=0)
+    caption_dropout_rate: float | None = option(None, ge=0, le=1)
+    caption_tag_dropout_rate: float | None = option(None, ge=0, le=1)
 
     def check(self) -> None:
         if self.version != VERSION:
             raise CurateError(f"train.version = {self.version}: this curate reads version {VERSION}")
-        positive = {"network_dim": self.network_dim, "max_train_steps": self.max_train_steps,
-                    "max_train_epochs": self.max_train_epochs, "save_every_n_steps": self.save_every_n_steps,
-                    "save_every_n_epochs": self.save_every_n_epochs, "batch_size": self.batch_size,
-                    "resolution": self.resolution, "conv_dim": self.conv_dim, "clip_skip": self.clip_skip,
-                    "lr_scheduler_num_cycles": self.lr_scheduler_num_cycles, "T_0": self.T_0,
-                    "T_mult": self.T_mult, "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                    "multires_noise_iterations": self.multires_noise_iterations,
-                    "save_last_n_steps": self.save_last_n_steps,
-                    "save_last_n_epochs": self.save_last_n_epochs,
-                    "sample_every_n_steps": self.sample_every_n_steps,
-                    "sample_every_n_epochs": self.sample_every_n_epochs}
-        for name, value in positive.items():
-            if value is not None and value < 1:
-                raise CurateError(f"train.{name} = {value}: must be at least 1")
-        if self.threads is not None and self.threads < 0:
-            raise CurateError(f"train.threads = {self.threads}: must be 0 (torch's default) or more")
-        if self.learning_rate <= 0:
-            raise CurateError(f"train.learning_rate = {self.learning_rate}: must be positive")
+        check_ranges(self, "train")
         if not (self.train_unet or self.train_text_encoder):
             raise CurateError("train.train_unet and train.train_text_encoder are both false: "
                               "nothing to train")
-        if not self.output_name or "/" in self.output_name:
-            raise CurateError(f"train.output_name = {self.output_name!r}: must be a plain file name")
+        # the saves are OUT/NAME.safetensors, NAME-step00000010.safetensors, ...
+        check_name(self.output_name, "train.output_name")
 
     def network_options(self) -> dict[str, Any]:
         common = {"train_unet": self.train_unet, "train_text_encoder": self.train_text_encoder}
@@ -191,6 +177,17 @@ def train_config(config_file: Path | None, overrides: Iterable[str] = (),
     if not isinstance(table, dict):
         raise CurateError("train in the config file must be a table ([train])")
     merged = {**base, **migrate(table), **{k: v for k, v in (flags or {}).items() if v is not None}}
-    config = build(TrainConfig, "train", merged)
-    config.check()
-    return config
+    given = [k for k, v in (flags or {}).items() if v is not None]
+    config = build(TrainConfig, "train", merged, source="the config file, --preset or --set", flags=given)
+    return with_bucket_bounds(config)
+
+
+def with_bucket_bounds(config: TrainConfig) -> TrainConfig:
+    """A resolution given without min/max_bucket_reso brings its own bounds (see
+    `buckets.assign.derived_bucket_reso`: 256/1024 at 512 px, 64/256 at 128): a dataset.toml's
+    bounds were made for its own resolution, so `--set resolution=128` alone would fail there."""
+    if config.resolution is None or None not in (config.min_bucket_reso, config.max_bucket_reso):
+        return config
+    low, high = derived_bucket_reso(config.resolution, config.bucket_reso_steps or 64)
+    return replace(config, min_bucket_reso=config.min_bucket_reso or low,
+                   max_bucket_reso=config.max_bucket_reso or high)

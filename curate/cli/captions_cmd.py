@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from curate.cli._common import LIST_LIMIT, Out, output_options
+from curate.paths import printable
 
 TARGET = click.argument("target", type=click.Path(path_type=Path))
 EXT = click.option("--caption-ext", default=".txt", show_default=True, help="Caption files in plain folders.")
@@ -35,7 +36,8 @@ def _report(out: Out, run) -> None:  # type: ignore[no-untyped-def]
     if len(run.diff) > LIST_LIMIT * 4 and not out.verbose:
         out.line(f"... {len(run.diff) - LIST_LIMIT * 4} more lines (-v lists all)")
     for key, value in run.settings.items():
-        out.line(f"{key} = {value}")
+        if value is not None:  # an unset class token or separator is not a setting to show
+            out.line(f"{key} = {printable(str(value))}")
     verb = "would change" if run.dry_run else "changed"
     out.line(f"{verb} {len(run.changed)} of {run.images} captions in {run.target}")
 

@@ -16,7 +16,7 @@ from curate.config import CONFIG_NAME, stage_config
 @click.option("--threshold", type=int, default=None,
               help="Largest Hamming distance that is a near duplicate (default 10 of 64 bits).")
 @click.option("--similarity", type=float, default=None,
-              help="The same as a percentage: 90 = at most 10%% of the bits differ.")
+              help="The same as a percentage: 90 = at most 10% of the bits differ.")
 @click.option("--keep", type=click.Choice(["largest", "first", "newest"]), default=None,
               help="Which image of a group stays (default largest: most pixels, then bytes, PNG over JPEG).")
 @click.option("--keep-list", type=click.Path(dir_okay=False, exists=True, path_type=Path),

@@ -4,11 +4,24 @@ import click
 
 from curate.cli._common import Out, output_options
 
+# What curate can do without: tagging falls back to the CPU, models can be given as folders.
+# Their absence is reported as "not available", not as a failure of the machine.
+OPTIONAL = frozenset({"CUDA", "huggingface_hub"})
+
+
+def _label(check: str, ok: bool) -> str:
+    if ok:
+        return "ok  "
+    return "--  " if check in OPTIONAL else "FAIL"
+
 
 @click.command("doctor")
 @output_options
 def command(as_json: bool, quiet: bool, verbose: bool) -> None:
     """Show what works on this machine: onnxruntime, its providers, CUDA, the Hub client.
+
+    A FAIL line is something curate needs; "not available" marks an optional part (CUDA, the
+    Hub client) whose absence only means the CPU, or a model folder, is used instead.
 
     \b
     Examples:
@@ -20,7 +33,9 @@ def command(as_json: bool, quiet: bool, verbose: bool) -> None:
     out = Out(as_json, quiet, verbose)
     lines = doctor()
     if as_json:
-        out.json({"checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in lines]})
+        out.json({"checks": [{"check": c, "ok": ok, "optional": c in OPTIONAL, "detail": d}
+                             for c, ok, d in lines]})
         return
     for check, ok, detail in lines:
-        out.line(f"{'ok  ' if ok else 'FAIL'} {check}: {detail}")
+        shown = detail if ok or check not in OPTIONAL else f"not available: {detail}"
+        out.line(f"{_label(check, ok)} {check}: {shown}")

@@ -27,7 +27,9 @@ from curate.config import CONFIG_NAME, stage_config
 @click.option("--link", type=click.Choice(["copy", "hardlink", "symlink"]), default=None,
               help="How images get into the dataset (default copy).")
 @click.option("--caption-ext", default=None, help="Caption extension (default .txt; stated in dataset.toml).")
-@click.option("--resolution", type=int, default=None, help="Training resolution (default 512).")
+@click.option("--resolution", type=int, default=None,
+              help="Training resolution (default 512); min/max_bucket_reso follow it unless set: "
+                   "half (at most 256) and twice it, rounded to the bucket step.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @config_options
 @output_options

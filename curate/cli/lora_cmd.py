@@ -6,6 +6,11 @@ import click
 
 from curate.cli._common import Out, output_options
 
+ALLOW_PICKLE = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Read a .ckpt/.pt (pickle) checkpoint, with torch.load(weights_only=True); refused by default "
+    "because a pickle can run code when loaded.")
+
 
 @click.group("lora")
 def command() -> None:
@@ -185,10 +190,11 @@ def resize(network: Path, new_dim: int, conv_dim: int | None, dynamic: str | Non
 @click.option("--model-config", default=None,
               help="For single-file checkpoints: a diffusers folder or cached hub repo with the configs.")
 @click.option("--device", default="cpu", show_default=True, help="Where to run the SVDs (cpu, cuda).")
+@ALLOW_PICKLE
 @output_options
 def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, clamp_quantile: float,
-            min_diff: float, save_precision: str, model_config: str | None, device: str, as_json: bool,
-            quiet: bool, verbose: bool) -> None:
+            min_diff: float, save_precision: str, model_config: str | None, device: str, allow_pickle: bool,
+            as_json: bool, quiet: bool, verbose: bool) -> None:
     """Make a LoRA from the difference of two checkpoints, by SVD per layer, with a report of
     the energy each layer keeps (docs/lora-tools.md).
 
@@ -203,7 +209,8 @@ def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, 
 
     o = Out(as_json, quiet, verbose)
     result = extract_lora(base, tuned, out, dim, conv_dim, clamp_quantile=clamp_quantile, min_diff=min_diff,
-                          save_precision=save_precision, device=device, model_config=model_config)
+                          save_precision=save_precision, device=device, model_config=model_config,
+                          allow_pickle=allow_pickle)
     if as_json:
         o.json(result.as_dict())
         return
@@ -232,10 +239,11 @@ def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, 
 @click.option("--model-config", default=None,
               help="Configs and tokenizer for a single-file base that is not SD 1.x/2.x-shaped.")
 @click.option("--strict", is_flag=True, help="Stop when a key cannot be merged instead of reporting it.")
+@ALLOW_PICKLE
 @output_options
 def merge(networks: tuple[str, ...], base: Path, out: Path, block_weights: str | None, out_format: str,
-          save_precision: str, model_config: str | None, strict: bool, as_json: bool, quiet: bool,
-          verbose: bool) -> None:
+          save_precision: str, model_config: str | None, strict: bool, allow_pickle: bool, as_json: bool,
+          quiet: bool, verbose: bool) -> None:
     """Bake LoRA / LoCon / iA3 files into a checkpoint: NETWORKS are NET[:STRENGTH] (default 1).
 
     \b
@@ -258,7 +266,7 @@ def merge(networks: tuple[str, ...], base: Path, out: Path, block_weights: str |
     o = Out(as_json, quiet, verbose)
     result = merge_networks(base, [parse_network_arg(n) for n in networks], out, block_weights=block_weights,
                             save_precision=save_precision, out_format=out_format, model_config=model_config,
-                            strict=strict)
+                            strict=strict, allow_pickle=allow_pickle)
     if as_json:
         o.json(result.as_dict())
         return

@@ -26,6 +26,10 @@ from curate.config import CONFIG_NAME, stage_config
 @click.option("--append", "existing", flag_value="append", default=None,
               help="Add new tags to existing captions.")
 @click.option("--overwrite", "existing", flag_value="overwrite", help="Replace existing captions.")
+@click.option("--existing", "existing_choice", default=None,
+              type=click.Choice(["skip", "append", "overwrite"]),
+              help="Images that have a caption: skip (default), append new tags, or overwrite "
+                   "(--append / --overwrite for short; skip undoes a curate.toml setting).")
 @click.option("--caption-ext", default=None, help="Caption file extension in plain folders (default .txt).")
 @click.option("--escape/--no-escape", default=None, help="Escape parentheses (for prompts, not training).")
 @click.option("--batch-size", type=int, default=None, help="Images per model run (default 8).")
@@ -38,7 +42,8 @@ from curate.config import CONFIG_NAME, stage_config
 @output_options
 def command(target: Path, model: str | None, threshold: float | None, character_threshold: float | None,
             mcut: bool | None, rating: str | None, character_first: bool | None, max_tags: int | None,
-            undesired: str | None, replace_: tuple[str, ...], existing: str | None, caption_ext: str | None,
+            undesired: str | None, replace_: tuple[str, ...], existing: str | None,
+            existing_choice: str | None, caption_ext: str | None,
             escape: bool | None, batch_size: int | None, providers: str | None, rethreshold: bool,
             dry_run: bool, config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
             quiet: bool, verbose: bool) -> None:
@@ -57,8 +62,12 @@ def command(target: Path, model: str | None, threshold: float | None, character_
       curate tag ws --rethreshold --threshold 0.5 --mcut      # no model run
       curate tag ws --undesired "watermark,signature" --replace brown_hair=blonde_hair
     """
+    from curate.errors import CurateError
     from curate.stages.tag import TagConfig, tag
 
+    if existing and existing_choice and existing != existing_choice:
+        raise CurateError(f"--{existing} and --existing {existing_choice} disagree: give one of them")
+    existing = existing_choice or existing
     out = Out(as_json, quiet, verbose)
     config = stage_config(TagConfig, "tag", config_file or target / CONFIG_NAME, overrides, {
         "model": model, "threshold": threshold, "character_threshold": character_threshold,

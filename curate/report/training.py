@@ -76,8 +76,8 @@ def bucket_view(root: Path, records: list[Record]) -> BucketView:
     try:
         layout_config, _ = _layout_config(root)
         config = BucketConfig(resolution=layout_config.resolution,
-                              min_bucket_reso=layout_config.min_bucket_reso,
-                              max_bucket_reso=layout_config.max_bucket_reso,
+                              min_bucket_reso=layout_config.bucket_bounds[0],
+                              max_bucket_reso=layout_config.bucket_bounds[1],
                               bucket_reso_steps=layout_config.bucket_reso_steps,
                               bucket_no_upscale=layout_config.bucket_no_upscale)
         # keyed by the path the user knows: bucket warnings name images by key

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from curate.config import check_ranges, option
 from curate.errors import CurateError
 
 METHODS = ("rembg", "grabcut")
@@ -29,16 +30,15 @@ class BgConfig:
     # GrabCut's rectangle: "subject" = the box `curate crop` would find (faces, then saliency),
     # grown by `margin` of its size; "centre" = the centre box leaving `margin` on each side.
     seed: Literal["subject", "centre"] = "subject"
-    margin: float = 0.1
-    iterations: int = 5
+    margin: float = option(0.1, ge=0, lt=0.5)
+    iterations: int = option(5, ge=1, le=100)
     # GrabCut works on a copy at most this many pixels on the long side (the mask is scaled back)
-    max_side: int = 1024
+    max_side: int = option(1024, ge=16, le=16_384)
 
     def check(self) -> None:
+        check_ranges(self, "bg")
         if self.method not in METHODS:
             raise CurateError(f"bg.method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if not 0 <= self.margin < 0.5 or self.iterations < 1 or self.max_side < 16:
-            raise CurateError("bg: margin must be in [0, 0.5), iterations >= 1, max_side >= 16")
         parse_fill(self.fill)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.config import option
 from curate.errors import CurateError
 from curate.stages.captions.store import CaptionRun, Removed, changed_images, load, save, shown_line
 from tagging.filter import FilterConfig, filter_tags
@@ -19,7 +20,7 @@ class FilterStageConfig:
 
     # A tag of an exclusive group (hair colour, eye colour...) seen in fewer than this share
     # of the images that carry the group's majority tag is taken for a tagger mistake.
-    min_share: float = 0.15
+    min_share: float = option(0.15, ge=0, le=1)
     # Drop tags a trigger word should carry (hair and eye colour...) in single-person images.
     prune_intrinsic: bool = False
     # Never removed; with prune_intrinsic it is what carries the character's look.

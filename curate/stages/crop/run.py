@@ -25,7 +25,7 @@ from curate.manifest import now
 from curate.record import Record
 from curate.stages.crop.config import CropConfig
 from curate.stages.crop.render import Outcome, Piece, crop_file
-from curate.stages.crop.user_boxes import CROPS_FILE, Box, match, read_crops
+from curate.stages.crop.user_boxes import CROPS_FILE, Box, listed, match, read_crops
 from curate.stages.guard import FAILED, Failed, per_image_map
 from curate.stages.quality.copy import check_out, copy_image
 from curate.workspace import Workspace
@@ -132,7 +132,8 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
 def _ws_item(record: Record) -> Item:
     crop = record.extra.get("crop")
     original = Path(crop["original"]) if crop else record.path
-    names = [record.sha256]
+    # the stored copy too (whole, from the workspace root, by file name), as the report names it
+    names = [record.sha256, *_stored_names(record.path), *_stored_names(original)]
     for origin in record.origins:
         rel = origin.source_path.removeprefix(origin.source_root).lstrip("/\\")
         names += [origin.source_path, rel, Path(origin.source_path.split("!/")[-1]).name]
@@ -140,13 +141,19 @@ def _ws_item(record: Record) -> Item:
     return Item(shown, original, tuple(names), record.sha256)
 
 
+def _stored_names(path: Path) -> list[str]:
+    names = [str(path), path.name]
+    if path.parent.parent.name == "images":  # WS/images/ab/SHA.ext
+        names.append(path.relative_to(path.parent.parent.parent).as_posix())
+    return names
+
+
 def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
          on_progress: ProgressFn | None, render: bool) -> None:
     used, jobs = set(), []
     for it in result.items:
         hit = match(boxes, it.names)
-        if hit:
-            used.add(hit[0])
+        used.update(listed(boxes, it.names))  # two lines for one image: neither is unknown
         jobs.append((str(it.path), hit[1] if hit else None, result.config, render))
     outcomes = per_image_map(crop_file, jobs, result.config.workers or None, "cannot crop it",
                              "give its box in crops.csv, replace the file, or leave it out")

@@ -1,18 +1,22 @@
 """The user's own subject boxes: `crops.csv` with `file,x,y,w,h` rows (pixels of the original
 image; a header row is optional, # starts a comment). They always win over detection.
 
-`file` names an image as the user knows it: its path relative to the folder (or, in a
-workspace, to the folder it was imported from), its full source path, its file name when
-that is unique, or its sha256.
+`file` names an image as the user knows it, in any form curate prints it in: its path relative
+to the folder (or, in a workspace, to the folder it was imported from), its full source path
+(as `curate status`, `dedupe`, `layout` and the report show it, undecodable bytes as `\\xff`),
+any of these relative to the current folder, its stored copy in the workspace (`images/ab/
+SHA.png`, whole or relative), its file name when that is unique, or its sha256.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.paths import display
 
 CROPS_FILE = "crops.csv"
 Box = tuple[float, float, float, float]
@@ -45,8 +49,27 @@ def read_crops(path: Path) -> dict[str, Box]:
 
 def match(boxes: dict[str, Box], names: Iterable[str]) -> tuple[str, Box] | None:
     """(the name used, its box) for the first of an image's names that the file lists."""
-    return next(((n, boxes[n]) for n in map(_norm, names) if n in boxes), None)
+    found = listed(boxes, names)
+    return (found[0], boxes[found[0]]) if found else None
+
+
+def listed(boxes: dict[str, Box], names: Iterable[str]) -> list[str]:
+    """Every line of the file that names this image (in any of its forms), first match first."""
+    return list(dict.fromkeys(n for name in names for n in _forms(name) if n in boxes))
+
+
+def _forms(name: str) -> Iterable[str]:
+    """An image's name as a crops.csv line may write it: as is, as curate prints it, and an
+    absolute path also relative to the current folder (what a user copies from a shell)."""
+    plain = _norm(name)
+    yield plain
+    shown = display(plain)
+    if shown != plain:
+        yield shown
+    if os.path.isabs(plain):
+        yield _norm(os.path.relpath(plain))
 
 
 def _norm(name: str) -> str:
-    return name.strip().replace("\\", "/").removeprefix("./")
+    text = name.strip().replace("\\", "/")
+    return os.path.normpath(text) if text else text

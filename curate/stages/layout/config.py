@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
+from buckets.assign import BucketConfig, derived_bucket_reso
+from curate.config import check_ranges, option
 from curate.errors import CurateError
-
-NAME = re.compile(r"^[^/\\\x00]+$")
+from curate.paths import check_name
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,10 @@ class LayoutConfig:
     name: str | None = None
     class_tokens: str | None = None
     # Fixed repeats for every concept; or computed from target_steps (see plan.py).
-    repeats: int | None = None
-    target_steps: int | None = None
-    epochs: int = 10
-    batch_size: int = 2
+    repeats: int | None = option(None, ge=1, le=10_000)
+    target_steps: int | None = option(None, ge=1)
+    epochs: int = option(10, ge=1, le=10_000)
+    batch_size: int = option(2, ge=1, le=1024)
     # A concepts.toml: [concept.NAME] tags = [...] (an image goes to the first concept whose
     # tags it has) or folders = [...] (source path contains the folder name).
     concepts: str | None = None
@@ -30,27 +30,33 @@ class LayoutConfig:
     link: Literal["copy", "hardlink", "symlink"] = "copy"
     caption_ext: str = ".txt"
     # dataset.toml settings (sd-scripts names).
-    resolution: int = 512
+    resolution: int = option(512, ge=64, le=8192)
     enable_bucket: bool = True
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
+    # unset: from the resolution, half of it (at most 256) and twice it, rounded to the step:
+    # sd-scripts' 256 and 1024 at 512 px, 64 and 256 at 128 px
+    min_bucket_reso: int | None = option(None, ge=8, le=8192)
+    max_bucket_reso: int | None = option(None, ge=8, le=16_384)
+    bucket_reso_steps: int = option(64, ge=8, le=1024)
     bucket_no_upscale: bool = False
     shuffle_caption: bool = True
     flip_aug: bool = False
 
     def check(self) -> None:
-        for field in ("repeats", "target_steps"):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise CurateError(f"layout.{field} = {value}: must be at least 1")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CurateError("layout.epochs and layout.batch_size must be at least 1")
-        if self.name is not None and not NAME.match(self.name):
-            raise CurateError(f"layout.name = {self.name!r}: must be a plain folder name")
+        check_ranges(self, "layout")
+        if self.name is not None:
+            check_name(self.name, "layout.name")
         if not self.caption_ext.startswith("."):
             raise CurateError(f"layout.caption_ext = {self.caption_ext!r}: must look like .txt")
         if self.bucket_reso_steps % 64 and self.resolution <= 768:
             # sd-scripts' SD1/SD2 scripts refuse steps that are not a multiple of 64
             raise CurateError(f"layout.bucket_reso_steps = {self.bucket_reso_steps}: SD 1.x/2.x training "
                               "needs a multiple of 64 (32 is for SDXL at resolution 1024)")
+        low, high = self.bucket_bounds
+        # sd-scripts' own checks of the bounds against the resolution, before anything is written
+        BucketConfig(self.resolution, low, high, self.bucket_reso_steps, enable_bucket=self.enable_bucket)
+
+    @property
+    def bucket_bounds(self) -> tuple[int, int]:
+        """(min_bucket_reso, max_bucket_reso): as set, else derived from the resolution."""
+        low, high = derived_bucket_reso(self.resolution, self.bucket_reso_steps)
+        return (self.min_bucket_reso or low, self.max_bucket_reso or high)

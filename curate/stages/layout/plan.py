@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.paths import check_name, printable
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
 from tagging.captions import parse_caption
@@ -44,25 +45,50 @@ class Concept:
 
     @property
     def folder(self) -> str:
+        # the name comes from user data (concepts file, trigger word, --name): one plain component
+        check_name(self.name, "concept name")
         return f"{self.repeats}_{self.name}"
 
 
+CONCEPT_KEYS = {"tags": "a list of strings", "folders": "a list of strings", "class_tokens": "a string"}
+
+
 def read_concepts(path: Path) -> list[ConceptRule]:
+    """The [concept.NAME] tables of a concepts file; anything else in it is an error naming the
+    file, the concept and the key, so a typo never silently changes which image goes where."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CurateError(f"{path}: cannot read concepts ({exc})") from exc
-    rules = []
-    for name, table in data.get("concept", {}).items():
-        unknown = set(table) - {"tags", "folders", "class_tokens"}
-        if unknown or not isinstance(table, dict):
-            raise CurateError(f"{path}: [concept.{name}] has unknown keys {sorted(unknown)}; "
-                              "use tags, folders, class_tokens")
-        rules.append(ConceptRule(name, tuple(table.get("tags", ())), tuple(table.get("folders", ())),
-                                 table.get("class_tokens")))
+    unknown = sorted(set(data) - {"concept"})
+    if unknown:
+        raise CurateError(f"{path}: unknown section(s) {', '.join(printable(k) for k in unknown)}; "
+                          "a concepts file holds only [concept.NAME] tables")
+    concepts = data.get("concept", {})
+    if not isinstance(concepts, dict):
+        raise CurateError(f"{path}: concept must be tables ([concept.NAME]), not a value")
+    rules = [_concept_rule(path, name, table) for name, table in concepts.items()]
     if not rules:
         raise CurateError(f"{path}: no [concept.NAME] tables")
     return rules
+
+
+def _concept_rule(path: Path, name: str, table: object) -> ConceptRule:
+    where = f"{path}: [concept.{printable(repr(name))}]"
+    check_name(name, f"{path}: concept name")  # it becomes the folder N_NAME
+    if not isinstance(table, dict):
+        raise CurateError(f"{where} must be a table with {', '.join(CONCEPT_KEYS)}")
+    unknown = sorted(set(table) - set(CONCEPT_KEYS))
+    if unknown:
+        raise CurateError(f"{where} has unknown keys {unknown}; use {', '.join(CONCEPT_KEYS)}")
+    for key, wanted in CONCEPT_KEYS.items():
+        value = table.get(key)
+        ok = value is None or (isinstance(value, str) if key == "class_tokens" else
+                               isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise CurateError(f"{where} {key} = {printable(repr(value))}: expected {wanted}")
+    return ConceptRule(name, tuple(table.get("tags", ())), tuple(table.get("folders", ())),
+                       table.get("class_tokens"))
 
 
 def assign_concepts(records: Sequence[Record], rules: Sequence[ConceptRule], default: Concept

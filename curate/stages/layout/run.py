@@ -8,6 +8,7 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.folder import walk_images
+from curate.paths import check_name
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
 from curate.stages.layout.edits import HandEdit, adopt, find_hand_edits, keep_hand_edits
@@ -128,6 +129,7 @@ def _reg_subset(config: LayoutConfig, concepts: list[Concept]) -> Subset | None:
         raise CurateError("regularisation images need a class token: pass --class-tokens "
                           "(e.g. 'woman') or run `curate captions trigger WS WORD --class-token CLASS`")
     klass = klass.split()[-1]  # "sks woman" -> "woman": reg images show the class, not the subject
+    check_name(klass, "class token (it names the folder reg/1_CLASS)")
     rels = walk_images(root).relpaths
     if not rels:
         raise CurateError(f"{root}: no images found for regularisation")

@@ -19,6 +19,7 @@ from pathlib import Path
 from curate.atomic import TMP_PREFIX
 from curate.config import toml_value
 from curate.errors import CurateError
+from curate.paths import child_path
 from curate.stages.layout.config import LayoutConfig
 
 MARKER = ".curate-layout.json"
@@ -81,7 +82,8 @@ def write_dataset(out: Path, subsets: list[Subset], config: LayoutConfig, genera
     tmp.mkdir(parents=True)
     try:
         for subset in subsets:
-            _write_subset(tmp / subset.folder, subset, config)
+            kind, _, name = subset.folder.partition("/")  # "img", "10_sks"
+            _write_subset(child_path(tmp / kind, name, "concept folder"), subset, config)
         (tmp / "dataset.toml").write_text(dataset_toml(out, subsets, config, general), encoding="utf-8")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         # which caption went to which image: the next layout tells hand edits from its own text
@@ -141,8 +143,8 @@ def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general
              "", "[general]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in general.items() if v is not None]
     dataset = {"resolution": config.resolution, "batch_size": config.batch_size,
-               "enable_bucket": config.enable_bucket, "min_bucket_reso": config.min_bucket_reso,
-               "max_bucket_reso": config.max_bucket_reso, "bucket_reso_steps": config.bucket_reso_steps,
+               "enable_bucket": config.enable_bucket, "min_bucket_reso": config.bucket_bounds[0],
+               "max_bucket_reso": config.bucket_bounds[1], "bucket_reso_steps": config.bucket_reso_steps,
                "bucket_no_upscale": config.bucket_no_upscale}
     lines += ["", "[[datasets]]", *(f"{k} = {toml_value(v)}" for k, v in dataset.items())]
     for s in subsets:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from curate.config import check_ranges, option
 from curate.errors import CurateError
 from curate.stages.quality.faces import check_detector
 
@@ -20,47 +21,43 @@ CHECKS = ("blur", "small", "aspect", "dark", "bright", "monochrome", "blocky", "
 @dataclass(frozen=True)
 class QualityConfig:
     # blur: variance of the Laplacian at 512 px (long side, never enlarged) below this ...
-    min_sharpness: float = 37.0
+    min_sharpness: float = option(37.0, ge=0)
     # ... or so little in the finest octave relative to the next (upscaled captures)
-    min_fine_detail: float = 0.2
+    min_fine_detail: float = option(0.2, ge=0)
     # too small: short side in pixels (sd-scripts' smallest bucket side at 512 is 256)
-    min_side: int = 256
+    min_side: int = option(256, ge=1, le=65_536)
     # extreme aspect ratio: long side / short side above this (4:1 is 512's widest bucket)
-    max_aspect: float = 4.0
+    max_aspect: float = option(4.0, ge=1)
     # too dark: even the 99th-percentile brightness (0-255) is below this
-    dark_below: float = 65.0
+    dark_below: float = option(65.0, ge=0, le=255)
     # washed out: even the 1st-percentile brightness is above this
-    bright_above: float = 160.0
+    bright_above: float = option(160.0, ge=0, le=255)
     # near-monochrome: colour spread off the main RGB axis (0-255 units) below this
     # (grey and sepia copies 0-2, the fixtures' colour photos 3.9 and up)
-    min_colour: float = 2.9
+    min_colour: float = option(2.9, ge=0, le=255)
     # JPEG blocks: steps across 8x8 block borders / steps inside blocks above this
-    max_blockiness: float = 1.7
+    max_blockiness: float = option(1.7, ge=0)
     # text-heavy: share of the picture covered by text lines above this
-    max_text: float = 0.025
+    max_text: float = option(0.025, ge=0, le=1)
     # faces at the border: detector ("frontal", "none", an LBP cascade .xml or YuNet .onnx),
     # the neighbouring hits a face needs, and how near the edge counts as touching it (a
     # share of the face box's size: the head around a detected face reaches further)
     faces: str = "frontal"
-    face_neighbors: int = 7
-    border_margin: float = 0.25
+    face_neighbors: int = option(7, ge=0, le=100)
+    border_margin: float = option(0.25, ge=0, le=2)
     # a face this large (share of the short side) that is the largest is the subject itself
-    subject_face: float = 0.25
+    subject_face: float = option(0.25, ge=0, le=1)
     # checks that do not run; text is opt-in (scans and comics are text by design)
     skip: tuple[str, ...] = ("text",)
     # processes measuring images (0 = one per core)
-    workers: int = 0
+    workers: int = option(0, ge=0, le=512)
 
     def check(self) -> None:
+        check_ranges(self, "quality")
         unknown = sorted(set(self.skip) - set(CHECKS))
         if unknown:
             raise CurateError(f"quality.skip: unknown check(s) {', '.join(unknown)}; "
                               f"valid: {', '.join(CHECKS)}")
-        if self.min_side < 1 or self.max_aspect < 1 or self.face_neighbors < 0:
-            raise CurateError("quality: min_side must be >= 1, max_aspect >= 1, face_neighbors >= 0")
-        if not 0 <= self.border_margin <= 2:
-            raise CurateError(f"quality.border_margin = {self.border_margin}: a share of the face's "
-                              "size, 0 to 2")
         if "border_face" not in self.skip:
             check_detector(self.faces)
 

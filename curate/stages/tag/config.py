@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from curate.config import check_ranges, option
 from curate.errors import CurateError
 
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -15,17 +16,17 @@ class TagConfig:
     # A folder with model.onnx + selected_tags.csv, or a Hugging Face repo id (downloaded once).
     model: str = DEFAULT_MODEL
     # General tags above this probability are kept (sd-scripts' default is also 0.35).
-    threshold: float = 0.35
+    threshold: float = option(0.35, ge=0, le=1)
     # Character tags need more: a weak character guess in a caption teaches the wrong person
     # (imgutils/waifuc use 0.85; sd-scripts applies 0.35 to characters too).
-    character_threshold: float = 0.85
+    character_threshold: float = option(0.85, ge=0, le=1)
     # MCut picks the threshold per image from the widest gap in its probabilities.
     mcut: bool = False
     # Rating tags (general, sensitive, ...): dropped as sd-scripts does, kept last, or first.
     rating: Literal["drop", "keep", "first"] = "drop"
     character_first: bool = False
     # At most this many general tags per image, most confident first.
-    max_tags: int | None = None
+    max_tags: int | None = option(None, ge=1)
     # Tags never written, and "old=new" replacements.
     undesired: tuple[str, ...] = ()
     replace: tuple[str, ...] = ()
@@ -37,7 +38,7 @@ class TagConfig:
     caption_ext: str = ".txt"
     # Write \( \) for prompt use; training captions are read literally, so off by default.
     escape: bool = False
-    batch_size: int = 8
+    batch_size: int = option(8, ge=1, le=1024)
     # onnxruntime providers in order of preference, e.g. ["CUDAExecutionProvider"]; empty =
     # CUDA when it works, else CPU.
     providers: tuple[str, ...] = ()
@@ -52,11 +53,6 @@ class TagConfig:
         return tuple(pairs)
 
     def check(self) -> None:
-        for name in ("threshold", "character_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise CurateError(f"tag.{name} = {value}: must be between 0 and 1")
+        check_ranges(self, "tag")
         if not self.caption_ext.startswith(".") or "/" in self.caption_ext:
             raise CurateError(f"tag.caption_ext = {self.caption_ext!r}: must look like .txt")
-        if self.batch_size < 1:
-            raise CurateError(f"tag.batch_size = {self.batch_size}: must be at least 1")
