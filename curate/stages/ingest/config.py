@@ -13,6 +13,9 @@ class ImportConfig:
     # Pillow's own decompression-bomb limit; above it a file is refused, not decoded.
     max_pixels: int = 178_956_970
     max_file_mb: int = 256
+    # A tag/caption/metadata sidecar larger than this is not read (the image still comes in,
+    # with a warning naming it): real ones are a few KiB, a 10 MB one is a mistake or an attack.
+    max_sidecar_kb: int = 1024
     # Threads reading, hashing and decoding (0 = one per core). Pillow and hashlib release
     # the GIL while they work, so threads scale without pickling image bytes between processes.
     workers: int = 0

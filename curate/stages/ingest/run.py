@@ -168,7 +168,8 @@ def _processor(ws: Workspace | None, config: ImportConfig) -> Callable[[Work], O
             return Outcome(work, reason=f"cannot read ({exc.strerror or exc}): check the file")
         except Rejected as exc:
             return Outcome(work, reason=str(exc))
-        sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars))
+        sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars),
+                                 config.max_sidecar_kb * 1024)
         if ws is not None:
             target = ws.stored_file(image.sha256, image.ext)
             if not target.exists():
