@@ -177,3 +177,55 @@ def test_many_tags_import_in_linear_time(tmp_path: Path) -> None:
     done = curate("import", src, "--into", tmp_path / "ws", "--max-sidecar-kb", "4096", "-q")
     assert done.returncode == 0, done.stderr
     assert rows(tmp_path / "ws", "SELECT COUNT(*) FROM tags") == [(200_000,)]
+
+
+def undecodable(folder: Path, name: bytes) -> Path:
+    return folder / os.fsdecode(name)  # Python holds the bytes as surrogate escapes
+
+
+@pytest.fixture
+def bad_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """a.jpg, a copy under a name that is not UTF-8 (with its tags), one with an escape code."""
+    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    photo(src / "a.jpg", 0)
+    photo(src / "c.jpg", 1)
+    photo(undecodable(src, b"d\xfe.jpg"), 2)
+    data = (src / "a.jpg").read_bytes()
+    undecodable(src, b"bad\xffname.jpg").write_bytes(data)
+    undecodable(src, b"bad\xffname.txt").write_text("tag1, tag2")
+    undecodable(src, b"zz\x1b[31mred.jpg").write_bytes(data)
+    return src
+
+
+def test_dedupe_folder_with_undecodable_names(bad_names: Path, tmp_path: Path) -> None:
+    done = curate("dedupe", bad_names, "--keep", "first")
+    assert done.returncode == 0, done.stderr
+    done = curate("dedupe", bad_names, "--json", "--report", tmp_path / "dedupe.html")
+    assert done.returncode == 0, done.stderr
+    [group] = json.loads(done.stdout)["groups"]
+    assert {d["file"] for d in group["duplicates"]} == {"bad\udcffname.jpg", "zz\x1b[31mred.jpg"}
+    page = (tmp_path / "dedupe.html").read_text(encoding="utf-8")
+    assert "bad\\xffname.jpg" in page and "\x1b" not in page
+    before = sorted(os.listdir(os.fsencode(bad_names)))
+    done = curate("dedupe", bad_names, "--move-to", tmp_path / "moved")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(os.fsencode(bad_names))) == [b"a.jpg", b"c.jpg", b"d\xfe.jpg"]
+    done = curate("dedupe", "--undo", tmp_path / "moved" / "dedupe.json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(os.fsencode(bad_names))) == before
+
+
+def test_import_and_run_with_undecodable_names(bad_names: Path, tmp_path: Path) -> None:
+    done = curate("import", bad_names, "--into", tmp_path / "ws", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"]["imported"] == 3
+    assert {"tag1", "tag2"} <= {t for (t,) in rows(tmp_path / "ws", "SELECT tag FROM tags")}
+    paths = {p for (p,) in rows(tmp_path / "ws", "SELECT source_path FROM origins")}
+    assert str(bad_names / "bad\\xffname.jpg") in paths
+    run = tmp_path / "run"
+    done = curate("run", run, "--set", f'run.sources=["{bad_names}"]',
+                  "--set", 'run.stages=["import", "dedupe", "layout", "check"]')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list((run / "dataset").rglob("*.jpg"))) == 3

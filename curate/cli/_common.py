@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -15,9 +16,11 @@ from typing import Any, TypeVar
 import click
 
 from curate.errors import CurateError
+from curate.paths import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 50
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -91,18 +94,20 @@ class Out:
         return Console(highlight=False, soft_wrap=True)
 
     def json(self, data: dict[str, Any]) -> None:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        # a file name that is not UTF-8 holds surrogate escapes: written as \udcXX, valid JSON
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+        click.echo(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
     def line(self, text: str) -> None:
         if not self.as_json:
-            click.echo(text)
+            click.echo(printable(text))
 
     def problems(self, label: str, items: list[tuple[str, str]], *, always: bool = True) -> None:
         if self.as_json or not items or not (always or self.verbose):
             return
         shown = items if self.verbose else items[:LIST_LIMIT]
         for subject, reason in shown:
-            click.echo(f"{label}: {subject}: {reason}")
+            click.echo(printable(f"{label}: {subject}: {reason}"))
         if len(items) > len(shown):
             click.echo(f"{label}: ... and {len(items) - len(shown)} more (-v lists all)")
 
