@@ -229,3 +229,67 @@ def test_import_and_run_with_undecodable_names(bad_names: Path, tmp_path: Path) 
                   "--set", 'run.stages=["import", "dedupe", "layout", "check"]')
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(list((run / "dataset").rglob("*.jpg"))) == 3
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    src = tmp_path / "raw"
+    src.mkdir()
+    for i in range(3):
+        photo(src / f"{i}.jpg", i)
+    os.symlink(tmp_path / "missing.jpg", src / "gone.jpg")  # one skipped file
+    return src
+
+
+def test_one_source_one_identity(raw: Path, tmp_path: Path) -> None:
+    """`../raw` from curate run and `./raw` from the cwd are one source, counted once."""
+    ws = tmp_path / "ws"
+    done = curate("run", ws, "--set", 'run.sources=["../raw"]', "--set", 'run.stages=["import"]')
+    assert done.returncode == 0, done.stderr
+    done = curate("import", "./raw", "--into", "ws", "--json", cwd=tmp_path)
+    result = json.loads(done.stdout)
+    assert result["nothing_new"] and result["counts"]["unchanged"] == 4, result
+    assert rows(ws, "SELECT COUNT(*) FROM origins") == [(4,)]
+    assert rows(ws, "SELECT COUNT(*) FROM decisions WHERE verdict = 'skipped'") == [(1,)]
+
+
+def test_workspace_recorded_under_old_forms_is_migrated(raw: Path, tmp_path: Path) -> None:
+    """Older imports recorded sources as typed: `raw/...` (from the cwd) and `ws/../raw/...`."""
+    ws = tmp_path / "ws"
+    import_sources(ws, [raw], ImportConfig(workers=1))
+    with sqlite3.connect(ws / ".curate" / "manifest.sqlite") as db:
+        for (path,) in db.execute("SELECT source_path FROM origins").fetchall():
+            db.execute("UPDATE origins SET source_path = ?, source_root = 'raw' WHERE source_path = ?",
+                       ("raw" + path[len(str(raw)):], path))
+            db.execute("UPDATE decisions SET subject = ? WHERE subject = ?",
+                       ("raw" + path[len(str(raw)):], path))
+            twice = f"{ws}/../raw{path[len(str(raw)):]}"  # the same files, recorded by curate run
+            db.execute("INSERT INTO origins (source_path, source_root, source_kind, fingerprint, "
+                       "image_sha256, status, sidecars, metadata, imported_at) SELECT ?, ?, "
+                       "source_kind, fingerprint, image_sha256, 'merged', sidecars, metadata, "
+                       "imported_at FROM origins WHERE source_path = ?",
+                       (twice, f"{ws}/../raw", "raw" + path[len(str(raw)):]))
+            db.execute("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, "
+                       "run_id, created_at) SELECT image_sha256, ?, stage, verdict, reason, run_id, "
+                       "created_at FROM decisions WHERE subject = ?", (twice, "raw" + path[len(str(raw)):]))
+    assert rows(ws, "SELECT COUNT(*) FROM origins") == [(8,)]
+    done = curate("import", "raw", "--into", "ws", "--json", cwd=tmp_path)
+    assert json.loads(done.stdout)["nothing_new"], done.stdout
+    assert rows(ws, "SELECT COUNT(*) FROM origins WHERE source_path LIKE ?", f"{raw}/%") == [(4,)]
+    assert rows(ws, "SELECT COUNT(*) FROM origins") == [(4,)]
+    assert rows(ws, "SELECT COUNT(*) FROM decisions WHERE verdict = 'skipped'") == [(1,)]
+
+
+def test_run_reuses_the_recorded_sources_and_says_what_it_imported(raw: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    done = curate("import", "./raw", "--into", "ws", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    photo(raw / "3.jpg", 3)
+    done = curate("run", "ws", "--set", 'run.stages=["import"]', cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"importing again from the 1 source(s) this workspace recorded ({raw})" in done.stdout
+    assert "import: 1 new, 4 unchanged, 0 skipped" in done.stdout
+    os.symlink(tmp_path / "elsewhere.jpg", raw / "gone2.jpg")  # a new file, skipped
+    done = curate("run", "ws", "--set", 'run.stages=["import"]', cwd=tmp_path)
+    assert "import: 0 new, 5 unchanged, 1 skipped; see `curate status ws --skipped`" in done.stdout
+    assert rows(ws, "SELECT COUNT(*) FROM origins") == [(6,)]
