@@ -47,6 +47,8 @@ DEFAULT_CONFIG = """\
 # max_pixels = 178956970
 # Files larger than this (MiB) are refused.
 # max_file_mb = 256
+# Tag/caption sidecars larger than this (KiB) are not read; the image comes in without them.
+# max_sidecar_kb = 1024
 # Threads that read, hash and decode files (0 = one per CPU core).
 # workers = 0
 # Exit with status 1 if any file was skipped.

@@ -20,13 +20,16 @@ from curate.workspace import CONFIG_NAME
 @click.option("--max-pixels", type=int, default=None,
               help="Refuse images with more pixels than this (default 178956970, Pillow's limit).")
 @click.option("--max-file-mb", type=int, default=None, help="Refuse files larger than this (MiB).")
+@click.option("--max-sidecar-kb", type=int, default=None,
+              help="Do not read tag/caption sidecars larger than this (KiB, default 1024).")
 @click.option("--workers", type=int, default=None, help="Reader threads (0 = one per core).")
 @click.option("--strict", is_flag=True, default=None, help="Exit 1 if any file was skipped.")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @config_options
 @output_options
 def command(sources: tuple[Path, ...], workspace: Path, animated: str | None,
-            max_pixels: int | None, max_file_mb: int | None, workers: int | None,
+            max_pixels: int | None, max_file_mb: int | None, max_sidecar_kb: int | None,
+            workers: int | None,
             strict: bool | None, dry_run: bool, config_file: Path | None,
             overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
     """Import images from SOURCES (folders, .zip archives or single images) into a workspace.
@@ -47,6 +50,7 @@ def command(sources: tuple[Path, ...], workspace: Path, animated: str | None,
     config = stage_config(
         ImportConfig, "import", config_file or workspace / CONFIG_NAME, overrides,
         {"animated": animated, "max_pixels": max_pixels, "max_file_mb": max_file_mb,
+         "max_sidecar_kb": max_sidecar_kb,
          "workers": workers, "strict": strict},
     )
     with out.progress("importing") as progress:

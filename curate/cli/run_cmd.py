@@ -4,19 +4,37 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from curate.cli._common import Out, config_options, output_options
 
+OnStage = Callable[[str, str, "dict[str, Any] | None"], None]
+
+
+def _done_lines(name: str, result: dict[str, Any] | None, workspace: Path) -> list[str]:
+    """What a stage that ran did, for people: import says what it found and where the skipped
+    files are listed; the others say done (their own commands report the details)."""
+    if name != "import" or not result:
+        return [f"{name}: done"]
+    counts = result.get("counts", {})
+    new = sum(counts.get(k, 0) for k in ("imported", "repaired", "merged"))
+    lines = [result["note"]] if result.get("note") else []
+    lines.append(f"import: {new} new, {counts.get('unchanged', 0)} unchanged, "
+                 f"{counts.get('skipped', 0)} skipped")
+    if counts.get("skipped"):
+        lines[-1] += f"; see `curate status {workspace} --skipped`"
+    return lines
+
 
 @contextlib.contextmanager
-def _display(out: Out) -> Iterator[tuple[Callable[[str, str], None], Callable[[int, int], None]]]:
+def _display(out: Out, workspace: Path) -> Iterator[tuple[OnStage, Callable[[int, int], None]]]:
     """A line per stage, and a progress bar for the stage running when stderr is a terminal."""
     bar = None
     task: list[int] = []
 
-    def on_stage(name: str, event: str) -> None:
+    def on_stage(name: str, event: str, result: dict[str, Any] | None) -> None:
         if event == "unchanged":
             out.line(f"{name}: unchanged, skipped")
         elif event == "start" and bar is not None:
@@ -25,7 +43,8 @@ def _display(out: Out) -> Iterator[tuple[Callable[[str, str], None], Callable[[i
             if bar is not None and task:
                 bar.remove_task(task[0])
                 task.clear()
-            out.line(f"{name}: done")
+            for line in _done_lines(name, result, workspace):
+                out.line(line)
 
     def progress(done: int, total: int) -> None:
         if bar is not None and task:
@@ -75,7 +94,7 @@ def command(workspace: Path, only: str | None, start: str | None, force: tuple[s
     from curate.pipeline import run_pipeline
 
     out = Out(as_json, quiet, verbose)
-    with _display(out) as (on_stage, progress):
+    with _display(out, workspace) as (on_stage, progress):
         result = run_pipeline(workspace, config_file=config_file, overrides=overrides, only=only, start=start,
                               force=force, on_stage=on_stage, progress=progress)
     if as_json:

@@ -25,7 +25,8 @@ from curate.workspace import Workspace, is_workspace
 
 __all__ = ["ORDER", "PipelineResult", "RunConfig", "StageOutcome", "run_pipeline"]
 
-StageCallback = Callable[[str, str], None]  # (stage, "start" | "ran" | "unchanged")
+# (stage, "start" | "ran" | "unchanged", the stage's result dict when it ran)
+StageCallback = Callable[[str, str, "dict[str, Any] | None"], None]
 
 
 @dataclass
@@ -96,10 +97,10 @@ def _run_stage(ctx: Context, stage: Stage, forced: bool, on_stage: StageCallback
             previous = stored_keys(ws).get(stage.name)
         if previous == _key(ctx, stage, options):
             if on_stage:
-                on_stage(stage.name, "unchanged")
+                on_stage(stage.name, "unchanged", None)
             return StageOutcome(stage.name, "unchanged")
     if on_stage:
-        on_stage(stage.name, "start")
+        on_stage(stage.name, "start", None)
     started = time.perf_counter()
     try:
         result = stage.runner(ctx, options)
@@ -109,7 +110,7 @@ def _run_stage(ctx: Context, stage: Stage, forced: bool, on_stage: StageCallback
     if stage.view:
         _store(ctx, {stage.name: _key(ctx, stage, options)})
     if on_stage:
-        on_stage(stage.name, "ran")
+        on_stage(stage.name, "ran", result)
     return outcome
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from curate.config import stage_config
 from curate.errors import CurateError
+from curate.paths import display
 from curate.pipeline.config import RunConfig
 
 Progress = Callable[[int, int], None] | None
@@ -63,11 +64,29 @@ class Stage:
 def _import(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.ingest import import_sources
 
-    if not ctx.run.sources:
-        raise CurateError("run.sources is empty: list the scrape folders or zips to import "
-                          "(--set 'run.sources=[\"../raw\"]'), or leave import out of run.stages")
-    sources = [ctx.run.path(ctx.root, s) for s in ctx.run.sources]
-    return import_sources(ctx.root, sources, config, on_progress=ctx.progress).as_dict()
+    sources, note = [ctx.run.path(ctx.root, s) for s in ctx.run.sources], None
+    if not sources:
+        sources = _recorded_sources(ctx.root)
+        note = (f"run.sources is empty: importing again from the {len(sources)} source(s) this "
+                f"workspace recorded ({', '.join(display(s) for s in sources)})")
+    result = import_sources(ctx.root, sources, config, on_progress=ctx.progress).as_dict()
+    return {**result, "note": note} if note else result
+
+
+def _recorded_sources(root: Path) -> list[Path]:
+    """The sources earlier imports into this workspace named (`curate import SRC --into WS`)."""
+    from curate.stages.ingest.identity import recorded_sources
+    from curate.workspace import Workspace, is_workspace
+
+    found: list[Path] = []
+    if is_workspace(root):
+        with Workspace.open(root) as ws:
+            found = recorded_sources(ws, Path.cwd())
+    if not found:
+        raise CurateError("run.sources is empty and no import into this workspace is recorded: "
+                          "list the scrape folders or zips to import (--set "
+                          "'run.sources=[\"../raw\"]'), or leave import out of run.stages")
+    return found
 
 
 def _dedupe(ctx: Context, config: Any) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def _folder_digest(folder: Path, hasher: Any) -> None:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            stat = path.lstat()
-            hasher.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            st = path.lstat()
+            # names are bytes on Linux: one that is not UTF-8 is hashed as its bytes
+            hasher.update(os.fsencode(path.relative_to(folder)))
+            hasher.update(f"|{st.st_size}|{st.st_mtime_ns}\n".encode())
 
 
 def view_digest(ws: Workspace, parts: Iterable[str], files: dict[str, Path]) -> str:

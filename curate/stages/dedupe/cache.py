@@ -62,6 +62,17 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("curate", appauthor=False))
 
 
+def path_key(path: str) -> str:
+    """An absolute path as SQLite text. Linux names are bytes: one that is not UTF-8 (Python
+    holds it with surrogate escapes, which SQLite refuses) is keyed by its bytes in hex, under
+    a prefix no absolute path has, so two names never share a key."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "bytes:" + os.fsencode(path).hex()
+
+
 class FolderCache:
     """The plain-folder cache: file stamps -> sha256 and image facts, and hashes."""
 
@@ -91,12 +102,13 @@ class FolderCache:
 
     def files(self, paths: Iterable[str]) -> dict[str, tuple[str, str, int, int, str]]:
         """path -> (stamp, sha256, width, height, format) for the known ones."""
-        wanted = set(paths)
+        wanted = {path_key(p): p for p in paths}
         rows = self.db.execute("SELECT path, stamp, sha256, width, height, format FROM files")
-        return {r[0]: tuple(r[1:]) for r in rows if r[0] in wanted}  # type: ignore[misc]
+        return {wanted[r[0]]: tuple(r[1:]) for r in rows if r[0] in wanted}  # type: ignore[misc]
 
     def save(self, files: list[tuple[str, str, str, int, int, str]], key: str,
              hashes: list[tuple[str, int, int | None]]) -> None:
+        files = [(path_key(path), *rest) for path, *rest in files]  # type: ignore[misc]
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", files)

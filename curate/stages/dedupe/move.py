@@ -24,6 +24,8 @@ from curate.stages.dedupe.scan import Item
 
 UNDO_NAME = "dedupe.json"
 LOCK_NAME = ".dedupe.lock"
+# The record is written with ASCII escapes: a name that is not UTF-8 is kept exactly (its
+# surrogate escapes as \udcXX, which json.loads gives back), so --undo restores that name.
 SIDECAR_SUFFIXES = (".json", ".txt", ".caption", ".npz")
 
 
@@ -101,7 +103,7 @@ def apply_moves(dest: Path, moves: Sequence[Move]) -> tuple[list[Move], list[tup
     record = read_record(record_path)
     seen = {m["source"] for m in record["moves"]}
     record["moves"] += [asdict(m) for m in moves if m.source not in seen]
-    atomic_write_text(record_path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
     done, refused = [], []
     for m in moves:
         problem = move_file(Path(m.source), Path(m.target))
@@ -172,5 +174,5 @@ def undo_moves(record_path: Path, dry_run: bool = False) -> tuple[list[str], lis
             restored.append(str(src))
     if not dry_run:
         record["moves"] = list(reversed(remaining))
-        atomic_write_text(record_path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
     return restored, refused

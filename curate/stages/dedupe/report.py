@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from curate.atomic import atomic_write_text
+from curate.paths import printable
 from curate.stages.dedupe.group import Group
 from curate.stages.dedupe.scan import Item
 
@@ -82,4 +83,5 @@ def render(items: Sequence[Item], groups: Sequence[Group], title: str, summary: 
 
 def write_report(path: Path, items: Sequence[Item], groups: Sequence[Group], title: str,
                  summary: str) -> None:
-    atomic_write_text(path, render(items, groups, title, summary))
+    # names are bytes on Linux: undecodable ones (and control characters) shown escaped
+    atomic_write_text(path, printable(render(items, groups, title, summary)))

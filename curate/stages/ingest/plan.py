@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.stages.ingest.identity import canonical_source
 from curate.stages.ingest.sidecars import candidates
 from curate.stages.ingest.sources import (
     Archive,
@@ -46,7 +47,8 @@ class Plan:
 def open_trees(sources: Iterable[Path], workspace: Path) -> list[SourceTree]:
     """Open every SRC up front, so a typo fails before anything is read."""
     exclude = frozenset({os.path.realpath(workspace)})
-    trees = [open_source(Path(src), exclude) for src in sources]
+    # canonical: `../raw` from curate run and `./raw` from the cwd are one source (identity.py)
+    trees = [open_source(canonical_source(Path(src)), exclude) for src in sources]
     if not trees:
         raise CurateError("nothing to import: name at least one folder, image or .zip")
     return trees

@@ -26,6 +26,7 @@ from curate.manifest import now
 from curate.record import IMPORTED, MERGED, REPAIRED, SKIPPED, WARNING
 from curate.stages.ingest.config import ImportConfig
 from curate.stages.ingest.decode import Normalised, Rejected, normalise
+from curate.stages.ingest.identity import migrate_origins
 from curate.stages.ingest.plan import Plan, Work, make_plan, open_trees
 from curate.stages.ingest.sidecars import Sidecars, read_sidecars
 from curate.stages.ingest.sources import TooLarge
@@ -89,6 +90,7 @@ def import_sources(
     with Workspace.open(root, create=True) as ws, ws.lock():
         run_id = ws.manifest.start_run(STAGE, {"sources": [t.label for t in trees],
                                                "config": config.__dict__})
+        migrate_origins(ws, Path.cwd())  # older imports recorded sources as typed
         plan = make_plan(trees, ws.manifest.origin_fingerprints())
         firsts = ws.manifest.first_origins()
         _run(ws, plan, firsts, config, result, on_progress, run_id)
@@ -168,7 +170,8 @@ def _processor(ws: Workspace | None, config: ImportConfig) -> Callable[[Work], O
             return Outcome(work, reason=f"cannot read ({exc.strerror or exc}): check the file")
         except Rejected as exc:
             return Outcome(work, reason=str(exc))
-        sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars))
+        sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars),
+                                 config.max_sidecar_kb * 1024)
         if ws is not None:
             target = ws.stored_file(image.sha256, image.ext)
             if not target.exists():

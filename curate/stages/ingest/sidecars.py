@@ -5,7 +5,8 @@ Supported (REFERENCE.md §8): gallery-dl `<name>.<ext>.json` (`tags`, `tag_strin
 and imgbrd-grabber `.txt` / `.json` with namespaced tags (`character:name`); img2dataset
 shards (`<key>.txt` caption + `<key>.json`); Kohya datasets (`N_name/` folders, caption in
 `<stem>.txt` or `<stem>.caption`). A sidecar that cannot be read never stops the import: the
-image comes in without it and the reason is recorded.
+image comes in without it and the reason is recorded: one over `import.max_sidecar_kb`, one
+the walk refused (a symlink out of SRC, a FIFO), one whose parsing fails in any way.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curate.kohya import KOHYA_FOLDER
-from curate.stages.ingest.sources import SourceTree
+from curate.paths import printable
+from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
 from tagging.normalize import normalize_tag, split_namespace
 
-SIDECAR_LIMIT = 16 * 1024 * 1024
+SIDECAR_LIMIT = 1024 * 1024  # the default of import.max_sidecar_kb, in bytes
 # Keys only gallery-dl writes into its metadata files.
 GALLERY_DL_KEYS = frozenset({"category", "subcategory", "extension", "filename"})
 TAG_STRING_KEYS = {
@@ -39,6 +41,8 @@ class Sidecars:
     metadata: dict[str, Any] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (subject, reason)
+    # the tags as a set: a list membership test made 40k tags take 10 s (quadratic)
+    seen: set[tuple[str, str]] = field(default_factory=set)
 
     def add_tag(self, raw: str, category: str | None = None) -> None:
         if not raw.strip():
@@ -47,8 +51,19 @@ class Sidecars:
             category, name = split_namespace(raw)
         else:
             name = normalize_tag(raw)
-        if name and (name, category) not in self.tags:
+        if name and (name, category) not in self.seen:
+            self.seen.add((name, category))
             self.tags.append((name, category))
+
+    def snapshot(self) -> tuple[int, str | None, str, dict[str, Any]]:
+        return len(self.tags), self.caption, self.kind, dict(self.metadata)
+
+    def restore(self, snap: tuple[int, str | None, str, dict[str, Any]]) -> None:
+        """Undo what a sidecar that failed half-way added: one bad file adds nothing."""
+        count, self.caption, self.kind, self.metadata = snap
+        for tag in self.tags[count:]:
+            self.seen.discard(tag)
+        del self.tags[count:]
 
 
 def candidates(tree: SourceTree, relpath: str) -> list[str]:
@@ -58,7 +73,10 @@ def candidates(tree: SourceTree, relpath: str) -> list[str]:
     return [n for n in names if tree.has(n)]
 
 
-def read_sidecars(tree: SourceTree, relpath: str, found: list[str]) -> Sidecars:
+def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
+                  limit: int = SIDECAR_LIMIT) -> Sidecars:
+    """Tags, caption and metadata from the sidecars `found` beside the image at `relpath`;
+    each one that cannot be read or parsed becomes a warning naming it, and adds nothing."""
     folder = relpath.rpartition("/")[0]
     kohya = KOHYA_FOLDER.match(folder.rpartition("/")[2]) if folder else None
     out = Sidecars(kind=tree.kind)
@@ -67,25 +85,43 @@ def read_sidecars(tree: SourceTree, relpath: str, found: list[str]) -> Sidecars:
         out.metadata["kohya"] = {"folder": kohya.group(0), "repeats": int(kohya.group(1)),
                                  "class_tokens": kohya.group(2)}
     for path in found:
-        text = _read_text(tree, path, out)
-        if text is None:
+        shown, snap = tree.shown(path), out.snapshot()
+        try:
+            text = _read_text(tree, path, shown, out, limit)
+            if text is None:
+                continue
+            if path.endswith(".json"):
+                _from_json(out, shown, text)
+            else:
+                _from_text(out, text, caption_file=bool(kohya) or path.endswith(".caption"),
+                           gallery_dl=path == f"{relpath}.txt")
+        except Exception as exc:  # a parser's failure (nesting too deep...) is the file's
+            out.restore(snap)
+            out.warnings.append((shown, f"sidecar not read ({type(exc).__name__}: "
+                                        f"{_first_line(exc)}): its tags are ignored; fix or delete it"))
             continue
         out.paths.append(path)
-        if path.endswith(".json"):
-            _from_json(out, tree.shown(path), text)
-        else:
-            _from_text(out, text, caption_file=bool(kohya) or path.endswith(".caption"),
-                       gallery_dl=path == f"{relpath}.txt")
     return out
 
 
-def _read_text(tree: SourceTree, path: str, out: Sidecars) -> str | None:
-    shown = tree.shown(path)
+def _first_line(exc: BaseException) -> str:
+    return printable((str(exc).splitlines() or [""])[0][:200])
+
+
+def _read_text(tree: SourceTree, path: str, shown: str, out: Sidecars, limit: int) -> str | None:
     try:
-        data = tree.read(path, SIDECAR_LIMIT)
-    except Exception as exc:  # unreadable, too large, vanished: the image still imports
-        out.warnings.append((shown, f"sidecar not read ({type(exc).__name__}: {exc}): "
-                                    "its tags are missing; check the file"))
+        data = tree.read(path, limit)
+    except Refused as exc:
+        out.warnings.append((shown, f"sidecar not read: {exc}"))
+        return None
+    except TooLarge:
+        out.warnings.append((shown, f"sidecar is over the {limit // 1024} KiB limit: not read, the "
+                                    "image comes in without its tags; raise import.max_sidecar_kb "
+                                    "to read it"))
+        return None
+    except OSError as exc:  # unreadable, vanished: the image still imports
+        out.warnings.append((shown, f"sidecar not read ({exc.strerror or exc}): its tags are "
+                                    "missing; check the file"))
         return None
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16")

@@ -7,6 +7,7 @@ reason instead of followed.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zipfile
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from curate.errors import CurateError
-from curate.paths import display  # re-exported: stages import it from here
+from curate.paths import display, special_file_reason  # display: stages import it from here
 
 IMAGE_EXTS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
@@ -31,9 +32,18 @@ def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
     The read is sized from fstat: `read(limit + 1)` allocates the whole limit (256 MiB) on
     every call, a tenth of the time of hashing a small JPEG. A file growing meanwhile still
     shows as larger than what fstat said, never as a silent truncation below the limit.
+
+    Walkers never hand a FIFO here, but a file can be swapped for one after the walk: the
+    open does not wait for a writer (O_NONBLOCK), and anything but a regular file is refused
+    (OSError with the reason as strerror) before a byte is read.
     """
-    with open(path, "rb") as fh:
-        return fh.read(min(os.fstat(fh.fileno()).st_size, limit) + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        reason = special_file_reason(st.st_mode)
+        if reason is not None:
+            raise OSError(errno.EINVAL, reason, os.fspath(path))
+        return fh.read(min(st.st_size, limit) + 1)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,10 @@ class TooLarge(Exception):
     pass
 
 
+class Refused(Exception):
+    """A sidecar the walk found but must not open (a symlink out of SRC, a FIFO): the reason."""
+
+
 @dataclass(eq=False)
 class FolderTree(SourceTree):
     root: Path
@@ -105,6 +119,8 @@ class FolderTree(SourceTree):
     def __post_init__(self) -> None:
         super().__init__(display(self.root))
         self.real_root = os.path.realpath(self.root)
+        # sidecar names (relpath -> reason) that are never opened; the image reports them
+        self.refused: dict[str, str] = {}
 
     def shown(self, relpath: str) -> str:
         return display(self.root / relpath) if relpath else self.label
@@ -127,47 +143,82 @@ class FolderTree(SourceTree):
             yield Problem(display(folder), f"cannot list folder ({exc.strerror}): fix its permissions")
             return
         self.names[rel_dir] = {e.name for e in items}
-        subdirs = []
-        for item in items:
+        subdirs, found = [], []
+        for item in items:  # the whole folder first: an image's sidecars must be known refused
             rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
-            if self.only is not None and item.name != self.only:
-                continue
-            found = self._classify(item, rel)
-            if found == "dir":
+            if self.only is not None and item.name != self.only and not _is_sidecar_name(item.name):
+                continue  # SRC was one image: its sidecars are still looked at (and refused)
+            kind = self._classify(item, rel)
+            if kind == "dir":
                 subdirs.append(rel)
-            elif found is not None:
-                yield found
+            elif kind is not None:
+                found.append(kind)
+        yield from found
         stack.extend(reversed(subdirs))  # depth-first in name order
 
     def _classify(self, item: os.DirEntry[str], rel: str) -> Entry | Problem | Archive | str | None:
+        """What one folder entry is. Only regular files (or links to them inside SRC) are ever
+        opened: a FIFO blocks its reader until a writer appears, a device may never end."""
         shown = display(item.path)
         if item.is_symlink():
             try:
-                st = os.stat(item.path)
+                mode = os.stat(item.path).st_mode
             except OSError:
-                return Problem(shown, "broken symlink or symlink loop: fix or remove the link")
+                return self._refuse(rel, item.name, shown,
+                                    "broken symlink or symlink loop: fix or remove the link")
             real = os.path.realpath(item.path)
             if not self._inside(real):
-                return Problem(shown, f"symlink to {display(real)}, outside the source folder: "
-                               "not followed; copy the file in to import it")
-            if stat.S_ISDIR(st.st_mode):
+                return self._refuse(rel, item.name, shown, f"symlink to {display(real)}, outside "
+                                    "the source folder: not followed; copy the file in to import it")
+            if stat.S_ISDIR(mode):
                 return Problem(shown, "symlink to a folder inside the source: not followed "
                                "(its files are imported from their real path)", "ignored")
-        if item.is_dir(follow_symlinks=False):
+        elif item.is_dir(follow_symlinks=False):
             if item.name in SKIP_DIRS or os.path.realpath(item.path) in self.exclude:
                 return None
             return "dir"
+        elif item.is_file(follow_symlinks=False):  # from the folder listing: no system call
+            mode = stat.S_IFREG
+        else:
+            try:
+                mode = item.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                return Problem(shown, f"cannot read ({exc.strerror}): check the file")
+        reason = special_file_reason(mode)
+        if reason is not None:
+            return self._refuse(rel, item.name, shown, reason)
         return _classify_file(self, item.name, rel, shown, Path(item.path))
 
+    def _refuse(self, rel: str, name: str, shown: str, reason: str) -> Problem | None:
+        """A file that must not be opened: skipped with its reason, or, when it is a sidecar
+        (or a hidden file), remembered so that the image beside it says why it came in
+        without it (read() raises Refused) instead of the sidecar counting as a skipped file."""
+        if _is_sidecar_name(name):
+            self.refused[rel] = reason
+            return None
+        return Problem(shown, reason)
+
     def read(self, relpath: str, limit: int) -> bytes:
+        if relpath in self.refused:
+            raise Refused(self.refused[relpath])
         data = read_capped(self.root / relpath, limit)
         if len(data) > limit:
             raise TooLarge
         return data
 
     def stamp(self, relpath: str) -> str:
+        if relpath in self.refused:  # changes when the link is fixed or the file replaced
+            return f"refused:{self.refused[relpath]}"
         st = os.stat(self.root / relpath)
         return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _is_sidecar_name(name: str) -> bool:
+    """Names the walk passes over quietly: sidecars (read beside their image) and hidden files."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in IMAGE_EXTS or ext == ".zip" or name.startswith("._"):
+        return False
+    return ext in SIDECAR_EXTS or name.startswith(".")
 
 
 def _classify_file(
@@ -183,7 +234,7 @@ def _classify_file(
             return Problem(shown, "archive inside an archive: extract it and import the "
                            "folder", "ignored")
         return Archive(path)
-    if ext in SIDECAR_EXTS or name.startswith("."):
+    if _is_sidecar_name(name):
         return None
     what = f"'{ext}' files" if ext else "files without an extension"
     return Problem(shown, f"not an image ({what} are not imported)", "ignored")
