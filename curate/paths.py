@@ -7,6 +7,7 @@ raises when printed or stored, and a name taken from user data never leads out o
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from curate.errors import CurateError
 
+LIST_BYTES = 256 << 20  # keep.txt, crops.csv: 1M lines of paths is ~100 MB; past that it is not a list
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 _CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -91,20 +93,59 @@ def child_path(root: Path, name: str, what: str) -> Path:
     return path
 
 
+class NotRead(OSError):
+    """A file refused before reading: a FIFO, a folder, too big, or outside its root. Its text
+    is the reason alone (callers put it in a one-line message beside the path)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
-    """A regular file's bytes (symlinks followed), at most limit + 1 of them.
+    """A regular file's bytes (symlinks followed), or its first limit + 1 when it is larger
+    (callers compare with limit).
 
     Opened non-blocking and checked with fstat before reading, so a FIFO or device (even one
-    swapped in after the caller's stat) is never waited on: OSError with the reason instead.
+    swapped in after the caller's walk) is never waited on: OSError with the reason as its
+    strerror instead. The read is sized from fstat: `read(limit + 1)` would allocate the whole
+    limit (256 MiB for images) on every call. A file growing meanwhile still shows as larger
+    than fstat said, never as a silent truncation below the limit.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
+    with open(fd, "rb") as fh:
         st = os.fstat(fd)
-        reason = special_file_reason(st.st_mode)
-        if reason is not None or not stat.S_ISREG(st.st_mode):
-            raise OSError(reason or "a folder, not a file")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read(min(st.st_size, limit) + 1)
-    finally:
-        os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            reason = special_file_reason(st.st_mode) or "a folder, not a file"
+            raise NotRead(errno.EINVAL, reason, os.fspath(path))
+        return fh.read(min(st.st_size, limit) + 1)
+
+
+def read_user_text(path: Path, limit: int, root: Path | None = None) -> str:
+    """A text file curate finds in a user's folder (keep.txt, crops.csv, a caption): UTF-8 with
+    any BOM dropped. Never waits on a FIFO, never reads past `limit` bytes, and, with `root`,
+    never follows a symlink out of it (a cloned dataset's `a.txt -> ~/.ssh/id_rsa`).
+    Raises OSError (NotRead: the reason) or UnicodeDecodeError, as reading it would."""
+    if root is not None and not is_inside(root, path):
+        raise NotRead(errno.EACCES, f"a symlink to {display(os.path.realpath(path))}, outside "
+                      f"{display(root)}: not read", os.fspath(path))
+    data = read_regular(path, limit)
+    if len(data) > limit:
+        raise NotRead(errno.EFBIG, f"over {limit >> 20 or 1} MiB: not read", os.fspath(path))
+    return data.decode("utf-8-sig")
+
+
+def unreadable_caption(exc: OSError | UnicodeDecodeError, todo: str = "") -> str:
+    """Why a caption file was not read, and what to do, for a skip line."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"caption is not UTF-8 ({exc.reason} at byte {exc.start}): re-save it as UTF-8 {todo}".rstrip()
+    cause = exc.strerror if isinstance(exc, NotRead) else (exc.strerror or str(exc))
+    return f"caption not read ({cause}): replace it with a plain text file {todo}".rstrip()
+
+
+def regular_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether path is a regular file (after its symlinks) that lies inside root: the test for
+    a file curate copies or reads on the user's behalf (a sidecar, a caption)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode) and is_inside(root, path)
+    except (OSError, ValueError):  # missing, broken link, loop, a NUL in the name
+        return False

@@ -9,6 +9,7 @@ file atomically, and in a workspace records every removed tag as a decision with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
 from curate.folder import walk_images
+from curate.kohya import CAPTION_LIMIT
 from curate.manifest import now
+from curate.paths import read_user_text, unreadable_caption
 from curate.stages.ingest.sources import display
 from curate.workspace import Workspace, is_workspace
 from tagging.captions import format_caption, parse_caption
@@ -82,13 +85,14 @@ def _load_folder(root: Path, ext: str) -> CaptionSet:
     for rel in listing.relpaths:
         path = caption_file(root, rel, ext)
         out.shown[rel] = rel
-        if not path.is_file():
+        if not os.path.lexists(path):
             out.tags[rel] = []  # no caption yet: edits such as the trigger word give it one
             continue
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            text = read_user_text(path, CAPTION_LIMIT, root)
         except (OSError, UnicodeDecodeError) as exc:
-            out.skipped.append((display(path), f"cannot read caption ({exc}); re-save it as UTF-8"))
+            # a FIFO, a link out of the folder, a huge or non-UTF-8 file: never edited over
+            out.skipped.append((display(path), unreadable_caption(exc)))
             del out.shown[rel]
             continue
         first = text.splitlines()[0] if text.strip() else ""  # sd-scripts reads the first line only

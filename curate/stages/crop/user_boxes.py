@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from curate.errors import CurateError
-from curate.paths import display
+from curate.paths import LIST_BYTES, display, read_user_text
 
 CROPS_FILE = "crops.csv"
 Box = tuple[float, float, float, float]
@@ -25,7 +25,7 @@ Box = tuple[float, float, float, float]
 def read_crops(path: Path) -> dict[str, Box]:
     """Name -> box; a malformed row is an error naming its line."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_user_text(path, LIST_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         raise CurateError(f"{path}: cannot read the crop list ({exc})") from exc
     boxes: dict[str, Box] = {}

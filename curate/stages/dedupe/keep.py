@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.paths import LIST_BYTES, read_user_text
 from curate.stages.dedupe.scan import Item
 
 # "PNG over JPEG": a lossless copy is the better training image at equal size.
@@ -18,7 +19,7 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 def read_keep_list(path: Path) -> list[str]:
     """One image per line (path relative to the folder, absolute path or sha256); # comments."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_user_text(path, LIST_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         raise CurateError(f"{path}: cannot read the keep list ({exc}); fix it or leave it out") from exc
     return [s for line in text.splitlines() if (s := line.split("#", 1)[0].strip())]

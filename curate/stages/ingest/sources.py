@@ -7,7 +7,6 @@ reason instead of followed.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from curate.errors import CurateError
 from curate.paths import display, special_file_reason  # display: stages import it from here
+from curate.paths import read_regular as read_capped  # the name import and dedupe use
 
 IMAGE_EXTS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
@@ -24,26 +24,6 @@ IMAGE_EXTS = frozenset(
 SIDECAR_EXTS = frozenset({".json", ".txt", ".caption", ".parquet", ".toml", ".npz"})
 # Folders that hold tool state rather than images.
 SKIP_DIRS = frozenset({".curate", ".git", ".hg", ".svn", "__MACOSX", "__pycache__"})
-
-
-def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
-    """A file's bytes, or its first limit + 1 when it is larger (callers compare with limit).
-
-    The read is sized from fstat: `read(limit + 1)` allocates the whole limit (256 MiB) on
-    every call, a tenth of the time of hashing a small JPEG. A file growing meanwhile still
-    shows as larger than what fstat said, never as a silent truncation below the limit.
-
-    Walkers never hand a FIFO here, but a file can be swapped for one after the walk: the
-    open does not wait for a writer (O_NONBLOCK), and anything but a regular file is refused
-    (OSError with the reason as strerror) before a byte is read.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        reason = special_file_reason(st.st_mode)
-        if reason is not None:
-            raise OSError(errno.EINVAL, reason, os.fspath(path))
-        return fh.read(min(st.st_size, limit) + 1)
 
 
 @dataclass(frozen=True)

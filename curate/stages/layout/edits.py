@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from curate.kohya import CAPTION_LIMIT
 from curate.manifest import now
+from curate.paths import read_user_text
 from curate.stages.layout.write import MARKER, Subset
 from curate.workspace import Workspace
 
@@ -36,7 +38,7 @@ def find_hand_edits(out: Path) -> dict[str, HandEdit]:
     edits = {}
     for rel, info in (marker.get("captions") or {}).items():
         try:
-            lines = (out / rel).read_text(encoding="utf-8").splitlines()
+            lines = read_user_text(out / rel, CAPTION_LIMIT, out).splitlines()
         except (OSError, UnicodeDecodeError):
             continue  # deleted or unreadable: layout writes it afresh, `curate check` reports bad files
         text = lines[0].strip() if lines else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
+from curate.paths import regular_inside
 
 # Kohya captions (`name.txt`, `name.caption`) and gallery-dl's `name.jpg.txt` / `.json`.
 STEM_SIDECARS = (".txt", ".caption")
@@ -25,11 +26,12 @@ def check_out(source: Path, out: Path) -> Path:
 
 
 def sidecars(root: Path, relpath: str) -> list[str]:
-    """The sidecar files of an image that exist, relative to root (posix)."""
+    """The sidecar files of an image that exist, relative to root (posix): regular files inside
+    root only, so a `name.txt` linked to /etc/passwd or a FIFO is never copied into --out."""
     path = Path(relpath)
     candidates = [path.with_suffix(ext) for ext in STEM_SIDECARS]
     candidates += [path.with_name(path.name + ext) for ext in NAME_SIDECARS]
-    return [c.as_posix() for c in candidates if (root / c).is_file()]
+    return [c.as_posix() for c in candidates if regular_inside(root, root / c)]
 
 
 def copy_image(root: Path, relpath: str, out: Path, data: bytes | None = None,

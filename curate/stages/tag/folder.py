@@ -6,10 +6,13 @@ images are not even sent through the model. Every caption is written atomically.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from curate.atomic import atomic_write_text
 from curate.folder import walk_images
+from curate.kohya import CAPTION_LIMIT
+from curate.paths import read_user_text, unreadable_caption
 from curate.stages.ingest.sources import display
 from curate.stages.tag.compose import caption_tags, merge, parse, render
 from curate.stages.tag.config import TagConfig
@@ -30,7 +33,7 @@ def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo
     todo: list[tuple[str, list[str], bool]] = []  # image, tags of its caption, caption existed
     for rel in listing.relpaths:
         path = caption_path(root, rel, config.caption_ext)
-        existing = _existing(path, config, result)
+        existing = _existing(path, root, config, result)
         if existing is not False:
             todo.append((rel, existing, path.exists()))
     paths = [root / rel for rel, _, _ in todo]
@@ -50,9 +53,9 @@ def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo
             atomic_write_text(caption_path(root, rel, config.caption_ext), text + "\n")
 
 
-def _existing(path: Path, config: TagConfig, result: TagResult) -> list[str] | bool:
+def _existing(path: Path, root: Path, config: TagConfig, result: TagResult) -> list[str] | bool:
     """Tags of an existing caption file; [] when none; False when the image is left alone."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
     if config.existing == "skip":
         result.count("kept")
@@ -60,8 +63,7 @@ def _existing(path: Path, config: TagConfig, result: TagResult) -> list[str] | b
     if config.existing == "overwrite":
         return []
     try:
-        return parse(path.read_text(encoding="utf-8-sig"))
+        return parse(read_user_text(path, CAPTION_LIMIT, root))
     except (OSError, UnicodeDecodeError) as exc:
-        result.skipped.append((display(path), f"cannot read the existing caption ({exc}); "
-                               "re-save it as UTF-8 or use --overwrite"))
+        result.skipped.append((display(path), unreadable_caption(exc, "or use --overwrite")))
         return False
