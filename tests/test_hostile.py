@@ -240,3 +240,39 @@ def test_lists_and_captions_found_in_a_folder_are_never_waited_on_or_followed_ou
         said = run(*args, "--dry-run").stdout
         assert SECRET not in said
         assert "astronaut.txt" in said and "chelsea.txt" in said, said  # each named with its reason
+
+
+def test_the_whole_pipeline_over_the_hostile_scrape(
+    run: Runner, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`curate init` + `curate run` of every curation stage (incl. bg, crop and a real tagger) over
+    the raw corpus: one run, each planted file decided with its reason, then the report."""
+    from fixtures.tiny_tagger import build_tiny_tagger
+
+    tagger = build_tiny_tagger(tmp_path_factory.mktemp("tagger") / "wd-tiny")
+    run("init", "work/pipe")
+    (run.root / "work" / "pipe" / "curate.toml").write_text(
+        '[run]\nstages = ["import", "dedupe", "filter", "bg", "crop", "tag", "tags-filter", "captions", '
+        '"layout", "check"]\n'
+        f'sources = ["{run.corpus / "raw"}"]\ntrigger = "sks"\ndataset = "dataset"\n'
+        f'[bg]\nmethod = "grabcut"\n[crop]\nsize = 256\n[tag]\nmodel = "{tagger}"\n', encoding="utf-8")
+    proc = run("run", "work/pipe", ok=(0, 1))
+    assert "import: 12 new" in proc.stdout and "curate status" in proc.stdout, proc.stdout
+    dataset = run.root / "work" / "pipe" / "dataset"
+    captions = sorted(dataset.rglob("*.txt"))
+    assert captions and all(p.read_text(encoding="utf-8").startswith("sks") for p in captions)
+    again = run("run", "work/pipe", ok=(0, 1))  # unchanged: nothing redone, nothing new said
+    assert "import: 0 new" in again.stdout, again.stdout
+    run("report", "work/pipe")
+    run("tag", "work/pipe", "--model", tagger, "--threshold", "0.5")
+    run("captions", "stats", "work/pipe")
+
+
+def test_model_tools_refuse_broken_bases_in_one_line(run: Runner, models: Path) -> None:
+    ansi = models / "ansi.safetensors"
+    for broken in ("te_pickle", "index_list", "malicious.ckpt"):
+        proc = run("lora", "merge", "--base", models / broken, f"{ansi}:0.5", "--out", "work/merged", ok=(2,))
+        assert broken in proc.stderr
+    run("lora", "export", ansi, "--model", models / "te_pickle", "--out", "work/e.safetensors", ok=(2,))
+    run("lora", "resize", ansi, "--dim", "1", "--out", "work/r.safetensors", ok=(0, 2))
+    assert not (run.root / "work" / "merged").exists()
