@@ -57,9 +57,23 @@ class Origin:
 
 @dataclass(frozen=True)
 class Tag:
+    """One tag of an image: its canonical name (tagging.normalize), category, where it came from
+    ("gallery-dl", "hydrus", "wd14:<model>", "user", ...) and the confidence when there is one.
+    `removed` names the rule (or "user") that took it out of captions; it stays as data."""
+
     name: str
     category: str = GENERAL
     confidence: float = 1.0
+    source: str = ""
+    removed: str = ""
+
+
+@dataclass(frozen=True)
+class Text:
+    """A sentence caption of an image and where it came from (".caption", "img2dataset",
+    "vlm:<model>:<prompt>", "user")."""
+
+    text: str
     source: str = ""
 
 
