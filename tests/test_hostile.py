@@ -168,7 +168,8 @@ def test_bad_options_and_configs_are_one_line_refusals(run: Runner) -> None:
         assert "error:" in proc.stderr
     for setting in ("dedupe.hash_size=100000", "dedupe.hash_size=0", "import.max_file_mb=-1",
                     "nosuchsection.k=1", "dedupe.nosuchkey=1"):
-        run("run", ws, "--set", setting, ok=(2,))
+        proc = run("run", ws, "--set", setting, ok=(2,))
+        assert "import:" not in proc.stdout  # refused before any stage ran
     run("dedupe", ws, "--set", "dedupe.hash_size=100000", ok=(2,))
 
 

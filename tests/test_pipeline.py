@@ -119,7 +119,11 @@ def test_errors_name_the_stage_and_what_to_do(scrape: Path, tagger: Path, tmp_pa
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CurateError, match=r"run\.sources is empty"):
-        run_pipeline(empty)
+        run_pipeline(empty, only="import")
+    # every stage's options are read before the first runs: nothing is imported into `empty`
+    with pytest.raises(CurateError, match=r"stage captions: run\.trigger is not set"):
+        run_pipeline(empty, overrides=[f'run.sources=["{scrape}"]'])
+    assert not (empty / ".curate").exists()
 
 
 def test_cli_json_and_exit_status(scrape: Path, tagger: Path, tmp_path: Path) -> None:

@@ -90,8 +90,8 @@ def _store(ctx: Context, keys: dict[str, str]) -> None:
             store_keys(ws, keys)
 
 
-def _run_stage(ctx: Context, stage: Stage, forced: bool, on_stage: StageCallback | None) -> StageOutcome:
-    options = stage.options(ctx)
+def _run_stage(ctx: Context, stage: Stage, options: Any, forced: bool,
+               on_stage: StageCallback | None) -> StageOutcome:
     if stage.view and not forced and is_workspace(ctx.root):
         with Workspace.open(ctx.root) as ws:
             previous = stored_keys(ws).get(stage.name)
@@ -134,14 +134,22 @@ def run_pipeline(root: Path, *, config_file: Path | None = None, overrides: Iter
     ctx = Context(root, config_file, tuple(overrides), run, progress)
     result = PipelineResult(str(root))
     started = time.perf_counter()
+    # every stage's options are read (types, ranges) before the first stage runs: a bad value
+    # in [crop] must not cost an import and a dedupe first
+    options = {}
     for name in names:
-        stage = BY_NAME[name]
-        result.stages.append(_run_stage(ctx, stage, "all" in forced or name in forced, on_stage))
+        try:
+            options[name] = BY_NAME[name].options(ctx)
+        except CurateError as exc:
+            raise CurateError(f"stage {name}: {exc}") from exc
+    for name in names:
+        result.stages.append(_run_stage(ctx, BY_NAME[name], options[name], "all" in forced or name in forced,
+                                         on_stage))
     # the end state is what a re-run will see: key every stage on it, so one that a later stage
     # touched (captions after tags-filter) is not taken for changed. When no keyed stage ran,
     # every key was just computed on this very state (import and check come first and last).
     if any(o.status == "ran" and BY_NAME[o.name].view for o in result.stages):
-        _store(ctx, {o.name: _key(ctx, BY_NAME[o.name], BY_NAME[o.name].options(ctx))
+        _store(ctx, {o.name: _key(ctx, BY_NAME[o.name], options[o.name])
                      for o in result.stages if BY_NAME[o.name].view})
     result.seconds = time.perf_counter() - started
     return result
