@@ -127,7 +127,7 @@ def compile_caption(tags: Sequence[Tag], texts: Sequence[Text], fmt: CaptionForm
         return _tags(tags, head, fmt, fallback="tags")  # the caller warns: no sentence
     if fmt.format == "nl":
         return Compiled(_render(fmt.nl_template, head, sentence), 0, "", False, fmt.caption_separator)
-    return _hybrid(tags, head, sentence.replace(fmt.keep_tokens_separator, " "), fmt)
+    return _hybrid(tags, head, " ".join(sentence.replace(fmt.keep_tokens_separator, " ").split()), fmt)
 
 
 @functools.lru_cache(maxsize=64)  # one format serves every image of a dataset: check it once
