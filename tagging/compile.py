@@ -21,7 +21,6 @@ per-image results into one subset's dataset.toml keys.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -112,7 +111,7 @@ def compile_caption(tags: Sequence[Tag], texts: Sequence[Text], fmt: CaptionForm
     """The caption of one image in `fmt`. `class_tokens` may be one string ("woman", split at
     the caption separator) or a list. A non-blank `user_caption` is returned verbatim (line
     breaks become spaces: the file holds one line); blank counts as none."""
-    fmt = _checked(fmt)
+    fmt.check()  # a library caller's format did not pass through config.build
     shuffle, sep = _subset_keys(fmt)
     if user_caption is not None and user_caption.strip():
         text = re.sub(r"\s*[\r\n]+\s*", " ", user_caption.strip())
@@ -128,12 +127,6 @@ def compile_caption(tags: Sequence[Tag], texts: Sequence[Text], fmt: CaptionForm
     if fmt.format == "nl":
         return Compiled(_render(fmt.nl_template, head, sentence), 0, "", False, fmt.caption_separator)
     return _hybrid(tags, head, " ".join(sentence.replace(fmt.keep_tokens_separator, " ").split()), fmt)
-
-
-@functools.lru_cache(maxsize=64)  # one format serves every image of a dataset: check it once
-def _checked(fmt: CaptionFormat) -> CaptionFormat:
-    fmt.check()
-    return fmt
 
 
 def _subset_keys(fmt: CaptionFormat) -> tuple[bool, str]:

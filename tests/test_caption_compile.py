@@ -122,6 +122,18 @@ def test_commas_and_separator_inside_a_tag_do_not_make_two_items() -> None:
     assert items(out.text) == ["sks", "yes i'm sure", "a b", "line break"]
 
 
+def test_semicolon_separator_splits_only_at_semicolons() -> None:
+    fmt = CaptionFormat(format="hybrid", caption_separator=";")
+    out = compile_caption([Tag("yes; no", confidence=0.9), Tag("1girl")], [Text(SENTENCE, ".caption")], fmt,
+                          trigger="sks", class_tokens="woman, knight")
+    # commas (in the class tokens, the template, the sentence) are text to a `;` separator
+    assert out.text == f"sks woman, knight, {SENTENCE} ||| 1girl; yes no"
+    assert (out.keep_tokens, out.caption_separator) == (1, ";")
+    tags = compile_caption([Tag("smile")], [], CaptionFormat(caption_separator=";"), trigger="sks",
+                           class_tokens="woman; knight")
+    assert (tags.text, tags.keep_tokens) == ("sks; woman; knight; smile", 3)
+
+
 # --- the trigger, exactly once -------------------------------------------------------------
 
 @pytest.mark.parametrize("tags", [
