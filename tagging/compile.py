@@ -143,8 +143,7 @@ def _subset_keys(fmt: CaptionFormat) -> tuple[bool, str]:
 class _Head:
     """The trigger and class tokens: written first, once, and kept in place."""
 
-    trigger: str
-    classes: tuple[str, ...]  # canonical names
+    trigger: str  # as given (whitespace collapsed): a made-up word is not respelled
     spelled: tuple[str, ...]  # class tokens in the chosen spelling
     drop: frozenset[str]  # keys no tag may repeat
     trigger_words: tuple[str, ...]
@@ -164,7 +163,7 @@ class _Head:
                 seen.add(name.casefold())
                 classes.append(name)
         spelled = tuple(spell(name, fmt.underscores, fmt.escape_parentheses) for name in classes)
-        return cls(word, tuple(classes), spelled, frozenset(seen), words)
+        return cls(word, spelled, frozenset(seen), words)
 
     def items(self) -> list[str]:
         return [self.trigger, *self.spelled] if self.trigger else list(self.spelled)
