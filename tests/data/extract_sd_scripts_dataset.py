@@ -15,6 +15,9 @@ in torch, diffusers and transformers):
   text), the `caption_extension` lines of `DreamBoothSubset.__init__` (the added dot), and
   `BaseDataset.process_caption` (prefix/suffix, wildcard lines, keep_tokens_separator), bound
   to a stand-in dataset; random choices are recorded as the set of outcomes over 40 seeds.
+  Besides hand-written captions, it runs the captions tagging.compile makes from fixed
+  annotations (COMPILED), with the subset keys the compiler asks for (each case keeps its inputs
+  under "compiled", so tests/test_caption_compile.py can check the compiler still makes them).
 
     python tests/data/extract_sd_scripts_dataset.py /work/.mirror/kohya-ss+sd-scripts/repo [COMMIT]
 
@@ -86,6 +89,44 @@ PROCESS: list[tuple[str, str, dict[str, Any]]] = [
     ("wildcard-braces", "sks, {red|blue} hair, {{x}}", {"enable_wildcard": True}),
     ("no-wildcard-lines", "sks, one\nsks, two", {}),
     ("keep-tokens", "sks, a, b, c", {"shuffle_caption": True, "keep_tokens": 1}),
+]
+# Captions compiled by tagging.compile from fixed annotations, run through process_caption with
+# the subset keys the compiler asks for: (name, inputs). Tags are [name, category, confidence,
+# source, removed]; texts [text, source]; "format" holds CaptionFormat fields.
+SENTENCE = "A woman with long blonde hair, wearing a blue dress, stands in a garden."
+CHARACTER_TAGS: list[list[Any]] = [
+    ["1girl", "general", 0.99, "wd14", ""], ["solo", "general", 0.97, "wd14", ""],
+    ["long_hair", "general", 0.93, "wd14", ""], ["long hair", "general", 1.0, "gallery-dl", ""],
+    ["blonde hair", "general", 0.88, "wd14", ""], ["blue eyes", "general", 0.81, "wd14", ""],
+    ["blue dress", "general", 0.76, "wd14", ""], ["smile", "general", 0.64, "wd14", ""],
+    ["outdoors", "general", 0.58, "wd14", ""], ["garden", "general", 0.41, "wd14", ""],
+    ["blurry", "general", 0.37, "wd14", "rule:threshold"],
+    ["saber_\\(fate\\)", "character", 0.95, "wd14", ""],
+    ["fate/stay night", "copyright", 1.0, "gallery-dl", ""],
+    ["highres", "meta", 1.0, "gallery-dl", ""], ["absurdres", "meta", 1.0, "gallery-dl", ""],
+    ["commentary request", "meta", 1.0, "gallery-dl", ""],
+    ["takeuchi takashi", "artist", 1.0, "gallery-dl", ""],
+    ["general", "rating", 0.9, "wd14", ""], ["sks woman", "general", 1.0, ".txt", ""],
+]
+
+
+def _case(fmt: dict[str, Any], tags: list[list[Any]] = CHARACTER_TAGS, texts: list[list[str]] | None = None
+          ) -> dict[str, Any]:
+    return {"format": fmt, "tags": tags, "texts": texts or [], "trigger": "sks", "class_tokens": "woman"}
+
+
+BLIP = [[SENTENCE, ".caption"]]
+KAOMOJI_TAG = ["^_^", "general", 0.9, "wd14", ""]
+COMPILED: list[tuple[str, dict[str, Any]]] = [
+    ("compiled-tags", _case({"format": "tags"})),
+    ("compiled-tags-booru-spelling", _case({"format": "tags", "underscores": True, "escape_parentheses": True,
+                                            "max_tags": 6}, [*CHARACTER_TAGS, KAOMOJI_TAG])),
+    ("compiled-nl", _case({"format": "nl"}, texts=[[SENTENCE, "img2dataset"]])),
+    ("compiled-hybrid", _case({"format": "hybrid"}, texts=BLIP)),
+    ("compiled-hybrid-no-tags", _case({"format": "hybrid"}, [], BLIP)),
+    ("compiled-hybrid-fallback", _case({"format": "hybrid"})),
+    ("compiled-hybrid-shuffle-off", _case({"format": "hybrid", "shuffle": False}, texts=BLIP)),
+    ("compiled-json", _case({"format": "json"}, texts=BLIP)),
 ]
 SUBSET_DEFAULTS = {"caption_prefix": None, "caption_suffix": None, "caption_dropout_rate": 0.0,
                    "caption_dropout_every_n_epochs": 0, "enable_wildcard": False, "shuffle_caption": False,
@@ -181,13 +222,38 @@ def caption_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
 def process_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
     dataset = types.SimpleNamespace(current_epoch=1, replacements={}, max_train_steps=100, current_step=0)
     out = []
-    for name, caption, fields in PROCESS:
+    for name, caption, fields, *inputs in [*PROCESS, *compiled_cases()]:
         outcomes = set()
         for seed in range(40):
             random.seed(seed)
             subset = types.SimpleNamespace(**{**SUBSET_DEFAULTS, **fields})
             outcomes.add(ns["process_caption"](dataset, subset, caption))
-        out.append({"name": name, "caption": caption, "subset": fields, "outcomes": sorted(outcomes)})
+        case = {"name": name, "caption": caption, "subset": fields, "outcomes": sorted(outcomes)}
+        out.append({**case, "compiled": inputs[0]} if inputs else case)
+    return out
+
+
+def compile_inputs(inputs: dict[str, Any]) -> Any:
+    """tagging.compile's answer for one COMPILED entry (also used by tests/test_caption_compile.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from curate.record import Tag, Text
+    from tagging.compile import CaptionFormat, compile_caption
+
+    return compile_caption([Tag(*tag) for tag in inputs["tags"]], [Text(*text) for text in inputs["texts"]],
+                           CaptionFormat(**inputs["format"]), trigger=inputs.get("trigger"),
+                           class_tokens=inputs.get("class_tokens"), user_caption=inputs.get("user_caption"))
+
+
+def compiled_cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(name, caption, subset fields, inputs) for each COMPILED entry."""
+    out = []
+    for name, inputs in COMPILED:
+        made = compile_inputs(inputs)
+        fields: dict[str, Any] = {"shuffle_caption": made.shuffle_caption, "keep_tokens": made.keep_tokens,
+                                  "caption_separator": made.caption_separator}
+        if made.keep_tokens_separator:
+            fields["keep_tokens_separator"] = made.keep_tokens_separator
+        out.append((name, made.text, fields, inputs))
     return out
 
 
