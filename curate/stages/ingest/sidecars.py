@@ -35,8 +35,8 @@ class Sidecars:
     metadata: dict[str, Any] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (subject, reason)
-    # the tags as a set: a list membership test made 40k tags take 10 s (quadratic)
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    # name -> its index in annotations: a list membership test made 40k tags take 10 s
+    seen: dict[str, int] = field(default_factory=dict)
 
     @property
     def tags(self) -> list[tuple[str, str]]:
@@ -54,13 +54,18 @@ class Sidecars:
         parsed = parse_tag(raw, category, namespaced=namespaced)
         if parsed is None:
             return None
-        namespace = parsed.namespace or namespace
-        if (parsed.name, parsed.category) not in self.seen:
-            self.seen.add((parsed.name, parsed.category))
-            self.annotations.append(Tag(parsed.name, parsed.category, 1.0, source or self.kind))
-            if namespace:
-                names = self.metadata.setdefault("namespaces", {}).setdefault(namespace, [])
-                names.append(parsed.name)
+        tag = Tag(parsed.name, parsed.category, 1.0, source or self.kind)
+        at = self.seen.get(parsed.name)
+        if at is None:
+            self.seen[parsed.name] = len(self.annotations)
+            self.annotations.append(tag)
+        elif self.annotations[at].category == "general" != parsed.category:
+            self.annotations[at] = tag  # `saber (fate)` and `character:saber (fate)`: one tag
+        else:
+            return parsed.name
+        if parsed.namespace or namespace:
+            names = self.metadata.setdefault("namespaces", {}).setdefault(parsed.namespace or namespace, [])
+            names.append(parsed.name)
         return parsed.name
 
     def add_text(self, text: str, source: str) -> None:
@@ -75,9 +80,8 @@ class Sidecars:
     def restore(self, snap: tuple[int, int, str | None, str, dict[str, Any]]) -> None:
         """Undo what a sidecar that failed half-way added: one bad file adds nothing."""
         tags, texts, self.raw_caption, self.kind, metadata = snap
-        for tag in self.annotations[tags:]:
-            self.seen.discard((tag.name, tag.category))
-        del self.annotations[tags:]
+        del self.annotations[tags:]  # (a category it upgraded stays: the same tag either way)
+        self.seen = {t.name: i for i, t in enumerate(self.annotations)}
         del self.texts[texts:]
         self.metadata = {**metadata, **({"namespaces": self.metadata["namespaces"]}
                                         if "namespaces" in self.metadata else {})}
