@@ -1,8 +1,9 @@
 """First half of an import: walk the sources and work out which files are new or changed.
 
-A file is identified by its path (a zip member by archive path + member name); its
-fingerprint joins the size/mtime (or CRC) of the file and of every sidecar beside it, so
-editing a tag file re-imports the image, and a re-import of untouched sources reads nothing.
+A file is identified by its path (an archive member by archive path + member name); its
+fingerprint joins the size/mtime (or CRC) of the file and of every sidecar that belongs to it
+(`candidates`), so editing a tag file re-imports the image, and a re-import of untouched
+sources reads nothing.
 """
 
 from __future__ import annotations
@@ -13,17 +14,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.stages.ingest.archives import open_archive, open_source
 from curate.stages.ingest.identity import canonical_source
-from curate.stages.ingest.sidecars import candidates
-from curate.stages.ingest.sources import (
-    Archive,
-    Entry,
-    Problem,
-    SourceTree,
-    ZipTree,
-    display,
-    open_source,
-)
+from curate.stages.ingest.sources import METADATA_DIR, Archive, Entry, Problem, SourceTree, display
+
+
+def candidates(tree: SourceTree, relpath: str) -> list[str]:
+    """The sidecar files of the image at `relpath` that exist, most specific first:
+
+    - `<name>.json` / `<name>.txt`: gallery-dl's metadata post-processor (json, and `mode: tags`)
+      and Hydrus' exporters (gallery_dl/postprocessor/metadata.py `_filename`; hydrus
+      ClientMetadataMigrationCore.GetSidecarPath);
+    - `<stem>.json` / `<stem>.txt` / `<stem>.caption`: gallery-dl `extension-format`,
+      img2dataset (`key.txt`, `key.json`), sd-scripts / Kohya captions (WD14 `.txt`, BLIP `.caption`);
+    - the same names in a `metadata/` folder beside the image (gallery-dl `"directory"`);
+    - `<name>.<suffix>.txt|json` and `<stem>.<suffix>...`: Hydrus exporters with a suffix
+      (`a.jpg.tags.txt`);
+    - the shard's parquet table (img2dataset), read once per shard.
+    """
+    folder, _, name = relpath.rpartition("/")
+    stem = name.rsplit(".", 1)[0]
+    meta = f"{folder}/{METADATA_DIR}" if folder else METADATA_DIR
+
+    def at(where: str, file: str) -> str:
+        return f"{where}/{file}" if where else file
+
+    names = [at(folder, f) for f in (f"{name}.json", f"{name}.txt", f"{stem}.json",
+                                     f"{stem}.txt", f"{stem}.caption")]
+    names += [at(meta, f) for f in (f"{name}.json", f"{name}.txt", f"{stem}.json", f"{stem}.txt")]
+    suffixed = tree.suffixed(folder)
+    names += [at(folder, f) for f in (*suffixed.get(name, ()), *suffixed.get(stem, ()))]
+    table = tree.shard_table(relpath)
+    found = [n for n in dict.fromkeys(names) if tree.has(n)]
+    return [*found, table] if table else found
 
 
 @dataclass(frozen=True)
@@ -98,7 +121,7 @@ def _walk(trees: list[SourceTree]) -> Iterator[tuple[SourceTree, Entry | Problem
 
 def _walk_archive(parent: SourceTree, archive: Archive) -> Iterator[tuple[SourceTree, Entry | Problem]]:
     try:
-        tree = ZipTree(archive.path)
+        tree = open_archive(archive.path)
     except CurateError as exc:
         yield parent, Problem(display(archive.path), str(exc).split(": ", 1)[-1])
         return

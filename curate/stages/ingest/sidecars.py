@@ -1,82 +1,98 @@
-"""Reading what scrapers leave beside an image: tags, captions and metadata.
+"""Reading what scrapers leave beside an image: tags, sentence captions and metadata.
 
-Supported (REFERENCE.md §8): gallery-dl `<name>.<ext>.json` (`tags`, `tag_string_*`,
-`tags_<category>`) and its tags post-processor `<name>.<ext>.txt` (one tag per line); Hydrus
-and imgbrd-grabber `.txt` / `.json` with namespaced tags (`character:name`); img2dataset
-shards (`<key>.txt` caption + `<key>.json`); Kohya datasets (`N_name/` folders, caption in
-`<stem>.txt` or `<stem>.caption`). A sidecar that cannot be read never stops the import: the
-image comes in without it and the reason is recorded: one over `import.max_sidecar_kb`, one
-the walk refused (a symlink out of SRC, a FIFO), one whose parsing fails in any way.
+Every tag goes through `tagging.normalize.parse_tag` (one canonical name, a category, the
+namespace kept when we do not know it) and lands in `Sidecars.annotations` as a
+`curate.record.Tag` with its source; every sentence caption lands in `Sidecars.texts` as a
+`curate.record.Text`. Which files belong to an image: `plan.candidates`; the formats, each as
+its tool writes it: `sidecar_formats`. A sidecar that cannot be read never stops the import:
+the image comes in without it and the reason is recorded: one over `import.max_sidecar_kb`,
+one the walk refused (a symlink out of SRC, a FIFO), one whose parsing fails in any way.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from curate.kohya import KOHYA_FOLDER
 from curate.paths import printable
+from curate.record import Tag, Text
 from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
-from tagging.normalize import normalize_tag, split_namespace
+from tagging.normalize import parse_tag
 
 SIDECAR_LIMIT = 1024 * 1024  # the default of import.max_sidecar_kb, in bytes
-# Keys only gallery-dl writes into its metadata files.
-GALLERY_DL_KEYS = frozenset({"category", "subcategory", "extension", "filename"})
-TAG_STRING_KEYS = {
-    "tag_string_general": "general",
-    "tag_string_character": "character",
-    "tag_string_copyright": "copyright",
-    "tag_string_artist": "artist",
-    "tag_string_meta": "meta",
-}
-METADATA_LIMIT = 64 * 1024  # larger JSON is summarised, not stored whole
 
 
 @dataclass
 class Sidecars:
+    """What the sidecars of one image say. `annotations` and `texts` are the data; `tags` and
+    `caption` are the (name, category) / one-string views older writers read."""
+
     kind: str
-    tags: list[tuple[str, str]] = field(default_factory=list)  # (tag, category)
-    caption: str | None = None
+    annotations: list[Tag] = field(default_factory=list)
+    texts: list[Text] = field(default_factory=list)
+    raw_caption: str | None = None  # a Kohya caption file's first line, as sd-scripts reads it
     metadata: dict[str, Any] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (subject, reason)
-    # the tags as a set: a list membership test made 40k tags take 10 s (quadratic)
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    # name -> its index in annotations: a list membership test made 40k tags take 10 s
+    seen: dict[str, int] = field(default_factory=dict)
 
-    def add_tag(self, raw: str, category: str | None = None) -> None:
-        if not raw.strip():
-            return
-        if category is None:
-            category, name = split_namespace(raw)
+    @property
+    def tags(self) -> list[tuple[str, str]]:
+        return [(t.name, t.category) for t in self.annotations]
+
+    @property
+    def caption(self) -> str | None:
+        return self.texts[0].text if self.texts else self.raw_caption
+
+    def add_tag(self, raw: str, category: str | None = None, *, source: str = "",
+                namespaced: bool = False, namespace: str = "") -> str | None:
+        """One raw tag, normalised; returns its canonical name. A namespace we do not know (the
+        tag's own, or the `namespace` its source filed it under) is kept in
+        metadata["namespaces"], never glued into the name."""
+        parsed = parse_tag(raw, category, namespaced=namespaced)
+        if parsed is None:
+            return None
+        tag = Tag(parsed.name, parsed.category, 1.0, source or self.kind)
+        at = self.seen.get(parsed.name)
+        if at is None:
+            self.seen[parsed.name] = len(self.annotations)
+            self.annotations.append(tag)
+        elif self.annotations[at].category == "general" != parsed.category:
+            self.annotations[at] = tag  # `saber (fate)` and `character:saber (fate)`: one tag
         else:
-            name = normalize_tag(raw)
-        if name and (name, category) not in self.seen:
-            self.seen.add((name, category))
-            self.tags.append((name, category))
+            return parsed.name
+        if parsed.namespace or namespace:
+            names = self.metadata.setdefault("namespaces", {}).setdefault(parsed.namespace or namespace, [])
+            names.append(parsed.name)
+        return parsed.name
 
-    def snapshot(self) -> tuple[int, str | None, str, dict[str, Any]]:
-        return len(self.tags), self.caption, self.kind, dict(self.metadata)
+    def add_text(self, text: str, source: str) -> None:
+        text = " ".join(text.split())
+        if text and all(t.text != text for t in self.texts):
+            self.texts.append(Text(text, source))
 
-    def restore(self, snap: tuple[int, str | None, str, dict[str, Any]]) -> None:
+    def snapshot(self) -> tuple[int, int, str | None, str, dict[str, Any]]:
+        return len(self.annotations), len(self.texts), self.raw_caption, self.kind, \
+            {k: v for k, v in self.metadata.items() if k != "namespaces"}
+
+    def restore(self, snap: tuple[int, int, str | None, str, dict[str, Any]]) -> None:
         """Undo what a sidecar that failed half-way added: one bad file adds nothing."""
-        count, self.caption, self.kind, self.metadata = snap
-        for tag in self.tags[count:]:
-            self.seen.discard(tag)
-        del self.tags[count:]
-
-
-def candidates(tree: SourceTree, relpath: str) -> list[str]:
-    """Sidecar files that exist for the image at `relpath`, most specific first."""
-    stem = relpath.rsplit(".", 1)[0]
-    names = [f"{relpath}.json", f"{relpath}.txt", f"{stem}.json", f"{stem}.txt", f"{stem}.caption"]
-    return [n for n in names if tree.has(n)]
+        tags, texts, self.raw_caption, self.kind, metadata = snap
+        del self.annotations[tags:]  # (a category it upgraded stays: the same tag either way)
+        self.seen = {t.name: i for i, t in enumerate(self.annotations)}
+        del self.texts[texts:]
+        self.metadata = {**metadata, **({"namespaces": self.metadata["namespaces"]}
+                                        if "namespaces" in self.metadata else {})}
 
 
 def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
                   limit: int = SIDECAR_LIMIT) -> Sidecars:
-    """Tags, caption and metadata from the sidecars `found` beside the image at `relpath`;
+    """Tags, texts and metadata from the sidecars `found` beside the image at `relpath`;
     each one that cannot be read or parsed becomes a warning naming it, and adds nothing."""
+    from curate.stages.ingest import sidecar_formats as formats
+
     folder = relpath.rpartition("/")[0]
     kohya = KOHYA_FOLDER.match(folder.rpartition("/")[2]) if folder else None
     out = Sidecars(kind=tree.kind)
@@ -84,23 +100,28 @@ def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
         out.kind = "kohya"
         out.metadata["kohya"] = {"folder": kohya.group(0), "repeats": int(kohya.group(1)),
                                  "class_tokens": kohya.group(2)}
+    plain: list[formats.PlainFile] = []  # the .txt/.caption files, compared at the end
     for path in found:
         shown, snap = tree.shown(path), out.snapshot()
         try:
-            text = _read_text(tree, path, shown, out, limit)
-            if text is None:
+            if path.endswith(".parquet"):
+                if not formats.from_table(tree, path, relpath, out):
+                    continue
+            elif (text := _read_text(tree, path, shown, out, limit)) is None:
                 continue
-            if path.endswith(".json"):
-                _from_json(out, shown, text)
+            elif path.endswith(".json"):
+                formats.from_json(out, shown, text, site_hint=path)
             else:
-                _from_text(out, text, caption_file=bool(kohya) or path.endswith(".caption"),
-                           gallery_dl=path == f"{relpath}.txt")
+                plain.append(formats.from_text(out, shown, text, formats.text_role(
+                    relpath, path, kohya=bool(kohya))))
         except Exception as exc:  # a parser's failure (nesting too deep...) is the file's
             out.restore(snap)
             out.warnings.append((shown, f"sidecar not read ({type(exc).__name__}: "
                                         f"{_first_line(exc)}): its tags are ignored; fix or delete it"))
             continue
         out.paths.append(path)
+    formats.report_contradictions(tree, out, plain)
+    formats.report_namespaces(tree, relpath, out)
     return out
 
 
@@ -138,97 +159,3 @@ def _read_text(tree: SourceTree, path: str, shown: str, out: Sidecars, limit: in
     out.warnings.append((shown, "sidecar is not UTF-8: read as Windows-1252; re-save it as "
                                 "UTF-8 to be sure the tags are right"))
     return text
-
-
-def _from_json(out: Sidecars, shown: str, text: str) -> None:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        out.warnings.append((shown, f"malformed JSON sidecar (line {exc.lineno}: {exc.msg}): "
-                                    "its tags are ignored; fix or delete it"))
-        return
-    if isinstance(data, list):  # Hydrus: a bare list of (namespaced) tags
-        out.kind = "hydrus"
-        for tag in data:
-            if isinstance(tag, str):
-                out.add_tag(tag)
-        return
-    if not isinstance(data, dict):
-        out.warnings.append((shown, "JSON sidecar holds neither an object nor a tag list: ignored"))
-        return
-    _tags_from_dict(out, data)
-    out.metadata["sidecar"] = _bounded(data)
-    if GALLERY_DL_KEYS & data.keys() or any(k in data for k in TAG_STRING_KEYS):
-        out.kind = "gallery-dl"
-    elif "key" in data and ("status" in data or "url" in data):
-        out.kind = "img2dataset"
-        if isinstance(data.get("caption"), str) and out.caption is None:
-            out.caption = data["caption"].strip() or None
-
-
-def _tags_from_dict(out: Sidecars, data: dict[str, Any]) -> None:
-    for key, category in TAG_STRING_KEYS.items():
-        if isinstance(data.get(key), str):
-            for tag in data[key].split():
-                out.add_tag(tag, category)
-    for key, value in data.items():  # gallery-dl "tags: categorize" writes tags_<category>
-        if key.startswith("tags_") and isinstance(value, list | str):
-            items = value.split() if isinstance(value, str) else value
-            for tag in items:
-                if isinstance(tag, str):
-                    out.add_tag(tag, split_namespace(f"{key[5:]}:x")[0])
-    tags = data.get("tags", data.get("tag_string"))
-    if isinstance(tags, str):
-        for tag in tags.split():
-            out.add_tag(tag)
-    elif isinstance(tags, list):
-        for tag in tags:
-            if isinstance(tag, str):
-                out.add_tag(tag)
-    elif isinstance(tags, dict):  # e621-style {"general": [...], "artist": [...]}
-        for key, items in tags.items():
-            category = split_namespace(f"{key}:x")[0]
-            for tag in items if isinstance(items, list) else []:
-                if isinstance(tag, str):
-                    out.add_tag(tag, category)
-
-
-def _from_text(out: Sidecars, text: str, *, caption_file: bool, gallery_dl: bool) -> None:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return
-    if caption_file or out.kind == "img2dataset":
-        # Kohya reads only the first line; img2dataset captions are prose.
-        out.caption = lines[0]
-        if out.kind != "img2dataset":
-            for tag in lines[0].split(","):
-                out.add_tag(tag, "general")
-        return
-    if len(lines) > 1:
-        namespaced = False
-        for line in lines:
-            category, _ = split_namespace(line)
-            namespaced = namespaced or (category != "general" and ":" in line)
-            out.add_tag(line)
-        if out.kind in ("folder", "zip"):
-            out.kind = "gallery-dl" if gallery_dl else ("hydrus" if namespaced else "txt")
-        return
-    line = lines[0]
-    if "," in line:
-        out.caption = line
-        for tag in line.split(","):
-            out.add_tag(tag)
-    elif len(line.split()) >= 4:  # a sentence, not a tag
-        out.caption = line
-    else:
-        out.add_tag(line)
-    if out.kind in ("folder", "zip"):
-        out.kind = "gallery-dl" if gallery_dl else "txt"
-
-
-def _bounded(data: dict[str, Any]) -> dict[str, Any]:
-    text = json.dumps(data, ensure_ascii=False, default=str)
-    if len(text) <= METADATA_LIMIT:
-        return data
-    return {k: v for k, v in data.items() if isinstance(v, int | float | bool) or
-            (isinstance(v, str) and len(v) < 512)}

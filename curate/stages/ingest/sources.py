@@ -1,14 +1,16 @@
-"""Walking what the user points `curate import` at: folders (recursive) and zip archives.
+"""Walking what the user points `curate import` at: folders (recursive), zip archives and tar
+archives (img2dataset's `webdataset` shards: `00000.tar` holding `key.jpg`, `key.txt`, `key.json`).
 
-Nothing is ever written, moved or extracted: files are read in place, zip members are read
-into memory. Unsafe things (zip-slip names, symlinks that leave SRC, loops) are refused with a
-reason instead of followed.
+Nothing is ever written, moved or extracted: files are read in place, archive members are read
+into memory. Unsafe things (zip-slip names, symlinks that leave SRC, loops, links and devices
+inside archives) are refused with a reason instead of followed.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,9 @@ IMAGE_EXTS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
 )
 SIDECAR_EXTS = frozenset({".json", ".txt", ".caption", ".parquet", ".toml", ".npz"})
+ARCHIVE_EXTS = frozenset({".zip", ".tar"})
+TEXT_SIDECAR_EXTS = (".txt", ".json")  # the ones a Hydrus exporter may give a suffix
+METADATA_DIR = "metadata"  # gallery-dl's metadata post-processor with `"directory": "metadata"`
 # Folders that hold tool state rather than images.
 SKIP_DIRS = frozenset({".curate", ".git", ".hg", ".svn", "__MACOSX", "__pycache__"})
 
@@ -49,7 +54,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Archive:
-    """A zip archive found while walking a folder; the importer opens it as its own tree."""
+    """A zip or tar archive found while walking a folder; the importer opens it as its own tree."""
 
     path: Path
 
@@ -63,6 +68,42 @@ class SourceTree:
     def __init__(self, label: str) -> None:
         self.label = label
         self.names: dict[str, set[str]] = {}
+        self._suffixed: dict[str, dict[str, list[str]]] = {}
+        self._reported: set[str] = set()
+        self._report_lock = threading.Lock()
+        self.cache: dict[str, object] = {}  # per-tree parsed tables (img2dataset parquet)
+        self.cache_lock = threading.Lock()
+
+    def report_once(self, kind: str) -> bool:
+        """True the first time `kind` of problem is reported for this tree: a problem every
+        file of a scrape shares is said once, with what to do, not once per image."""
+        with self._report_lock:
+            if kind in self._reported:
+                return False
+            self._reported.add(kind)
+            return True
+
+    def suffixed(self, folder: str) -> dict[str, list[str]]:
+        """Sidecars with an extra suffix, as Hydrus' exporters name them
+        (`<file>.<suffix>.txt`, `<stem>.<suffix>.json`), keyed by what precedes the suffix.
+        Built once per folder: a scan per image would be quadratic in a 40k-image folder."""
+        index = self._suffixed.get(folder)
+        if index is None:
+            names = self.names.get(folder, set())
+            stems = {n.rsplit(".", 1)[0] for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTS}
+            index = {}
+            for name in sorted(names):
+                base, ext = os.path.splitext(name)
+                prefix, dot, suffix = base.rpartition(".")
+                if (ext.lower() in TEXT_SIDECAR_EXTS and dot and prefix and suffix
+                        and f".{suffix.lower()}" not in IMAGE_EXTS and base not in stems):
+                    index.setdefault(prefix, []).append(name)
+            self._suffixed[folder] = index
+        return index
+
+    def shard_table(self, relpath: str) -> str | None:
+        """The img2dataset parquet of the shard the image at `relpath` is in, if any."""
+        return None
 
     def shown(self, relpath: str) -> str:
         raise NotImplementedError
@@ -133,6 +174,12 @@ class FolderTree(SourceTree):
                 subdirs.append(rel)
             elif kind is not None:
                 found.append(kind)
+        # gallery-dl's `"directory": "metadata"` sidecars are known (and refused) before the
+        # images beside the folder look for theirs
+        meta = f"{rel_dir}/{METADATA_DIR}" if rel_dir else METADATA_DIR
+        if meta in subdirs:
+            subdirs.remove(meta)
+            yield from self._walk_dir(meta, stack)
         yield from found
         stack.extend(reversed(subdirs))  # depth-first in name order
 
@@ -167,7 +214,7 @@ class FolderTree(SourceTree):
         reason = special_file_reason(mode)
         if reason is not None:
             return self._refuse(rel, item.name, shown, reason)
-        return _classify_file(self, item.name, rel, shown, Path(item.path))
+        return classify_file(self, item.name, rel, shown, Path(item.path))
 
     def _refuse(self, rel: str, name: str, shown: str, reason: str) -> Problem | None:
         """A file that must not be opened: skipped with its reason, or, when it is a sidecar
@@ -192,16 +239,25 @@ class FolderTree(SourceTree):
         st = os.stat(self.root / relpath)
         return f"{st.st_size}:{st.st_mtime_ns}"
 
+    def shard_table(self, relpath: str) -> str | None:
+        """img2dataset's `files` output: `00000/key.jpg` with `00000.parquet` beside the folder."""
+        folder = relpath.rpartition("/")[0]
+        parent, _, shard = folder.rpartition("/")
+        name = f"{shard}.parquet"
+        if shard.isdigit() and self.has(f"{parent}/{name}" if parent else name):
+            return f"{parent}/{name}" if parent else name
+        return None
+
 
 def _is_sidecar_name(name: str) -> bool:
     """Names the walk passes over quietly: sidecars (read beside their image) and hidden files."""
     ext = os.path.splitext(name)[1].lower()
-    if ext in IMAGE_EXTS or ext == ".zip" or name.startswith("._"):
+    if ext in IMAGE_EXTS or ext in ARCHIVE_EXTS or name.startswith("._"):
         return False
     return ext in SIDECAR_EXTS or name.startswith(".")
 
 
-def _classify_file(
+def classify_file(
     tree: SourceTree, name: str, rel: str, shown: str, path: Path | None
 ) -> Entry | Problem | Archive | None:
     ext = os.path.splitext(name)[1].lower()
@@ -209,7 +265,7 @@ def _classify_file(
         return Problem(shown, "macOS resource-fork file, not an image", "ignored")
     if ext in IMAGE_EXTS:
         return Entry(tree, rel)
-    if ext == ".zip":
+    if ext in ARCHIVE_EXTS:
         if path is None:
             return Problem(shown, "archive inside an archive: extract it and import the "
                            "folder", "ignored")
@@ -249,7 +305,7 @@ class ZipTree(SourceTree):
                 yield Problem(self.shown(name), problem)
                 continue
             base = name.rpartition("/")[2]
-            found = _classify_file(self, base, name, self.shown(name), None)
+            found = classify_file(self, base, name, self.shown(name), None)
             if found is not None:
                 yield found
 
@@ -278,16 +334,3 @@ def _unsafe_member(info: zipfile.ZipInfo) -> str | None:
     if info.flag_bits & 0x1:
         return "encrypted entry: extract the archive with its password, then import the folder"
     return None
-
-
-def open_source(src: Path, exclude: frozenset[str]) -> SourceTree:
-    """The tree for one SRC argument: a folder, a .zip, or a single image file."""
-    if not os.path.lexists(src):
-        raise CurateError(f"{display(src)}: no such file or folder")
-    if src.is_dir():
-        return FolderTree(src, exclude)
-    if src.is_file() and src.suffix.lower() == ".zip":
-        return ZipTree(src)
-    if src.is_file() and src.suffix.lower() in IMAGE_EXTS:
-        return FolderTree(src.parent, exclude, only=src.name)
-    raise CurateError(f"{display(src)}: not a folder, an image or a .zip archive")
