@@ -48,11 +48,12 @@ class Flag:
 
 
 class ConfigOption(click.Option):
-    """A flag made from a config field; `config_field` names it (tests check every one)."""
+    """A flag made from a config field (`config_flag` says how); tests check every one."""
 
-    def __init__(self, *args: Any, config_field: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, config_flag: Flag, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.config_field = config_field
+        self.config_flag = config_flag
+        self.config_field = config_flag.field
 
 
 def flag_help(item: dataclasses.Field[Any], spec: Flag) -> str:
@@ -108,37 +109,41 @@ def config_flags(cls: type, *specs: str | Flag) -> Callable[[F], F]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     wanted = [spec if isinstance(spec, Flag) else Flag(spec) for spec in specs]
-    converters: dict[str, tuple[str, Callable[[Any], Any] | None]] = {}
+    converters: dict[str, tuple[Flag, Callable[[Any], Any] | None]] = {}  # in the order given
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
             flags: dict[str, Any] = kwargs.pop("flags", {})  # from a second config_flags above
-            for dest, (name, convert) in converters.items():
-                value = kwargs.pop(dest)
-                if value == ():  # a repeatable flag not given
-                    value = None
+            given: dict[str, str] = {}  # field -> the flag that set it, as typed
+            for dest, (spec, convert) in converters.items():
+                name, raw = spec.field, kwargs.pop(dest)
+                value = None if raw == () else raw  # () = a repeatable flag not given
                 if value is not None and convert is not None:
                     value = convert(value)
-                if value is not None and flags.get(name) not in (None, value):
-                    raise click.UsageError(f"two flags set {name} to {flags[name]!r} and {value!r}: "
-                                           "give one of them")
-                if value is not None or name not in flags:
-                    flags[name] = value
+                if value is None:
+                    flags.setdefault(name, None)
+                    continue
+                typed = spec.decls[0] if spec.sets is not None else f"--{name.replace('_', '-')} {raw}"
+                if flags.get(name) not in (None, value):
+                    raise click.UsageError(f"{given[name]} and {typed} disagree: give one of them")
+                flags[name], given[name] = value, typed
             return fn(*args, flags=flags, **kwargs)
 
+        for i, spec in enumerate(wanted):
+            converters[f"{PREFIX}{i}_{spec.field}"] = (spec, None)
         for i, spec in reversed(list(enumerate(wanted))):
             item = fields[spec.field]
             hint = _plain(hints[spec.field])
             kwargs, convert = _option_kwargs(item, hint, spec)
             dest = f"{PREFIX}{i}_{spec.field}"
-            converters[dest] = (spec.field, spec.convert or convert)
+            converters[dest] = (spec, spec.convert or convert)
             kwargs.setdefault("default", None)
             if spec.metavar:
                 kwargs["metavar"] = spec.metavar
             if hint is bool and spec.sets is None:
                 kwargs.pop("type", None)
-            click.option(*_decls(item, hint, spec), dest, cls=ConfigOption, config_field=spec.field,
+            click.option(*_decls(item, hint, spec), dest, cls=ConfigOption, config_flag=spec,
                          help=flag_help(item, spec), **kwargs)(command)
         return command  # type: ignore[return-value]
 
