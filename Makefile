@@ -46,8 +46,10 @@ demo: venv
 	@echo "  LoRA (kohya keys):                 $(DEMO)/workspace/lora/last.safetensors"
 	@echo "  iA3 (LyCORIS keys), and as a LoRA: $(DEMO)/ia3/last.safetensors, $(DEMO)/ia3-as-lora.safetensors"
 
+# ruff, then the import layers (pyproject.toml [tool.importlinter]; curate/architecture.md, "Layers")
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: lint
 	@command -v chromium >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \

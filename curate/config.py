@@ -5,9 +5,19 @@ per stage (`[import]`, later `[dedupe]`, `[tag]`...). Precedence, lowest first: 
 defaults, `curate.toml`, `--set`, explicit flags. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently does nothing.
 
-A numeric option declares its range once, on its field: `hash_size: int = option(8, ge=4, le=64)`.
-`build` checks every value it is given (from the file, `--set` or a flag) against it, so an
-extreme value is refused with the range named when the config is read, not deep in a stage.
+An option is declared once, on its field: `hash_size: int = option(8, ge=4, le=64, help="...")`.
+From that one declaration come the range `build` holds every given value to (so an extreme value
+is refused with the range named when the config is read, not deep in a stage), the command-line
+flags and their `--help` (`curate.cli._flags`), and the commented curate.toml `curate init`
+writes (`template`).
+
+Table names are the command names: `[filter]` is `curate filter`, `[tags-filter]` is `curate tags
+filter` (also `curate run`'s stage names). The old names (`[quality]`, and `[filter]` holding
+tags-filter keys) are still read, with a one-line note (`migrate_tables`).
+
+SECTIONS names each table's dataclass as a "module:Class" string, imported only when its keys are
+listed or the template is written: this base module holds the names (one line per stage), never
+an import of a stage, so importing it imports no stage (see architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import importlib
 import json
 import math
 import re
+import sys
+import textwrap
 import tomllib
 import types
 import typing
@@ -38,11 +50,11 @@ SECTIONS = {
     "run": "curate.pipeline.config:RunConfig",
     "import": "curate.stages.ingest.config:ImportConfig",
     "dedupe": "curate.stages.dedupe.config:DedupeConfig",
-    "quality": "curate.stages.quality.config:QualityConfig",
+    "filter": "curate.stages.quality.config:QualityConfig",
     "bg": "curate.stages.background.config:BgConfig",
     "crop": "curate.stages.crop.config:CropConfig",
     "tag": "curate.stages.tag.config:TagConfig",
-    "filter": "curate.stages.captions.filter:FilterStageConfig",
+    "tags-filter": "curate.stages.captions.filter:FilterStageConfig",
     "layout": "curate.stages.layout.config:LayoutConfig",
     "check": "curate.check.config:CheckConfig",
     "train": "trainer.config:TrainConfig",
@@ -78,10 +90,33 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def option(default: Any, *, ge: float | None = None, le: float | None = None,
-           gt: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with a default and the range `build` holds every given value to."""
-    return dataclasses.field(default=default, metadata={"range": Range(ge, le, gt, lt)})
+def option(default: Any = dataclasses.MISSING, *, ge: float | None = None, le: float | None = None,
+           gt: float | None = None, lt: float | None = None, help: str = "", example: Any = None,
+           factory: Any = None) -> Any:
+    """A dataclass field: its default (or `factory` for a mutable one), the range `build` holds
+    every given value to, the `help` that --help and the curate.toml template show, and for an
+    option unset by default (None) an `example` value the template shows."""
+    metadata = {"range": Range(ge, le, gt, lt), "help": " ".join(help.split()), "example": example}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def help_of(item: dataclasses.Field[Any]) -> str:
+    """The help text declared on a config field ("" when none was)."""
+    return item.metadata.get("help", "")
+
+
+def default_of(item: dataclasses.Field[Any]) -> Any:
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return item.default
+
+
+def default_text(item: dataclasses.Field[Any]) -> str:
+    """The default as a user writes it in curate.toml ("unset" for None)."""
+    value = default_of(item)
+    return "unset" if value is None else toml_value(value)
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -220,11 +255,75 @@ def build(cls: type[T], section: str, values: Mapping[str, Any], *, source: str 
     return config
 
 
+def section_class(section: str) -> type:
+    """The dataclass that reads a curate.toml table (see SECTIONS), imported now."""
+    module, _, name = SECTIONS[section].partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
 def section_keys(section: str) -> list[str]:
     """The option names of a curate.toml table (see SECTIONS)."""
-    module, _, name = SECTIONS[section].partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return [f.name for f in dataclasses.fields(cls)]
+    return [f.name for f in dataclasses.fields(section_class(section))]
+
+
+# Old table names, still read: [quality] is now [filter]; [filter] with `curate tags filter`'s
+# keys is now [tags-filter]. Each use prints one note (once per process: `curate run` reads the
+# file once per stage).
+OLD_QUALITY, NEW_QUALITY, NEW_TAGS_FILTER = "quality", "filter", "tags-filter"
+_NOTED: set[str] = set()
+
+
+def _note(text: str) -> None:
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _is_old_tags_filter(table: Any) -> bool:
+    """A [filter] table written for `curate tags filter` (before the tables were renamed)."""
+    if not isinstance(table, dict) or not table:
+        return False
+    old = set(section_keys(NEW_TAGS_FILTER))
+    return set(table) <= old and not set(table) & set(section_keys(NEW_QUALITY))
+
+
+def migrate_tables(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Read the old table names as the new ones (with a note); both forms at once is an error."""
+    out = dict(data)
+    if _is_old_tags_filter(out.get(NEW_QUALITY)):
+        if NEW_TAGS_FILTER in out:
+            raise CurateError(f"{where}: both [filter] with `curate tags filter` options (the old name) "
+                              f"and [{NEW_TAGS_FILTER}]: move them into [{NEW_TAGS_FILTER}]")
+        _note(f"{where}: [filter] with `curate tags filter` options is read as [{NEW_TAGS_FILTER}]; "
+              f"rename the table to [{NEW_TAGS_FILTER}] ([filter] is now `curate filter`)")
+        out[NEW_TAGS_FILTER] = out.pop(NEW_QUALITY)
+    if OLD_QUALITY in out:
+        if NEW_QUALITY in out:
+            raise CurateError(f"{where}: both [{OLD_QUALITY}] (the old name) and [{NEW_QUALITY}] for "
+                              f"`curate filter`: move the options into [{NEW_QUALITY}]")
+        _note(f"{where}: [{OLD_QUALITY}] is read as [{NEW_QUALITY}]; rename the table "
+              f"(`curate filter` reads [{NEW_QUALITY}])")
+        out[NEW_QUALITY] = out.pop(OLD_QUALITY)
+    return out
+
+
+def migrate_override(item: str) -> str:
+    """`--set quality.x=v` as `filter.x=v`, `--set filter.min_share=v` as `tags-filter.min_share=v`."""
+    key, sep, value = item.partition("=")
+    section, dot, rest = key.strip().partition(".")
+    option_name = rest.partition(".")[0].strip()
+    if not dot:
+        return item
+    if section == OLD_QUALITY:
+        _note(f"--set {OLD_QUALITY}.{rest}: [{OLD_QUALITY}] is now [{NEW_QUALITY}]; "
+              f"write --set {NEW_QUALITY}.{rest}")
+        return f"{NEW_QUALITY}.{rest}{sep}{value}"
+    if (section == NEW_QUALITY and option_name in section_keys(NEW_TAGS_FILTER)
+            and option_name not in section_keys(NEW_QUALITY)):
+        _note(f"--set filter.{rest}: `curate tags filter` options are now [{NEW_TAGS_FILTER}]; "
+              f"write --set {NEW_TAGS_FILTER}.{rest}")
+        return f"{NEW_TAGS_FILTER}.{rest}{sep}{value}"
+    return item
 
 
 def check_names(data: Mapping[str, Any], overrides: Iterable[str], where: str) -> None:
@@ -237,6 +336,8 @@ def check_names(data: Mapping[str, Any], overrides: Iterable[str], where: str) -
     for item in overrides:
         section, _, key = item.partition("=")[0].strip().partition(".")
         key = key.partition(".")[0].strip()
+        if section.strip() not in SECTIONS:
+            continue  # an unknown table given with --set is in `data`, reported above
         valid = section_keys(section.strip())
         if key not in valid:
             raise CurateError(f"--set {item!r}: [{section.strip()}] has unknown option(s) {key}; "
@@ -251,12 +352,49 @@ def stage_config(
     flags: Mapping[str, Any] | None = None,
 ) -> T:
     """The typed options of one stage: defaults < curate.toml < --set < flags (None = unset)."""
-    overrides = list(overrides)
-    data = load_toml(config_file) if config_file else {}
+    name = config_file.name if config_file else CONFIG_NAME
+    overrides = [migrate_override(item) for item in overrides]
+    data = migrate_tables(load_toml(config_file) if config_file else {}, name)
     data = apply_overrides(data, overrides)
-    check_names(data, overrides, f"{config_file.name if config_file else CONFIG_NAME} or --set")
+    check_names(data, overrides, f"{name} or --set")
     table = data.get(section, {})
     if not isinstance(table, dict):
         raise CurateError(f"{section} in {config_file} must be a table ([{section}])")
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     return build(cls, section, {**table, **given}, flags=given)
+
+
+def _example(item: dataclasses.Field[Any]) -> Any:
+    """What the template shows for an option unset by default: its declared example, else the
+    least value its range allows."""
+    if item.metadata.get("example") is not None:
+        return item.metadata["example"]
+    bounds = item.metadata.get("range") or Range()
+    low = bounds.ge if bounds.ge is not None else bounds.gt
+    if low is None:
+        raise CurateError(f"{item.name}: an option unset by default needs option(..., example=...)")
+    return int(low) if float(low).is_integer() else low
+
+
+def template_table(section: str, width: int = 96) -> str:
+    """One commented table of curate.toml: the dataclass's summary, then each option's help and
+    its default as a `# key = value` line (an example, marked so, for one unset by default)."""
+    cls = section_class(section)
+    summary = (cls.__doc__ or "").strip().split("\n\n")[0]
+    lines = [f"[{section}]", *textwrap.wrap(" ".join(summary.split()), width, initial_indent="# ",
+                                            subsequent_indent="# ")]
+    for item in dataclasses.fields(cls):
+        lines.append("")
+        lines += textwrap.wrap(help_of(item), width, initial_indent="# ", subsequent_indent="# ")
+        value = default_of(item)
+        if value is None:
+            example = toml_value(_example(item))
+            lines.append(f"# {toml_key(item.name)} = {example}  # an example: unset by default")
+        else:
+            lines.append(f"# {toml_key(item.name)} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def template(sections: Iterable[str] = ()) -> str:
+    """Every table of curate.toml (or those named), commented, as `curate init` writes them."""
+    return "\n".join(template_table(section) for section in (sections or SECTIONS))

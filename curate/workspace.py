@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from curate.atomic import atomic_write_text, sweep_temp_files
-from curate.config import CONFIG_NAME
+from curate.config import CONFIG_NAME, template
 from curate.errors import CurateError, WorkspaceBusy
 from curate.manifest import CURRENT_DECISION, Manifest
 from curate.record import Decision, Origin, Record, Tag
@@ -21,102 +21,19 @@ STATE_DIR = ".curate"
 MANIFEST_NAME = "manifest.sqlite"
 IMAGES_DIR = "images"
 
-DEFAULT_CONFIG = """\
-# curate.toml: options for every stage of this workspace.
-# Each key can also be set for one run with `--set section.key=value`, and the common ones
-# have flags (see `curate COMMAND --help`). Flags win over --set, --set wins over this file.
-
-[run]
-# What `curate run` does, in this order (leave out what you do not want):
-# import, dedupe, filter, bg, crop, tag, tags-filter, captions, layout, check, train
-# stages = ["import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check"]
-# Scrape folders or .zip files to import (relative to this workspace).
-# sources = ["../raw"]
-# The trigger word put first in every caption, and the class word after it.
-# trigger = "sks"
-# class_token = "woman"
-# Where the Kohya dataset goes; for train also the base model and the output folder.
-# dataset = "dataset"
-# model = "../models/sd15"
-# train_out = "lora"
-
-[import]
-# What to do with animated GIF/WebP: "first" keeps the first frame (with a warning), "skip".
-# animated = "first"
-# Images above this many pixels are refused as possible decompression bombs.
-# max_pixels = 178956970
-# Files larger than this (MiB) are refused.
-# max_file_mb = 256
-# Tag/caption sidecars larger than this (KiB) are not read; the image comes in without them.
-# max_sidecar_kb = 1024
-# Threads that read, hash and decode files (0 = one per CPU core).
-# workers = 0
-# Exit with status 1 if any file was skipped.
-# strict = false
-
-[dedupe]
-# Perceptual hash: phash, dhash, whash, ahash or colorhash; hash_size 8 gives 64 bits.
-# hash = "phash"
-# hash_size = 8
-# Largest Hamming distance that counts as a near duplicate (default 10 of 64 bits), or the
-# same as a percentage with similarity (90 = at most 10% of the bits differ).
-# threshold = 10
-# similarity = 90
-# Which image of a group stays: "largest", "first" (imported) or "newest" (imported).
-# keep = "largest"
-# Also match left-right mirrored copies.
-# flip_invariant = false
-# "draft" decodes JPEGs at reduced size (fast); "full" decodes them whole.
-# decode = "draft"
-# Confirm looser matches by feature matching (catches crops and watermarks).
-# verify = true
-# Hashing processes (0 = one per core).
-# workers = 0
-
-[tag]
-# A folder with model.onnx + selected_tags.csv, or a Hugging Face repo id.
-# model = "SmilingWolf/wd-swinv2-tagger-v3"
-# threshold = 0.35             # general tags
-# character_threshold = 0.85   # character tags: a weak guess teaches the wrong person
-# mcut = false                 # per-image thresholds by MCut
-# rating = "drop"              # drop | keep | first
-# character_first = false
-# max_tags = 40
-# undesired = ["watermark", "signature"]
-# replace = ["brown_hair=blonde_hair"]
-# existing = "skip"            # images with a caption: skip | append | overwrite
-# batch_size = 8
-# providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-[filter]
-# A tag of an exclusive group (hair colour...) in fewer than this share of the images with
-# the group's majority tag is removed.
-# min_share = 0.15
-# prune_intrinsic = false      # drop hair/eye colour etc. that the trigger word carries
-# trigger = "sks"
-# blacklist = []
-# min_confidence = ["general=0.4"]
-# single_character = true
-# rules = ["my_rules.toml"]
-
-[quality]
-# `curate filter`: images smaller than this (shorter side, pixels) are rejected.
-# min_side = 256
-# skip = ["text"]              # checks not to run
-
-[layout]
-# Repeats from a target number of steps (the guides' images x repeats x epochs / batch).
-# target_steps = 1500
-# epochs = 10
-# batch_size = 2
-# link = "copy"                # copy | hardlink | symlink
-
-[train]
-# `curate train` / the train stage: any option of `curate train --help`, sd-scripts' names.
-# network = "lora"
-# network_dim = 16
-# max_train_steps = 1600
+CONFIG_HEADER = """\
+# curate.toml: options for every stage of this workspace, one table per command (`[filter]` is
+# `curate filter`, `[tags-filter]` is `curate tags filter`). Every option is listed with its help
+# and its default; uncomment a line to change it. Each can also be set for one run with
+# `--set section.key=value`, and the common ones have flags (`curate COMMAND --help`).
+# Flags win over --set, --set wins over this file.
 """
+
+
+def default_config() -> str:
+    """The commented curate.toml `curate init` writes: made from the stages' option dataclasses
+    (`curate.config.template`), so it lists every option with its help and default."""
+    return CONFIG_HEADER + "\n" + template()
 
 
 def is_workspace(path: Path) -> bool:
@@ -253,4 +170,4 @@ def init_folder(root: Path) -> None:
         raise CurateError(f"cannot create workspace {root}: {exc.strerror}") from exc
     config = root / CONFIG_NAME
     if not config.exists():
-        atomic_write_text(config, DEFAULT_CONFIG)
+        atomic_write_text(config, default_config())

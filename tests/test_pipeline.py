@@ -166,23 +166,16 @@ def test_init_template_documents_real_options() -> None:
     import re
     import tomllib
 
-    from curate.config import build
-    from curate.pipeline.config import RunConfig
-    from curate.stages.captions.filter import FilterStageConfig
-    from curate.stages.dedupe.config import DedupeConfig
-    from curate.stages.ingest import ImportConfig
-    from curate.stages.layout import LayoutConfig
-    from curate.stages.quality.config import QualityConfig
-    from curate.stages.tag import TagConfig
-    from curate.workspace import DEFAULT_CONFIG
+    from curate.config import SECTIONS, build, section_class
+    from curate.workspace import default_config
 
-    text = re.sub(r"^# (\w+ = .*)$", r"\1", DEFAULT_CONFIG, flags=re.MULTILINE)
+    text = re.sub(r"^# (\S+ = .*)$", r"\1", default_config(), flags=re.MULTILINE)
     tables = tomllib.loads(text)
-    classes = {"run": RunConfig, "import": ImportConfig, "dedupe": DedupeConfig, "tag": TagConfig,
-               "filter": FilterStageConfig, "quality": QualityConfig, "layout": LayoutConfig}
-    for section, cls in classes.items():
+    for section in SECTIONS:
+        if section == "train":
+            continue
         assert tables[section], section
-        build(cls, section, tables[section])
+        build(section_class(section), section, tables[section])
     pytest.importorskip("torch")
     from trainer.config import TrainConfig
 

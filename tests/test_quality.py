@@ -196,7 +196,7 @@ def test_cli_dry_run_json_and_settings(tmp_path: Path) -> None:
     raw = build_raw(tmp_path / "raw")
     runner = CliRunner()
     done = runner.invoke(cli, ["filter", str(raw), "--dry-run", "--json", "--skip", "border_face",
-                               "--set", "quality.min_side=600", "--workers", "1"])
+                               "--set", "filter.min_side=600", "--workers", "1"])
     assert done.exit_code == 0, done.output
     data = json.loads(done.output)
     assert data["counts"]["rejected"] == 5 and data["counts"]["small"] == 5  # 512 px is now too small

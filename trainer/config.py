@@ -10,7 +10,7 @@ options) come from the dataset's own dataset.toml when it has one; the fields he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,104 +25,145 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    version: int = VERSION
-    network: Literal["lora", "ia3"] = "lora"
-    network_dim: int = option(8, ge=1, le=1024)
-    network_alpha: float = option(1.0, ge=0)
-    network_dropout: float | None = option(None, ge=0, lt=1)
-    conv_dim: int | None = option(None, ge=1, le=1024)
-    conv_alpha: float | None = option(None, ge=0)
-    ia3_train_on_input: bool = True
-    train_unet: bool = True
-    train_text_encoder: bool = True
-    learning_rate: float = option(1e-4, gt=0)
-    unet_lr: float | None = option(None, ge=0)
-    text_encoder_lr: float | None = option(None, ge=0)
-    optimizer: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam"] = "adamw"
-    optimizer_args: dict[str, Any] = field(default_factory=dict)
-    # per-block learning rates (SD 1.x/2.x UNets): sd-scripts' down/mid/up lists ("sine", "cosine",
-    # "linear", "reverse_linear", "zeros" [+N], or 12 / 1 / 12 comma values), or one block-weight
-    # spec as `curate lora blocks` shows ("OUTALL", 17 or 26 values, "IN=0,MID=0,OUT=1"); blocks at
-    # or below block_lr_zero_threshold are not trained (e.g. OUT blocks only, for a "skin" LoRA)
-    down_lr_weight: str | None = None
-    mid_lr_weight: str | None = None
-    up_lr_weight: str | None = None
-    block_lr_weights: str | None = None
-    block_lr_zero_threshold: float = option(0.0, ge=0)
-    # diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts
-    # ("cosine_annealing_warm_restarts", stepped once per optimiser step) as the iA3 guide uses it
+    """Options of `curate train` (and the train stage of `curate run`), with sd-scripts' names."""
+
+    version: int = option(VERSION, help="The format of this table; older ones are migrated when read.")
+    network: Literal["lora", "ia3"] = option("lora", help="The adapter trained: lora or ia3.")
+    network_dim: int = option(8, ge=1, le=1024, help="LoRA rank.")
+    network_alpha: float = option(1.0, ge=0, help="LoRA alpha: the update is scaled by alpha / dim.")
+    network_dropout: float | None = option(None, ge=0, lt=1, example=0.1, help=(
+        "Dropout on the LoRA down output."))
+    conv_dim: int | None = option(None, ge=1, le=1024, example=4, help=(
+        "Rank of LoRA on the 3x3 convolutions (LoCon); unset: linear layers and 1x1 convolutions only."))
+    conv_alpha: float | None = option(None, ge=0, example=1.0, help="Alpha of the convolution LoRA.")
+    ia3_train_on_input: bool = option(True, help=(
+        "iA3: scale the feed-forward layers' inputs (as the iA3 paper)."))
+    train_unet: bool = option(True, help="Train the adapter on the UNet.")
+    train_text_encoder: bool = option(True, help="Train the adapter on the text encoder.")
+    learning_rate: float = option(1e-4, gt=0, help="Learning rate (of both parts unless set below).")
+    unet_lr: float | None = option(None, ge=0, example=1e-4, help="The UNet's learning rate.")
+    text_encoder_lr: float | None = option(None, ge=0, example=5e-5, help="The text encoder's learning rate.")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "dadaptadam"] = option(
+        "adamw", help="The optimiser (prodigy and dadaptadam pick their own step size: learning_rate 1).")
+    # option() returns a dataclasses.field with this default_factory: no shared dict
+    optimizer_args: dict[str, Any] = option(factory=dict, help=(  # noqa: RUF009
+        "Keyword arguments of the optimiser, e.g. { weight_decay = 0.01 }."))
+    # sd-scripts' down/mid/up lists, or one block-weight spec as `curate lora blocks` shows
+    down_lr_weight: str | None = option(None, example="sine", help=(
+        "Per-block learning-rate weights of the UNet's down blocks (SD 1.x/2.x): \"sine\", "
+        "\"cosine\", \"linear\", \"reverse_linear\", \"zeros\" [+N], or 12 comma values."))
+    mid_lr_weight: str | None = option(None, example="1.0", help="The mid block's weight (one value).")
+    up_lr_weight: str | None = option(None, example="cosine", help=(
+        "The up blocks' weights, as down_lr_weight."))
+    block_lr_weights: str | None = option(None, example="OUTALL", help=(
+        "One block-weight spec as `curate lora blocks` shows (\"OUTALL\", 17 or 26 values, "
+        "\"IN=0,MID=0,OUT=1\")."))
+    block_lr_zero_threshold: float = option(0.0, ge=0, help=(
+        "Blocks weighted at or below this are not trained (e.g. OUT blocks only, for a \"skin\" LoRA)."))
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                          "polynomial", "cosine_annealing_warm_restarts"] = "constant"
-    lr_warmup_steps: int = option(0, ge=0)
-    lr_scheduler_num_cycles: int = option(1, ge=1)  # cosine_with_restarts: hard restarts over the run
-    lr_scheduler_power: float = option(1.0, gt=0)  # polynomial: 1 = linear decay
-    T_0: int = option(160, ge=1)  # cosine_annealing_warm_restarts: steps of the first cycle (the guide's)
-    T_mult: int = option(1, ge=1)  # each later cycle is T_mult times longer
-    eta_min: float = option(0.0, ge=0)  # the learning rate at the bottom of each cycle
-    max_grad_norm: float = option(1.0, ge=0)
-    gradient_accumulation_steps: int = option(1, ge=1, le=1024)
-    gradient_checkpointing: bool = False
-    max_train_steps: int = option(1600, ge=1)  # sd-scripts' default
-    max_train_epochs: int | None = option(None, ge=1)  # when set, wins over max_train_steps
-    seed: int = option(42, ge=0, le=2**32 - 1)
-    noise_offset: float = option(0.0, ge=0, le=1)
-    adaptive_noise_scale: float | None = option(None, ge=-1, le=1)
-    # pyramid noise (sd-scripts' multires noise)
-    multires_noise_iterations: int | None = option(None, ge=1, le=32)
-    multires_noise_discount: float = option(0.3, ge=0, le=1)
-    # None: from the model folder's scheduler config (prediction_type); true/false forces it
-    v_parameterization: bool | None = None
-    min_snr_gamma: float | None = option(None, gt=0)
-    # v-prediction models (sd-scripts' names): rescale the schedule to zero terminal SNR,
-    # weight the v loss like an eps loss (SNR/(SNR+1)), add a v-like term, debiased estimation
-    zero_terminal_snr: bool = False
-    scale_v_pred_loss_like_noise_pred: bool = False
-    v_pred_like_loss: float | None = option(None, ge=0)
-    debiased_estimation_loss: bool = False
-    prior_loss_weight: float = option(1.0, ge=0)
-    clip_skip: int | None = option(None, ge=1, le=24)
-    max_token_length: Literal[75, 150, 225] = 75  # CLIP tokens per caption, in chunks of 75 as sd-scripts
-    cache_latents: bool = False  # encode every image once before training (disables flip_aug's randomness)
-    cache_latents_to_disk: bool = False  # ... and keep them in IMAGE.npz beside each image between runs
-    # encode each caption once before training (text encoders frozen, no caption shuffle or dropout)
-    cache_text_encoder_outputs: bool = False
-    scale_weight_norms: float | None = option(None, gt=0)
-    output_name: str = "last"
-    save_every_n_steps: int | None = option(None, ge=1)
-    save_every_n_epochs: int | None = option(None, ge=1)
-    save_state: bool = False
-    save_last_n_steps: int | None = option(None, ge=1)  # keep only the step saves of the last N steps
-    save_last_n_epochs: int | None = option(None, ge=1)  # keep only the last N epoch saves
-    sample_prompts: str | None = None  # a prompt file in sd-scripts syntax (--n --w --h --d --l --s)
-    sample_every_n_steps: int | None = option(None, ge=1)
-    sample_every_n_epochs: int | None = option(None, ge=1)
-    sample_sampler: str = "ddim"
-    logging_dir: str | None = None  # TensorBoard event files go to logging_dir/[log_prefix]TIMESTAMP
-    log_prefix: str | None = None
-    # single-file base models: a diffusers folder (or Hub repo id, cached) with the configs and
-    # tokenizer; None: the configs shipped for SD1.x/2.x
-    model_config: str | None = None
-    allow_pickle: bool = False  # read a .ckpt (pickle) base model, with torch.load(weights_only=True)
-    backend: Literal["builtin", "kohya"] = "builtin"
-    save_precision: Literal["fp16", "bf16", "float"] = "fp16"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    # CPU intra-op threads; None = auto: 1 when os.cpu_count() <= 2, else torch's default; 0 = torch's
-    # default. Measured on the tiny model, 2 cores, 64 px, batch 4 (docs/benchmarks.md): idle,
-    # 1 thread 0.060 s/step against 2 threads' 0.069; with 3 busy processes, 0.28 against 0.49, and
-    # the test suite saw 20-50x at load 5.6 (two threads spin-waiting for a core). Ignored on CUDA.
-    threads: int | None = option(None, ge=0, le=1024)
+                          "polynomial", "cosine_annealing_warm_restarts"] = option("constant", help=(
+        "diffusers' schedules by sd-scripts' names, plus torch's CosineAnnealingWarmRestarts "
+        "(stepped once per optimiser step) as the iA3 guide uses it."))
+    lr_warmup_steps: int = option(0, ge=0, help="Steps of linear warm-up.")
+    lr_scheduler_num_cycles: int = option(1, ge=1, help="cosine_with_restarts: hard restarts over the run.")
+    lr_scheduler_power: float = option(1.0, gt=0, help="polynomial: the power (1 = linear decay).")
+    T_0: int = option(160, ge=1, help="cosine_annealing_warm_restarts: steps of the first cycle.")
+    T_mult: int = option(1, ge=1, help="cosine_annealing_warm_restarts: each cycle is T_mult times longer.")
+    eta_min: float = option(0.0, ge=0, help=(
+        "cosine_annealing_warm_restarts: the rate at the bottom of a cycle."))
+    max_grad_norm: float = option(1.0, ge=0, help="Clip gradients to this norm (0 = no clipping).")
+    gradient_accumulation_steps: int = option(1, ge=1, le=1024, help="Batches per optimiser step.")
+    gradient_checkpointing: bool = option(False, help=(
+        "Recompute activations in backward: far less memory, ~30% slower."))
+    max_train_steps: int = option(1600, ge=1, help="Steps to train (sd-scripts' default).")
+    max_train_epochs: int | None = option(None, ge=1, example=10, help=(
+        "Epochs to train; wins over max_train_steps."))
+    seed: int = option(42, ge=0, le=2**32 - 1, help="Random seed.")
+    noise_offset: float = option(0.0, ge=0, le=1, help="Noise offset (darker darks, brighter brights).")
+    adaptive_noise_scale: float | None = option(None, ge=-1, le=1, example=0.0, help=(
+        "Add this times the latents' mean to the noise offset."))
+    multires_noise_iterations: int | None = option(None, ge=1, le=32, example=6, help=(
+        "Pyramid noise (sd-scripts' multires noise): its iterations."))
+    multires_noise_discount: float = option(0.3, ge=0, le=1, help="Pyramid noise: the discount per level.")
+    v_parameterization: bool | None = option(None, example=False, help=(
+        "Train a v-prediction model; unset: what the model's scheduler config says."))
+    min_snr_gamma: float | None = option(None, gt=0, example=5.0, help="Min-SNR loss weighting (5 is usual).")
+    zero_terminal_snr: bool = option(False, help=(
+        "Rescale the noise schedule to zero terminal SNR (v-prediction models)."))
+    scale_v_pred_loss_like_noise_pred: bool = option(False, help=(
+        "Weight the v-prediction loss like a noise-prediction loss (SNR / (SNR + 1))."))
+    v_pred_like_loss: float | None = option(None, ge=0, example=0.1, help=(
+        "Add a v-prediction-like loss term of this weight."))
+    debiased_estimation_loss: bool = option(False, help="Debiased estimation loss weighting.")
+    prior_loss_weight: float = option(1.0, ge=0, help="Loss weight of regularisation images.")
+    clip_skip: int | None = option(None, ge=1, le=24, example=2, help=(
+        "Use the text encoder's output this many layers from the end."))
+    max_token_length: Literal[75, 150, 225] = option(75, help=(
+        "CLIP tokens per caption, in chunks of 75 as sd-scripts reads them."))
+    cache_latents: bool = option(False, help=(
+        "Encode every image once before training, in memory (disables flip_aug's randomness)."))
+    cache_latents_to_disk: bool = option(False, help=(
+        "... and keep them in IMAGE.npz beside each image between runs."))
+    cache_text_encoder_outputs: bool = option(False, help=(
+        "Encode each caption once before training (text encoders frozen, no caption shuffle or dropout)."))
+    scale_weight_norms: float | None = option(None, gt=0, example=1.0, help=(
+        "Scale down LoRA weights whose norm exceeds this."))
+    output_name: str = option("last", help="File name stem of the saves (NAME.safetensors).")
+    save_every_n_steps: int | None = option(None, ge=1, example=500, help=(
+        "Also save NAME-stepNNNNNNNN.safetensors."))
+    save_every_n_epochs: int | None = option(None, ge=1, example=1, help=(
+        "Also save NAME-NNNNNN.safetensors per epoch."))
+    save_state: bool = option(False, help="Write a resumable NAME-...-state folder with each save.")
+    save_last_n_steps: int | None = option(None, ge=1, example=1000, help=(
+        "Keep only the step saves of the last N steps."))
+    save_last_n_epochs: int | None = option(None, ge=1, example=3, help="Keep only the last N epoch saves.")
+    sample_prompts: str | None = option(None, example="prompts.txt", help=(
+        "Prompt file in sd-scripts syntax (--n --w --h --d --l --s); images go to OUT/sample/."))
+    sample_every_n_steps: int | None = option(None, ge=1, example=200, help="Sample images every N steps.")
+    sample_every_n_epochs: int | None = option(None, ge=1, example=1, help="Sample images every N epochs.")
+    sample_sampler: str = option("ddim", help="The sampler of sample images (sd-scripts' names).")
+    logging_dir: str | None = option(None, example="logs", help=(
+        "Write TensorBoard logs (loss, lr, d*lr) to logging_dir/[log_prefix]TIMESTAMP."))
+    log_prefix: str | None = option(None, example="sks-", help="Prefix of the log folder's name.")
+    model_config: str | None = option(None, example="../models/sd15-diffusers", help=(
+        "Single-file base models: a diffusers folder (or Hub repo id, cached) with the configs and "
+        "tokenizer; unset: the configs shipped for SD 1.x/2.x."))
+    allow_pickle: bool = option(False, help=(
+        "Read a .ckpt/.pt base model (a pickle; loaded with weights_only, still only from sources "
+        "you trust)."))
+    backend: Literal["builtin", "kohya"] = option("builtin", help=(
+        "Who trains: curate's own loop (builtin) or sd-scripts' train_network.py (kohya)."))
+    save_precision: Literal["fp16", "bf16", "float"] = option("fp16", help="Precision of saved weights.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help=(
+        "Autocast the frozen model (fp16 needs a CUDA GPU)."))
+    # Measured on the tiny model, 2 cores, 64 px, batch 4 (docs/benchmarks.md): idle, 1 thread
+    # 0.060 s/step against 2 threads' 0.069; with 3 busy processes, 0.28 against 0.49, and the test
+    # suite saw 20-50x at load 5.6 (two threads spin-waiting for a core). Ignored on CUDA.
+    threads: int | None = option(None, ge=0, le=1024, example=0, help=(
+        "CPU threads; unset: 1 on a machine with 2 or fewer cores, else torch's default; "
+        "0: torch's default."))
     # folder mode (and overrides of dataset.toml when set)
-    resolution: int | None = option(None, ge=64, le=8192)
-    batch_size: int | None = option(None, ge=1, le=1024)
-    enable_bucket: bool | None = None
-    min_bucket_reso: int | None = option(None, ge=8, le=8192)
-    max_bucket_reso: int | None = option(None, ge=8, le=16384)
-    bucket_reso_steps: int | None = option(None, ge=8, le=1024)
-    caption_extension: str = ".txt"
-    shuffle_caption: bool | None = None
-    keep_tokens: int | None = option(None, ge=0)
-    caption_dropout_rate: float | None = option(None, ge=0, le=1)
-    caption_tag_dropout_rate: float | None = option(None, ge=0, le=1)
+    resolution: int | None = option(None, ge=64, le=8192, example=512, help=(
+        "Training resolution; unset: dataset.toml's (plain N_name folders: 512)."))
+    batch_size: int | None = option(None, ge=1, le=1024, example=2, help=(
+        "Batch size; unset: dataset.toml's, else 1."))
+    enable_bucket: bool | None = option(None, example=True, help=(
+        "Aspect-ratio bucketing; unset: dataset.toml's."))
+    min_bucket_reso: int | None = option(None, ge=8, le=8192, example=256, help=(
+        "Smallest bucket side; unset: dataset.toml's, else from the resolution."))
+    max_bucket_reso: int | None = option(None, ge=8, le=16384, example=1024, help=(
+        "Largest bucket side; unset: dataset.toml's, else from the resolution."))
+    bucket_reso_steps: int | None = option(None, ge=8, le=1024, example=64, help=(
+        "Bucket size step; unset: dataset.toml's, else 64."))
+    caption_extension: str = option(".txt", help="Caption extension of plain N_name folders.")
+    shuffle_caption: bool | None = option(None, example=True, help=(
+        "Shuffle the tags after keep_tokens; unset: dataset.toml's."))
+    keep_tokens: int | None = option(None, ge=0, example=1, help=(
+        "Leading tags never shuffled; unset: dataset.toml's."))
+    caption_dropout_rate: float | None = option(None, ge=0, le=1, example=0.05, help=(
+        "Share of steps trained with an empty caption."))
+    caption_tag_dropout_rate: float | None = option(None, ge=0, le=1, example=0.1, help=(
+        "Share of tags dropped from each caption."))
 
     def check(self) -> None:
         if self.version != VERSION:

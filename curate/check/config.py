@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from curate.check.rules import RULES, check_ids
-from curate.config import CONFIG_NAME, apply_overrides, build, load_toml
+from curate.config import CONFIG_NAME, apply_overrides, build, load_toml, option
 from curate.errors import CurateError
 
 SECTION = "check"
@@ -28,34 +28,37 @@ DEFAULT_MAX_TOKENS = 75
 
 @dataclass(frozen=True)
 class CheckConfig:
-    # Rule ids switched off (`curate check --list-rules` shows them all).
-    disable: tuple[str, ...] = ()
-    # Rule id -> "error", "warning" or "off", to change a rule's level.
-    severity: dict[str, str] = field(default_factory=dict)
-    # The trigger word every training caption starts with. Unset: the first word of each
-    # subset's class_tokens (dataset.toml) or of its folder name (`10_sks dog` -> sks).
-    trigger: str | None = None
-    # Caption extension where dataset.toml does not set one (plain N_name folders).
-    caption_ext: str = ".txt"
-    # Smallest short side in pixels; unset: the dataset's min_bucket_reso, else 256.
-    min_size: int | None = None
-    # Largest Hamming distance of two 64-bit phashes reported as near duplicates. `curate dedupe`
-    # accepts 2 unchecked and confirms looser pairs by feature matching; a check run on every
-    # commit does no feature matching, so it stays at 2: the largest threshold that linked no
-    # wrong pair in bench/dedupe_accuracy.py (a stereo pair, two different pictures, is 4 apart).
-    near_threshold: int = 2
-    check_duplicates: bool = True
-    # CLIP tokens a caption may have: 75, or 150 / 225 when training with --max_token_length.
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    # Exact token counts need transformers and this tokenizer offline (a folder, or a Hub id
-    # already in the local cache); otherwise a documented lower-bound estimate is used.
-    tokenizer: str = "openai/clip-vit-large-patch14"
-    # Tags no caption may have, on top of the blacklist of the tag rules.
-    blacklist: tuple[str, ...] = ()
-    # Tag rules files (as `curate tags filter --rules`), relative to the config file.
-    rules: tuple[str, ...] = ()
-    # Processes hashing images on a cold cache (0 = one per core).
-    workers: int = 0
+    """Options of `curate check` (also `[tool.curate.check]` of pyproject.toml): which rules run and
+    what they compare against."""
+
+    disable: tuple[str, ...] = option((), help=(
+        "Rule ids switched off (`curate check --list-rules` shows them all)."))
+    # option() returns a dataclasses.field with this default_factory: no shared dict
+    severity: dict[str, str] = option(factory=dict, help=(  # noqa: RUF009
+        "Rule id -> \"error\", \"warning\" or \"off\", to change a rule's level."))
+    trigger: str | None = option(None, example="sks", help=(
+        "The trigger word every training caption starts with; unset: the first word of each "
+        "subset's class_tokens (dataset.toml) or of its folder name (`10_sks dog` -> sks)."))
+    caption_ext: str = option(".txt", help=(
+        "Caption extension where dataset.toml does not set one (plain N_name folders)."))
+    min_size: int | None = option(None, example=DEFAULT_MIN_SIZE, help=(
+        "Smallest short side in pixels; unset: the dataset's min_bucket_reso, else 256."))
+    # `curate dedupe` accepts 2 unchecked and confirms looser pairs by feature matching; a check
+    # run on every commit does no feature matching, so it stays at 2: the largest threshold that
+    # linked no wrong pair in bench/dedupe_accuracy.py (a stereo pair is 4 apart)
+    near_threshold: int = option(2, help=(
+        "Largest Hamming distance of two 64-bit phashes reported as near duplicates."))
+    check_duplicates: bool = option(True, help="Run the duplicate rules (they hash every image, cached).")
+    max_tokens: int = option(DEFAULT_MAX_TOKENS, help=(
+        "CLIP tokens a caption may have: 75, or 150 / 225 when training with --max_token_length."))
+    tokenizer: str = option("openai/clip-vit-large-patch14", help=(
+        "Exact token counts need transformers and this tokenizer offline (a folder, or a Hub id "
+        "already in the local cache); otherwise a documented lower-bound estimate is used."))
+    blacklist: tuple[str, ...] = option((), help=(
+        "Tags no caption may have, on top of the blacklist of the tag rules."))
+    rules: tuple[str, ...] = option((), help=(
+        "Tag rules files (as `curate tags filter --rules`), relative to the config file."))
+    workers: int = option(0, help="Processes hashing images on a cold cache (0 = one per core).")
 
     def validate(self, where: str) -> None:
         check_ids(self.disable, f"{where} disable")

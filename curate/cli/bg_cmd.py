@@ -1,34 +1,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.background.config import BgConfig
 
 
 @click.command("bg")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Plain folder: write NAME.png cut-outs here (same relative paths, with captions).")
-@click.option("--method", type=click.Choice(["rembg", "grabcut"]), default=None,
-              help="rembg: a segmentation model (default); grabcut: OpenCV, no model needed.")
-@click.option("--model", default=None, metavar="NAME",
-              help="rembg model: u2net (default), isnet-anime, isnet-general-use, birefnet-general, ...")
-@click.option("--model-path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="A local u2net-style .onnx model, used where it lies.")
-@click.option("--no-download", "no_download", is_flag=True, default=None,
-              help="Never download a model: fail, saying which file to put where.")
-@click.option("--fill", default=None, metavar="transparent|white|black|#RRGGBB",
-              help="Background colour of the output (default transparent); the alpha keeps the mask.")
-@click.option("--alpha-matting", is_flag=True, default=None, help="Refine soft edges (rembg).")
-@click.option("--mask-only", is_flag=True, default=None, help="Write only the masks (greyscale PNG).")
+@config_flags(BgConfig, "method", Flag("model", metavar="NAME"),
+              Flag("model_path", type=click.Path(dir_okay=False)), "download",
+              Flag("fill", metavar="transparent|white|black|#RRGGBB"), "alpha_matting", "mask_only")
 @config_options
 @output_options
-def command(target: Path, out: Path | None, method: str | None, model: str | None, model_path: Path | None,
-            no_download: bool | None, fill: str | None, alpha_matting: bool | None, mask_only: bool | None,
-            config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
+def command(target: Path, out: Path | None, flags: dict[str, Any], config_file: Path | None,
+            overrides: tuple[str, ...], as_json: bool, quiet: bool,
             verbose: bool) -> None:
     """Remove the background of each image of TARGET, keeping the mask as its alpha channel.
 
@@ -45,13 +38,10 @@ def command(target: Path, out: Path | None, method: str | None, model: str | Non
       curate bg ./raw --out ./cut --method grabcut
       curate bg ./raw --out ./masks --mask-only --model-path ~/models/my_u2net.onnx
     """
-    from curate.stages.background import BgConfig, remove_backgrounds
+    from curate.stages.background import remove_backgrounds
 
     output = Out(as_json, quiet, verbose)
-    config = stage_config(BgConfig, "bg", config_file or target / CONFIG_NAME, overrides, {
-        "method": method, "model": model, "model_path": str(model_path) if model_path else None,
-        "download": False if no_download else None, "fill": fill, "alpha_matting": alpha_matting,
-        "mask_only": mask_only})
+    config = stage_config(BgConfig, "bg", config_file or target / CONFIG_NAME, overrides, flags)
     with output.progress("removing backgrounds") as progress:
         result = remove_backgrounds(target, config, out=out, on_progress=progress)
     _print(output, result)

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 
+from curate.check.config import CheckConfig
 from curate.check.output import RENDER, render, rule_table
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
+from curate.config import help_of
 from curate.errors import CurateError
 from curate.paths import display
+
+FIELDS = {f.name: f for f in dataclasses.fields(CheckConfig)}
 
 
 @click.command("check")
@@ -15,18 +22,14 @@ from curate.paths import display
 @click.option("--format", "fmt", type=click.Choice(list(RENDER)), default="human", show_default=True,
               help="human lines, a JSON result, or GitHub Actions annotations.")
 @click.option("--disable", multiple=True, metavar="RULE",
-              help="Switch a rule off (repeatable), on top of [check] disable.")
-@click.option("--caption-ext", default=None,
-              help="Caption extension where no dataset.toml sets one (default .txt).")
-@click.option("--trigger", default=None,
-              help="Trigger word every training caption starts with (default: from class_tokens).")
-@click.option("--no-duplicates", "check_duplicates", flag_value=False, default=None,
-              help="Skip the duplicate rules (and hashing).")
+              help=f"{help_of(FIELDS['disable'])} Repeatable; adds to the [check] list.")
+@config_flags(CheckConfig, "caption_ext", "trigger",
+              Flag("check_duplicates", ("--no-duplicates",), sets=False))
 @click.option("--list-rules", is_flag=True, help="Print every rule id, its severity and message; exit.")
 @config_options
 @output_options
-def command(paths: tuple[Path, ...], fmt: str, disable: tuple[str, ...], caption_ext: str | None,
-            trigger: str | None, check_duplicates: bool | None, list_rules: bool, config_file: Path | None,
+def command(paths: tuple[Path, ...], fmt: str, disable: tuple[str, ...], flags: dict[str, Any],
+            list_rules: bool, config_file: Path | None,
             overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
     """Lint Kohya datasets in PATHS (folders or files; default: the current folder).
 
@@ -58,8 +61,7 @@ def command(paths: tuple[Path, ...], fmt: str, disable: tuple[str, ...], caption
 
     folders, files = _split(paths)
     start = folders[0] if folders else files[0].parent if files else Path.cwd()
-    loaded = load_config(start, config_file, overrides, {
-        "caption_ext": caption_ext, "trigger": trigger, "check_duplicates": check_duplicates}, disable)
+    loaded = load_config(start, config_file, overrides, flags, disable)
     result = check(folders, loaded.config, files or None)
     if verbose and fmt == "human":
         for dataset in result.datasets:

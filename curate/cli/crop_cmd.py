@@ -1,41 +1,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from curate.cli._common import Out, comma_list, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.crop.config import CropConfig
 
 
 @click.command("crop")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Plain folder: write the crops here (same relative paths, with captions).")
-@click.option("--size", type=int, default=None, help="Output size: about SIZE x SIZE pixels (default 512).")
-@click.option("--aspect", default=None, metavar="W:H|keep|bucket",
-              help="Output aspect: 1:1 (default), 2:3..., keep (the image's), bucket (sd-scripts').")
-@click.option("--fit", type=click.Choice(["subject", "max"]), default=None,
-              help="subject: tight around the subject plus padding (default); max: largest window.")
-@click.option("--max-upscale", type=float, default=None,
-              help="Never enlarge more than this (default 1.0); smaller images are recorded.")
+@config_flags(CropConfig, "size", Flag("aspect", metavar="W:H|keep|bucket"), "fit", "max_upscale")
 @click.option("--crops", "crops_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Your subject boxes, file,x,y,w,h per line; always win (default TARGET/crops.csv).")
-@click.option("--sources", default=None, metavar="LIST",
-              help="Subject sources in order, comma-separated (default alpha,faces,saliency).")
-@click.option("--faces", default=None, metavar="DETECTOR",
-              help="frontal (default), none, or a cascade .xml / YuNet .onnx "
-                   "(e.g. lbpcascade_animeface.xml).")
-@click.option("--face-closeups", is_flag=True, default=None, help="Also write a head close-up per face.")
-@click.option("--format", "format_", type=click.Choice(["same", "png"]), default=None,
-              help="same: the image's format, JPEG at quality 95 (default); png.")
-@click.option("--workers", type=int, default=None, help="Cropping processes (0 = one per core).")
+@config_flags(CropConfig, Flag("sources", metavar="LIST"), Flag("faces", metavar="DETECTOR"), "face_closeups",
+              "format", "workers")
 @click.option("--dry-run", is_flag=True, help="Show each crop; write nothing.")
 @config_options
 @output_options
-def command(target: Path, out: Path | None, size: int | None, aspect: str | None, fit: str | None,
-            max_upscale: float | None, crops_file: Path | None, sources: str | None, faces: str | None,
-            face_closeups: bool | None, format_: str | None, workers: int | None, dry_run: bool,
+def command(target: Path, out: Path | None, flags: dict[str, Any], crops_file: Path | None, dry_run: bool,
             config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
             verbose: bool) -> None:
     """Crop each image of TARGET around its subject to a training size and aspect.
@@ -55,14 +43,10 @@ def command(target: Path, out: Path | None, size: int | None, aspect: str | None
       curate crop ws --crops my_boxes.csv            # file,x,y,w,h: your boxes win
       curate crop ./raw --out ./cropped --aspect bucket
     """
-    from curate.stages.crop.config import CropConfig
     from curate.stages.crop.run import crop_images
 
     output = Out(as_json, quiet, verbose)
-    listed = comma_list(sources)
-    config = stage_config(CropConfig, "crop", config_file or target / CONFIG_NAME, overrides, {
-        "size": size, "aspect": aspect, "fit": fit, "max_upscale": max_upscale, "sources": listed,
-        "faces": faces, "face_closeups": face_closeups, "format": format_, "workers": workers})
+    config = stage_config(CropConfig, "crop", config_file or target / CONFIG_NAME, overrides, flags)
     with output.progress("cropping") as progress:
         result = crop_images(target, config, out=out, crops_file=crops_file, dry_run=dry_run,
                              on_progress=progress)

@@ -1,32 +1,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.dedupe.config import DedupeConfig
 
 
 @click.command("dedupe")
 @click.argument("target", required=False, type=click.Path(path_type=Path))
-@click.option("--hash", "hash_", type=click.Choice(["phash", "dhash", "whash", "ahash", "colorhash"]),
-              default=None, help="Perceptual hash (default phash).")
-@click.option("--hash-size", type=int, default=None, help="Hash size (default 8: 64-bit hashes).")
-@click.option("--threshold", type=int, default=None,
-              help="Largest Hamming distance that is a near duplicate (default 10 of 64 bits).")
-@click.option("--similarity", type=float, default=None,
-              help="The same as a percentage: 90 = at most 10% of the bits differ.")
-@click.option("--keep", type=click.Choice(["largest", "first", "newest"]), default=None,
-              help="Which image of a group stays (default largest: most pixels, then bytes, PNG over JPEG).")
+@config_flags(DedupeConfig, "hash", "hash_size", "threshold", "similarity", "keep")
 @click.option("--keep-list", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Images that always stay, one per line (default TARGET/keep.txt if present).")
-@click.option("--flip-invariant", is_flag=True, default=None, help="Also match mirrored copies.")
-@click.option("--decode", type=click.Choice(["draft", "full"]), default=None,
-              help="draft: fast reduced JPEG decoding (default); full: as imagehash alone.")
-@click.option("--verify/--no-verify", default=None,
-              help="Confirm looser matches by feature matching, to catch crops (default on).")
-@click.option("--workers", type=int, default=None, help="Hashing processes (0 = one per core).")
+@config_flags(DedupeConfig, "flip_invariant", "decode", "verify", "workers")
 @click.option("--move-to", type=click.Path(file_okay=False, path_type=Path),
               help="Plain folder: move duplicates (and their sidecars) here; never deletes.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
@@ -36,10 +26,8 @@ from curate.config import CONFIG_NAME, stage_config
 @click.option("--dry-run", is_flag=True, help="Show what would be moved or marked; change nothing.")
 @config_options
 @output_options
-def command(target: Path | None, hash_: str | None, hash_size: int | None, threshold: int | None,
-            similarity: float | None, keep: str | None, keep_list: Path | None,
-            flip_invariant: bool | None, decode: str | None, verify: bool | None, workers: int | None,
-            move_to: Path | None, report: Path | None, undo: Path | None, dry_run: bool,
+def command(target: Path | None, flags: dict[str, Any], keep_list: Path | None, move_to: Path | None,
+            report: Path | None, undo: Path | None, dry_run: bool,
             config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
             verbose: bool) -> None:
     """Find exact and near-duplicate images in TARGET: a plain folder or a workspace.
@@ -63,13 +51,9 @@ def command(target: Path | None, hash_: str | None, hash_size: int | None, thres
         return
     if target is None:
         raise click.UsageError("name a folder or workspace to deduplicate (or --undo RECORD)")
-    from curate.stages.dedupe.config import DedupeConfig
     from curate.stages.dedupe.run import dedupe
 
-    config = stage_config(DedupeConfig, "dedupe", config_file or target / CONFIG_NAME, overrides, {
-        "hash": hash_, "hash_size": hash_size, "threshold": threshold, "similarity": similarity,
-        "keep": keep, "flip_invariant": flip_invariant, "decode": decode, "verify": verify,
-        "workers": workers})
+    config = stage_config(DedupeConfig, "dedupe", config_file or target / CONFIG_NAME, overrides, flags)
     with out.progress("hashing") as progress:
         result = dedupe(target, config, keep_list=keep_list, move_to=move_to, report=report,
                         dry_run=dry_run, on_progress=progress)

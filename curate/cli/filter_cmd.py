@@ -1,35 +1,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.quality.config import CHECKS, QualityConfig
 
-CHECK_NAMES = ("blur", "small", "aspect", "dark", "bright", "monochrome", "blocky", "text", "border_face")
+
+def _skipped(names: tuple[str, ...]) -> tuple[str, ...]:
+    """--skip none runs every check."""
+    return tuple(name for name in names if name != "none")
 
 
 @click.command("filter")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Plain folder: copy the images that pass (with captions) here, same relative paths.")
-@click.option("--min-side", type=int, default=None, help="Too small below this short side (default 256 px).")
-@click.option("--max-aspect", type=float, default=None, help="Extreme above this aspect ratio (default 4).")
-@click.option("--min-sharpness", type=float, default=None,
-              help="Blurry below this variance of the Laplacian at 512 px (default 37).")
-@click.option("--faces", default=None, metavar="DETECTOR",
-              help="Face detector for faces at the border: frontal (default), none, or a cascade "
-                   ".xml / YuNet .onnx file (e.g. lbpcascade_animeface.xml).")
-@click.option("--skip", multiple=True, type=click.Choice([*CHECK_NAMES, "none"]),
-              help="A check not to run (repeatable; default: text). --skip none runs them all.")
-@click.option("--workers", type=int, default=None, help="Measuring processes (0 = one per core).")
+@config_flags(QualityConfig, "min_side", "max_aspect", "min_sharpness", Flag("faces", metavar="DETECTOR"),
+              Flag("skip", multiple=True, choices=(*CHECKS, "none"), convert=_skipped,
+                   note="--skip none runs them all."), "workers")
 @click.option("--dry-run", is_flag=True, help="List what would be rejected or copied; change nothing.")
 @config_options
 @output_options
-def command(target: Path, out: Path | None, min_side: int | None, max_aspect: float | None,
-            min_sharpness: float | None, faces: str | None, skip: tuple[str, ...], workers: int | None,
-            dry_run: bool, config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
+def command(target: Path, out: Path | None, flags: dict[str, Any], dry_run: bool, config_file: Path | None,
+            overrides: tuple[str, ...], as_json: bool,
             quiet: bool, verbose: bool) -> None:
     """Reject images unfit for training, with a reason for each: blurry, too small, extreme
     aspect ratio, too dark or washed out, greyscale, heavy JPEG blocks, text-covered (opt-in),
@@ -39,23 +37,19 @@ def command(target: Path, out: Path | None, min_side: int | None, max_aspect: fl
     TARGET is a workspace (rejected images are marked and left out of later stages; each run
     replaces the previous run's marks; scores are stored, so changing a threshold re-judges
     without reading images) or a plain folder (a report; --out copies the images that pass).
-    Every threshold is in the [quality] table of curate.toml and reachable with --set.
+    Every threshold is in the [filter] table of curate.toml and reachable with --set.
 
     \b
     Examples:
       curate filter ws --dry-run                 # what would go, and why
       curate filter ws --skip monochrome         # keep greyscale images
-      curate filter ws --set quality.dark_below=40 --skip none
+      curate filter ws --set filter.dark_below=40 --skip none
       curate filter ./raw --out ./clean          # copy the good ones (with captions)
     """
-    from curate.stages.quality.config import QualityConfig
     from curate.stages.quality.run import quality_filter
 
     output = Out(as_json, quiet, verbose)
-    skipped = None if not skip else tuple(s for s in skip if s != "none")
-    config = stage_config(QualityConfig, "quality", config_file or target / CONFIG_NAME, overrides, {
-        "min_side": min_side, "max_aspect": max_aspect, "min_sharpness": min_sharpness, "faces": faces,
-        "skip": skipped, "workers": workers})
+    config = stage_config(QualityConfig, "filter", config_file or target / CONFIG_NAME, overrides, flags)
     with output.progress("measuring") as progress:
         result = quality_filter(target, config, out=out, dry_run=dry_run, on_progress=progress)
     _print(output, result)

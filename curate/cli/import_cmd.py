@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import config_flags
 from curate.config import stage_config
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.workspace import CONFIG_NAME
@@ -15,22 +17,13 @@ from curate.workspace import CONFIG_NAME
                 type=click.Path(path_type=Path, exists=False))
 @click.option("--into", "workspace", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Workspace folder to import into (created if missing).")
-@click.option("--animated", type=click.Choice(["first", "skip"]), default=None,
-              help="Animated GIF/WebP: keep the first frame (default) or skip the file.")
-@click.option("--max-pixels", type=int, default=None,
-              help="Refuse images with more pixels than this (default 178956970, Pillow's limit).")
-@click.option("--max-file-mb", type=int, default=None, help="Refuse files larger than this (MiB).")
-@click.option("--max-sidecar-kb", type=int, default=None,
-              help="Do not read tag/caption sidecars larger than this (KiB, default 1024).")
-@click.option("--workers", type=int, default=None, help="Reader threads (0 = one per core).")
-@click.option("--strict", is_flag=True, default=None, help="Exit 1 if any file was skipped.")
+@config_flags(ImportConfig, "animated", "max_pixels", "max_file_mb", "max_sidecar_kb", "workers",
+              "strict")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @config_options
 @output_options
-def command(sources: tuple[Path, ...], workspace: Path, animated: str | None,
-            max_pixels: int | None, max_file_mb: int | None, max_sidecar_kb: int | None,
-            workers: int | None,
-            strict: bool | None, dry_run: bool, config_file: Path | None,
+def command(sources: tuple[Path, ...], workspace: Path, flags: dict[str, Any], dry_run: bool,
+            config_file: Path | None,
             overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
     """Import images from SOURCES (folders, .zip archives or single images) into a workspace.
 
@@ -47,12 +40,7 @@ def command(sources: tuple[Path, ...], workspace: Path, animated: str | None,
       curate import raw --into ws --dry-run --json
     """
     out = Out(as_json, quiet, verbose)
-    config = stage_config(
-        ImportConfig, "import", config_file or workspace / CONFIG_NAME, overrides,
-        {"animated": animated, "max_pixels": max_pixels, "max_file_mb": max_file_mb,
-         "max_sidecar_kb": max_sidecar_kb,
-         "workers": workers, "strict": strict},
-    )
+    config = stage_config(ImportConfig, "import", config_file or workspace / CONFIG_NAME, overrides, flags)
     with out.progress("importing") as progress:
         result = import_sources(workspace, sources, config, dry_run=dry_run, on_progress=progress)
     report(out, result)

@@ -1,50 +1,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from curate.cli._common import Out, comma_list, config_options, output_options
+from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.tag.config import TagConfig
 
 
 @click.command("tag")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--model", default=None,
-              help="Tagger folder (model.onnx + selected_tags.csv) or Hub repo id "
-                   "(default SmilingWolf/wd-swinv2-tagger-v3).")
-@click.option("--threshold", type=float, default=None, help="General tags above this (default 0.35).")
-@click.option("--character-threshold", type=float, default=None,
-              help="Character tags above this (default 0.85).")
-@click.option("--mcut/--no-mcut", default=None, help="Pick thresholds per image by MCut.")
-@click.option("--rating", type=click.Choice(["drop", "keep", "first"]), default=None,
-              help="Rating tags: drop (default, as sd-scripts), keep last, or first.")
-@click.option("--character-first", is_flag=True, default=None, help="Character tags before general ones.")
-@click.option("--max-tags", type=int, default=None, help="At most N general tags per image.")
-@click.option("--undesired", default=None, metavar="TAG,...", help="Tags never written.")
-@click.option("--replace", "replace_", multiple=True, metavar="OLD=NEW", help="Replace a tag (repeatable).")
-@click.option("--append", "existing", flag_value="append", default=None,
-              help="Add new tags to existing captions.")
-@click.option("--overwrite", "existing", flag_value="overwrite", help="Replace existing captions.")
-@click.option("--existing", "existing_choice", default=None,
-              type=click.Choice(["skip", "append", "overwrite"]),
-              help="Images that have a caption: skip (default), append new tags, or overwrite "
-                   "(--append / --overwrite for short; skip undoes a curate.toml setting).")
-@click.option("--caption-ext", default=None, help="Caption file extension in plain folders (default .txt).")
-@click.option("--escape/--no-escape", default=None, help="Escape parentheses (for prompts, not training).")
-@click.option("--batch-size", type=int, default=None, help="Images per model run (default 8).")
-@click.option("--providers", default=None, metavar="NAME,...",
-              help="onnxruntime providers, e.g. CUDAExecutionProvider,CPUExecutionProvider.")
+@config_flags(TagConfig, "model", "threshold", "character_threshold", "mcut", "rating", "character_first",
+              "max_tags", Flag("undesired", metavar="TAG,..."),
+              Flag("replace", multiple=True, metavar="OLD=NEW"),
+              Flag("existing", ("--append",), sets="append"), Flag("existing", ("--overwrite",),
+              sets="overwrite"),
+              Flag("existing", note="--append / --overwrite for short; skip undoes a curate.toml setting."),
+              "caption_ext", "escape", "batch_size", Flag("providers", metavar="NAME,..."))
 @click.option("--rethreshold", is_flag=True,
               help="Workspace: re-apply thresholds to stored probabilities, without the model.")
 @click.option("--dry-run", is_flag=True, help="Show the captions; write nothing.")
 @config_options
 @output_options
-def command(target: Path, model: str | None, threshold: float | None, character_threshold: float | None,
-            mcut: bool | None, rating: str | None, character_first: bool | None, max_tags: int | None,
-            undesired: str | None, replace_: tuple[str, ...], existing: str | None,
-            existing_choice: str | None, caption_ext: str | None,
-            escape: bool | None, batch_size: int | None, providers: str | None, rethreshold: bool,
+def command(target: Path, flags: dict[str, Any], rethreshold: bool,
             dry_run: bool, config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
             quiet: bool, verbose: bool) -> None:
     """Tag images with a WD14 (SmilingWolf) ONNX tagger and write captions.
@@ -62,19 +43,10 @@ def command(target: Path, model: str | None, threshold: float | None, character_
       curate tag ws --rethreshold --threshold 0.5 --mcut      # no model run
       curate tag ws --undesired "watermark,signature" --replace brown_hair=blonde_hair
     """
-    from curate.errors import CurateError
-    from curate.stages.tag import TagConfig, tag
+    from curate.stages.tag import tag
 
-    if existing and existing_choice and existing != existing_choice:
-        raise CurateError(f"--{existing} and --existing {existing_choice} disagree: give one of them")
-    existing = existing_choice or existing
     out = Out(as_json, quiet, verbose)
-    config = stage_config(TagConfig, "tag", config_file or target / CONFIG_NAME, overrides, {
-        "model": model, "threshold": threshold, "character_threshold": character_threshold,
-        "mcut": mcut, "rating": rating, "character_first": character_first, "max_tags": max_tags,
-        "undesired": comma_list(undesired), "replace": replace_ or None, "existing": existing,
-        "caption_ext": caption_ext, "escape": escape, "batch_size": batch_size,
-        "providers": comma_list(providers)})
+    config = stage_config(TagConfig, "tag", config_file or target / CONFIG_NAME, overrides, flags)
     with out.progress("tagging") as progress:
         result = tag(target, config, rethreshold=rethreshold, dry_run=dry_run, on_progress=progress)
     _print(out, result)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from curate.cli._common import LIST_LIMIT, Out, comma_list, config_options, output_options
+from curate.cli._common import LIST_LIMIT, Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.stages.captions.filter import FilterStageConfig
 
 
 @click.group("tags")
@@ -21,31 +24,15 @@ def command() -> None:
 
 @command.command("filter")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--min-share", type=float, default=None,
-              help="Exclusive groups: a tag in fewer than this share of the images with the group's "
-                   "majority tag is removed (default 0.15).")
-@click.option("--prune-intrinsic", is_flag=True, default=None,
-              help="Drop hair/eye colour and other fixed-look tags the trigger word should carry.")
-@click.option("--trigger", default=None, help="Trigger word: never removed.")
-@click.option("--blacklist", default=None, metavar="TAG,...", help="Tags always removed.")
-@click.option("--min-confidence", multiple=True, metavar="CATEGORY=P",
-              help="Remove tagger tags below P, e.g. general=0.4 or '*=0.3' (repeatable).")
-@click.option("--no-implications", "implications", flag_value=False, default=None,
-              help="Keep 'shirt' beside 'white shirt' (and do not merge tags).")
-@click.option("--no-exclusive", "exclusive", flag_value=False, default=None,
-              help="Skip the exclusive-group rule.")
-@click.option("--multi-character", "single_character", flag_value=False, default=None,
-              help="The dataset shows several characters: do not treat hair/eye colours as exclusive.")
-@click.option("--rules", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="Extra rules file (TOML, as tagging/rules/default.toml); repeatable.")
-@click.option("--caption-ext", default=None, help="Caption files in plain folders (default .txt).")
+@config_flags(FilterStageConfig, "min_share", "prune_intrinsic", "trigger", Flag("blacklist",
+              metavar="TAG,..."),
+              Flag("min_confidence", multiple=True, metavar="CATEGORY=P"), "implications", "exclusive",
+              Flag("single_character", ("--multi-character",), sets=False),
+              Flag("rules", multiple=True, type=click.Path(dir_okay=False, exists=True)), "caption_ext")
 @click.option("--dry-run", is_flag=True, help="Show the diff of removed tags; change nothing.")
 @config_options
 @output_options
-def filter_command(target: Path, min_share: float | None, prune_intrinsic: bool | None, trigger: str | None,
-                   blacklist: str | None, min_confidence: tuple[str, ...], implications: bool | None,
-                   exclusive: bool | None, single_character: bool | None, rules: tuple[str, ...],
-                   caption_ext: str | None, dry_run: bool, config_file: Path | None,
+def filter_command(target: Path, flags: dict[str, Any], dry_run: bool, config_file: Path | None,
                    overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
     """Remove tags that contradict the dataset: a lone 'brown hair' in a blonde character's set,
     'shirt' beside 'white shirt', low-confidence guesses, blacklisted tags.
@@ -53,6 +40,7 @@ def filter_command(target: Path, min_share: float | None, prune_intrinsic: bool 
     \b
     Works on a workspace's captions (each removal recorded with its rule) or on the caption
     files of a plain folder. Rules are data: tagging/rules/default.toml, plus --rules FILE.
+    Options: the [tags-filter] table of curate.toml.
 
     \b
     Examples:
@@ -60,14 +48,11 @@ def filter_command(target: Path, min_share: float | None, prune_intrinsic: bool 
       curate tags filter ws --trigger sks --prune-intrinsic --min-confidence general=0.4
       curate tags filter ./dataset/10_sks --blacklist "watermark,signature"
     """
-    from curate.stages.captions.filter import FilterStageConfig, run_filter
+    from curate.stages.captions.filter import run_filter
 
     out = Out(as_json, quiet, verbose)
-    config = stage_config(FilterStageConfig, "filter", config_file or target / CONFIG_NAME, overrides, {
-        "min_share": min_share, "prune_intrinsic": prune_intrinsic, "trigger": trigger,
-        "blacklist": comma_list(blacklist), "min_confidence": min_confidence or None,
-        "implications": implications, "exclusive": exclusive, "single_character": single_character,
-        "rules": rules or None, "caption_ext": caption_ext})
+    config = stage_config(FilterStageConfig, "tags-filter", config_file or target / CONFIG_NAME, overrides,
+                          flags)
     run = run_filter(target, config, dry_run=dry_run)
     if as_json:
         out.json(run.as_dict())

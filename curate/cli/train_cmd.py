@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
+from trainer.config import TrainConfig
 
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT, as handle_errors uses
 
@@ -39,45 +41,17 @@ def status(loss: float, info: dict[str, float]) -> str:
               ".safetensors checkpoint (configs shipped; --set model_config=DIR for others).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.safetensors, intermediate saves and state folders.")
-@click.option("--network", type=click.Choice(["lora", "ia3"]), default=None, help="Adapter (default lora).")
-@click.option("--max-train-steps", type=int, default=None, help="Steps to train (default 1600).")
-@click.option("--max-train-epochs", type=int, default=None, help="Epochs to train (wins over steps).")
-@click.option("--output-name", default=None, help="File name stem (default last).")
-@click.option("--save-every-n-steps", type=int, default=None, help="Also save NAME-stepNNNNNNNN.safetensors.")
-@click.option("--save-precision", type=click.Choice(["fp16", "bf16", "float"]), default=None,
-              help="Precision of saved weights (default fp16).")
-@click.option("--save-state/--no-save-state", default=None,
-              help="Write a resumable NAME-...-state folder with each save.")
+@config_flags(TrainConfig, "network", "max_train_steps", "max_train_epochs", "output_name",
+              "save_every_n_steps",
+              "save_precision", "save_state")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="State folder to continue from.")
-@click.option("--seed", type=int, default=None, help="Random seed (default 42).")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads (default: 1 on a machine with 2 or fewer cores; 0 = torch's default).")
-@click.option("--v-parameterization/--no-v-parameterization", default=None,
-              help="Train a v-prediction model (default: what the model's scheduler config says).")
-@click.option("--zero-terminal-snr/--no-zero-terminal-snr", default=None,
-              help="Rescale the noise schedule to zero terminal SNR (v-prediction models).")
-@click.option("--scale-v-pred-loss/--no-scale-v-pred-loss", "scale_v_pred_loss_like_noise_pred", default=None,
-              help="Weight the v-prediction loss like a noise-prediction loss (sd-scripts' "
-              "--scale_v_pred_loss_like_noise_pred).")
-@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None,
-              help="Autocast the frozen model (fp16 needs a CUDA GPU; default no).")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-              help="Recompute activations in backward: far less memory, ~30% slower.")
-@click.option("--cache-latents/--no-cache-latents", default=None,
-              help="Encode every image once before training (in RAM; to disk beside the images: "
-              "--set cache_latents_to_disk=true).")
-@click.option("--sample-prompts", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Prompt file in sd-scripts syntax (--n --w --h --d --l --s); images go to OUT/sample/.")
-@click.option("--sample-every-n-steps", type=int, default=None, help="Sample images every N steps.")
-@click.option("--logging-dir", type=click.Path(file_okay=False), default=None,
-              help="Write TensorBoard logs (loss, lr, d*lr) under this folder.")
-@click.option("--allow-pickle/--no-allow-pickle", default=None,
-              help="Read a .ckpt/.pt base model (a pickle; loaded with weights_only, still only from "
-              "sources you trust).")
-@click.option("--backend", type=click.Choice(["builtin", "kohya"]), default=None,
-              help="Who trains: curate's own loop (builtin, default) or sd-scripts' train_network.py "
-              "(kohya).")
+@config_flags(TrainConfig, "seed", "threads", "v_parameterization", "zero_terminal_snr",
+              Flag("scale_v_pred_loss_like_noise_pred",
+                   ("--scale-v-pred-loss/--no-scale-v-pred-loss",)),
+              "mixed_precision", "gradient_checkpointing", "cache_latents",
+              Flag("sample_prompts", type=click.Path(exists=True, dir_okay=False)), "sample_every_n_steps",
+              Flag("logging_dir", type=click.Path(file_okay=False)), "allow_pickle", "backend")
 @click.option("--print-command", is_flag=True,
               help="kohya: write the dataset TOML into --out, print the sd-scripts command, and exit.")
 @click.option("--sd-scripts", "sd_scripts", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -90,7 +64,7 @@ def status(loss: float, info: dict[str, float]) -> str:
 @output_options
 def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_command: bool,
             sd_scripts: Path | None, preset: str | None, config_file: Path | None, overrides: tuple[str, ...],
-            as_json: bool, quiet: bool, verbose: bool, **flags: Any) -> None:
+            as_json: bool, quiet: bool, verbose: bool, flags: dict[str, Any]) -> None:
     """Train a LoRA or iA3 on a Kohya dataset (a `curate layout` folder, its dataset.toml, or N_name folders).
 
     \b

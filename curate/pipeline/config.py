@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.config import option
 from curate.errors import CurateError
 
 # The pipeline's order; `[run] stages` picks from these and may not reorder them.
@@ -21,13 +22,24 @@ DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions"
 
 @dataclass(frozen=True)
 class RunConfig:
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    sources: tuple[str, ...] = ()  # import: scrape folders / zips, relative to the workspace
-    trigger: str | None = None  # captions: the trigger word put first in every caption
-    class_token: str | None = None  # captions: the class word after it ("woman", "style")
-    dataset: str = "dataset"  # layout, check, train: the Kohya dataset folder (relative to the workspace)
-    model: str | None = None  # train: base model (diffusers folder or single-file checkpoint)
-    train_out: str = "lora"  # train: output folder (relative to the workspace)
+    """What `curate run` does: its stages, in pipeline order, and the inputs no one stage owns.
+    Each stage reads its own options from its own table, as its single command does."""
+
+    stages: tuple[str, ...] = option(DEFAULT_STAGES, help=(
+        "The stages `curate run` takes, in this order whatever the list's: import, dedupe, filter, "
+        "bg, crop, tag, tags-filter, captions, layout, check, train."))
+    sources: tuple[str, ...] = option((), help=(
+        "import: scrape folders or .zip files (relative to the workspace); empty: the sources the "
+        "workspace recorded."))
+    trigger: str | None = option(None, example="sks", help=(
+        "captions: the trigger word put first in every caption."))
+    class_token: str | None = option(None, example="woman", help=(
+        "captions: the class word after the trigger (\"woman\", \"style\")."))
+    dataset: str = option("dataset", help=(
+        "layout, check, train: the Kohya dataset folder (relative to the workspace)."))
+    model: str | None = option(None, example="../models/sd15", help=(
+        "train: the base model (a diffusers folder or a single-file checkpoint)."))
+    train_out: str = option("lora", help="train: the output folder (relative to the workspace).")
 
     def check(self) -> None:
         unknown = [s for s in self.stages if s not in ORDER]

@@ -13,27 +13,31 @@ METHODS = ("rembg", "grabcut")
 
 @dataclass(frozen=True)
 class BgConfig:
-    # "rembg": a segmentation model (needs the bg extra); "grabcut": OpenCV, no model at all
-    method: Literal["rembg", "grabcut"] = "rembg"
-    # a rembg session name (u2net, isnet-anime, birefnet-general, ...); ignored with model_path
-    model: str = "u2net"
-    # a local ONNX file with u2net's I/O, used where it lies (no need to move it)
-    model_path: str = ""
-    # fetch a missing named model from rembg's GitHub releases; false: fail with where to put it
-    download: bool = True
-    # what replaces the background in the colour channels: transparent, white, black or #RRGGBB
-    fill: str = "transparent"
-    # refine soft edges (hair) with rembg's alpha matting
-    alpha_matting: bool = False
-    # write only the masks (folders with --out)
-    mask_only: bool = False
-    # GrabCut's rectangle: "subject" = the box `curate crop` would find (faces, then saliency),
-    # grown by `margin` of its size; "centre" = the centre box leaving `margin` on each side.
-    seed: Literal["subject", "centre"] = "subject"
-    margin: float = option(0.1, ge=0, lt=0.5)
-    iterations: int = option(5, ge=1, le=100)
-    # GrabCut works on a copy at most this many pixels on the long side (the mask is scaled back)
-    max_side: int = option(1024, ge=16, le=16_384)
+    """Options of `curate bg`: how the subject is cut out and what replaces the background."""
+
+    method: Literal["rembg", "grabcut"] = option("rembg", help=(
+        "rembg: a segmentation model (needs the bg extra); grabcut: OpenCV, no model at all."))
+    model: str = option("u2net", help=(
+        "The rembg model: u2net, isnet-anime, isnet-general-use, birefnet-general, ...; ignored "
+        "with model_path."))
+    model_path: str = option("", help=(
+        "A local ONNX file with u2net's inputs and outputs, used where it lies."))
+    download: bool = option(True, help=(
+        "Fetch a missing named model from rembg's GitHub releases; false: fail, saying which file "
+        "to put where."))
+    fill: str = option("transparent", help=(
+        "What replaces the background in the colour channels: transparent, white, black or "
+        "#RRGGBB; the alpha channel keeps the mask."))
+    alpha_matting: bool = option(False, help="Refine soft edges (hair) with rembg's alpha matting.")
+    mask_only: bool = option(False, help="Write only the masks (greyscale PNG; plain folders with --out).")
+    seed: Literal["subject", "centre"] = option("subject", help=(
+        "GrabCut's rectangle: \"subject\" = the box `curate crop` would find (faces, then "
+        "saliency), grown by margin of its size; \"centre\" = the centre box leaving margin on "
+        "each side."))
+    margin: float = option(0.1, ge=0, lt=0.5, help="GrabCut: the margin of its rectangle (see seed).")
+    iterations: int = option(5, ge=1, le=100, help="GrabCut iterations.")
+    max_side: int = option(1024, ge=16, le=16_384, help=(
+        "GrabCut works on a copy at most this many pixels on the long side (the mask is scaled back)."))
 
     def check(self) -> None:
         check_ranges(self, "bg")

@@ -16,25 +16,27 @@ STAGE = "filter"
 
 @dataclass(frozen=True)
 class FilterStageConfig:
-    """The `[filter]` table: `tagging.filter.FilterConfig` plus where rules come from."""
+    """Options of `curate tags filter`: `tagging.filter.FilterConfig` plus where rules come from."""
 
-    # A tag of an exclusive group (hair colour, eye colour...) seen in fewer than this share
-    # of the images that carry the group's majority tag is taken for a tagger mistake.
-    min_share: float = option(0.15, ge=0, le=1)
-    # Drop tags a trigger word should carry (hair and eye colour...) in single-person images.
-    prune_intrinsic: bool = False
-    # Never removed; with prune_intrinsic it is what carries the character's look.
-    trigger: str | None = None
-    blacklist: tuple[str, ...] = ()
-    # "category=0.5" or "*=0.3": tagger tags below the confidence are removed.
-    min_confidence: tuple[str, ...] = ()
-    implications: bool = True
-    exclusive: bool = True
-    # Multi-character datasets legitimately mix hair colours: set false to skip exclusive groups.
-    single_character: bool = True
-    # Extra rule files (TOML, same form as tagging/rules/default.toml), applied in order.
-    rules: tuple[str, ...] = ()
-    caption_ext: str = ".txt"
+    min_share: float = option(0.15, ge=0, le=1, help=(
+        "A tag of an exclusive group (hair colour, eye colour...) seen in fewer than this share of "
+        "the images that carry the group's majority tag is taken for a tagger mistake and removed."))
+    prune_intrinsic: bool = option(False, help=(
+        "Drop tags the trigger word should carry (hair and eye colour...) in single-person images."))
+    trigger: str | None = option(None, example="sks", help=(
+        "Never removed; with prune_intrinsic it is what carries the character's look."))
+    blacklist: tuple[str, ...] = option((), help="Tags always removed.")
+    min_confidence: tuple[str, ...] = option((), help=(
+        "\"category=P\" or \"*=P\" (e.g. general=0.4): tagger tags below the confidence are removed."))
+    implications: bool = option(True, help=(
+        "Remove a tag another one implies ('shirt' beside 'white shirt') and merge aliases."))
+    exclusive: bool = option(True, help="Apply the exclusive-group rule (see min_share).")
+    single_character: bool = option(True, help=(
+        "The dataset shows one character: hair and eye colours are exclusive groups. Multi-character "
+        "datasets legitimately mix them: set false."))
+    rules: tuple[str, ...] = option((), help=(
+        "Extra rule files (TOML, same form as tagging/rules/default.toml), applied in order."))
+    caption_ext: str = option(".txt", help="Plain folders: the caption files beside the images.")
 
     def filter_config(self) -> FilterConfig:
         pairs = []
@@ -43,7 +45,7 @@ class FilterStageConfig:
             try:
                 pairs.append((category.strip(), float(value)))
             except ValueError:  # also when "=" is missing: float("") fails
-                raise CurateError(f"filter.min_confidence {item!r}: expected category=number, "
+                raise CurateError(f"tags-filter.min_confidence {item!r}: expected category=number, "
                                   "e.g. general=0.4") from None
         try:
             return FilterConfig(min_share=self.min_share, prune_intrinsic=self.prune_intrinsic,
@@ -51,7 +53,7 @@ class FilterStageConfig:
                                 min_confidence=tuple(pairs), implications=self.implications,
                                 exclusive=self.exclusive, single_character=self.single_character)
         except ValueError as exc:
-            raise CurateError(f"[filter]: {exc}") from exc
+            raise CurateError(f"[tags-filter]: {exc}") from exc
 
 
 def run_filter(target: Path, config: FilterStageConfig, *, dry_run: bool = False) -> CaptionRun:

@@ -14,31 +14,32 @@ from curate.stages.quality.faces import check_detector
 
 @dataclass(frozen=True)
 class CropConfig:
-    # output size: about size x size pixels at the aspect ("W:H", "keep" = the image's own,
-    # "bucket" = sd-scripts' bucket at this resolution nearest to the subject's shape)
-    size: int = option(512, ge=8, le=16_384)
-    aspect: str = "1:1"
-    # "subject": the smallest window holding the subject plus padding (grown to avoid
-    # upscaling); "max": the largest window of the aspect, placed on the subject
-    fit: Literal["subject", "max"] = "subject"
-    padding: float = option(0.1, ge=0, le=2)  # share of the subject box added on each side
-    # never enlarge more than this; an image too small for the target is written smaller
-    # (same aspect) and recorded as "small"
-    max_upscale: float = option(1.0, gt=0, le=64)
-    # where the subject box comes from, in order, after the user's crops.csv (which always wins)
-    sources: tuple[str, ...] = SOURCES
-    # face detector: "frontal", "none", an LBP cascade .xml (e.g. lbpcascade_animeface.xml)
-    # or a YuNet .onnx; and the neighbouring hits a face needs (as `curate filter`)
-    faces: str = "frontal"
-    face_neighbors: int = option(7, ge=0, le=100)
-    # salient regions are those above this many times the saliency map's mean
-    saliency_level: float = option(1.5, gt=0)
-    # also write a head close-up per subject face
-    face_closeups: bool = False
-    # output file format: "same" as the image (JPEG at quality 95), or "png"
-    format: Literal["same", "png"] = "same"
-    # processes cropping images (0 = one per core)
-    workers: int = option(0, ge=0, le=512)
+    """Options of `curate crop`: where the subject is found and the size and shape of each crop."""
+
+    size: int = option(512, ge=8, le=16_384, help="Output size: about size x size pixels at the aspect.")
+    aspect: str = option("1:1", help=(
+        "Output aspect: \"W:H\" (1:1, 2:3, ...), \"keep\" (the image's own) or \"bucket\" "
+        "(sd-scripts' bucket at this size nearest to the subject's shape)."))
+    fit: Literal["subject", "max"] = option("subject", help=(
+        "subject: the smallest window holding the subject plus padding (grown to avoid "
+        "upscaling); max: the largest window of the aspect, placed on the subject."))
+    padding: float = option(0.1, ge=0, le=2, help="Share of the subject box added on each side.")
+    max_upscale: float = option(1.0, gt=0, le=64, help=(
+        "Never enlarge more than this; an image too small for the target is written smaller "
+        "(same aspect) and recorded as \"small\"."))
+    sources: tuple[str, ...] = option(SOURCES, help=(
+        "Where the subject box comes from, in order (alpha, faces, saliency), after the user's "
+        "crops.csv, which always wins."))
+    faces: str = option("frontal", help=(
+        "The face detector, as `curate filter` uses it: \"frontal\", \"none\", an LBP cascade "
+        ".xml (e.g. lbpcascade_animeface.xml) or a YuNet .onnx."))
+    face_neighbors: int = option(7, ge=0, le=100, help="Neighbouring detector hits a face needs.")
+    saliency_level: float = option(1.5, gt=0, help=(
+        "Salient regions are those above this many times the saliency map's mean."))
+    face_closeups: bool = option(False, help="Also write a head close-up per subject face.")
+    format: Literal["same", "png"] = option("same", help=(
+        "Output file format: \"same\" as the image (JPEG at quality 95), or \"png\"."))
+    workers: int = option(0, ge=0, le=512, help="Processes cropping images (0 = one per core).")
 
     def check(self) -> None:
         check_ranges(self, "crop")

@@ -19,32 +19,36 @@ DEFAULT_THRESHOLD_64_UNVERIFIED = 10
 
 @dataclass(frozen=True)
 class DedupeConfig:
-    # Perceptual hash (imagehash): phash is the most robust to resizing and recompression.
-    hash: Literal["phash", "dhash", "whash", "ahash", "colorhash"] = "phash"
-    # 4..64: a side of 64 is 4096 bits; beyond it hashing and search cost grows for no gain
-    hash_size: int = option(8, ge=4, le=64)
-    # Largest Hamming distance accepted without verification; None = the default for the hash
-    # length (2 of 64 bits with verify, 10 without), or what `similarity` says.
-    threshold: int | None = option(None, ge=0)
-    # The same as a percentage, the way czkawka and dupeGuru users say it: 90 = at most 10% of
-    # the bits differ. Ignored when threshold is set.
-    similarity: float | None = option(None, gt=0, le=100)
-    # Which image of a group stays: largest (most pixels, then bytes, then PNG over JPEG),
-    # first (first path / first imported) or newest (newest file / last imported).
-    keep: Literal["largest", "first", "newest"] = "largest"
-    # Also match left-right mirrored copies.
-    flip_invariant: bool = False
-    # "draft" decodes JPEGs at reduced size (fast); "full" as imagehash alone would.
-    decode: Literal["draft", "full"] = "draft"
-    # Confirm looser hash matches by feature matching, to catch crops and overlays that move
-    # the hash too far (see stages/dedupe/verify.py).
-    verify: bool = True
-    # At most this many candidate pairs are verified, closest first: each costs ~1.5 ms plus
-    # ~3.5 ms per image decoded, and unrelated photos fall within the candidate distance at a
-    # rate of ~3e-4 per pair, so large sets need a bound. What is left is reported.
-    verify_max_pairs: int = option(2_000, ge=0)
-    # Processes hashing images (0 = one per core).
-    workers: int = option(0, ge=0, le=512)
+    """Options of `curate dedupe`: how near duplicates are found and which image of a group stays."""
+
+    hash: Literal["phash", "dhash", "whash", "ahash", "colorhash"] = option(
+        "phash", help="Perceptual hash (imagehash): phash is the most robust to resizing and "
+        "recompression.")
+    # beyond 64 hashing and search cost grows for no gain
+    hash_size: int = option(8, ge=4, le=64, help="Side of the hash: 8 gives 64-bit hashes, 64 gives 4096.")
+    threshold: int | None = option(None, ge=0, example=10, help=(
+        "Largest Hamming distance accepted as a near duplicate without verification; unset: 2 of "
+        "64 bits with verify, 10 without (scaled to the hash length), or what similarity says."))
+    # the way czkawka and dupeGuru users say it
+    similarity: float | None = option(None, gt=0, le=100, example=90, help=(
+        "The threshold as a percentage: 90 = at most 10% of the bits differ. Ignored when "
+        "threshold is set."))
+    keep: Literal["largest", "first", "newest"] = option("largest", help=(
+        "Which image of a group stays: largest (most pixels, then bytes, then PNG over JPEG), first "
+        "(first path / first imported) or newest (newest file / last imported)."))
+    flip_invariant: bool = option(False, help="Also match left-right mirrored copies.")
+    decode: Literal["draft", "full"] = option("draft", help=(
+        "\"draft\" decodes JPEGs at reduced size (fast); \"full\" decodes them whole, as imagehash "
+        "alone would."))
+    # see stages/dedupe/verify.py
+    verify: bool = option(True, help=(
+        "Confirm looser hash matches by feature matching, to catch crops and overlays that move the "
+        "hash too far."))
+    # each pair costs ~1.5 ms plus ~3.5 ms per image decoded, and unrelated photos fall within the
+    # candidate distance at a rate of ~3e-4 per pair, so large sets need a bound
+    verify_max_pairs: int = option(2_000, ge=0, help=(
+        "At most this many candidate pairs are verified, closest first; what is left is reported."))
+    workers: int = option(0, ge=0, le=512, help="Processes hashing images (0 = one per core).")
 
     def check(self) -> None:
         if self.hash == "whash" and self.hash_size & (self.hash_size - 1):

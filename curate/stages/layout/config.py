@@ -13,33 +13,40 @@ from curate.paths import check_name
 
 @dataclass(frozen=True)
 class LayoutConfig:
-    # The concept folder name after "N_": by default the trigger word recorded by
-    # `curate captions trigger` (then class token), else "concept".
-    name: str | None = None
-    class_tokens: str | None = None
-    # Fixed repeats for every concept; or computed from target_steps (see plan.py).
-    repeats: int | None = option(None, ge=1, le=10_000)
-    target_steps: int | None = option(None, ge=1)
-    epochs: int = option(10, ge=1, le=10_000)
-    batch_size: int = option(2, ge=1, le=1024)
-    # A concepts.toml: [concept.NAME] tags = [...] (an image goes to the first concept whose
-    # tags it has) or folders = [...] (source path contains the folder name).
-    concepts: str | None = None
-    # Regularisation images (a folder), written to reg/1_CLASS (sd-scripts repeats them).
-    reg: str | None = None
-    link: Literal["copy", "hardlink", "symlink"] = "copy"
-    caption_ext: str = ".txt"
-    # dataset.toml settings (sd-scripts names).
-    resolution: int = option(512, ge=64, le=8192)
-    enable_bucket: bool = True
-    # unset: from the resolution, half of it (at most 256) and twice it, rounded to the step:
-    # sd-scripts' 256 and 1024 at 512 px, 64 and 256 at 128 px
-    min_bucket_reso: int | None = option(None, ge=8, le=8192)
-    max_bucket_reso: int | None = option(None, ge=8, le=16_384)
-    bucket_reso_steps: int = option(64, ge=8, le=1024)
-    bucket_no_upscale: bool = False
-    shuffle_caption: bool = True
-    flip_aug: bool = False
+    """Options of `curate layout`: the Kohya dataset's folders, repeats and dataset.toml settings."""
+
+    name: str | None = option(None, example="sks", help=(
+        "The concept folder name after \"N_\"; unset: the trigger word recorded by `curate captions "
+        "trigger` (then its class token), else \"concept\"."))
+    class_tokens: str | None = option(None, example="sks woman", help=(
+        "class_tokens for dataset.toml; unset: the trigger word and class token."))
+    # see plan.py
+    repeats: int | None = option(None, ge=1, le=10_000, example=10, help=(
+        "Fixed repeats for every concept; unset: computed from target_steps, else 1."))
+    target_steps: int | None = option(None, ge=1, example=1500, help=(
+        "Compute repeats (balanced per concept) so that training takes about this many steps: "
+        "images x repeats x epochs / batch size."))
+    epochs: int = option(10, ge=1, le=10_000, help="Epochs, for target_steps.")
+    batch_size: int = option(2, ge=1, le=1024, help="Batch size, for target_steps.")
+    concepts: str | None = option(None, example="concepts.toml", help=(
+        "A concepts.toml: [concept.NAME] tags = [...] (an image goes to the first concept whose tags "
+        "it has) or folders = [...] (its source path contains the folder name)."))
+    reg: str | None = option(None, example="reg_images", help=(
+        "A folder of regularisation images, written to reg/1_CLASS (sd-scripts repeats them)."))
+    link: Literal["copy", "hardlink", "symlink"] = option("copy", help="How images get into the dataset.")
+    caption_ext: str = option(".txt", help="Caption file extension (always stated in dataset.toml).")
+    resolution: int = option(512, ge=64, le=8192, help="dataset.toml: the training resolution.")
+    enable_bucket: bool = option(True, help="dataset.toml: aspect-ratio bucketing.")
+    min_bucket_reso: int | None = option(None, ge=8, le=8192, example=256, help=(
+        "dataset.toml; unset: half the resolution (at most 256), rounded to the bucket step "
+        "(sd-scripts' 256 at 512 px)."))
+    max_bucket_reso: int | None = option(None, ge=8, le=16_384, example=1024, help=(
+        "dataset.toml; unset: twice the resolution, rounded to the bucket step (sd-scripts' 1024 "
+        "at 512 px)."))
+    bucket_reso_steps: int = option(64, ge=8, le=1024, help="dataset.toml: the bucket size step.")
+    bucket_no_upscale: bool = option(False, help="dataset.toml: never upscale an image to fit a bucket.")
+    shuffle_caption: bool = option(True, help="dataset.toml: shuffle the tags after keep_tokens each step.")
+    flip_aug: bool = option(False, help="dataset.toml: random horizontal flips.")
 
     def check(self) -> None:
         check_ranges(self, "layout")

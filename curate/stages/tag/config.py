@@ -13,35 +13,35 @@ DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
 
 @dataclass(frozen=True)
 class TagConfig:
-    # A folder with model.onnx + selected_tags.csv, or a Hugging Face repo id (downloaded once).
-    model: str = DEFAULT_MODEL
-    # General tags above this probability are kept (sd-scripts' default is also 0.35).
-    threshold: float = option(0.35, ge=0, le=1)
-    # Character tags need more: a weak character guess in a caption teaches the wrong person
-    # (imgutils/waifuc use 0.85; sd-scripts applies 0.35 to characters too).
-    character_threshold: float = option(0.85, ge=0, le=1)
-    # MCut picks the threshold per image from the widest gap in its probabilities.
-    mcut: bool = False
-    # Rating tags (general, sensitive, ...): dropped as sd-scripts does, kept last, or first.
-    rating: Literal["drop", "keep", "first"] = "drop"
-    character_first: bool = False
-    # At most this many general tags per image, most confident first.
-    max_tags: int | None = option(None, ge=1)
-    # Tags never written, and "old=new" replacements.
-    undesired: tuple[str, ...] = ()
-    replace: tuple[str, ...] = ()
-    # An image that already has a caption: keep it ("skip"), add new tags ("append"), or
-    # replace it ("overwrite").
-    existing: Literal["skip", "append", "overwrite"] = "skip"
-    # Plain folders: the caption file beside each image. sd-scripts defaults to .caption, so
-    # dataset.toml always names it explicitly.
-    caption_ext: str = ".txt"
-    # Write \( \) for prompt use; training captions are read literally, so off by default.
-    escape: bool = False
-    batch_size: int = option(8, ge=1, le=1024)
-    # onnxruntime providers in order of preference, e.g. ["CUDAExecutionProvider"]; empty =
-    # CUDA when it works, else CPU.
-    providers: tuple[str, ...] = ()
+    """Options of `curate tag`: the WD14 tagger, its thresholds and how tags become captions."""
+
+    model: str = option(DEFAULT_MODEL, help=(
+        "A folder with model.onnx + selected_tags.csv, or a Hugging Face repo id (downloaded once)."))
+    threshold: float = option(0.35, ge=0, le=1, help=(
+        "General tags above this probability are kept (sd-scripts' default is also 0.35)."))
+    # imgutils/waifuc use 0.85; sd-scripts applies 0.35 to characters too
+    character_threshold: float = option(0.85, ge=0, le=1, help=(
+        "Character tags need more: a weak character guess in a caption teaches the wrong person."))
+    mcut: bool = option(False, help=(
+        "Pick the threshold per image from the widest gap in its probabilities (MCut)."))
+    rating: Literal["drop", "keep", "first"] = option("drop", help=(
+        "Rating tags (general, sensitive, ...): dropped as sd-scripts does, kept last, or first."))
+    character_first: bool = option(False, help="Character tags before general ones.")
+    max_tags: int | None = option(None, ge=1, example=40, help=(
+        "At most this many general tags per image, most confident first; unset: no limit."))
+    undesired: tuple[str, ...] = option((), help="Tags never written.")
+    replace: tuple[str, ...] = option((), help="Tag replacements, \"old=new\" (e.g. brown_hair=blonde_hair).")
+    existing: Literal["skip", "append", "overwrite"] = option("skip", help=(
+        "An image that already has a caption: keep it (skip), add new tags (append), or replace it "
+        "(overwrite)."))
+    # sd-scripts defaults to .caption, so dataset.toml always names it explicitly
+    caption_ext: str = option(".txt", help="Plain folders: the caption file beside each image.")
+    escape: bool = option(False, help=(
+        "Write \\( \\) for prompt use; training captions are read literally, so off by default."))
+    batch_size: int = option(8, ge=1, le=1024, help="Images per model run.")
+    providers: tuple[str, ...] = option((), help=(
+        "onnxruntime providers in order of preference, e.g. [\"CUDAExecutionProvider\"]; empty: CUDA "
+        "when it works, else the CPU."))
 
     def replacements(self) -> tuple[tuple[str, str], ...]:
         pairs = []
