@@ -363,7 +363,8 @@ class Manifest:
         return {r[0] for r in rows}
 
     def tag_inputs(self, source: str) -> dict[str, str]:
-        rows = self.db.execute("SELECT image_sha256, input_sha256 FROM tag_inputs WHERE source = ?", (source,))
+        rows = self.db.execute("SELECT image_sha256, input_sha256 FROM tag_inputs WHERE source = ?",
+                               (source,))
         return {r[0]: r[1] for r in rows}
 
     def text_rows(self) -> list[sqlite3.Row]:

@@ -77,5 +77,5 @@ def adopt(ws: Workspace, edits: list[HandEdit]) -> None:
     with m.transaction():
         for e in edits:
             m.set_user_caption(e.image, USER_CAPTION, e.text)
-        m.add_decisions((e.image, e.file, "layout", "caption-kept", f"edited by hand in the dataset: {e.text}")
-                        for e in edits)
+        m.add_decisions((e.image, e.file, "layout", "caption-kept",
+                         f"edited by hand in the dataset: {e.text}") for e in edits)

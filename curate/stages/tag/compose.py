@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from curate.record import REMOVED_BY_USER, SELECTION_MARK, Record, filter_mark
 from curate.stages.tag.config import TagConfig
 from tagging.captions import format_caption, parse_caption
 from tagging.model import CATEGORY_NAMES, TagInfo
-from tagging.select import SelectConfig, format_tag, select_tags
-from curate.record import REMOVED_BY_USER, SELECTION_MARK, Record, filter_mark
 from tagging.normalize import normalize_tag
+from tagging.select import SelectConfig, format_tag, select_tags
 from tagging.tags import tag_key
 
 REPLACED = "rule:replace"  # source of a tag a `tag.replace` rule put in a caption

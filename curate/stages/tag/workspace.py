@@ -22,7 +22,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from curate.record import Record
-from curate.stages.tag.compose import REPLACED, caption_tags, compose, from_rows, placement, render, stored_rows
+from curate.stages.tag.compose import (
+    REPLACED,
+    caption_tags,
+    compose,
+    from_rows,
+    placement,
+    render,
+    stored_rows,
+)
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
 from curate.workspace import Workspace
