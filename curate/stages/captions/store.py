@@ -4,8 +4,9 @@ A workspace's caption is compiled from its annotations (Record.caption), with th
 confidence for each tag where one is stored, so confidence rules work; saving writes
 annotations back, never caption text: a filter rule's removals as marks on the tags (a
 re-run clears and re-applies them), a user edit as user tags, removals and places.
-A plain folder's captions are the files beside the images (`.txt` by default); their tags have no confidences (1.0). Saving writes only captions that changed, each
-file atomically, and in a workspace records every removed tag as a decision with its rule.
+A plain folder's captions are the files beside the images (`.txt` by default); their tags
+have no confidences (1.0). Saving writes only captions that changed, each file
+atomically, and in a workspace records every removed tag as a decision with its rule.
 """
 
 from __future__ import annotations
