@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,9 @@ CREATE TABLE IF NOT EXISTS hashes (
     PRIMARY KEY (image_sha256, hash_key)
 );
 """
-# Each step is one SQL script; it runs in one transaction together with its version bump.
-MIGRATIONS: dict[int, str] = {
+# Each step is one SQL script, or a function of the connection; it runs in one transaction
+# together with its version bump.
+MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     1: _SCHEMA_V1,
     2: HASHES_TABLE,
     # Dataset-wide choices later stages need: trigger word, class token, keep_tokens...
@@ -142,6 +143,26 @@ CREATE TABLE crops (
 );
 """,
 }
+
+
+# captions.source of a sentence the user wrote, and of a caption edited by hand in the dataset
+# (the user caption: it wins over every stage). Other sources are imported texts.
+USER_TEXT = "user"
+USER_CAPTION = "user-edit"
+
+
+def _annotations_v8(db: sqlite3.Connection) -> None:
+    """Tags keep a `removed` mark and a caption `rank`; the working caption becomes annotations."""
+    from curate.annotations_migration import convert_working_captions
+
+    # execute, not executescript: that would commit the migration's open transaction
+    db.execute("ALTER TABLE tags ADD COLUMN removed TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE tags ADD COLUMN rank INTEGER")
+    convert_working_captions(db)
+
+
+# Annotations as data (see curate/annotations_migration.py): only tags, captions, settings.
+MIGRATIONS[8] = _annotations_v8
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -192,10 +213,17 @@ def migrate(db: sqlite3.Connection) -> int:
             f"understands ({SCHEMA_VERSION}): upgrade curate"
         )
     for version in range(start + 1, SCHEMA_VERSION + 1):
+        step = MIGRATIONS.get(version)
         try:
-            db.executescript(
-                f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
+            if step is None:  # a step of another branch not merged here: nothing to do
+                db.executescript(f"BEGIN IMMEDIATE;\nPRAGMA user_version = {version};\nCOMMIT;")
+            elif callable(step):
+                db.execute("BEGIN IMMEDIATE")
+                step(db)
+                db.execute(f"PRAGMA user_version = {version}")
+                db.execute("COMMIT")
+            else:
+                db.executescript(f"BEGIN IMMEDIATE;\n{step}\nPRAGMA user_version = {version};\nCOMMIT;")
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -312,3 +340,86 @@ class Manifest:
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return list(self.db.execute(sql, tuple(args)))
+
+    # -- annotations: tags (with removed marks and caption ranks), texts, user captions ----
+    # Writers run inside the caller's `transaction()`, so a stage commits its batch at once.
+    TAG_COLUMNS = "rowid, image_sha256, source, tag, category, confidence, removed, rank"
+
+    def tag_rows(self, image: str | None = None, source: str | None = None) -> list[sqlite3.Row]:
+        """Tag rows in insertion order, optionally of one image and/or one source."""
+        sql, args = f"SELECT {self.TAG_COLUMNS} FROM tags WHERE 1", []
+        for column, value in (("image_sha256", image), ("source", source)):
+            if value is not None:
+                sql, args = sql + f" AND {column} = ?", [*args, value]
+        return list(self.db.execute(sql + " ORDER BY image_sha256, rowid", args))
+
+    def tag_sources(self, prefix: str) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT source FROM tags WHERE source LIKE ? ORDER BY source",
+                               (prefix + "%",))
+        return [r[0] for r in rows]
+
+    def tagged_images(self, source: str) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT image_sha256 FROM tags WHERE source = ?", (source,))
+        return {r[0] for r in rows}
+
+    def tag_inputs(self, source: str) -> dict[str, str]:
+        rows = self.db.execute("SELECT image_sha256, input_sha256 FROM tag_inputs WHERE source = ?",
+                               (source,))
+        return {r[0]: r[1] for r in rows}
+
+    def text_rows(self) -> list[sqlite3.Row]:
+        """Texts and user captions: user ones first, then by source."""
+        return list(self.db.execute("SELECT image_sha256, source, text FROM captions "
+                                    "ORDER BY image_sha256, source NOT LIKE 'user%', source"))
+
+    def add_imported(self, image: str, source: str, tags: Iterable[tuple[str, str]],
+                     texts: Iterable[tuple[str, str]]) -> None:
+        """Sidecar tags (name, category) and texts (source, text) an import found."""
+        self.db.executemany("INSERT OR IGNORE INTO tags (image_sha256, source, tag, category, confidence) "
+                            "VALUES (?, ?, ?, ?, 1.0)", [(image, source, t, c) for t, c in tags])
+        self.db.executemany("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
+                            [(image, s, t) for s, t in texts])
+
+    def replace_scores(self, image: str, source: str, rows: Iterable[tuple[str, str, float]],
+                       input_sha: str) -> None:
+        """A tagger's scores for an image, replacing its earlier ones; a tag the user or a filter
+        rule removed stays removed under the new scores."""
+        kept = {r[0]: r[1] for r in self.db.execute(
+            "SELECT tag, removed FROM tags WHERE image_sha256 = ? AND source = ? AND removed != '' "
+            "AND removed NOT LIKE 'tag:%'", (image, source))}
+        self.db.execute("DELETE FROM tags WHERE image_sha256 = ? AND source = ?", (image, source))
+        self.db.executemany("INSERT OR REPLACE INTO tags (image_sha256, source, tag, category, confidence, "
+                            "removed) VALUES (?, ?, ?, ?, ?, ?)",
+                            [(image, source, n, c, p, kept.get(n, "")) for n, c, p in rows])
+        self.db.execute("INSERT OR REPLACE INTO tag_inputs (image_sha256, source, input_sha256) "
+                        "VALUES (?, ?, ?)", (image, source, input_sha))
+
+    def put_tags(self, image: str, source: str, tags: Iterable[tuple[str, str, float, int | None]]) -> None:
+        """Tags (name, category, confidence, rank) of `source`, kept, replacing same-named ones."""
+        self.db.executemany("INSERT OR REPLACE INTO tags (image_sha256, source, tag, category, confidence, "
+                            "removed, rank) VALUES (?, ?, ?, ?, ?, '', ?)",
+                            [(image, source, *t) for t in tags])
+
+    def delete_tags(self, image: str, source: str) -> None:
+        self.db.execute("DELETE FROM tags WHERE image_sha256 = ? AND source = ?", (image, source))
+
+    def mark_tags(self, marks: Iterable[tuple[int, str, int | None]]) -> None:
+        """(rowid, removed, rank) for each tag row: who took it out ('' = kept), its place."""
+        self.db.executemany("UPDATE tags SET removed = ?, rank = ? WHERE rowid = ?",
+                            [(removed, rank, rowid) for rowid, removed, rank in marks])
+
+    def clear_filter_marks(self) -> None:
+        """Bring back every tag a `curate tags filter` rule removed (the next run re-decides)."""
+        self.db.execute("UPDATE tags SET removed = '' WHERE removed NOT IN ('', 'user') "
+                        "AND removed NOT LIKE 'tag:%'")
+
+    def set_user_caption(self, image: str, source: str, text: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
+                        (image, source, text))
+
+    def add_decisions(self, rows: Iterable[tuple[str | None, str, str, str, str]],
+                      run_id: int | None = None) -> None:
+        """Decisions (image, subject, stage, verdict, reason) of one run."""
+        self.db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
+                            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(*r, run_id, now()) for r in rows])

@@ -66,6 +66,8 @@ class Tag:
     confidence: float = 1.0
     source: str = ""
     removed: str = ""
+    # Place in the caption a stage or the user gave it (None: not placed; imported order).
+    rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,24 @@ class Text:
     source: str = ""
 
 
+# Who took a tag out of the caption (Tag.removed): the user, the tag stage's selection
+# ("tag:..."); any other non-empty mark is the id of the `curate tags filter` rule.
+REMOVED_BY_USER = "user"
+SELECTION_MARK = "tag:"
+
+
+def filter_mark(removed: str) -> bool:
+    """True for a mark `curate tags filter` owns (it clears and re-applies them each run)."""
+    return bool(removed) and removed != REMOVED_BY_USER and not removed.startswith(SELECTION_MARK)
+
+
 @dataclass(frozen=True)
 class Record:
+    """An image and its annotations. `tags` holds removed tags too (see Tag.removed); `texts`
+    the sentence captions; `trigger`/`class_tokens` what `curate captions trigger` set;
+    `user_caption` a caption the user edited by hand in a laid-out dataset, which wins over
+    every stage. The caption itself is compiled from these (`caption`), never stored."""
+
     sha256: str
     path: Path
     width: int
@@ -87,9 +105,24 @@ class Record:
     format: str
     origins: tuple[Origin, ...] = ()
     tags: tuple[Tag, ...] = ()
-    caption: str | None = None
+    texts: tuple[Text, ...] = ()
+    trigger: str | None = None
+    class_tokens: str | None = None
+    user_caption: str | None = None
     decisions: tuple[Decision, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def caption(self) -> str | None:
+        """The caption the layout writes (without a keep_tokens separator), None if it has none."""
+        # tagging builds on this module; imported here so the caption has one definition
+        from tagging.captions import caption_for
+
+        return caption_for(self) or None
+
+    @property
+    def kept_tags(self) -> tuple[Tag, ...]:
+        return tuple(t for t in self.tags if not t.removed)
 
     @property
     def pixels(self) -> int:

@@ -14,8 +14,8 @@ from types import MappingProxyType
 from curate.atomic import atomic_write_text, sweep_temp_files
 from curate.config import CONFIG_NAME, template
 from curate.errors import CurateError, WorkspaceBusy
-from curate.manifest import CURRENT_DECISION, Manifest
-from curate.record import Decision, Origin, Record, Tag
+from curate.manifest import CURRENT_DECISION, USER_CAPTION, Manifest
+from curate.record import Decision, Origin, Record, Tag, Text
 
 STATE_DIR = ".curate"
 MANIFEST_NAME = "manifest.sqlite"
@@ -109,13 +109,17 @@ class Workspace:
                        MappingProxyType(json.loads(r["metadata"])))
             )
         tags: dict[str, list[Tag]] = {}
-        for r in m.rows("SELECT * FROM tags ORDER BY image_sha256, source, tag"):
+        for r in m.tag_rows():
             tags.setdefault(r["image_sha256"], []).append(
-                Tag(r["tag"], r["category"], r["confidence"], r["source"])
-            )
-        captions = {r["image_sha256"]: r["text"] for r in m.rows(
-            # the working caption ('curate', written by tag/filter/captions) wins over imported ones
-            "SELECT image_sha256, text FROM captions ORDER BY source = 'curate', source DESC")}
+                Tag(r["tag"], r["category"], r["confidence"], r["source"], r["removed"], r["rank"]))
+        texts: dict[str, list[Text]] = {}
+        user_captions: dict[str, str] = {}
+        for r in m.text_rows():
+            if r["source"] == USER_CAPTION:
+                user_captions[r["image_sha256"]] = r["text"]
+            else:
+                texts.setdefault(r["image_sha256"], []).append(Text(r["text"], r["source"]))
+        settings = m.settings()
         decisions: dict[str, list[Decision]] = {}
         current = f"SELECT * FROM decisions WHERE image_sha256 IS NOT NULL AND {CURRENT_DECISION}"
         for r in m.rows(current + " ORDER BY id"):
@@ -145,7 +149,10 @@ class Workspace:
                 height=s["height"], mode=s["mode"], format=s["format"],
                 origins=tuple(origins.get(r["sha256"], ())),
                 tags=tuple(tags.get(r["sha256"], ())),
-                caption=captions.get(r["sha256"]),
+                texts=tuple(texts.get(r["sha256"], ())),
+                trigger=settings.get("trigger") or None,
+                class_tokens=settings.get("class_token") or None,
+                user_caption=user_captions.get(r["sha256"]),
                 decisions=tuple(decisions.get(r["sha256"], ())),
                 extra=MappingProxyType(extra(r)),
             )

@@ -257,8 +257,7 @@ def test_default_tagger_offline_says_so_at_once(env: dict[str, str], tmp_path: P
 
 def _captions(root: Path) -> dict[str, str]:
     with Workspace.open(root) as ws:
-        return {r["image_sha256"]: r["text"] for r in ws.manifest.rows(
-            "SELECT image_sha256, text FROM captions WHERE source = 'curate'")}
+        return {r.sha256: r.caption or "" for r in ws.active_records()}  # compiled from annotations
 
 
 def test_a_changed_threshold_reselects_the_tagged_images(tagger: Path, tmp_path: Path) -> None:

@@ -83,15 +83,15 @@ def test_hand_edits_are_kept_and_rerun_only_what_they_touch(scrape: Path, tagger
     assert caption.read_text(encoding="utf-8").strip() == "sks, woman, my own words"
     with Workspace.open(ws) as w:  # the workspace now carries the edit for every later stage
         assert "sks, woman, my own words" in {r.caption for r in w.active_records()}
-    # a second hand edit while a rule change rewrites the same caption: the hand edit wins, reported
+    # a second hand edit while a filter rule names a tag of it: the user's caption wins over every
+    # stage (issue 15), so the rule leaves it alone and there is nothing to conflict with
     caption.write_text("sks, woman, my own words, 1girl\n", encoding="utf-8")
     with (ws / "curate.toml").open("a", encoding="utf-8") as fh:
         fh.write('[filter]\nblacklist = ["my own words"]\n')
     result = run_pipeline(ws)
     layout = next(o.result for o in result.stages if o.name == "layout")
-    assert layout and layout["conflicts"] == [{"file": str(caption.relative_to(ws / "dataset")),
-                                               "kept": "sks, woman, my own words, 1girl",
-                                               "curate_had": "sks, woman"}]
+    assert layout and layout["conflicts"] == []
+    assert [e["caption"] for e in layout["kept_edits"]] == ["sks, woman, my own words, 1girl"]
     assert caption.read_text(encoding="utf-8").strip() == "sks, woman, my own words, 1girl"
 
 

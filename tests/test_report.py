@@ -109,8 +109,11 @@ def manifest_counts(ws: Path) -> dict[str, int]:
                            f"AND image_sha256 IS NULL AND {CURRENT_DECISION}"),
             "tagged": one("SELECT COUNT(DISTINCT image_sha256) FROM tags "
                           f"WHERE image_sha256 NOT IN ({excluded})"),
-            "captioned": one("SELECT COUNT(DISTINCT image_sha256) FROM captions "
-                             f"WHERE image_sha256 NOT IN ({excluded})"),
+            # captions are compiled from kept tags, texts and the trigger word (issue 15)
+            "captioned": images - one(f"SELECT COUNT(DISTINCT image_sha256) FROM ({excluded})")
+            if one("SELECT COUNT(*) FROM settings WHERE key = 'trigger'") else one(
+                "SELECT COUNT(DISTINCT image_sha256) FROM (SELECT image_sha256 FROM tags WHERE removed = '' "
+                f"UNION SELECT image_sha256 FROM captions) WHERE image_sha256 NOT IN ({excluded})"),
             "tags_removed": one("SELECT COUNT(*) FROM decisions WHERE verdict = 'tag-removed'"),
             "cropped": one("SELECT COUNT(*) FROM crops WHERE kind = 'main' "
                            f"AND image_sha256 NOT IN ({excluded})"),

@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from curate.stages.captions.store import CaptionRun, changed_images, load, save, shown_line
-from curate.workspace import Workspace
+from curate.workspace import Workspace, is_workspace
 from tagging.captions import (
     SEPARATOR,
     Change,
@@ -53,15 +53,26 @@ def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, s
                 caption_ext: str = ".txt", dry_run: bool = False) -> CaptionRun:
     """Insert the trigger word and record keep_tokens (and the separator form) for the layout."""
     keep = keep_tokens_for([[trigger] + ([class_token] if class_token else [])], trigger, class_token)
-    render = partial(_with_separator, keep) if separator else format_caption
-    run = apply_edit(target, partial(trigger_edit, trigger, class_token), caption_ext=caption_ext,
-                     dry_run=dry_run, render=render)
-    run.settings = {"trigger": trigger, "class_token": class_token, "keep_tokens": keep,
-                    "keep_tokens_separator": SEPARATOR if separator else None}
-    if run.kind == "workspace" and not dry_run:
-        with Workspace.open(Path(run.target)) as ws, ws.lock():
-            ws.manifest.set_settings(run.settings)
+    settings = {"trigger": trigger, "class_token": class_token, "keep_tokens": keep,
+                "keep_tokens_separator": SEPARATOR if separator else None}
+    if not is_workspace(Path(target)):
+        render = partial(_with_separator, keep) if separator else format_caption
+        run = apply_edit(target, partial(trigger_edit, trigger, class_token), caption_ext=caption_ext,
+                         dry_run=dry_run, render=render)
+        run.settings = settings
+        return run
+    # A workspace records the words as settings; every caption is compiled with them in front,
+    # exactly once, whatever its tags and texts hold (images imported later too).
+    captions = load(target, caption_ext)
+    result = trigger_edit(trigger, class_token, captions.tags)
+    run = CaptionRun(str(captions.root), captions.kind, dry_run, len(captions.tags), settings=settings)
+    run.diff = [shown_line(line, captions.shown) for line in result.diff()]
+    run.changed = changed_images(captions, result.dataset)
+    if not dry_run:
+        with Workspace.open(captions.root) as ws, ws.lock():
+            ws.manifest.set_settings(settings)
     return run
+
 
 
 def _with_separator(keep: int, tags: list[str]) -> str:

@@ -236,12 +236,8 @@ class _Recorder:
         sidecar_paths = [work.entry.tree.shown(p) for p in sc.paths]
         self._origin(db, shown, work.source_root, sc.kind, work.fingerprint, image.sha256,
                      verdict, sidecar_paths, sc.metadata)
-        for tag, category in sc.tags:
-            db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?, ?, ?, 1.0)",
-                       (image.sha256, sc.kind, tag, category))
-        if sc.caption:
-            db.execute("INSERT OR REPLACE INTO captions VALUES (?, ?, ?)",
-                       (image.sha256, sc.kind, sc.caption))
+        # tags and a sentence caption are both kept: which one a caption uses is the layout's choice
+        self.m.add_imported(image.sha256, sc.kind, sc.tags, [(sc.kind, sc.caption)] if sc.caption else [])
         self._decision(db, image.sha256, shown, verdict, reason)
         for subject, warning in sc.warnings:
             self._decision(db, image.sha256, subject, WARNING, warning)

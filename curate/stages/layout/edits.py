@@ -2,8 +2,8 @@
 
 `curate layout` records in its marker file which caption it wrote for which image. When the
 file on disk no longer says that, someone edited it; the next layout keeps the edit instead of
-overwriting it, and stores it as the image's working caption, so every later stage and layout
-carries it. If the workspace's caption changed too since that layout (a new tag filter, a
+overwriting it, and stores it as the image's user caption, which wins over every stage, so
+every later layout carries it. If the workspace's caption changed too since that layout (a new tag filter, a
 trigger word), the two edits conflict: the hand edit still wins, and the result says what
 curate would have written so nothing is lost silently.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from curate.kohya import CAPTION_LIMIT
-from curate.manifest import now
+from curate.manifest import USER_CAPTION
 from curate.paths import read_user_text
 from curate.stages.layout.write import MARKER, Subset
 from curate.workspace import Workspace
@@ -69,12 +69,13 @@ def keep_hand_edits(subsets: list[Subset], edits: dict[str, HandEdit]) -> tuple[
 
 
 def adopt(ws: Workspace, edits: list[HandEdit]) -> None:
-    """Store hand edits as the images' working captions, each with a decision naming the file."""
+    """Store hand edits as the images' user captions (they win over every stage and survive
+    re-runs of tag and tags filter), each with a decision naming the file."""
     if not edits:
         return
-    with ws.manifest.transaction() as db:
-        db.executemany("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, 'curate', ?)",
-                       [(e.image, e.text) for e in edits])
-        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, created_at) "
-                       "VALUES (?, ?, 'layout', 'caption-kept', ?, ?)",
-                       [(e.image, e.file, f"edited by hand in the dataset: {e.text}", now()) for e in edits])
+    m = ws.manifest
+    with m.transaction():
+        for e in edits:
+            m.set_user_caption(e.image, USER_CAPTION, e.text)
+        m.add_decisions((e.image, e.file, "layout", "caption-kept",
+                         f"edited by hand in the dataset: {e.text}") for e in edits)

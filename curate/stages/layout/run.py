@@ -15,7 +15,7 @@ from curate.stages.layout.edits import HandEdit, adopt, find_hand_edits, keep_ha
 from curate.stages.layout.plan import Concept, assign_concepts, read_concepts, set_repeats
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
-from tagging.captions import SEPARATOR, format_caption, parse_caption, with_separator
+from tagging.captions import SEPARATOR, caption_for, format_caption
 
 EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
@@ -92,10 +92,9 @@ def _shown(record: Record) -> str:
 
 
 def _caption(record: Record, fallback: list[str], settings: dict[str, Any]) -> str:
-    tags = parse_caption(record.caption or "") or fallback
-    if settings.get("keep_tokens_separator"):
-        return with_separator(tags, int(settings.get("keep_tokens") or 1), SEPARATOR)
-    return format_caption(tags)
+    """Compiled from the record's annotations (tagging.captions.caption_for)."""
+    separator = SEPARATOR if settings.get("keep_tokens_separator") else None
+    return caption_for(record, fallback, settings.get("keep_tokens"), separator)
 
 
 def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], result: LayoutResult) -> Subset:

@@ -11,11 +11,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from curate.record import REMOVED_BY_USER, SELECTION_MARK, Record, filter_mark
 from curate.stages.tag.config import TagConfig
 from tagging.captions import format_caption, parse_caption
 from tagging.model import CATEGORY_NAMES, TagInfo
+from tagging.normalize import normalize_tag
 from tagging.select import SelectConfig, format_tag, select_tags
 from tagging.tags import tag_key
+
+REPLACED = "rule:replace"  # source of a tag a `tag.replace` rule put in a caption
 
 STORE_FLOOR = 0.05
 CATEGORY_NUMBERS = {name: number for number, name in CATEGORY_NAMES.items()}
@@ -34,8 +38,8 @@ def caption_tags(probs: np.ndarray, tags: Sequence[TagInfo], config: TagConfig) 
 
 
 def stored_rows(probs: np.ndarray, tags: Sequence[TagInfo]) -> list[tuple[str, str, float]]:
-    """(raw name, category, probability) worth keeping for re-thresholding."""
-    return [(t.name, t.category_name, float(p)) for t, p in zip(tags, probs, strict=True)
+    """(canonical name, category, probability) worth keeping for re-thresholding."""
+    return [(normalize_tag(t.name), t.category_name, float(p)) for t, p in zip(tags, probs, strict=True)
             if p >= STORE_FLOOR or t.category_name == "rating"]
 
 
@@ -61,3 +65,49 @@ def render(tags: Sequence[str], config: TagConfig) -> str:
 
 def parse(text: str) -> list[str]:
     return parse_caption(text.splitlines()[0] if text.strip() else "")
+
+
+def imported_names(record: Record) -> list[str]:
+    """The tags an image came with (sidecars), in imported order, that nobody removed."""
+    tags = [(i, t) for i, t in enumerate(record.tags) if not t.source.startswith(("tagger:", "rule:"))
+            and t.source != REMOVED_BY_USER and not (t.removed and not t.removed.startswith(SELECTION_MARK))]
+    tags.sort(key=lambda it: (it[1].category == "general", it[0]))
+    seen: set[str] = set()
+    return [t.name for _, t in tags if tag_key(t.name) not in seen and not seen.add(tag_key(t.name))]
+
+
+def compose(record: Record, selected: Sequence[str], mode: str) -> list[str]:
+    """The tags the image's caption is made of after tagging, as `existing` says: an image with
+    only a sentence caption keeps it under "skip" (its caption then has no tags)."""
+    existing = imported_names(record)
+    if not existing and record.texts and mode == "skip":
+        return []
+    caption = merge(existing, selected, mode)
+    return caption if caption is not None else existing
+
+
+def placement(rows: Sequence[tuple[int, str, str, str]], caption: Sequence[str]
+              ) -> tuple[list[tuple[int, str, int | None]], list[tuple[str, int]]]:
+    """Marks (rowid, removed, rank) that make an image's tag rows (rowid, source, tag, removed)
+    spell `caption`, and the caption tags no row has (a replacement's new name) with their
+    rank. User tags and removals, and filter removals, stay as they are."""
+    rank: dict[str, int] = {}
+    for i, name in enumerate(caption):
+        rank.setdefault(tag_key(name), i)
+    marks, have = [], set()
+    for rowid, source, name, removed in rows:
+        if source == REMOVED_BY_USER or removed == REMOVED_BY_USER:
+            continue
+        key = tag_key(name)
+        ours = not removed or removed.startswith(SELECTION_MARK)
+        if key in rank:
+            have.add(key)
+            marks.append((rowid, "" if ours else removed, rank[key]))
+        elif ours:
+            why = "select" if source.startswith("tagger:") else "existing"
+            marks.append((rowid, SELECTION_MARK + why, None))
+        elif filter_mark(removed):
+            marks.append((rowid, removed, None))
+    missing = [(name, i) for i, name in enumerate(caption) if tag_key(name) not in have
+               and rank[tag_key(name)] == i]
+    return marks, missing

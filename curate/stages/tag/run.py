@@ -46,8 +46,7 @@ def tag(target: Path, config: TagConfig, *, rethreshold: bool = False, dry_run: 
 
 def _stored_model(ws: Workspace, config: TagConfig) -> str:
     """Which tagger's stored probabilities to re-threshold: the configured one, or the only one."""
-    names = [r[0].removeprefix("tagger:") for r in ws.manifest.rows(
-        "SELECT DISTINCT source FROM tags WHERE source LIKE 'tagger:%' ORDER BY source")]
+    names = [s.removeprefix("tagger:") for s in ws.manifest.tag_sources("tagger:")]
     if not names:
         raise CurateError(f"{ws.root}: nothing tagged yet; run `curate tag {ws.root}` first")
     wanted = Path(config.model).name if Path(config.model).is_dir() else config.model

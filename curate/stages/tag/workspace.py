@@ -1,11 +1,12 @@
-"""`curate tag WS`: probabilities into the manifest, captions into its `curate` caption.
+"""`curate tag WS`: probabilities into the manifest, the selection as tag annotations.
 
 Images already tagged by the same model are not run again, unless the file that stands in for
 them changed (a new crop: its old tags describe pixels it no longer shows); images another
 stage excluded (duplicates) are not tagged at all. A caption edited by hand in the dataset
-(kept by the layout) is not replaced when such an image is tagged again. The caption an image
-ends up with combines the tags it came with (gallery-dl, Hydrus, Kohya captions) and the
-tagger's, as `existing` says.
+(the user caption) wins over whatever the tagger selects. The caption an image ends up with
+combines the tags it came with (gallery-dl, Hydrus, Kohya captions) and the tagger's, as
+`existing` says; it is recorded as marks on the tags (kept and placed, or left out by the
+selection), never as caption text.
 
 The selection settings a model's captions were made with (thresholds, MCut, rating, limits,
 replacements) are stored in the manifest's settings; when a run's settings differ, the images
@@ -20,9 +21,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from curate.manifest import now
 from curate.record import Record
-from curate.stages.tag.compose import caption_tags, from_rows, merge, parse, render, stored_rows
+from curate.stages.tag.compose import (
+    REPLACED,
+    caption_tags,
+    compose,
+    from_rows,
+    placement,
+    render,
+    stored_rows,
+)
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
 from curate.workspace import Workspace
@@ -30,7 +38,6 @@ from tagging.engine import Tagger
 from tagging.model import TagInfo
 
 STAGE = "tag"
-WORKING = "curate"  # captions.source of the caption later stages and the layout use
 COMMIT_EVERY_S = 0.5
 SELECTION_KEY = "tag.selection."  # + tagger source: the selection settings its captions follow
 SELECTION_FIELDS = ("threshold", "character_threshold", "mcut", "rating", "character_first", "max_tags",
@@ -58,20 +65,8 @@ def remember_selection(ws: Workspace, source: str, config: TagConfig) -> None:
     ws.manifest.set_settings({SELECTION_KEY + source: selection(config)})
 
 
-def imported_tags(ws: Workspace) -> dict[str, list[str]]:
-    """Per image, the tags it was imported with: its caption if it had one, else source tags."""
-    out: dict[str, list[str]] = {}
-    for r in ws.manifest.rows("SELECT image_sha256, source, tag FROM tags WHERE source NOT LIKE "
-                              "'tagger:%' ORDER BY image_sha256, category = 'general', rowid"):
-        out.setdefault(r[0], []).append(r[2])
-    for r in ws.manifest.rows("SELECT image_sha256, text FROM captions WHERE source != ?", (WORKING,)):
-        out[r[0]] = parse(r[1])
-    return out
-
-
 def tagged_by(ws: Workspace, source: str) -> set[str]:
-    return {r[0] for r in ws.manifest.rows("SELECT DISTINCT image_sha256 FROM tags WHERE source = ?",
-                                           (source,))}
+    return ws.manifest.tagged_images(source)
 
 
 def input_sha(record: Record) -> str:
@@ -82,14 +77,8 @@ def input_sha(record: Record) -> str:
 
 def stale(ws: Workspace, source: str, records: Sequence[Record]) -> list[Record]:
     """Tagged images whose stand-in changed since (tags from before this was recorded count as current)."""
-    inputs = {r[0]: r[1] for r in ws.manifest.rows(
-        "SELECT image_sha256, input_sha256 FROM tag_inputs WHERE source = ?", (source,))}
+    inputs = ws.manifest.tag_inputs(source)
     return [r for r in records if r.sha256 in inputs and inputs[r.sha256] != input_sha(r)]
-
-
-def hand_edited(ws: Workspace) -> set[str]:
-    return {r[0] for r in ws.manifest.rows(
-        "SELECT DISTINCT image_sha256 FROM decisions WHERE stage = 'layout' AND verdict = 'caption-kept'")}
 
 
 def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tagger | None,
@@ -115,20 +104,18 @@ def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tag
         remember_selection(ws, source, config)
     if not todo or tagger is None:
         return
-    existing = imported_tags(ws)
-    writer = _Writer(ws, source, dry_run, keep_caption=hand_edited(ws))
+    writer = _Writer(ws, source, dry_run)
     for index, probs, error in tagger.predict([r.path for r in todo], config.batch_size, on_progress):
         record = todo[index]
         if probs is None:
             result.skipped.append((_shown(record), error or "cannot tag"))
             writer.decision(record, "skipped", error or "cannot tag")
             continue
-        caption = merge(existing.get(record.sha256), caption_tags(probs, tags, config), config.existing)
-        caption = caption if caption is not None else existing[record.sha256]
+        caption = compose(record, caption_tags(probs, tags, config), config.existing)
         text = render(caption, config)
         result.count("tagged")
         result.captions.append((_shown(record), text))
-        writer.add(record, stored_rows(probs, tags), text, f"{len(caption)} tags, model {model_name}")
+        writer.add(record, stored_rows(probs, tags), caption, f"{len(caption)} tags, model {model_name}")
     writer.flush()
 
 
@@ -144,9 +131,8 @@ def rethreshold(ws: Workspace, config: TagConfig, model_name: str, result: TagRe
 
 def stored_probabilities(ws: Workspace, source: str) -> dict[str, list[tuple[str, str, float]]]:
     rows: dict[str, list[tuple[str, str, float]]] = {}
-    for r in ws.manifest.rows("SELECT image_sha256, tag, category, confidence FROM tags WHERE source = ? "
-                              "ORDER BY image_sha256, rowid", (source,)):
-        rows.setdefault(r[0], []).append((r[1], r[2], r[3]))
+    for r in ws.manifest.tag_rows(source=source):
+        rows.setdefault(r["image_sha256"], []).append((r["tag"], r["category"], r["confidence"]))
     return rows
 
 
@@ -154,28 +140,25 @@ def reselect(ws: Workspace, config: TagConfig, source: str, records: Sequence[Re
              verb: str, *, dry_run: bool = False, keep_edited: bool = True) -> int:
     """Captions of `records` selected again from their stored probabilities; returns how many.
 
-    `keep_edited`: a caption edited by hand in the dataset (kept by the layout) stays, as when
-    an image is tagged again.
+    `keep_edited`: an image whose caption was edited by hand in the dataset is counted as kept
+    (its user caption wins over the selection, which is still recorded).
     """
     rows = stored_probabilities(ws, source)
-    existing = imported_tags(ws)
-    keep = hand_edited(ws) if keep_edited else set()
     writer = _Writer(ws, source, dry_run)
     done = 0
     for record in records:
         if record.sha256 not in rows:
             result.count("not tagged yet")
             continue
-        if record.sha256 in keep:
+        if keep_edited and record.user_caption is not None:
             result.count("caption edited by hand, kept")
             continue
         probs, infos = from_rows(rows[record.sha256])
-        caption = merge(existing.get(record.sha256), caption_tags(probs, infos, config), config.existing)
-        caption = caption if caption is not None else existing[record.sha256]
+        caption = compose(record, caption_tags(probs, infos, config), config.existing)
         text = render(caption, config)
         result.count(verb)
         result.captions.append((_shown(record), text))
-        writer.caption(record, text)
+        writer.caption(record, caption)
         done += 1
     writer.flush()
     return done
@@ -186,33 +169,30 @@ def _shown(record: Record) -> str:
 
 
 class _Writer:
-    """Batches manifest writes into short transactions (a killed run keeps what it finished)."""
+    """Batches manifest writes into short transactions (a killed run keeps what it finished).
 
-    def __init__(self, ws: Workspace, source: str, dry_run: bool,
-                 keep_caption: set[str] | None = None) -> None:
+    Per image: the tagger's scores (all stored probabilities, for re-thresholding), then the
+    marks that make its tags spell the composed caption: which are kept (and where), which the
+    selection left out. A user caption, user tags and filter removals are never touched.
+    """
+
+    def __init__(self, ws: Workspace, source: str, dry_run: bool) -> None:
         self.ws, self.source, self.dry_run = ws, source, dry_run
-        self.keep_caption = keep_caption or set()
-        self.inputs: list[tuple[str, str, str]] = []
-        self.tags: list[tuple] = []
-        self.captions: list[tuple] = []
-        self.decisions: list[tuple] = []
+        self.pending: list[tuple[Record, list[tuple[str, str, float]] | None, list[str]]] = []
+        self.decisions: list[tuple[str | None, str, str, str, str]] = []
         self.last = time.monotonic()
 
-    def add(self, record: Record, rows: list[tuple[str, str, float]], caption: str, why: str) -> None:
-        self.tags += [(record.sha256, self.source, name, cat, p) for name, cat, p in rows]
-        self.inputs.append((record.sha256, self.source, input_sha(record)))
+    def add(self, record: Record, rows: list[tuple[str, str, float]], caption: list[str], why: str) -> None:
         self.decision(record, "tagged", why)
-        if record.sha256 in self.keep_caption:  # edited by hand in the dataset: the edit stays
-            self._maybe_flush()
-            return
-        self.caption(record, caption)  # last: it may flush, and the three belong together
+        self.pending.append((record, rows, caption))  # last: it may flush, and these belong together
+        self._maybe_flush()
 
-    def caption(self, record: Record, text: str) -> None:
-        self.captions.append((record.sha256, WORKING, text))
+    def caption(self, record: Record, caption: list[str]) -> None:
+        self.pending.append((record, None, caption))
         self._maybe_flush()
 
     def decision(self, record: Record, verdict: str, reason: str) -> None:
-        self.decisions.append((record.sha256, _shown(record), STAGE, verdict, reason, now()))
+        self.decisions.append((record.sha256, _shown(record), STAGE, verdict, reason))
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self.last > COMMIT_EVERY_S:
@@ -220,21 +200,18 @@ class _Writer:
 
     def flush(self) -> None:
         self.last = time.monotonic()
-        if self.dry_run or not (self.tags or self.captions or self.decisions):
-            self.tags, self.captions, self.decisions, self.inputs = [], [], [], []
+        pending, decisions, self.pending, self.decisions = self.pending, self.decisions, [], []
+        if self.dry_run or not (pending or decisions):
             return
-        with self.ws.manifest.transaction() as db:
-            # an image tagged again (new crop) loses the old tagger tags that no longer apply
-            db.executemany("DELETE FROM tags WHERE image_sha256 = ? AND source = ?",
-                           [(image, source) for image, source, _ in self.inputs])
-            db.executemany("INSERT OR REPLACE INTO tag_inputs (image_sha256, source, input_sha256) "
-                           "VALUES (?, ?, ?)", self.inputs)
-            # Tags before captions: an image counts as tagged once its tags are in, and tags and
-            # caption commit together, so a killed run never leaves one without the other.
-            db.executemany("INSERT OR REPLACE INTO tags (image_sha256, source, tag, category, confidence) "
-                           "VALUES (?, ?, ?, ?, ?)", self.tags)
-            db.executemany("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
-                           self.captions)
-            db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, "
-                           "created_at) VALUES (?, ?, ?, ?, ?, ?)", self.decisions)
-        self.tags, self.captions, self.decisions, self.inputs = [], [], [], []
+        m = self.ws.manifest
+        with m.transaction():
+            for record, rows, caption in pending:
+                if rows is not None:  # scores first: an image counts as tagged once they are in
+                    m.replace_scores(record.sha256, self.source, rows, input_sha(record))
+                m.delete_tags(record.sha256, REPLACED)
+                current = [(r["rowid"], r["source"], r["tag"], r["removed"])
+                           for r in m.tag_rows(image=record.sha256)]
+                marks, missing = placement(current, caption)
+                m.mark_tags(marks)
+                m.put_tags(record.sha256, REPLACED, [(name, "general", 1.0, rank) for name, rank in missing])
+            m.add_decisions(decisions)
