@@ -149,7 +149,7 @@ def test_rembg_missing_model_offline(raw: Path, tmp_path: Path, monkeypatch: pyt
         remove_backgrounds(raw, BgConfig(model="nope"))
 
 
-def test_bg_after_crop_cuts_the_original_and_the_next_crop_crops_the_cut_out(raw: Path, tmp_path: Path) -> None:
+def test_bg_after_crop_cuts_the_original_and_next_crop_crops_the_cut_out(raw: Path, tmp_path: Path) -> None:
     """bg works on the original; its new cut-out makes the crop made before it stale, and the
     next crop run crops the cut-out (alpha kept), as the chain original -> cut-out -> crop."""
     from curate.stages.crop.config import CropConfig
