@@ -1,5 +1,8 @@
 """The stages `curate run` can take, in the pipeline's order, each as the single command runs it.
 
+A new stage is its package under curate/stages/ plus one `Stage(...)` line in STAGES, at its
+place in the order (config.ORDER is read from here).
+
 A stage here is a thin adapter: it reads the stage's typed options from its own curate.toml
 table (the same `stage_config` the command uses), calls the stage's one library entry point
 and returns that function's result as a dict. `view` names what the stage reads and writes (see
@@ -12,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.config import stage_config
 from curate.errors import CurateError
 from curate.paths import display
-from curate.pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    from curate.pipeline.config import RunConfig
 
 Progress = Callable[[int, int], None] | None
 
