@@ -10,12 +10,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from curate.atomic import atomic_write_text, sweep_temp_files
 from curate.config import CONFIG_NAME, template
 from curate.errors import CurateError, WorkspaceBusy
 from curate.manifest import CURRENT_DECISION, USER_CAPTION, Manifest
+from curate.manifest.derived import Derived, chain, side_files
 from curate.record import Decision, Origin, Record, Tag, Text
+
+if TYPE_CHECKING:
+    from curate.stage_run import StageRun
 
 STATE_DIR = ".curate"
 MANIFEST_NAME = "manifest.sqlite"
@@ -96,11 +101,21 @@ class Workspace:
             sweep_temp_files(self.images_dir)
             yield
 
+    def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False) -> StageRun:
+        """A stage's run: `with ws.run(stage, config) as run:` (see curate/stage_run.py). Hold
+        `lock()` around it: the run reads records, then commits what it made."""
+        from curate.stage_run import StageRun
+
+        return StageRun(self, stage, params, derives=derives, dry_run=dry_run)
+
     def stored_file(self, sha256: str, ext: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}{ext}"
 
-    def records(self) -> list[Record]:
-        """Every image in the manifest as a Record, in import order."""
+    def records(self, below: int | None = None) -> list[Record]:
+        """Every image in the manifest as a Record, in import order. A record stands for the leaf
+        of its image's derived chain (file, size, mode, format; the original's sha256 stays its
+        key); `below` (a chain rank, manifest.derived.rank) stops the chain before that place,
+        for the stage that makes it."""
         m = self.manifest
         origins: dict[str, list[Origin]] = {}
         for r in m.rows("SELECT * FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):
@@ -126,27 +141,11 @@ class Workspace:
             decisions.setdefault(r["image_sha256"], []).append(
                 Decision(r["stage"], r["verdict"], r["reason"], r["subject"])
             )
-        # A crop from `curate crop` stands in for its image (file, size, mode, format), so later
-        # stages train on it; the original and the box stay in extra["crop"].
-        crops = {r["image_sha256"]: r for r in m.rows("SELECT * FROM crops WHERE kind = 'main'")}
-        closeups: dict[str, list[Path]] = {}
-        for r in m.rows("SELECT image_sha256, stored_path FROM crops WHERE kind != 'main' ORDER BY kind"):
-            closeups.setdefault(r["image_sha256"], []).append(self.root / r["stored_path"])
-
-        def extra(r) -> dict[str, object]:  # type: ignore[no-untyped-def]
-            out: dict[str, object] = {"changes": json.loads(r["changes"])}
-            if (c := crops.get(r["sha256"])) is not None:
-                out["crop"] = {"sha256": c["sha256"], "box": json.loads(c["box"]), "subject": c["subject"],
-                               "original": self.root / r["stored_path"],
-                               "original_size": (r["width"], r["height"])}
-            if r["sha256"] in closeups:
-                out["closeups"] = tuple(closeups[r["sha256"]])
-            return out
-
+        derived = m.derived_rows()
         return [
             Record(
-                sha256=r["sha256"], path=self.root / s["stored_path"], width=s["width"],
-                height=s["height"], mode=s["mode"], format=s["format"],
+                sha256=r["sha256"], path=self.root / leaf["stored_path"], width=leaf["width"],
+                height=leaf["height"], mode=leaf["mode"], format=leaf["format"],
                 origins=tuple(origins.get(r["sha256"], ())),
                 tags=tuple(tags.get(r["sha256"], ())),
                 texts=tuple(texts.get(r["sha256"], ())),
@@ -154,16 +153,39 @@ class Workspace:
                 class_tokens=settings.get("class_token") or None,
                 user_caption=user_captions.get(r["sha256"]),
                 decisions=tuple(decisions.get(r["sha256"], ())),
-                extra=MappingProxyType(extra(r)),
+                extra=MappingProxyType(extra),
             )
             for r in m.rows("SELECT * FROM images ORDER BY rowid")
-            for s in [crops.get(r["sha256"], r)]
+            for leaf, extra in [self._chain(r, derived.get(r["sha256"], []), below)]
         ]
 
+    def _chain(self, image: Any, rows: list[Derived], below: int | None
+               ) -> tuple[dict[str, Any], dict[str, object]]:
+        """The leaf's facts, and extra: "changes", "chain" (main line, original first), "leaf"
+        (its sha256), "crop" (the crop on it: box in its parent's pixels) and "closeups"."""
+        line = chain(image["sha256"], rows, below)
+        files = {image["sha256"]: (self.root / image["stored_path"], (image["width"], image["height"]))}
+        files |= {d.sha256: (self.root / d.stored_path, (d.width, d.height)) for d in line}
+        extra: dict[str, object] = {"changes": json.loads(image["changes"]),
+                                    "leaf": line[-1].sha256 if line else image["sha256"],
+                                    "chain": tuple(MappingProxyType(
+                                        {"kind": d.kind, "sha256": d.sha256, "parent": d.parent,
+                                         "path": self.root / d.stored_path, "info": d.info}) for d in line)}
+        if crop := next((d for d in line if d.kind == "crop"), None):
+            parent_path, parent_size = files[crop.parent]
+            extra["crop"] = {"sha256": crop.sha256, "box": list(crop.info.get("box", ())),
+                             "subject": crop.info.get("subject", ""), "parent": crop.parent,
+                             "original": parent_path, "original_size": parent_size}
+        if closeups := side_files(image["sha256"], rows, line):
+            extra["closeups"] = tuple(self.root / d.stored_path for d in closeups)
+        leaf = dict(image) if not line else {
+            "stored_path": line[-1].stored_path, "width": line[-1].width, "height": line[-1].height,
+            "mode": line[-1].mode, "format": line[-1].format}
+        return leaf, extra
 
-    def active_records(self) -> list[Record]:
+    def active_records(self, below: int | None = None) -> list[Record]:
         """The images later stages work on: those no stage has excluded (e.g. duplicates)."""
-        return [r for r in self.records() if not r.excluded]
+        return [r for r in self.records(below) if not r.excluded]
 
 
 def init_folder(root: Path) -> None:

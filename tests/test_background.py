@@ -105,16 +105,16 @@ def test_workspace_stores_cutouts_and_reruns_from_source(raw: Path, tmp_path: Pa
         first = {r.sha256: r for r in ws.records()}
     for sha, record in first.items():
         assert record.path != originals[sha] and record.mode == "RGBA" and record.format == "PNG"
-        assert record.extra["crop"]["original"] == originals[sha]
+        assert [(link["kind"], link["parent"]) for link in record.extra["chain"]] == [("cutout", sha)]
         assert iou(np.asarray(Image.open(record.path))[:, :, 3]) > 0.85
         assert [d.verdict for d in record.decisions if d.stage == "bg"] == ["cut"]
     remove_backgrounds(ws_root, BgConfig(method="grabcut", fill="#00FF00"))
     with Workspace.open(ws_root) as ws:
         again = {r.sha256: r for r in ws.records()}
-        rows = ws.manifest.rows("SELECT source_path FROM backgrounds")
+        rows = ws.manifest.rows("SELECT parent_sha256 FROM derived WHERE kind = 'cutout'")
     assert {s: r.path for s, r in again.items()} == {s: r.path for s, r in first.items()}
     assert all(len([d for d in r.decisions if d.stage == "bg"]) == 1 for r in again.values())
-    assert {ws_root / r["source_path"] for r in rows} == set(originals.values())
+    assert sorted(r["parent_sha256"] for r in rows) == sorted(originals)  # cut from the originals
     with pytest.raises(CurateError, match="plain folders"):
         remove_backgrounds(ws_root, BgConfig(method="grabcut", mask_only=True))
 
@@ -149,26 +149,30 @@ def test_rembg_missing_model_offline(raw: Path, tmp_path: Path, monkeypatch: pyt
         remove_backgrounds(raw, BgConfig(model="nope"))
 
 
-def test_workspace_cuts_the_crop_and_keeps_its_box(raw: Path, tmp_path: Path) -> None:
+def test_bg_after_crop_cuts_the_original_and_next_crop_crops_the_cut_out(raw: Path, tmp_path: Path) -> None:
+    """bg works on the original; its new cut-out makes the crop made before it stale, and the
+    next crop run crops the cut-out (alpha kept), as the chain original -> cut-out -> crop."""
     from curate.stages.crop.config import CropConfig
     from curate.stages.crop.run import crop_images
 
     ws_root = tmp_path / "ws"
     import_sources(ws_root, [raw], ImportConfig(workers=1))
-    crop_images(ws_root, CropConfig(sources=("saliency",), size=128, format="png", workers=1))
-    with Workspace.open(ws_root) as ws:
-        cropped = {r.sha256: r for r in ws.records()}
+    crop = CropConfig(sources=("saliency",), size=128, format="png", workers=1)
+    crop_images(ws_root, crop)
     remove_backgrounds(ws_root, GRABCUT)
     with Workspace.open(ws_root) as ws:
         cut = {r.sha256: r for r in ws.records()}
     for sha, record in cut.items():
-        before = cropped[sha]
-        assert record.path != before.path and (record.width, record.height) == (before.width, before.height)
-        assert record.extra["crop"]["box"] == before.extra["crop"]["box"]
-        assert record.extra["crop"]["subject"] == before.extra["crop"]["subject"]
-    crop_images(ws_root, CropConfig(sources=("saliency",), size=128, format="png", workers=1))
-    with Workspace.open(ws_root) as ws:  # a new crop run replaces the cut-outs with fresh crops
-        assert {r.sha256: r.path for r in ws.records()} == {s: r.path for s, r in cropped.items()}
+        assert [(link["kind"], link["parent"]) for link in record.extra["chain"]] == [("cutout", sha)]
+        assert "crop" not in record.extra and record.mode == "RGBA"
+    crop_images(ws_root, crop)
+    with Workspace.open(ws_root) as ws:
+        for record in ws.records():
+            cutout, cropped = record.extra["chain"]
+            assert (cutout["kind"], cutout["parent"]) == ("cutout", record.sha256)
+            assert (cropped["kind"], cropped["parent"]) == ("crop", cutout["sha256"])
+            assert (record.width, record.height) == (128, 128) and record.mode == "RGBA"
+            assert record.extra["crop"]["original"] == cut[record.sha256].path
 
 
 def test_grabcut_seeds_from_the_subject_box_not_the_centre() -> None:

@@ -143,7 +143,7 @@ def test_workspace_crops_replace_originals_in_later_stages(tmp_path: Path) -> No
     import_sources(ws, [raw], ImportConfig(workers=1))
     crop_images(ws, NO_FACES, dry_run=True)
     with Workspace.open(ws) as w:
-        assert not w.manifest.rows("SELECT * FROM crops") and all("crop" not in r.extra for r in w.records())
+        assert not w.manifest.derived_rows() and all("crop" not in r.extra for r in w.records())
     crop_images(ws, replace(NO_FACES, sources=("faces", "saliency"), face_closeups=True),
                 crops_file=raw / "crops.csv")
     with Workspace.open(ws) as w:
@@ -166,7 +166,7 @@ def test_workspace_crops_replace_originals_in_later_stages(tmp_path: Path) -> No
     with Workspace.open(ws) as w:
         sizes = sorted((r.width, r.height) for r in w.records())
         assert sizes == [(200, 200), (256, 256), (256, 256)]
-        assert len(w.manifest.rows("SELECT * FROM crops")) == 3
+        assert len(w.manifest.rows("SELECT * FROM derived")) == 3
     out = tmp_path / "dataset"
     layout(ws, out, LayoutConfig(repeats=1))
     written = sorted(Image.open(p).size for p in (out / "img").rglob("*") if p.suffix in (".png", ".jpg"))

@@ -198,8 +198,8 @@ def test_crops_csv_reruns_crop_and_the_users_box_wins(scrape: Path, tagger: Path
     tagged = next(o.result for o in run.stages if o.name == "tag")
     assert tagged and tagged["counts"]["tagged again (new crop)"] == 1  # the new crop's tags, not the old
     with Workspace.open(ws) as w:
-        rows = w.manifest.rows("SELECT box, subject FROM crops WHERE image_sha256 = ? AND kind = 'main'",
-                               [record.sha256])
+        rows = w.manifest.rows("SELECT json_extract(info, '$.subject') AS subject FROM derived "
+                               "WHERE image_sha256 = ? AND kind = 'crop'", [record.sha256])
     assert rows and rows[0]["subject"] == "user"
     assert statuses(run_pipeline(ws))["crop"] == "unchanged"
 

@@ -115,7 +115,7 @@ def manifest_counts(ws: Path) -> dict[str, int]:
                 "SELECT COUNT(DISTINCT image_sha256) FROM (SELECT image_sha256 FROM tags WHERE removed = '' "
                 f"UNION SELECT image_sha256 FROM captions) WHERE image_sha256 NOT IN ({excluded})"),
             "tags_removed": one("SELECT COUNT(*) FROM decisions WHERE verdict = 'tag-removed'"),
-            "cropped": one("SELECT COUNT(*) FROM crops WHERE kind = 'main' "
+            "cropped": one("SELECT COUNT(*) FROM derived WHERE kind = 'crop' "
                            f"AND image_sha256 NOT IN ({excluded})"),
         }
 
@@ -131,7 +131,7 @@ def test_counts_match_the_manifest(workspace: Path, report: ReportResult) -> Non
     with Workspace.open(workspace) as w:
         assert len(data.clusters) == len(w.manifest.decisions("dedupe", "kept"))
         boxes = {r["image_sha256"]: json.loads(r["box"]) for r in w.manifest.rows(
-            "SELECT image_sha256, box FROM crops WHERE kind = 'main'")}
+            "SELECT image_sha256, json_extract(info, '$.box') AS box FROM derived WHERE kind = 'crop'")}
     page = Page(report.index.read_text(encoding="utf-8"))
     for name, n in counts.items():
         assert page.ids[f"count-{name}"]["data-count"] == str(n)

@@ -12,7 +12,6 @@ their cache entries.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from curate.stages.dedupe.cache import FolderCache, Hash, cache_dir, read_hashes
+from curate.manifest.caches import DigestStore
+from curate.stages.dedupe.cache import FolderCache, Hash, cache_dir
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.group import pixel_digest
 from curate.stages.dedupe.hashing import decode_error, hash_key, pool_map
@@ -64,7 +64,7 @@ def scan_paths(paths: Sequence[Path], config: DedupeConfig, cache: FolderCache |
         # the cache is SQLite text: a non-UTF-8 file name is probed every time, never stored
         storable = {p: v for p, v in stamps.items() if _utf8(p)}
         known = cache.files(storable)
-        cached = read_hashes(cache.db, (v[1] for v in known.values()), key, config.flip_invariant)
+        cached = cache.hashes((v[1] for v in known.values()), key, config.flip_invariant)
         todo = [p for p, (stamp, _) in stamps.items()
                 if p not in known or known[p][0] != stamp or known[p][1] not in cached]
         probe = partial(probe_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
@@ -199,26 +199,18 @@ class _DigestCache:
     cache): telling a lossless re-encode from a look-alike decodes both images once, ever."""
 
     def __init__(self) -> None:
-        self._db: sqlite3.Connection | None = None
+        self._store: DigestStore | None = None
 
     def get(self, item: Item) -> str | None:
-        db = self._open()
-        row = db.execute("SELECT digest FROM pixel_digests WHERE sha256 = ?", (item.sha256,)).fetchone()
-        if row is not None:
-            return str(row[0]) if row[0] else None
+        if self._store is None:
+            self._store = DigestStore(cache_dir() / "check-cache.sqlite")
+        known = self._store.get(item.sha256)
+        if known is not None:
+            return known or None
         digest = pixel_digest(item.path)
-        db.execute("INSERT OR REPLACE INTO pixel_digests VALUES (?, ?)", (item.sha256, digest or ""))
+        self._store.put(item.sha256, digest)
         return digest
 
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None:
-            folder = cache_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(folder / "check-cache.sqlite", isolation_level=None, timeout=30)
-            self._db.execute("CREATE TABLE IF NOT EXISTS pixel_digests "
-                             "(sha256 TEXT PRIMARY KEY, digest TEXT)")
-        return self._db
-
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        if self._store is not None:
+            self._store.close()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from curate.config import option
 from curate.errors import CurateError
+from curate.pipeline.stages import STAGES
 
-# The pipeline's order; `[run] stages` picks from these and may not reorder them.
-ORDER = ("import", "dedupe", "filter", "bg", "crop", "tag", "tags-filter", "captions", "layout", "check",
-         "train")
+# The pipeline's order (stages.STAGES); `[run] stages` picks from these and may not reorder them.
+ORDER = tuple(stage.name for stage in STAGES)
 DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check")
 
 

@@ -1,5 +1,8 @@
 """The stages `curate run` can take, in the pipeline's order, each as the single command runs it.
 
+A new stage is its package under curate/stages/ plus one `Stage(...)` line in STAGES, at its
+place in the order (config.ORDER is read from here).
+
 A stage here is a thin adapter: it reads the stage's typed options from its own curate.toml
 table (the same `stage_config` the command uses), calls the stage's one library entry point
 and returns that function's result as a dict. `view` names what the stage reads and writes (see
@@ -12,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.config import stage_config
 from curate.errors import CurateError
 from curate.paths import display
-from curate.pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    from curate.pipeline.config import RunConfig
 
 Progress = Callable[[int, int], None] | None
 
@@ -191,14 +196,14 @@ STAGES: tuple[Stage, ...] = (
           _options("dedupe", "curate.stages.dedupe.config", "DedupeConfig"), _dedupe),
     Stage("filter", ("active",), _options("filter", "curate.stages.quality.config", "QualityConfig"),
           _filter),
-    Stage("bg", ("active", "crops"), _options("bg", "curate.stages.background", "BgConfig"), _bg),
-    Stage("crop", ("active", "crops", "file:crops.csv"),
+    Stage("bg", ("active", "derived"), _options("bg", "curate.stages.background", "BgConfig"), _bg),
+    Stage("crop", ("active", "derived", "file:crops.csv"),
           _options("crop", "curate.stages.crop.config", "CropConfig"), _crop),
-    Stage("tag", ("active", "tags", "crops"), _options("tag", "curate.stages.tag", "TagConfig"), _tag),
+    Stage("tag", ("active", "tags", "derived"), _options("tag", "curate.stages.tag", "TagConfig"), _tag),
     Stage("tags-filter", ("active", "tags", "captions"),
           _options("tags-filter", "curate.stages.captions.filter", "FilterStageConfig"), _tags_filter),
     Stage("captions", ("active", "captions", "settings"), _trigger, _captions),
-    Stage("layout", ("active", "captions", "crops", "settings", "folder:dataset"),
+    Stage("layout", ("active", "captions", "derived", "settings", "folder:dataset"),
           _options("layout", "curate.stages.layout", "LayoutConfig"), _layout),
     Stage("check", (), _check_options, _check),
     Stage("train", ("folder:dataset", "folder:train_out"), _train_options, _train),

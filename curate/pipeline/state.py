@@ -1,7 +1,7 @@
 """What `curate run` remembers to skip unchanged stages: one key per stage in the manifest.
 
 A stage's key is a sha256 over its settings and over the part of the workspace it reads and
-writes (its "view": the image set, the images still in play, tags, captions, crops, dataset-wide
+writes (its "view": the image set, the images still in play, tags, captions, derived files, dataset-wide
 settings, a hand-kept file such as keep.txt, or the dataset folder). After a stage runs, and
 again when the whole run ends, the current key is stored; a later run skips the stage when
 its key is the same, because then neither its inputs, its settings nor its outputs changed.
@@ -18,16 +18,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from curate.manifest.images import STAGE_KEY_PREFIX, VIEW_QUERIES
 from curate.workspace import Workspace
 
-PREFIX = "run.stage."
-QUERIES = {
-    "images": "SELECT sha256 FROM images ORDER BY sha256",
-    "tags": "SELECT image_sha256, source, tag, category, round(confidence, 6) FROM tags ORDER BY 1, 2, 3",
-    "captions": "SELECT image_sha256, source, text FROM captions ORDER BY 1, 2",
-    "crops": "SELECT image_sha256, kind, sha256, box FROM crops ORDER BY 1, 2",
-    "settings": f"SELECT key, value FROM settings WHERE key NOT LIKE '{PREFIX}%' ORDER BY key",
-}
+PREFIX = STAGE_KEY_PREFIX
+PARTS = (*VIEW_QUERIES, "active")  # and "file:..." / "folder:..." parts
 
 
 def _folder_digest(folder: Path, hasher: Any) -> None:
@@ -52,9 +47,9 @@ def view_digest(ws: Workspace, parts: Iterable[str], files: dict[str, Path]) -> 
     hasher = hashlib.sha256()
     for part in parts:
         hasher.update(f"\n[{part}]\n".encode())
-        if part in QUERIES:
-            for row in ws.manifest.rows(QUERIES[part]):
-                hasher.update(json.dumps(list(row), default=str).encode())
+        if part in VIEW_QUERIES:
+            for row in ws.manifest.view_rows(part):
+                hasher.update(json.dumps(row, default=str).encode())
         elif part == "active":
             hasher.update(" ".join(sorted(r.sha256 for r in ws.active_records())).encode())
         elif part.startswith("file:"):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.manifest import CURRENT_DECISION
 from curate.record import DUPLICATE, KEPT, REJECTED, SKIPPED, Record
 from curate.report.training import BucketView, PlanView, bucket_view, plan_view
 from curate.workspace import Workspace
@@ -112,8 +111,7 @@ def _counts(ws: Workspace, records: list[Record]) -> dict[str, int]:
         return len({r["image_sha256"] for r in m.decisions(verdict=verdict) if r["image_sha256"]})
 
     active = [r for r in records if not r.excluded]
-    removed = m.rows(f"SELECT COUNT(*) FROM decisions WHERE verdict = ? AND {CURRENT_DECISION}",
-                     (TAG_REMOVED,))[0][0]
+    removed = m.count_verdict(TAG_REMOVED)
     return {
         "images": m.count("images"),
         "kept": len(active),
@@ -150,11 +148,12 @@ def _image(record: Record, trigger_words: set[str]) -> ImageView:
     if crop is not None:
         box = tuple(int(v) for v in crop["box"])
         w, h = crop["original_size"]
-        crop_view = CropView(record.sha256, Path(crop["original"]), (int(w), int(h)),
+        # the box is in the pixels of the file cropped: the cut-out when bg ran, else the original
+        crop_view = CropView(str(crop.get("parent", record.sha256)), Path(crop["original"]), (int(w), int(h)),
                              (box[0], box[1], box[2], box[3]), str(crop["subject"]))
     reasons = tuple(d.reason for d in record.decisions if d.verdict in (DUPLICATE, REJECTED))
     return ImageView(
-        key=str(crop["sha256"]) if crop else record.sha256, sha256=record.sha256,
+        key=str(record.extra.get("leaf", record.sha256)), sha256=record.sha256,
         shown=_shown(record), label=_label(record), path=record.path,
         width=record.width, height=record.height,
         status=_status(record), caption=record.caption, tags=_tags(record, trigger_words),

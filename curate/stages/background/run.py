@@ -1,18 +1,14 @@
 """`curate bg`: one entry point for a plain folder (report, or with `out` the cut-outs written
 there as `<stem>.png` with their captions) or a workspace.
 
-In a workspace each cut-out is stored like a crop (`images/<sha[:2]>/<sha>.png`, content-
-addressed, written before the manifest names it) as the image's 'main' row of the `crops`
-table, so `Workspace.records()` hands it to later stages; its box and subject are those of the
-crop it was cut from, if any. The `backgrounds` table remembers which file each cut-out came
-from, so a re-run cuts from that file again (not from its own output); a `curate crop` run
-replaces the crops and with them the cut-outs (run `curate bg` again after it).
+In a workspace each cut-out is the 'cutout' of its image's derived chain (manifest/derived.py):
+made from the original, stored as an RGBA PNG (the mask in its alpha) through `Workspace.run`,
+and the leaf later stages see until `curate crop` crops it. A re-run cuts from the originals
+again; a cut-out that changed drops the crop made from the old one (crop runs again on it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +19,8 @@ from PIL import Image
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
 from curate.folder import resolve_target, walk_images
-from curate.manifest import now
+from curate.record import Record
+from curate.stage_run import StageRun, shown
 from curate.stages.background.config import BgConfig, parse_fill
 from curate.stages.background.masks import Cut, Segmenter
 from curate.stages.background.render import coverage, encode
@@ -90,10 +87,11 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
         if out is not None or config.mask_only:
             raise CurateError("--out and --mask-only are for plain folders: in a workspace the cut-outs "
                               "(mask in their alpha) are stored beside the images for later stages")
-        with Workspace.open(target) as ws, ws.lock():
-            sources = _ws_items(ws, result)
+        with Workspace.open(target) as ws, ws.lock(), ws.run(STAGE, config, derives="cutout") as run:
+            records = {r.sha256: r for r in run.records()}  # the originals: bg cuts from them
+            result.items = [Item(shown(r), r.path, r.sha256) for r in records.values()]
             _run(result, Segmenter(config), on_progress)
-            _store(ws, result, sources)
+            _store(run, result, records)
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
@@ -139,51 +137,16 @@ def _write_folder(root: Path, out: Path, it: Item, mask_only: bool) -> list[str]
     return copy_image(root, it.shown, out, it.data, name.name)
 
 
-def _ws_items(ws: Workspace, result: BgResult) -> dict[str, tuple[str, dict[str, Any] | None]]:
-    """Items for the active images, each cut from the file before any earlier cut-out; returns
-    image sha -> (that file, relative; the crops row it came from, or None)."""
-    mains = {r["image_sha256"]: dict(r) for r in ws.manifest.rows("SELECT * FROM crops WHERE kind = 'main'")}
-    cuts = {r["image_sha256"]: r for r in ws.manifest.rows("SELECT * FROM backgrounds")}
-    sources: dict[str, tuple[str, dict[str, Any] | None]] = {}
-    for record in ws.active_records():
-        main, cut = mains.get(record.sha256), cuts.get(record.sha256)
-        if main is not None and cut is not None and main["sha256"] == cut["sha256"]:
-            row = json.loads(cut["source_row"]) if cut["source_row"] else None
-            sources[record.sha256] = (cut["source_path"], row)
-        else:
-            sources[record.sha256] = (record.path.relative_to(ws.root).as_posix(), main)
-        shown = record.origins[0].source_path if record.origins else str(record.path)
-        result.items.append(Item(shown, ws.root / sources[record.sha256][0], record.sha256))
-    return sources
-
-
-def _store(ws: Workspace, result: BgResult, sources: dict[str, tuple[str, dict[str, Any] | None]]) -> None:
-    """Cut-out files first (content-addressed, atomic), then every row in one transaction."""
-    run_id = ws.manifest.start_run(STAGE, asdict(result.config))
-    crops, cuts, decisions = [], [], []
+def _store(run: StageRun, result: BgResult, records: dict[str, Record]) -> None:
+    """Each cut-out as the 'cutout' of its image's chain (made from the original), then the
+    decisions: the run commits them together (Workspace.run)."""
     for it in result.done:
         assert it.data is not None and it.sha256 is not None
-        sha = hashlib.sha256(it.data).hexdigest()
-        path = ws.stored_file(sha, ".png")
-        if not path.exists():
-            atomic_write_bytes(path, it.data)
-        source_path, row = sources[it.sha256]
-        box = row["box"] if row else json.dumps([0, 0, *it.size])
-        crops.append((it.sha256, "main", sha, path.relative_to(ws.root).as_posix(), *it.size, "RGBA", "PNG",
-                      box, row["subject"] if row else "background", run_id))
-        cuts.append((it.sha256, sha, source_path, json.dumps(row) if row else None, result.config.method,
-                     run_id))
-        reason = f"{result.device}; subject {it.subject:.0%} of {it.size[0]}x{it.size[1]}"
-        decisions.append((it.sha256, it.shown, STAGE, CUT, reason, run_id, now()))
-    decisions += [(it.sha256, it.shown, STAGE, FAILED, it.error, run_id, now())
-                  for it in result.items if it.error]
-    with ws.manifest.transaction() as db:
-        db.executemany("DELETE FROM crops WHERE image_sha256 = ? AND kind = 'main'", [(c[0],) for c in crops])
-        db.executemany("INSERT INTO crops (image_sha256, kind, sha256, stored_path, width, height, mode, "
-                       "format, box, subject, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", crops)
-        db.executemany("INSERT OR REPLACE INTO backgrounds (image_sha256, sha256, source_path, source_row, "
-                       "method, run_id) VALUES (?, ?, ?, ?, ?, ?)", cuts)
-        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
-                       "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", decisions)
-        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
-                   (json.dumps(result.counts(), sort_keys=True), now(), run_id))
+        record = records[it.sha256]
+        run.derive(record, "cutout", it.data, method=result.config.method, fill=result.config.fill,
+                   subject_share=round(it.subject, 4), settings=asdict(result.config))
+        run.decide(record, CUT, f"{result.device}; subject {it.subject:.0%} of {it.size[0]}x{it.size[1]}")
+    for it in result.items:
+        if it.error:
+            run.decide(records[str(it.sha256)], FAILED, it.error)
+    run.summary = result.counts()

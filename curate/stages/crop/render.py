@@ -111,6 +111,13 @@ def encode(image: Image.Image, piece: Piece, source_format: str, policy: str) ->
     source = image.convert("RGBA" if keep_alpha else "RGB")
     if (w, h) == piece.window.out:
         cropped = source.crop((x, y, x + w, y + h))
+    elif keep_alpha:
+        # Pillow resizes RGBA premultiplied, which turns the colour under alpha 0 black: a cut-out's
+        # fill (what a trainer without alpha_mask sees) is resized apart from its mask instead.
+        def scaled(im: Image.Image) -> Image.Image:
+            return im.resize(piece.window.out, Image.Resampling.LANCZOS, box=(x, y, x + w, y + h))
+        colour, mask = scaled(source.convert("RGB")), scaled(source.getchannel("A"))
+        cropped = Image.merge("RGBA", (*colour.split(), mask))
     else:
         cropped = source.resize(piece.window.out, Image.Resampling.LANCZOS, box=(x, y, x + w, y + h))
     fmt = source_format if policy == "same" and source_format in EXTS else "PNG"

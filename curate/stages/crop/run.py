@@ -1,30 +1,27 @@
 """`curate crop`: the one entry point, for a plain folder or a workspace.
 
-In a workspace every image later stages would use gets a crop, stored like an image
-(`images/<sha[:2]>/<sha>.<ext>`, content-addressed, written atomically before the manifest
-names it) and recorded in the `crops` table; `Workspace.records()` then hands the crop to
-later stages (layout) in place of the original, which stays untouched. Each run re-crops from
-the originals and replaces the previous run's crops and decisions in one transaction. A plain
+In a workspace every active image gets a crop of its chain's file below the crop (the cut-out
+when `curate bg` ran, else the original; manifest/derived.py), stored through `Workspace.run`
+as the 'crop' (and 'closeup-N') of that chain; the crop is then the leaf later stages (layout)
+use. Each run crops again and replaces the previous run's crops and decisions in one
+transaction. A plain
 folder gets a report, and with `out` the crops written there at the same relative paths with
 their caption sidecars; the folder itself is never written.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
 from curate.folder import resolve_target, walk_images
-from curate.manifest import now
 from curate.record import Record
+from curate.stage_run import StageRun, shown
 from curate.stages.crop.config import CropConfig
-from curate.stages.crop.render import Outcome, Piece, crop_file
+from curate.stages.crop.render import Outcome, crop_file
 from curate.stages.crop.user_boxes import CROPS_FILE, Box, listed, match, read_crops
 from curate.stages.guard import FAILED, Failed, per_image_map
 from curate.stages.quality.copy import check_out, copy_image
@@ -109,11 +106,13 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
         if out is not None:
             raise CurateError("--out is for plain folders: in a workspace crops are stored beside the "
                               "images and used by later stages (then `curate layout`)")
-        with Workspace.open(target) as ws, ws.lock():
-            result.items = [_ws_item(r) for r in ws.active_records()]
+        with (Workspace.open(target) as ws, ws.lock(),
+              ws.run(STAGE, _params(config), derives="crop", dry_run=dry_run) as run):
+            records = {r.sha256: r for r in run.records()}  # each the cut-out when bg ran
+            result.items = [_ws_item(r) for r in records.values()]
             _run(result, boxes, crops_file, on_progress, render=not dry_run)
             if not dry_run:
-                _store(ws, result)
+                _store(run, result, records)
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
@@ -129,16 +128,19 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
     return result
 
 
+def _params(config: CropConfig) -> dict[str, Any]:
+    return {**asdict(config), "sources": list(config.sources)}
+
+
 def _ws_item(record: Record) -> Item:
-    crop = record.extra.get("crop")
-    original = Path(crop["original"]) if crop else record.path
-    # the stored copy too (whole, from the workspace root, by file name), as the report names it
-    names = [record.sha256, *_stored_names(record.path), *_stored_names(original)]
+    # the stored copies too (whole, from the workspace root, by file name), as the report names them
+    names = [record.sha256, *_stored_names(record.path)]
+    for link in record.extra.get("chain", ()):
+        names += _stored_names(Path(link["path"]))
     for origin in record.origins:
         rel = origin.source_path.removeprefix(origin.source_root).lstrip("/\\")
         names += [origin.source_path, rel, Path(origin.source_path.split("!/")[-1]).name]
-    shown = record.origins[0].source_path if record.origins else str(original)
-    return Item(shown, original, tuple(names), record.sha256)
+    return Item(shown(record), record.path, tuple(names), record.sha256)
 
 
 def _stored_names(path: Path) -> list[str]:
@@ -167,41 +169,26 @@ def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
                         for name in boxes if name not in used]
 
 
-def _store(ws: Workspace, result: CropResult) -> None:
-    """Crop files first (content-addressed, atomic), then every row and the run's end in one
-    transaction: a killed run leaves the previous crops in force."""
-    run_id = ws.manifest.start_run(STAGE, {**asdict(result.config), "sources": list(result.config.sources)})
-    rows, decisions = [], []
+def _store(run: StageRun, result: CropResult, records: dict[str, Record]) -> None:
+    """Each piece as a file of its image's chain, made from the file cropped (the cut-out when
+    bg ran, else the original), then the decisions: the run commits them together, replacing
+    the previous run's crops (Workspace.run)."""
     for it in result.done:
-        assert it.outcome is not None
+        assert it.outcome is not None and it.sha256 is not None
+        record = records[it.sha256]
         subject = it.outcome.subject.source if it.outcome.subject else ""
         for piece in it.outcome.pieces:
-            rows.append((it.sha256, *_stored(ws, piece), subject, run_id))
+            assert piece.data is not None
+            kind = "crop" if piece.kind == "main" else piece.kind
+            run.derive(record, kind, piece.data, box=list(piece.window.box), subject=subject,
+                       settings={**asdict(result.config), "sources": list(result.config.sources)})
         main = it.outcome.pieces[0].window
         reason = "; ".join([it.reason(result.config.max_upscale), *it.outcome.notes])
-        verdict = SMALL if main.small else CROPPED
-        decisions.append((it.sha256, it.shown, STAGE, verdict, reason, run_id, now()))
-    decisions += [(it.sha256, it.shown, STAGE, FAILED, it.outcome.error, run_id, now())
-                  for it in result.items if it.outcome is not None and it.outcome.error]
-    with ws.manifest.transaction() as db:
-        db.execute("DELETE FROM crops")
-        db.executemany("INSERT INTO crops (image_sha256, kind, sha256, stored_path, width, height, mode, "
-                       "format, box, subject, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
-                       "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", decisions)
-        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
-                   (json.dumps(result.counts(), sort_keys=True), now(), run_id))
-
-
-def _stored(ws: Workspace, piece: Piece) -> tuple[Any, ...]:
-    assert piece.data is not None
-    sha = hashlib.sha256(piece.data).hexdigest()
-    path = ws.stored_file(sha, piece.ext)
-    if not path.exists():
-        atomic_write_bytes(path, piece.data)
-    w, h = piece.window.out
-    return (piece.kind, sha, path.relative_to(ws.root).as_posix(), w, h, piece.mode, piece.format,
-            json.dumps(list(piece.window.box)))
+        run.decide(record, SMALL if main.small else CROPPED, reason)
+    for it in result.items:
+        if it.outcome is not None and it.outcome.error:
+            run.decide(records[str(it.sha256)], FAILED, it.outcome.error)
+    run.summary = result.counts()
 
 
 def _folder_names(it: Item) -> list[str]:

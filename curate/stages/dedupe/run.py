@@ -8,7 +8,6 @@ atomically with the run's end, so a killed run changes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.folder import resolve_target
-from curate.manifest import now
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.group import Group, find_groups
@@ -151,23 +149,18 @@ def _confirm_fn(config: DedupeConfig):  # type: ignore[no-untyped-def]
 
 def _record(ws: Workspace, result: DedupeResult, config: DedupeConfig) -> None:
     """This run's decisions and its end, in one transaction: all of them or none."""
-    run_id = ws.manifest.start_run(STAGE, {**config.__dict__, "threshold": result.threshold})
-    rows = []
-    for g in result.groups:
-        keeper = result.items[g.keeper]
-        rows.append((keeper.sha256, keeper.shown, KEPT, f"kept for {len(g.duplicates)} "
-                     f"duplicate(s): {g.why}"))
-        rows += [(result.items[i].sha256, result.items[i].shown, KEPT, "listed in the keep list")
-                 for i in g.also_kept]
-        rows += [(result.items[m.index].sha256, result.items[m.index].shown, DUPLICATE,
-                  result.reason(m.index, g)) for m in g.duplicates]
-    summary = result.counts
-    with ws.manifest.transaction() as db:
-        db.executemany(
-            "INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", [(*r[:2], STAGE, *r[2:], run_id, now()) for r in rows])
-        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
-                   (json.dumps(summary, sort_keys=True), now(), run_id))
+    with ws.run(STAGE, {**config.__dict__, "threshold": result.threshold}) as run:
+        for g in result.groups:
+            keeper = result.items[g.keeper]
+            run.decide(keeper.sha256, KEPT, f"kept for {len(g.duplicates)} duplicate(s): {g.why}",
+                       subject=keeper.shown)
+            for i in g.also_kept:
+                also = result.items[i]
+                run.decide(also.sha256, KEPT, "listed in the keep list", subject=also.shown)
+            for m in g.duplicates:
+                item = result.items[m.index]
+                run.decide(item.sha256, DUPLICATE, result.reason(m.index, g), subject=item.shown)
+        run.summary = result.counts
 
 
 def _move(result: DedupeResult, root: Path, dest: Path, dry_run: bool) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from curate.folder import walk_images
-from curate.stages.dedupe.cache import FolderCache, Hash, read_hashes, write_hashes
+from curate.stages.dedupe.cache import FolderCache, Hash
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, pool_map
 from curate.stages.ingest.sources import display, read_capped
@@ -101,7 +101,7 @@ def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
     paths = {rel: os.path.join(root, rel) for rel in found}
     stats = _stat_all(paths, scan)
     known = cache.files(paths[rel] for rel in stats)
-    cached = read_hashes(cache.db, (v[1] for v in known.values()), key, config.flip_invariant)
+    cached = cache.hashes((v[1] for v in known.values()), key, config.flip_invariant)
     todo = [rel for rel, (stamp, _) in stats.items()
             if known.get(paths[rel], ("",))[0] != stamp or known[paths[rel]][1] not in cached]
     probes = dict(zip(todo, _probe_all([paths[r] for r in todo], config, on_progress), strict=True))
@@ -160,36 +160,33 @@ def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
     """Every image of the workspace with its hash; new hashes are stored in the manifest."""
     m = ws.manifest
     firsts = m.first_origins()
-    rows = m.rows("SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")
+    rows = m.image_rows()
     key = hash_key(config.hash, config.hash_size, config.decode)
-    cached = read_hashes(m.db, (r["sha256"] for r in rows), key, config.flip_invariant)
-    missing = [r for r in rows if r["sha256"] not in cached]
+    cached = m.hashes((r.sha256 for r in rows), key, config.flip_invariant)
+    missing = [r for r in rows if r.sha256 not in cached]
     one = partial(hash_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip_invariant=config.flip_invariant)
-    paths = [str(ws.root / r["stored_path"]) for r in missing]
+    paths = [str(ws.root / r.stored_path) for r in missing]
     computed = _collect(pool_map(one, paths, config.workers or None), len(paths), on_progress)
     scan = Scan(hashed=len(missing))
     fresh = []
     for row, fh in zip(missing, computed, strict=True):
         if fh.value is None:
-            scan.skipped.append((firsts.get(row["sha256"], row["stored_path"]), fh.error or "no hash"))
+            scan.skipped.append((firsts.get(row.sha256, row.stored_path), fh.error or "no hash"))
         else:
-            cached[row["sha256"]] = (fh.value, fh.mirrored)
-            fresh.append((row["sha256"], fh.value, fh.mirrored))
+            cached[row.sha256] = (fh.value, fh.mirrored)
+            fresh.append((row.sha256, fh.value, fh.mirrored))
     if save and fresh:
-        with m.transaction() as db:
-            write_hashes(db, key, fresh)
-    aliases: dict[str, list[str]] = {}
-    for r in m.rows("SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL"):
-        aliases.setdefault(r[0], []).append(r[1])
+        m.save_hashes(key, fresh)
+    aliases = m.origin_aliases()
     for order, r in enumerate(rows):
-        if r["sha256"] not in cached:
+        if r.sha256 not in cached:
             continue
-        shown = firsts.get(r["sha256"], r["stored_path"])
-        path = ws.root / r["stored_path"]
-        scan.items.append(Item(shown, path, r["sha256"], r["width"], r["height"], r["format"],
-                               r["file_bytes"], float(order), order,
-                               (r["sha256"], r["stored_path"], *aliases.get(r["sha256"], ()))))
-        scan.hashes.append(cached[r["sha256"]])
+        shown = firsts.get(r.sha256, r.stored_path)
+        path = ws.root / r.stored_path
+        scan.items.append(Item(shown, path, r.sha256, r.width, r.height, r.format,
+                               r.file_bytes, float(order), order,
+                               (r.sha256, r.stored_path, *aliases.get(r.sha256, ()))))
+        scan.hashes.append(cached[r.sha256])
     return scan
 

@@ -10,7 +10,6 @@ of the images that pass (with their caption sidecars); the folder itself is neve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.folder import resolve_target, walk_images
-from curate.manifest import now
 from curate.record import EXCLUDING, REJECTED, Record
 from curate.stages.guard import FAILED, Failed, per_image_map
 from curate.stages.quality.config import CHECKS, QualityConfig
@@ -112,9 +110,8 @@ def _excluded_elsewhere(record: Record) -> bool:
 
 
 def content_key(record: Record) -> str:
-    """The sha256 of the file later stages use: the image's, or its crop's."""
-    crop = record.extra.get("crop")
-    return str(crop["sha256"]) if crop else record.sha256
+    """The sha256 of the file later stages use: the leaf of the image's derived chain."""
+    return str(record.extra.get("leaf", record.sha256))
 
 
 def _shown(record: Record) -> str:
@@ -125,16 +122,13 @@ def _workspace(ws: Workspace, result: QualityResult, on_progress: ProgressFn | N
     records = [r for r in ws.records() if not _excluded_elsewhere(r)]
     result.items = [Item(_shown(r), r.path, content_key(r), r.sha256) for r in records]
     key = scores_key(detector_key(result.config.detector))
-    stored = {row["content_sha256"]: json.loads(row["scores"]) for row in ws.manifest.rows(
-        "SELECT content_sha256, scores FROM quality_scores WHERE key = ?", [key])}
+    stored = ws.manifest.quality_scores(key)
     for it in result.items:
         it.scores = stored.get(it.key)
     fresh = _measure(result, result.config.detector, on_progress)
     if result.dry_run:
         return
-    with ws.manifest.transaction() as db:
-        db.executemany("INSERT OR REPLACE INTO quality_scores (content_sha256, key, scores) VALUES (?, ?, ?)",
-                       [(it.key, key, json.dumps(it.scores, sort_keys=True)) for it in fresh])
+    ws.manifest.save_quality_scores(key, {it.key: it.scores or {} for it in fresh})
     _record(ws, result)
 
 
@@ -162,16 +156,12 @@ def _measure(result: QualityResult, detector: str, on_progress: ProgressFn | Non
 
 def _record(ws: Workspace, result: QualityResult) -> None:
     """This run's decisions and its end, in one transaction: all of them or none."""
-    run_id = ws.manifest.start_run(STAGE, {**asdict(result.config), "skip": list(result.config.skip)})
-    rows = [(it.sha256, it.shown, STAGE, REJECTED, "; ".join(r for _, r in it.failures), run_id, now())
-            for it in result.rejected]
-    rows += [(it.sha256, it.shown, STAGE, FAILED, reason, run_id, now())
-             for it, reason in result.failed]
-    with ws.manifest.transaction() as db:
-        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
-                       "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
-                   (json.dumps(result.counts(), sort_keys=True), now(), run_id))
+    with ws.run(STAGE, {**asdict(result.config), "skip": list(result.config.skip)}) as run:
+        for it in result.rejected:
+            run.decide(it.sha256, REJECTED, "; ".join(r for _, r in it.failures), subject=it.shown)
+        for it, reason in result.failed:
+            run.decide(it.sha256, FAILED, reason, subject=it.shown)
+        run.summary = result.counts()
 
 
 def failed_checks(result: QualityResult) -> Sequence[tuple[str, int]]:

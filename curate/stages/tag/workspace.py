@@ -70,9 +70,9 @@ def tagged_by(ws: Workspace, source: str) -> set[str]:
 
 
 def input_sha(record: Record) -> str:
-    """The content that stands in for the image in later stages: its crop, or the image."""
-    crop = record.extra.get("crop")
-    return str(crop["sha256"]) if isinstance(crop, dict) else record.sha256
+    """The content that stands in for the image in later stages: the leaf of its derived chain
+    (crop, or cut-out, or the image itself)."""
+    return str(record.extra.get("leaf") or record.sha256)
 
 
 def stale(ws: Workspace, source: str, records: Sequence[Record]) -> list[Record]:

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.manifest.caches import HASHES_TABLE
+from curate.manifest.derived import MIGRATION_7, DerivedQueries
+from curate.manifest.images import ImageQueries
 from curate.paths import display
 
 _SCHEMA_V1 = """
@@ -81,16 +84,6 @@ CREATE TABLE runs (
 );
 """
 
-# Perceptual hashes for `curate dedupe`; plain-folder runs keep the same table in their cache.
-HASHES_TABLE = """
-CREATE TABLE IF NOT EXISTS hashes (
-    image_sha256 TEXT NOT NULL,
-    hash_key     TEXT NOT NULL,  -- e.g. phash-8-draft: only equal keys compare
-    value        TEXT NOT NULL,  -- hex, as imagehash prints it
-    mirrored     TEXT,           -- hash of the left-right mirror image, when it was asked for
-    PRIMARY KEY (image_sha256, hash_key)
-);
-"""
 # Each step is one SQL script, or a function of the connection; it runs in one transaction
 # together with its version bump.
 MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
@@ -142,6 +135,9 @@ CREATE TABLE crops (
     PRIMARY KEY (image_sha256, source)
 );
 """,
+    # Derived images as a chain (original -> cut-out -> crop, close-ups beside): `derived`
+    # replaces `crops` and `backgrounds`, whose rows it carries forward (derived.py).
+    7: MIGRATION_7,
 }
 
 
@@ -231,8 +227,9 @@ def migrate(db: sqlite3.Connection) -> int:
     return start
 
 
-class Manifest:
-    """Typed access to the manifest tables. Writes happen inside `transaction()`."""
+class Manifest(DerivedQueries, ImageQueries):
+    """Typed access to the manifest tables. Writes happen inside `transaction()`; the image-side
+    queries (derived files, stage runs, scores, hashes) come from derived.py and images.py."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -318,7 +315,7 @@ class Manifest:
         return [(r["stage"], r["verdict"], r["n"]) for r in rows]
 
     def count(self, table: str) -> int:
-        if table not in {"images", "origins", "tags", "captions", "decisions", "runs"}:
+        if table not in {"images", "origins", "tags", "captions", "decisions", "runs", "derived"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 

@@ -1,0 +1,135 @@
+"""The SQLite caches outside a workspace: perceptual hashes and file facts of plain folders
+(`dedupe-cache.sqlite`, for `curate dedupe` and `curate check`) and pixel digests
+(`check-cache.sqlite`). Only a cache: a damaged one is rebuilt rather than blocking the user.
+The hash helpers are shared with the manifest's own `hashes` table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+# Perceptual hashes for `curate dedupe`; plain-folder runs keep the same table in their cache.
+HASHES_TABLE = """
+CREATE TABLE IF NOT EXISTS hashes (
+    image_sha256 TEXT NOT NULL,
+    hash_key     TEXT NOT NULL,  -- e.g. phash-8-draft: only equal keys compare
+    value        TEXT NOT NULL,  -- hex, as imagehash prints it
+    mirrored     TEXT,           -- hash of the left-right mirror image, when it was asked for
+    PRIMARY KEY (image_sha256, hash_key)
+);
+"""
+FILES_TABLE = """
+CREATE TABLE IF NOT EXISTS files (
+    path    TEXT PRIMARY KEY,    -- absolute
+    stamp   TEXT NOT NULL,       -- size:mtime_ns
+    sha256  TEXT NOT NULL,
+    width   INTEGER NOT NULL,
+    height  INTEGER NOT NULL,
+    format  TEXT NOT NULL
+);
+"""
+DIGESTS_TABLE = "CREATE TABLE IF NOT EXISTS pixel_digests (sha256 TEXT PRIMARY KEY, digest TEXT);"
+
+Hash = tuple[int, int | None]  # value, mirrored
+
+
+def read_hashes(db: sqlite3.Connection, shas: Iterable[str], key: str,
+                need_mirrored: bool) -> dict[str, Hash]:
+    """The cached hashes of these images in this hash space (those that are cached)."""
+    wanted = set(shas)
+    out: dict[str, Hash] = {}
+    for sha, value, mirrored in db.execute(
+        "SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ?", (key,)
+    ):
+        if sha in wanted and (mirrored is not None or not need_mirrored):
+            out[sha] = (int(value, 16), int(mirrored, 16) if mirrored is not None else None)
+    return out
+
+
+def write_hashes(db: sqlite3.Connection, key: str, rows: Iterable[tuple[str, int, int | None]]) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO hashes (image_sha256, hash_key, value, mirrored) VALUES (?, ?, ?, ?)",
+        [(sha, key, f"{v:x}", None if m is None else f"{m:x}") for sha, v, m in rows],
+    )
+
+
+def path_key(path: str) -> str:
+    """An absolute path as SQLite text. Linux names are bytes: one that is not UTF-8 (Python
+    holds it with surrogate escapes, which SQLite refuses) is keyed by its bytes in hex, under
+    a prefix no absolute path has, so two names never share a key."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "bytes:" + os.fsencode(path).hex()
+
+
+def _open_cache(path: Path, schema: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+        return db
+    except sqlite3.DatabaseError:
+        with contextlib.suppress(NameError):
+            db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db.executescript(schema)
+        return db
+
+
+class FolderCacheDB:
+    """File stamps -> sha256 and image facts, and hashes, for plain folders."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = _open_cache(path, HASHES_TABLE + FILES_TABLE)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def files(self, paths: Iterable[str]) -> dict[str, tuple[str, str, int, int, str]]:
+        """path -> (stamp, sha256, width, height, format) for the known ones."""
+        wanted = {path_key(p): p for p in paths}
+        rows = self.db.execute("SELECT path, stamp, sha256, width, height, format FROM files")
+        return {wanted[r[0]]: tuple(r[1:]) for r in rows if r[0] in wanted}  # type: ignore[misc]
+
+    def hashes(self, shas: Iterable[str], key: str, need_mirrored: bool) -> dict[str, Hash]:
+        return read_hashes(self.db, shas, key, need_mirrored)
+
+    def save(self, files: list[tuple[str, str, str, int, int, str]], key: str,
+             hashes: list[tuple[str, int, int | None]]) -> None:
+        files = [(path_key(path), *rest) for path, *rest in files]  # type: ignore[misc]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", files)
+            write_hashes(self.db, key, hashes)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+
+class DigestStore:
+    """Pixel digests by content sha256 ("" = the image could not be decoded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = _open_cache(path, DIGESTS_TABLE)
+
+    def get(self, sha256: str) -> str | None:
+        """The stored digest, "" for a known undecodable image, None when not stored."""
+        row = self.db.execute("SELECT digest FROM pixel_digests WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else str(row[0] or "")
+
+    def put(self, sha256: str, digest: str | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pixel_digests VALUES (?, ?)", (sha256, digest or ""))
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,137 @@
+"""Image-side queries of the manifest, mixed into Manifest: a stage run's one commit (its row,
+derived files, decisions and end), quality scores, perceptual hashes, the views `curate run`
+keys its stages on, and the counts status and report show."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from curate.manifest.caches import Hash, read_hashes, write_hashes
+from curate.manifest.derived import Derived, drop_earlier_runs, write_derived
+
+# What `curate run` hashes for each view part (pipeline/state.py); keys it stores itself (under
+# this prefix in settings) are left out, and so are run ids: a re-run that made the same files
+# is the same state.
+STAGE_KEY_PREFIX = "run.stage."
+VIEW_QUERIES = {
+    "images": "SELECT sha256 FROM images ORDER BY sha256",
+    # removed marks and ranks too: a filter rule or a hand reorder changes what layout writes
+    "tags": "SELECT image_sha256, source, tag, category, round(confidence, 6), removed, rank FROM tags "
+            "ORDER BY 1, 2, 3",
+    "captions": "SELECT image_sha256, source, text FROM captions ORDER BY 1, 2",
+    "derived": "SELECT image_sha256, kind, parent_sha256, sha256, info FROM derived ORDER BY 1, 2",
+    "settings": f"SELECT key, value FROM settings WHERE key NOT LIKE '{STAGE_KEY_PREFIX}%' ORDER BY key",
+}
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    """A decision a stage run makes, written when the run commits."""
+
+    image: str | None  # None: a source file that never became an image
+    subject: str  # the file as the user knows it
+    verdict: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    sha256: str
+    stored_path: str
+    width: int
+    height: int
+    format: str
+    file_bytes: int
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ImageQueries:
+    """Mixed into Manifest (which gives `db` and `transaction`)."""
+
+    db: sqlite3.Connection
+    transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+    # -- a stage run --------------------------------------------------------------------
+    def commit_run(self, stage: str, params: dict[str, Any], summary: dict[str, Any],
+                   files: Sequence[Derived], decisions: Sequence[NewDecision], *, replacing: bool) -> int:
+        """A finished stage run in one transaction: its row, its derived files (a replacing
+        stage's earlier files it did not make again are dropped), its decisions and its end."""
+        with self.transaction() as db:
+            params_json = json.dumps(params, sort_keys=True, default=str)
+            run_id = int(db.execute("INSERT INTO runs (command, params, started_at) VALUES (?, ?, ?)",
+                                    (stage, params_json, _now())).lastrowid or 0)
+            write_derived(db, run_id, files)
+            if replacing:
+                drop_earlier_runs(db, stage, run_id)
+            db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(d.image, d.subject, stage, d.verdict, d.reason, run_id, _now())
+                            for d in decisions])
+            db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
+                       (json.dumps(summary, sort_keys=True, default=str), _now(), run_id))
+        return run_id
+
+    # -- images and origins -------------------------------------------------------------
+    def image_rows(self) -> list[ImageRow]:
+        """Every stored image, in import order."""
+        return [ImageRow(*r) for r in self.db.execute(
+            "SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")]
+
+    def origin_aliases(self) -> dict[str, list[str]]:
+        """Image sha256 -> every source file it was imported from."""
+        out: dict[str, list[str]] = {}
+        for sha, path in self.db.execute(
+                "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):
+            out.setdefault(sha, []).append(path)
+        return out
+
+    def images_by_source_kind(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT source_kind, COUNT(*) AS n FROM origins WHERE image_sha256 IS NOT NULL "
+            "GROUP BY source_kind ORDER BY n DESC, source_kind")}
+
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT command, started_at, finished_at, summary FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def count_verdict(self, verdict: str) -> int:
+        """Current decisions with this verdict (every one, not images: a tag removal is per tag)."""
+        from curate.manifest import CURRENT_DECISION
+
+        return int(self.db.execute(f"SELECT COUNT(*) FROM decisions WHERE verdict = ? AND {CURRENT_DECISION}",
+                                   (verdict,)).fetchone()[0])
+
+    # -- quality scores and perceptual hashes ---------------------------------------------
+    def quality_scores(self, key: str) -> dict[str, dict[str, Any]]:
+        """Content sha256 -> the scores measured under `key`."""
+        return {r[0]: json.loads(r[1]) for r in self.db.execute(
+            "SELECT content_sha256, scores FROM quality_scores WHERE key = ?", (key,))}
+
+    def save_quality_scores(self, key: str, scores: dict[str, dict[str, Any]]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO quality_scores (content_sha256, key, scores) "
+                           "VALUES (?, ?, ?)",
+                           [(sha, key, json.dumps(s, sort_keys=True)) for sha, s in scores.items()])
+
+    def hashes(self, shas: Iterable[str], key: str, need_mirrored: bool) -> dict[str, Hash]:
+        return read_hashes(self.db, shas, key, need_mirrored)
+
+    def save_hashes(self, key: str, rows: Iterable[tuple[str, int, int | None]]) -> None:
+        with self.transaction() as db:
+            write_hashes(db, key, rows)
+
+    # -- what `curate run` keys its stages on ----------------------------------------------
+    def view_rows(self, part: str) -> Iterator[list[Any]]:
+        if part not in VIEW_QUERIES:
+            raise ValueError(f"unknown view part {part!r}")
+        for row in self.db.execute(VIEW_QUERIES[part]):
+            yield list(row)
