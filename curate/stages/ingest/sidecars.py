@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.kohya import KOHYA_FOLDER
 from curate.paths import printable
+from curate.stages.ingest.kohya import kohya_subset
 from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
 from tagging.normalize import normalize_tag, split_namespace
 
@@ -78,12 +78,11 @@ def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
     """Tags, caption and metadata from the sidecars `found` beside the image at `relpath`;
     each one that cannot be read or parsed becomes a warning naming it, and adds nothing."""
     folder = relpath.rpartition("/")[0]
-    kohya = KOHYA_FOLDER.match(folder.rpartition("/")[2]) if folder else None
+    kohya = kohya_subset(tree, folder)  # a Kohya subset by content and place, not by name alone
     out = Sidecars(kind=tree.kind)
     if kohya:
         out.kind = "kohya"
-        out.metadata["kohya"] = {"folder": kohya.group(0), "repeats": int(kohya.group(1)),
-                                 "class_tokens": kohya.group(2)}
+        out.metadata["kohya"] = kohya
     for path in found:
         shown, snap = tree.shown(path), out.snapshot()
         try:
