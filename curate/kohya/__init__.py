@@ -20,7 +20,10 @@ from curate.kohya.folders import (
     read_project,
 )
 from curate.kohya.model import (
+    ALLOWED,
+    ASCENDABLE,
     DATASET_DEFAULTS,
+    DATASET_KEYS,
     SUBSET_DEFAULTS,
     SUBSET_ONLY,
     Dataset,
@@ -47,7 +50,8 @@ from curate.kohya.rules import (
 from curate.kohya.toml_io import DATASET_TOML, dumps, load_toml, read_toml, resolve_image_dir, write_toml
 
 __all__ = [
-    "CAPTION_LIMIT", "DATASET_DEFAULTS", "DATASET_TOML", "PLUGIN_IMAGE_EXTS", "SD_IMAGE_EXTS",
+    "ALLOWED", "ASCENDABLE", "CAPTION_LIMIT", "DATASET_DEFAULTS", "DATASET_KEYS", "DATASET_TOML",
+    "PLUGIN_IMAGE_EXTS", "SD_IMAGE_EXTS",
     "SUBSET_DEFAULTS", "SUBSET_ONLY", "Dataset", "DatasetConfig", "FolderSubset", "Problem", "Subset",
     "caption_extension", "caption_lines", "caption_names", "caption_text", "data_dir_kind", "dumps",
     "effective", "folder_subsets", "holds_subset", "import_subset", "load_toml", "parse_folder_name",

@@ -5,11 +5,12 @@ One definition of what a dataset.toml may say and how its levels combine, restat
 `config` section, by tests/data/extract_sd_scripts_dataset.py):
 
 - a value is looked up in the subset, then its `[[datasets]]` table, then `[general]`, then
-  the command line, then the parameter class's default (`generate_params_by_fallbacks`); a
-  key may sit at a level only where the ConfigSanitizer schema allows it: `image_dir`,
-  `is_reg`, `alpha_mask` and `metadata_file` only on a subset (SUBSET_ONLY), the dataset keys
-  (resolution, batch_size, buckets...) only on a dataset or in `[general]`, the other subset
-  keys (num_repeats, class_tokens, caption_extension, shuffle_caption...) at any level;
+  the command line, then the parameter class's default (`generate_params_by_fallbacks`; a value
+  set to false still wins over an outer true); a key may sit at a level only where the
+  ConfigSanitizer schema allows it (ALLOWED): `image_dir`, `is_reg`, `alpha_mask` and
+  `metadata_file` only on a subset, the dataset keys (resolution, batch_size, buckets...) only on
+  a dataset or in `[general]`, the other subset keys (num_repeats, class_tokens,
+  caption_extension, shuffle_caption...) at any level;
 - a DreamBooth subset reads captions with `caption_extension` (default `.caption`, a missing
   dot added), and its class tokens caption images that have no caption file.
 
@@ -26,8 +27,23 @@ from typing import Any
 
 from curate.kohya.rules import caption_extension
 
-# The keys sd-scripts accepts only in a [[datasets.subsets]] table (DB/FT_SUBSET_DISTINCT_SCHEMA).
-SUBSET_ONLY = frozenset({"image_dir", "is_reg", "alpha_mask", "metadata_file", "conditioning_data_dir"})
+# Where each key may be written (ConfigSanitizer's schemas, with train_network's DreamBooth,
+# fine-tuning and dropout support): ASCENDABLE keys at any level, SUBSET_ONLY ones only in a
+# [[datasets.subsets]] table, DATASET_KEYS in a [[datasets]] table or [general]. Anything else
+# makes sd-scripts refuse the file ("Invalid user config").
+ASCENDABLE = frozenset({
+    "color_aug", "face_crop_aug_range", "flip_aug", "num_repeats", "random_crop", "shuffle_caption",
+    "keep_tokens", "keep_tokens_separator", "secondary_separator", "caption_separator", "enable_wildcard",
+    "token_warmup_min", "token_warmup_step", "caption_prefix", "caption_suffix", "custom_attributes",
+    "resize_interpolation", "caption_dropout_every_n_epochs", "caption_dropout_rate",
+    "caption_tag_dropout_rate", "caption_extension", "class_tokens", "cache_info"})
+SUBSET_ONLY = frozenset({"image_dir", "is_reg", "alpha_mask", "metadata_file"})
+DATASET_KEYS = frozenset({
+    "batch_size", "bucket_no_upscale", "bucket_reso_steps", "enable_bucket", "max_bucket_reso",
+    "min_bucket_reso", "validation_seed", "validation_split", "resolution", "network_multiplier",
+    "resize_interpolation"})
+ALLOWED = {"subset": ASCENDABLE | SUBSET_ONLY, "dataset": ASCENDABLE | DATASET_KEYS | {"subsets"},
+           "general": ASCENDABLE | DATASET_KEYS}
 # A DreamBooth subset's parameters and their defaults (DreamBoothSubsetParams; caption_separator
 # and keep_tokens_separator are the one-element tuples of the class, unwrapped as sd-scripts'
 # subset classes do; "" stands for keep_tokens_separator's None).
@@ -63,8 +79,6 @@ KEY_TYPES: dict[str, tuple[type, ...]] = {
                            "conditioning_data_dir")},
     "resolution": (int, list), "face_crop_aug_range": (list,), "custom_attributes": (dict,),
 }
-# Keys that belong to the dataset, not to its subsets (DATASET_ASCENDABLE_SCHEMA).
-DATASET_ONLY = frozenset(DATASET_DEFAULTS) - frozenset(SUBSET_DEFAULTS)
 
 
 def effective(key: str, *levels: dict[str, Any], default: Any = None) -> Any:

@@ -20,8 +20,8 @@ from typing import Any
 from curate.config import toml_key, toml_value
 from curate.errors import CurateError
 from curate.kohya.model import (
+    ALLOWED,
     DATASET_DEFAULTS,
-    DATASET_ONLY,
     KEY_TYPES,
     SUBSET_DEFAULTS,
     SUBSET_FIELDS,
@@ -37,8 +37,6 @@ from curate.paths import display, printable
 DATASET_TOML = "dataset.toml"
 SUBSET_HEADER = r"^\s*\[\[\s*datasets\.subsets\s*\]\]"
 DATASET_HEADER = r"^\s*\[\[\s*datasets\s*\]\]"
-# Subset keys the model does not carry: read (and checked) but not applied by curate
-OTHER_SUBSET_KEYS = frozenset(SUBSET_DEFAULTS) - SUBSET_FIELDS
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -72,7 +70,7 @@ def read_toml(path: Path) -> DatasetConfig:
         return config
     general = doc.get("general", {})
     config.general = general if isinstance(general, dict) else {}
-    _check_level(config, text, config.general, "[general]", SUBSET_ONLY, line_of(text, r"^\s*\[general\]"))
+    _check_level(config, text, config.general, "[general]", "general", line_of(text, r"^\s*\[general\]"))
     datasets = doc.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         config.problems.append(Problem("has no [[datasets]] table",
@@ -85,7 +83,7 @@ def read_toml(path: Path) -> DatasetConfig:
         if not table.get("subsets"):  # its settings still count (buckets reads them)
             config.problems.append(Problem(f"dataset {index} has no subsets",
                                            "add [[datasets.subsets]] with image_dir = ... under it", line))
-        _check_level(config, text, table, f"dataset {index}", SUBSET_ONLY, line)
+        _check_level(config, text, table, f"dataset {index}", "dataset", line)
         dataset = Dataset(settings={k: table.get(k, config.general.get(k)) for k in DATASET_DEFAULTS
                                     if k in table or k in config.general})
         subsets = table.get("subsets")
@@ -99,14 +97,14 @@ def read_toml(path: Path) -> DatasetConfig:
     return config
 
 
-def _check_level(config: DatasetConfig, text: str, table: dict[str, Any], where: str,
-                 refused: frozenset[str], line: int | None) -> None:
-    """Keys sd-scripts' schema refuses at this level, and values of the wrong type."""
-    known = set(SUBSET_DEFAULTS) | set(DATASET_DEFAULTS) | SUBSET_ONLY | {"subsets"}
+def _check_level(config: DatasetConfig, text: str, table: dict[str, Any], where: str, level: str,
+                 line: int | None) -> None:
+    """Keys sd-scripts' schema refuses at this level (model.ALLOWED), and values of the wrong type."""
     for key, value in table.items():
         at = line_of(text, rf"^\s*{re.escape(key)}\s*=") or line
-        if key in refused or key not in known:
-            what = ("is read only in a [[datasets.subsets]] table" if key in refused
+        if key not in ALLOWED[level]:
+            places = [name for name, keys in ALLOWED.items() if key in keys]
+            what = (f"is read only in {' or '.join(places)} tables" if places
                     else "is not a key sd-scripts knows")
             config.problems.append(Problem(f"{where}: {printable(key)} {what}",
                                            "move or remove it; sd-scripts refuses the file", at))
@@ -126,7 +124,7 @@ def _typed(value: Any, types: tuple[type, ...]) -> bool:
 def _subset(config: DatasetConfig, text: str, raw: dict[str, Any], dataset: dict[str, Any],
             number: int) -> Subset | None:
     where, line = f"subset {number}", nth_line(text, SUBSET_HEADER, number)
-    _check_level(config, text, raw, where, DATASET_ONLY, line)
+    _check_level(config, text, raw, where, "subset", line)
     image_dir, metadata = raw.get("image_dir"), raw.get("metadata_file")
     if not isinstance(image_dir, str) or not image_dir:
         if not metadata:

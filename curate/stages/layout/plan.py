@@ -131,6 +131,19 @@ def kohya_concepts(records: Sequence[Record]) -> tuple[list[Concept], list[Recor
     return sorted(by_folder.values(), key=lambda c: (c.is_reg, c.folder)), rest
 
 
+def merge_folders(concepts: Sequence[Concept]) -> list[Concept]:
+    """Concepts that ended up with the same folder (imported subsets of one class given the
+    user's repeats) as one, in first-seen order."""
+    out: dict[tuple[bool, str], Concept] = {}
+    for concept in concepts:
+        key = (concept.is_reg, concept.folder)
+        if key in out:
+            out[key].records.extend(concept.records)
+        else:
+            out[key] = concept
+    return list(out.values())
+
+
 def _plain(name: str) -> bool:
     try:
         check_name(name, "concept name")

@@ -12,7 +12,14 @@ from curate.paths import check_name
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
 from curate.stages.layout.edits import HandEdit, adopt, find_hand_edits, keep_hand_edits
-from curate.stages.layout.plan import Concept, assign_concepts, kohya_concepts, read_concepts, set_repeats
+from curate.stages.layout.plan import (
+    Concept,
+    assign_concepts,
+    kohya_concepts,
+    merge_folders,
+    read_concepts,
+    set_repeats,
+)
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
 from tagging.captions import SEPARATOR, format_caption, parse_caption, with_separator
@@ -63,7 +70,7 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     reg_images = (len(reg.entries) if reg else 0) + sum(len(c.records) for c in kohya if c.is_reg)
     user_repeats = config.repeats is not None or config.target_steps is not None  # they win
     set_repeats(concepts + [c for c in kohya if user_repeats and not c.is_reg], config, reg_images)
-    concepts += kohya
+    concepts = merge_folders(concepts + kohya)
     subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
     subsets, result.kept_edits, result.conflicts = keep_hand_edits(subsets, find_hand_edits(out))
     result.total_steps = _steps(subsets, config)  # close-ups count as images too
