@@ -250,3 +250,14 @@ def test_gallery_dl_search_folder_is_not_a_kohya_subset(tmp_path: Path) -> None:
     assert [s["num_repeats"] for s in config["datasets"][0]["subsets"]] == [1]
     assert not any(p.name.startswith("100_") for p in (out / "img").iterdir())
     run("check", str(out), "--no-duplicates")
+
+
+def test_a_new_name_regroups_training_images_but_reg_stays_reg(tmp_path: Path) -> None:
+    project = kohya_ss_project(tmp_path)
+    ws, out = tmp_path / "ws", tmp_path / "dataset"
+    run("import", str(project), "--into", str(ws))
+    run("layout", str(ws), "--out", str(out), "--name", "ohwx", "--resolution", "64",
+        "--set", "layout.min_bucket_reso=64", "--set", "layout.max_bucket_reso=128")
+    subsets = {(s.image_dir.relative_to(out).as_posix(), s.is_reg): len(list(s.image_dir.glob("*.png")))
+               for s in kohya.read_toml(out / "dataset.toml").subsets}
+    assert subsets == {("img/1_ohwx", False): 3, ("reg/1_woman", True): 2}

@@ -62,8 +62,12 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     default = Concept(config.name or settings.get("trigger") or "concept",
                       config.class_tokens or _class_tokens(settings))
     rules = read_concepts(Path(config.concepts)) if config.concepts else []
-    # an imported Kohya dataset keeps its subsets unless a concepts file or --name regroups it
-    kohya, rest = kohya_concepts(records) if not rules and config.name is None else ([], records)
+    # an imported Kohya dataset keeps its subsets unless a concepts file or --name regroups its
+    # training images; its reg images stay reg images either way
+    kohya, rest = kohya_concepts(records)
+    if rules or config.name is not None:
+        rest += [r for c in kohya if not c.is_reg for r in c.records]
+        kohya = [c for c in kohya if c.is_reg]
     concepts, left = assign_concepts(rest, rules, default) if rest else ([], [])
     result.warnings += [(_shown(r), "matches no concept in the concepts file: left out") for r in left]
     reg = _reg_subset(config, concepts + kohya)
