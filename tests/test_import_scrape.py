@@ -135,7 +135,7 @@ def test_kohya_repeats_and_captions(imported) -> None:
     ws, _ = imported
     row = origin(ws, "10_sks cat/chelsea_1.png")
     assert json.loads(row["metadata"])["kohya"] == {"folder": "10_sks cat", "repeats": 10,
-                                                    "class_tokens": "sks cat"}
+                                                    "class_tokens": "sks cat", "is_reg": False}
     captions = {r["text"] for r in db(ws).execute("SELECT text FROM captions WHERE source='kohya'")}
     # only the first line counts, as in sd-scripts; .caption files are read too
     assert captions == {"sks cat, cat, orange fur, indoors", "sks cat, cat, close-up"}

@@ -21,7 +21,6 @@ import math
 import os
 import random
 import re
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -31,13 +30,13 @@ from PIL import Image
 
 from buckets import BucketConfig, assign
 from buckets.assign import Assignment
+from curate import kohya
 from curate.errors import CurateError
 from curate.kohya import (
     SD_IMAGE_EXTS,
-    caption_extension,
+    Subset,
     caption_names,
     caption_text,
-    parse_folder_name,
     read_caption_bytes,
     readable_plugin_exts,
     sd_image,
@@ -45,37 +44,20 @@ from curate.kohya import (
 from curate.paths import display, printable, special_file_reason
 
 IMAGE_EXTENSIONS = SD_IMAGE_EXTS
+# Where neither the dataset.toml nor the train config names one (curate and taggers write .txt;
+# sd-scripts' own default is .caption, which the kohya backend writes out explicitly).
+DEFAULT_CAPTION_EXT = ".txt"
+# The subset settings the builtin trainer applies (the kohya backend notes the others it is given).
+BUILTIN_SUBSET_KEYS = frozenset({
+    "image_dir", "num_repeats", "class_tokens", "is_reg", "caption_extension", "shuffle_caption",
+    "caption_separator", "keep_tokens", "keep_tokens_separator", "caption_dropout_rate",
+    "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug"})
 # ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
 # made 16.7 MB of metadata. A1111 lists the most frequent tags, so each folder keeps its
 # MAX_FOLDER_TAGS most frequent ones, and a "tag" longer than MAX_TAG_CHARS (text without
 # commas, not a tag) is left out.
 MAX_FOLDER_TAGS = 1000
 MAX_TAG_CHARS = 200
-
-
-@dataclass(frozen=True)
-class Subset:
-    """One folder of images with sd-scripts' subset options (the ones curate trains with)."""
-
-    image_dir: Path
-    num_repeats: int = 1
-    class_tokens: str | None = None
-    is_reg: bool = False
-    caption_extension: str = ".txt"
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    caption_dropout_rate: float = 0.0
-    caption_tag_dropout_rate: float = 0.0
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    enable_wildcard: bool = False
-    flip_aug: bool = False
-
-    def __post_init__(self) -> None:
-        # sd-scripts adds a missing dot: caption_extension = "txt" reads a.txt
-        object.__setattr__(self, "caption_extension", caption_extension(self.caption_extension))
 
 
 @dataclass(frozen=True)
@@ -157,7 +139,8 @@ def list_images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> l
 def read_caption(image: Path, subset: Subset, root: Path | None = None) -> str:
     """The caption sd-scripts trains `image` with (see the module doc); `root` is the dataset,
     which a symlinked caption may not leave."""
-    names = [image.with_name(n) for n in caption_names(image.name, subset.caption_extension)]
+    ext = subset.read_extension(DEFAULT_CAPTION_EXT)
+    names = [image.with_name(n) for n in caption_names(image.name, ext)]
     path = next((p for p in names if os.path.lexists(p) and not p.is_dir()), None)
     if path is None:
         return subset.class_tokens or ""
@@ -177,40 +160,19 @@ def read_caption(image: Path, subset: Subset, root: Path | None = None) -> str:
 
 def folder_subsets(root: Path, defaults: dict[str, Any]) -> list[Subset]:
     """Folder mode: `N_name` subfolders of root, or of root/img and root/reg (curate layout's)."""
-    sources = [(root / "img", False), (root / "reg", True)] if (root / "img").is_dir() else [(root, False)]
-    subsets = []
-    for parent, is_reg in sources:
-        if not parent.is_dir():
-            continue
-        for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
-            parsed = parse_folder_name(folder.name)
-            if parsed is None:
-                continue  # sd-scripts skips these with a warning; so do we, quietly
-            subsets.append(Subset(image_dir=folder, num_repeats=parsed[0], class_tokens=parsed[1] or None,
-                                  is_reg=is_reg, **defaults))
-    return subsets
+    return [replace(s, **defaults) for s in kohya.read_project(root).subsets]
 
 
 def toml_subsets(path: Path) -> tuple[list[Subset], dict[str, Any]]:
-    """Subsets of the first [[datasets]] of a dataset.toml, and that dataset's settings."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CurateError(f"{path}: cannot read ({exc})") from exc
-    datasets = data.get("datasets") or []
-    if not datasets:
-        raise CurateError(f"{path}: no [[datasets]] table")
-    general, dataset = data.get("general", {}), datasets[0]
-    names = {f.name for f in fields(Subset)}
-    subsets = []
-    for raw in dataset.get("subsets", []):
-        merged = {k: v for k, v in {**general, **dataset, **raw}.items() if k in names}
-        image_dir = Path(merged.pop("image_dir", "") or ".")
-        if not image_dir.is_absolute():
-            image_dir = path.parent / image_dir
-        subsets.append(Subset(image_dir=image_dir, **merged))
-    settings = {k: v for k, v in {**general, **dataset}.items() if k != "subsets"}
-    return subsets, settings
+    """Subsets of the first [[datasets]] of a dataset.toml, and that dataset's settings (each
+    merged over [general] as sd-scripts does: curate.kohya.read_toml)."""
+    config = kohya.read_toml(path)
+    if config.problems:
+        first = config.problems[0]
+        line = f" (line {first.line})" if first.line else ""
+        raise CurateError(f"{display(path)}{line}: {first.problem}; {first.fix}")
+    dataset = config.first
+    return list(dataset.subsets), dict(dataset.settings)
 
 
 def bucket_config(settings: dict[str, Any]) -> BucketConfig:

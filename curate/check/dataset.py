@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.kohya import SD_IMAGE_EXTS, caption_extension, parse_folder_name
+from curate import kohya
+from curate.kohya import SD_IMAGE_EXTS, Subset, parse_folder_name
+from curate.kohya.toml_io import line_of
 
-DATASET_TOML = "dataset.toml"
+DATASET_TOML = kohya.DATASET_TOML
 SD_EXTS = frozenset(SD_IMAGE_EXTS)
 OTHER_IMAGE_EXTS = frozenset({".gif", ".avif", ".jxl", ".tif", ".tiff", ".heic", ".heif", ".jpe", ".jfif"})
 ANY_IMAGE_EXTS = SD_EXTS | OTHER_IMAGE_EXTS
@@ -43,28 +44,6 @@ PRUNE = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "__MA
 # "images" would turn a repository's screenshots folder into a dataset full of errors.)
 TRAIN_NAMES = frozenset({"img"})
 REG_NAMES = frozenset({"reg"})
-SUBSET_HEADER = r"^\s*\[\[\s*datasets\.subsets\s*\]\]"
-
-
-@dataclass(frozen=True)
-class Subset:
-    """One image folder and the settings sd-scripts reads it with."""
-
-    image_dir: Path
-    is_reg: bool = False
-    caption_extension: str | None = None  # as set in dataset.toml; None = not set anywhere
-    alpha_mask: bool = False
-    class_tokens: str | None = None
-    keep_tokens: int = 0  # leading tags sd-scripts holds in place when it shuffles
-    keep_tokens_separator: str = ""
-    # keep_tokens_separator only splits when tags move (shuffle, tag dropout, token warm-up);
-    # otherwise sd-scripts trains the separator as text
-    tags_move: bool = False
-    enable_wildcard: bool = False  # every non-blank caption line is an alternative
-    caption_prefix: str = ""
-    caption_suffix: str = ""
-    captions_from_files: bool = True  # False: fine-tuning metadata_file supplies the captions
-    source: str = ""  # "dataset.toml subset 2" or "folder 10_sks"
 
 
 @dataclass
@@ -126,17 +105,12 @@ def is_train_dir(folder: Path) -> bool:
 
 
 def folder_dataset(root: Path) -> Dataset:
-    """A train/reg data dir in sd-scripts' folder mode."""
-    data = Dataset(root, None, parents=[root])
-    is_reg = root.name.lower() in REG_NAMES
-    for child in _subdirs(root):
-        parsed = parse_folder_name(child.name)
-        if parsed is None:
-            if has_images(child, recursive=True):
-                data.bad_folders.append(child)
-            continue
-        data.subsets.append(Subset(child, is_reg, class_tokens=parsed[1], source=f"folder {child.name}"))
-    return data
+    """A train/reg data dir in sd-scripts' folder mode (read by curate.kohya), with the folders
+    holding images that sd-scripts skips for their name."""
+    subsets = kohya.folder_subsets(root, is_reg=root.name.lower() in REG_NAMES)
+    read = {s.image_dir for s in subsets}
+    bad = [c for c in _subdirs(root) if c not in read and has_images(c, recursive=True)]
+    return Dataset(root, None, subsets, bad_folders=bad, parents=[root])
 
 
 @dataclass
@@ -181,116 +155,20 @@ def load_dataset(key: Path) -> Dataset:
     return read_dataset_toml(key) if key.name == DATASET_TOML and key.is_file() else folder_dataset(key)
 
 
-def line_of(text: str, pattern: str) -> int | None:
-    """1-based line of the first match of regex `pattern`."""
-    return next((n for n, line in enumerate(text.splitlines(), 1) if re.search(pattern, line)), None)
-
-
 def read_dataset_toml(path: Path) -> Dataset:
-    data = Dataset(path.parent, path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        data.problems.append(Problem(path, None, f"cannot be read ({exc})", "re-save it as UTF-8"))
-        return data
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"at line (\d+)", str(exc))
-        data.problems.append(Problem(path, int(line[1]) if line else None, f"not valid TOML ({exc})",
-                                     "fix the syntax; sd-scripts refuses the file"))
-        return data
-    general = doc.get("general", {}) if isinstance(doc.get("general"), dict) else {}
-    datasets = doc.get("datasets")
-    if not isinstance(datasets, list) or not datasets:
-        data.problems.append(Problem(path, None, "has no [[datasets]] table",
-                                     "add [[datasets]] with [[datasets.subsets]] image_dir = ..."))
-        return data
-    subset_number = 0
-    for number, dataset in enumerate(datasets, 1):
-        if not isinstance(dataset, dict) or not dataset.get("subsets"):
-            data.problems.append(Problem(path, _nth_line(text, r"^\s*\[\[\s*datasets\s*\]\]", number),
-                                         f"dataset {number} has no subsets", "add [[datasets.subsets]] "
-                                         "with image_dir = ... under it"))
-            continue
-        if data.min_bucket_reso is None:
-            reso = dataset.get("min_bucket_reso", general.get("min_bucket_reso"))
-            data.min_bucket_reso = reso if isinstance(reso, int) else None
-        for table in dataset["subsets"]:
-            subset_number += 1
-            if not isinstance(table, dict):
-                continue
-            line = _nth_line(text, SUBSET_HEADER, subset_number)
-            subset = _subset(data, text, table, (dataset, general), subset_number, line)
-            if subset is not None:
-                data.subsets.append(subset)
+    """A dataset.toml as sd-scripts reads it (curate.kohya.read_toml), its problems located."""
+    model = kohya.read_toml(path)
+    data = Dataset(path.parent, path, model.subsets,
+                   problems=[Problem(path, p.line, p.problem, p.fix) for p in model.problems])
+    reso = model.first.settings.get("min_bucket_reso")
+    data.min_bucket_reso = reso if isinstance(reso, int) and not isinstance(reso, bool) else None
     parents = {s.image_dir.parent for s in data.subsets}
     data.parents = sorted(p for p in parents if _within(p, data.root))
     return data
 
 
-def _nth_line(text: str, pattern: str, n: int) -> int | None:
-    hits = [i + 1 for i, line in enumerate(text.splitlines()) if re.search(pattern, line)]
-    return hits[n - 1] if len(hits) >= n else None
-
-
 def _within(folder: Path, root: Path) -> bool:
     return folder == root or root in folder.parents
-
-
-def _pick(table: dict[str, Any], outer: tuple[dict[str, Any], ...], key: str) -> Any:
-    """A subset field as sd-scripts resolves it: the subset, else its dataset, else [general]."""
-    for level in (table, *outer):
-        if key in level:
-            return level[key]
-    return None
-
-
-def _subset(data: Dataset, text: str, table: dict[str, Any], outer: tuple[dict[str, Any], ...],
-            number: int, line: int | None) -> Subset | None:
-    where, config = f"subset {number}", data.config_file or data.root
-    image_dir, metadata = table.get("image_dir"), table.get("metadata_file")
-    if not isinstance(image_dir, str) or not image_dir:
-        if not metadata:
-            data.problems.append(Problem(config, line, f"{where} has no image_dir",
-                                         "set image_dir = \"path/to/10_name\""))
-        return None
-    folder = _resolve(data.root, image_dir)
-    if folder is None:
-        data.problems.append(Problem(config, line, f"{where}: image_dir {image_dir!r} does not exist",
-                                     "fix the path (relative paths are resolved from sd-scripts' "
-                                     "working folder; curate layout writes absolute ones)"))
-        return None
-    ext = _pick(table, outer, "caption_extension")
-    if ext is not None and not isinstance(ext, str):
-        data.problems.append(Problem(config, line_of(text, r"caption_extension") or line,
-                                     f"caption_extension {ext!r} is not a string",
-                                     "write caption_extension = \".txt\""))
-        ext = None
-    ext = caption_extension(ext) if ext else ext  # sd-scripts adds a missing dot: "txt" reads .txt
-    repeats = table.get("num_repeats", 1)
-    if not isinstance(repeats, int) or repeats < 1:
-        data.problems.append(Problem(config, line, f"{where}: num_repeats {repeats!r} is not a whole "
-                                     "number >= 1", "set num_repeats = 1 or more"))
-    tokens = table.get("class_tokens")
-    keep = _pick(table, outer, "keep_tokens")
-    text_of = {k: _pick(table, outer, k)
-               for k in ("keep_tokens_separator", "caption_prefix", "caption_suffix")}
-    moves = any(_pick(table, outer, k)
-                for k in ("shuffle_caption", "caption_tag_dropout_rate", "token_warmup_step"))
-    return Subset(folder, bool(table.get("is_reg", False)), ext, bool(_pick(table, outer, "alpha_mask")),
-                  tokens if isinstance(tokens, str) and tokens.strip() else None,
-                  keep if isinstance(keep, int) and keep > 0 else 0,
-                  **{k: v for k, v in text_of.items() if isinstance(v, str)}, tags_move=moves,
-                  enable_wildcard=bool(_pick(table, outer, "enable_wildcard")),
-                  captions_from_files=not metadata, source=f"{DATASET_TOML} {where}")
-
-
-def _resolve(root: Path, image_dir: str) -> Path | None:
-    given = Path(image_dir).expanduser()
-    for candidate in ((given,) if given.is_absolute() else (root / given, Path.cwd() / given)):
-        if candidate.is_dir():
-            return Path(os.path.abspath(candidate))
-    return None
 
 
 @dataclass(frozen=True)

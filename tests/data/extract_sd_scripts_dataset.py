@@ -8,7 +8,11 @@ one private namespace holding the modules they name (importing library.train_uti
 in torch, diffusers and transformers):
 
 - library/config_util.py: `extract_dreambooth_params`, nested in
-  `generate_dreambooth_subsets_config_by_subdirs` (folder name -> repeats, class tokens);
+  `generate_dreambooth_subsets_config_by_subdirs` (folder name -> repeats, class tokens); the
+  dataset.toml rules: the DreamBooth subset / dataset parameter classes (defaults), the keys
+  ConfigSanitizer's schemas allow at each level (read from its class body), and
+  `BlueprintGenerator.generate_params_by_fallbacks` run on a table of [general] / [[datasets]] /
+  [[datasets.subsets]] tables (CONFIGS: which level's value a subset and a dataset end up with);
 - library/train_util.py: the literal `IMAGE_EXTENSIONS` list and `glob_images` (which files of
   a folder are images; the `.avif` / `.jxl` branch run by extending the list as the plugin
   imports do), `read_caption`, nested in `DreamBoothDataset.__init__` (which caption file, what
@@ -28,7 +32,9 @@ names, so read_caption's whole-path split sees only the file name.
 
 from __future__ import annotations
 
+import argparse
 import ast
+import dataclasses
 import glob
 import json
 import logging
@@ -40,8 +46,9 @@ import subprocess
 import sys
 import tempfile
 import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 OUT = Path(__file__).with_name("sd_scripts_dataset.json")
 
@@ -128,6 +135,22 @@ COMPILED: list[tuple[str, dict[str, Any]]] = [
     ("compiled-hybrid-shuffle-off", _case({"format": "hybrid", "shuffle": False}, texts=BLIP)),
     ("compiled-json", _case({"format": "json"}, texts=BLIP)),
 ]
+# (name, general, dataset, subset) tables for generate_params_by_fallbacks
+CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
+    ("nothing-set", {}, {}, {}),
+    ("general-caption-extension", {"caption_extension": ".txt"}, {}, {}),
+    ("dataset-over-general", {"num_repeats": 2, "keep_tokens": 1}, {"num_repeats": 5}, {}),
+    ("subset-over-dataset", {}, {"keep_tokens": 1, "shuffle_caption": True}, {"keep_tokens": 2}),
+    ("general-class-tokens", {"class_tokens": "woman"}, {}, {"is_reg": True}),
+    ("false-wins-over-true", {"shuffle_caption": True, "flip_aug": True}, {"shuffle_caption": False},
+     {"flip_aug": False}),
+    ("dataset-settings", {"resolution": 768, "batch_size": 4, "enable_bucket": True},
+     {"resolution": 1024, "min_bucket_reso": 320}, {}),
+    ("every-level", {"caption_prefix": "g", "caption_suffix": "g", "keep_tokens_separator": "|||"},
+     {"caption_prefix": "d"}, {"caption_suffix": "s", "alpha_mask": True, "num_repeats": 10}),
+]
+SCHEMAS = ("SUBSET_ASCENDABLE_SCHEMA", "DO_SUBSET_ASCENDABLE_SCHEMA", "DB_SUBSET_ASCENDABLE_SCHEMA",
+           "DB_SUBSET_DISTINCT_SCHEMA", "FT_SUBSET_DISTINCT_SCHEMA", "DATASET_ASCENDABLE_SCHEMA")
 SUBSET_DEFAULTS = {"caption_prefix": None, "caption_suffix": None, "caption_dropout_rate": 0.0,
                    "caption_dropout_every_n_epochs": 0, "enable_wildcard": False, "shuffle_caption": False,
                    "token_warmup_step": 0, "token_warmup_min": 1, "caption_tag_dropout_rate": 0.0,
@@ -169,6 +192,45 @@ def namespace(repo: str, commit: str) -> dict[str, Any]:
     module = ast.fix_missing_locations(ast.Module(body=defs, type_ignores=[]))
     exec(compile(module, "sd-scripts", "exec"), ns)  # sd-scripts' own code, run to pin its answers
     return ns
+
+
+def config_namespace(repo: str, commit: str) -> dict[str, Any]:
+    """config_util's parameter classes and BlueprintGenerator, executed unchanged."""
+    config_util = source(repo, commit, "library/config_util.py")
+    names = ("BaseSubsetParams", "DreamBoothSubsetParams", "BaseDatasetParams", "DreamBoothDatasetParams",
+             "BlueprintGenerator")
+    defs = [find(config_util, ast.ClassDef, name) for name in names]
+    ns: dict[str, Any] = {"dataclass": dataclasses.dataclass, "asdict": dataclasses.asdict, "Any": Any,
+                          "Optional": Optional, "Tuple": tuple, "Dict": dict, "Sequence": Sequence,
+                          "argparse": argparse, "Blueprint": object}
+    module = ast.fix_missing_locations(ast.Module(body=defs, type_ignores=[]))
+    exec(compile(module, "sd-scripts", "exec"), ns)  # sd-scripts' own code, run to pin its answers
+    sanitizer = find(config_util, ast.ClassDef, "ConfigSanitizer")
+    ns["schemas"] = {}
+    for node in sanitizer.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in SCHEMAS:
+            keys = [k.args[0] if isinstance(k, ast.Call) else k for k in node.value.keys]
+            ns["schemas"][node.targets[0].id] = sorted(k.value for k in keys)
+    return ns
+
+
+def jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_cases(ns: dict[str, Any]) -> dict[str, Any]:
+    generate = ns["BlueprintGenerator"].generate_params_by_fallbacks
+    subset_cls, dataset_cls = ns["DreamBoothSubsetParams"], ns["DreamBoothDatasetParams"]
+    cases = []
+    for name, general, dataset, subset in CONFIGS:
+        sub = dataclasses.asdict(generate(subset_cls, [subset, dataset, general, {}, {}]))
+        data = dataclasses.asdict(generate(dataset_cls, [dataset, general, {}, {}]))
+        cases.append({"name": name, "general": general, "dataset": dataset, "subset": subset,
+                      "subset_params": {k: jsonable(v) for k, v in sub.items()},
+                      "dataset_params": {k: jsonable(v) for k, v in data.items()}})
+    return {"schemas": ns["schemas"], "cases": cases,
+            "subset_defaults": {k: jsonable(v) for k, v in dataclasses.asdict(subset_cls()).items()},
+            "dataset_defaults": {k: jsonable(v) for k, v in dataclasses.asdict(dataset_cls()).items()}}
 
 
 def folder_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
@@ -264,7 +326,7 @@ def extract(repo: str, commit: str) -> dict[str, Any]:
     return {"source": "https://github.com/kohya-ss/sd-scripts", "commit": full,
             "image_extensions": list(ns["IMAGE_EXTENSIONS"]), "folders": folder_cases(ns),
             "glob": {"files": GLOB_FILES, **glob_cases(ns)}, "captions": caption_cases(ns),
-            "process_caption": process_cases(ns)}
+            "process_caption": process_cases(ns), "config": config_cases(config_namespace(repo, full))}
 
 
 def main(argv: list[str]) -> None:

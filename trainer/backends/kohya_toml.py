@@ -16,16 +16,16 @@ The builtin trainer refuses the same (trainer.data.check_sdxl_dataset, cacheable
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from buckets import BucketConfig
-from curate.config import toml_key, toml_value
+from curate import kohya
 from curate.errors import CurateError
+from curate.kohya.toml_io import subset_table
 from trainer.config import TrainConfig
-from trainer.data import Subset, folder_subsets
+from trainer.data import BUILTIN_SUBSET_KEYS
 
 FILE_NAME = "kohya-dataset.toml"
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
@@ -97,18 +97,12 @@ def check_sdxl(dataset: DatasetConfig, config: TrainConfig) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CurateError(f"{path}: cannot read ({exc}); fix the TOML or re-run `curate layout`") from exc
-    if not isinstance(data.get("datasets"), list) or not data["datasets"]:
-        raise CurateError(f"{path}: no [[datasets]] table; re-run `curate layout` or add one")
-    return data
+    return kohya.load_toml(path)
 
 
 def _effective(key: str, *tables: dict[str, Any]) -> Any:
     """The value sd-scripts uses: the innermost table that sets it (subset, dataset, general)."""
-    return next((t[key] for t in tables if key in t), MISSING)
+    return kohya.effective(key, *tables, default=MISSING)
 
 
 def adapt(data: dict[str, Any], source: Path, over: dict[str, Any]) -> list[str]:
@@ -135,7 +129,7 @@ def adapt(data: dict[str, Any], source: Path, over: dict[str, Any]) -> list[str]
 
 
 def _unread_by_builtin(data: dict[str, Any], source: Path) -> list[str]:
-    known = {f.name for f in (*fields(Subset), *fields(BucketConfig))} | {"batch_size", "subsets"}
+    known = BUILTIN_SUBSET_KEYS | {f.name for f in fields(BucketConfig)} | {"batch_size", "subsets"}
     subsets = [s for d in data["datasets"] for s in d.get("subsets", [])]
     tables = [data.get("general", {}), *data["datasets"], *subsets]
     extra = sorted({k for t in tables for k in t} - known)
@@ -146,7 +140,7 @@ def _unread_by_builtin(data: dict[str, Any], source: Path) -> list[str]:
 
 def folder_data(root: Path, config: TrainConfig) -> dict[str, Any]:
     """Folder mode as TOML data: the `N_name` folders trainer.data would read, with their settings."""
-    subsets = folder_subsets(root, {})
+    subsets = kohya.read_project(root).subsets
     if not any(not s.is_reg for s in subsets):
         raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
     buckets, over = BucketConfig(), overrides(config)
@@ -157,43 +151,11 @@ def folder_data(root: Path, config: TrainConfig) -> dict[str, Any]:
         "max_bucket_reso": buckets.max_bucket_reso, "bucket_reso_steps": buckets.bucket_reso_steps,
         "bucket_no_upscale": buckets.bucket_no_upscale}
     dataset.update({k: v for k, v in over.items() if k in DATASET_KEYS})
-    dataset["subsets"] = [_subset_table(s) for s in subsets]
+    dataset["subsets"] = [subset_table(s) for s in subsets]
     return {"general": {k: v for k, v in over.items() if k in SUBSET_KEYS}, "datasets": [dataset]}
 
 
-def _subset_table(subset: Subset) -> dict[str, Any]:
-    table: dict[str, Any] = {"image_dir": str(subset.image_dir.absolute()), "num_repeats": subset.num_repeats}
-    if subset.class_tokens:
-        table["class_tokens"] = subset.class_tokens
-    if subset.is_reg:
-        table["is_reg"] = True
-    return table
-
-
-def _is_tables(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _table(header: str, table: dict[str, Any], indent: str) -> list[str]:
-    lines = ["", f"{indent}{header}"]
-    lines += [f"{indent}{toml_key(k)} = {toml_value(v)}" for k, v in table.items() if not _is_tables(v)]
-    for name, subtables in ((k, v) for k, v in table.items() if _is_tables(v)):
-        for sub in subtables:
-            inner = header.strip("[]")
-            lines += _table(f"[[{inner}.{toml_key(name)}]]", sub, indent + "  ")
-    return lines
-
-
 def dumps(data: dict[str, Any], title: str) -> str:
-    """TOML for sd-scripts' dataset config shape: [general], [[datasets]], [[datasets.subsets]]."""
-    lines = [f"# Written by `curate train --backend kohya`: {title}",
-             "# Pass to sd-scripts with --dataset_config (image_dir paths are absolute)."]
-    lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in data.items()
-              if not isinstance(v, dict) and not _is_tables(v)]
-    for name, value in data.items():
-        if isinstance(value, dict):
-            lines += _table(f"[{toml_key(name)}]", value, "")
-        elif _is_tables(value):
-            for table in value:
-                lines += _table(f"[[{toml_key(name)}]]", table, "")
-    return "\n".join(lines) + "\n"
+    """TOML for sd-scripts' dataset config shape (curate.kohya's one writer)."""
+    return kohya.dumps(data, [f"Written by `curate train --backend kohya`: {title}",
+                              "Pass to sd-scripts with --dataset_config (image_dir paths are absolute)."])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from buckets import (
     sizes_after,
 )
 from buckets import suggest_fixes as suggest
+from curate import kohya
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
 from curate.kohya import readable_plugin_exts, sd_image, unsafe_caption_reason
@@ -65,15 +65,16 @@ class BucketsResult:
 
 
 def dataset_settings(root: Path) -> dict[str, Any]:
-    """Bucket settings from root/dataset.toml ([general] then the first [[datasets]])."""
-    path = root / "dataset.toml"
+    """Bucket settings from root/dataset.toml: its first [[datasets]] over [general], as
+    sd-scripts merges them (curate.kohya.read_toml)."""
+    path = root / kohya.DATASET_TOML
     if not path.is_file():
         return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CurateError(f"{path}: not readable TOML ({exc})") from exc
-    merged = {**data.get("general", {}), **(data.get("datasets") or [{}])[0]}
+    config = kohya.read_toml(path)
+    if config.unreadable:
+        problem = config.problems[0]
+        raise CurateError(f"{display(path)}: {problem.problem}; {problem.fix}")
+    merged = config.first.settings if config.datasets else config.general
     return {k: merged[k] for k in (*DATASET_KEYS, "batch_size") if k in merged}
 
 
@@ -187,11 +188,25 @@ def _write_copy(root: Path, dest: Path, paths: dict[str, Path], fixes: list[Fix]
             if side.is_file() and is_inside(root, side) and (
                     ext not in (".txt", ".caption") or unsafe_caption_reason(side, (root,)) is None):
                 shutil.copy2(side, target.with_suffix(ext))
-    for extra in ("dataset.toml",):
-        if (root / extra).is_file():
-            text = (root / extra).read_text(encoding="utf-8").replace(str(root), str(dest))
-            (dest / extra).write_text(text, encoding="utf-8")
+    _copy_dataset_toml(root, dest)
     return len(paths)
+
+
+def _copy_dataset_toml(root: Path, dest: Path) -> None:
+    """root's dataset.toml with every image_dir inside root pointed at its copy under dest."""
+    path = root / kohya.DATASET_TOML
+    if not path.is_file():
+        return
+    data, top = kohya.load_toml(path), Path(os.path.abspath(root))
+    for table in data["datasets"]:
+        for subset in table.get("subsets", []) if isinstance(table, dict) else []:
+            image_dir = subset.get("image_dir") if isinstance(subset, dict) else None
+            folder = kohya.resolve_image_dir(top, image_dir) if isinstance(image_dir, str) else None
+            if folder is not None and (folder == top or top in folder.parents):
+                subset["image_dir"] = str(dest / folder.relative_to(top))
+    text = kohya.dumps(data, [f"The dataset config of {display(root)}, pointed at this copy by "
+                              "`curate buckets --apply-to`."])
+    atomic_write_bytes(dest / kohya.DATASET_TOML, text.encode("utf-8"))
 
 
 def _encode(image: Image.Image, suffix: str) -> bytes:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.kohya import KOHYA_FOLDER
 from curate.paths import printable
 from curate.record import Tag, Text
+from curate.stages.ingest.kohya import kohya_subset
 from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
 from tagging.normalize import parse_tag
 
@@ -94,12 +94,11 @@ def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
     from curate.stages.ingest import sidecar_formats as formats
 
     folder = relpath.rpartition("/")[0]
-    kohya = KOHYA_FOLDER.match(folder.rpartition("/")[2]) if folder else None
+    kohya = kohya_subset(tree, folder)  # a Kohya subset by content and place, not by name alone
     out = Sidecars(kind=tree.kind)
     if kohya:
         out.kind = "kohya"
-        out.metadata["kohya"] = {"folder": kohya.group(0), "repeats": int(kohya.group(1)),
-                                 "class_tokens": kohya.group(2)}
+        out.metadata["kohya"] = kohya
     plain: list[formats.PlainFile] = []  # the .txt/.caption files, compared at the end
     for path in found:
         shown, snap = tree.shown(path), out.snapshot()

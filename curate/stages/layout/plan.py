@@ -42,6 +42,9 @@ class Concept:
     class_tokens: str | None
     records: list[Record] = field(default_factory=list)
     repeats: int = 1
+    # from an imported Kohya dataset: its repeats, class tokens and reg flag are kept
+    kohya: bool = False
+    is_reg: bool = False
 
     @property
     def folder(self) -> str:
@@ -106,6 +109,47 @@ def assign_concepts(records: Sequence[Record], rules: Sequence[ConceptRule], def
         else:
             concepts[index].records.append(record)
     return [c for c in concepts if c.records], left
+
+
+def kohya_concepts(records: Sequence[Record]) -> tuple[list[Concept], list[Record]]:
+    """The subsets of imported Kohya datasets (each image's first origin with `kohya` metadata,
+    see curate.stages.ingest.kohya), as concepts with their repeats, class tokens and reg flag;
+    and the records that came from no Kohya dataset."""
+    by_folder: dict[tuple[bool, int, str], Concept] = {}
+    rest = []
+    for record in records:
+        meta = next((o.metadata["kohya"] for o in record.origins
+                     if isinstance(o.metadata.get("kohya"), dict)), None)
+        tokens = str(meta.get("class_tokens") or "") if meta else ""
+        if meta is None or not isinstance(meta.get("repeats"), int) or not _plain(tokens or "concept"):
+            rest.append(record)
+            continue
+        key = (bool(meta.get("is_reg")), meta["repeats"], tokens)
+        concept = by_folder.setdefault(key, Concept(tokens or "concept", tokens or None, repeats=key[1],
+                                                    kohya=True, is_reg=key[0]))
+        concept.records.append(record)
+    return sorted(by_folder.values(), key=lambda c: (c.is_reg, c.folder)), rest
+
+
+def merge_folders(concepts: Sequence[Concept]) -> list[Concept]:
+    """Concepts that ended up with the same folder (imported subsets of one class given the
+    user's repeats) as one, in first-seen order."""
+    out: dict[tuple[bool, str], Concept] = {}
+    for concept in concepts:
+        key = (concept.is_reg, concept.folder)
+        if key in out:
+            out[key].records.extend(concept.records)
+        else:
+            out[key] = concept
+    return list(out.values())
+
+
+def _plain(name: str) -> bool:
+    try:
+        check_name(name, "concept name")
+    except CurateError:
+        return False
+    return True
 
 
 def set_repeats(concepts: Sequence[Concept], config: LayoutConfig, reg_images: int = 0) -> None:

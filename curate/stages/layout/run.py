@@ -12,7 +12,14 @@ from curate.paths import check_name
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
 from curate.stages.layout.edits import HandEdit, adopt, find_hand_edits, keep_hand_edits
-from curate.stages.layout.plan import Concept, assign_concepts, read_concepts, set_repeats
+from curate.stages.layout.plan import (
+    Concept,
+    assign_concepts,
+    kohya_concepts,
+    merge_folders,
+    read_concepts,
+    set_repeats,
+)
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
 from tagging.captions import SEPARATOR, caption_for, format_caption
@@ -55,10 +62,19 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     default = Concept(config.name or settings.get("trigger") or "concept",
                       config.class_tokens or _class_tokens(settings))
     rules = read_concepts(Path(config.concepts)) if config.concepts else []
-    concepts, left = assign_concepts(records, rules, default)
+    # an imported Kohya dataset keeps its subsets unless a concepts file or --name regroups its
+    # training images; its reg images stay reg images either way
+    kohya, rest = kohya_concepts(records)
+    if rules or config.name is not None:
+        rest += [r for c in kohya if not c.is_reg for r in c.records]
+        kohya = [c for c in kohya if c.is_reg]
+    concepts, left = assign_concepts(rest, rules, default) if rest else ([], [])
     result.warnings += [(_shown(r), "matches no concept in the concepts file: left out") for r in left]
-    reg = _reg_subset(config, concepts)
-    set_repeats(concepts, config, len(reg.entries) if reg else 0)
+    reg = _reg_subset(config, concepts + kohya)
+    reg_images = (len(reg.entries) if reg else 0) + sum(len(c.records) for c in kohya if c.is_reg)
+    user_repeats = config.repeats is not None or config.target_steps is not None  # they win
+    set_repeats(concepts + [c for c in kohya if user_repeats and not c.is_reg], config, reg_images)
+    concepts = merge_folders(concepts + kohya)
     subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
     subsets, result.kept_edits, result.conflicts = keep_hand_edits(subsets, find_hand_edits(out))
     result.total_steps = _steps(subsets, config)  # close-ups count as images too
@@ -101,9 +117,11 @@ def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], re
     names = [(Path(_shown(r).split("!/")[-1]).name, r.sha256) for r in concept.records]
     # sd-scripts would caption these with class_tokens; written out, the caption is explicit
     fallback = [w for w in (settings.get("trigger"), settings.get("class_token")) if w] or [concept.name]
+    if concept.kohya:  # as sd-scripts captioned them in the imported dataset
+        fallback = [concept.class_tokens or concept.name]
     entries = []
     for record, stem in zip(concept.records, unique_stems(names), strict=True):
-        if not record.caption:
+        if not record.caption and not concept.is_reg:  # reg images are captioned by their class
             result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
         caption = _caption(record, fallback, settings)
         entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption,
@@ -112,8 +130,8 @@ def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], re
         for n, closeup in enumerate(record.extra.get("closeups", ()), 1):
             entries.append(Entry(Path(closeup), f"{stem}-closeup{n}", Path(closeup).suffix.lower(), caption))
     alpha = any(r.has_alpha for r in concept.records)
-    return Subset(f"img/{concept.folder}", tuple(entries), concept.repeats, concept.class_tokens,
-                  alpha_mask=alpha)
+    return Subset(f"{'reg' if concept.is_reg else 'img'}/{concept.folder}", tuple(entries), concept.repeats,
+                  concept.class_tokens, is_reg=concept.is_reg, alpha_mask=alpha)
 
 
 def _reg_subset(config: LayoutConfig, concepts: list[Concept]) -> Subset | None:

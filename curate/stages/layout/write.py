@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate import kohya
 from curate.atomic import TMP_PREFIX
-from curate.config import toml_value
 from curate.errors import CurateError
 from curate.paths import child_path
 from curate.stages.layout.config import LayoutConfig
@@ -138,25 +138,16 @@ def _sweep(out: Path) -> None:
 
 
 def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general: dict[str, object]) -> str:
-    lines = ["# Written by `curate layout`. Use with sd-scripts: --dataset_config dataset.toml",
-             "# (image_dir paths are absolute: sd-scripts resolves relative ones from its working dir)",
-             "", "[general]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in general.items() if v is not None]
+    """The dataset.toml of the laid-out folders, written by the Kohya model's one writer."""
     dataset = {"resolution": config.resolution, "batch_size": config.batch_size,
                "enable_bucket": config.enable_bucket, "min_bucket_reso": config.bucket_bounds[0],
                "max_bucket_reso": config.bucket_bounds[1], "bucket_reso_steps": config.bucket_reso_steps,
                "bucket_no_upscale": config.bucket_no_upscale}
-    lines += ["", "[[datasets]]", *(f"{k} = {toml_value(v)}" for k, v in dataset.items())]
-    for s in subsets:
-        fields: dict[str, object] = {"image_dir": str(out / s.folder), "num_repeats": s.repeats,
-                                     "caption_extension": config.caption_ext}
-        if s.class_tokens:
-            fields["class_tokens"] = s.class_tokens
-        if s.is_reg:
-            fields["is_reg"] = True
-        else:
-            fields["flip_aug"] = config.flip_aug
-        if s.alpha_mask:
-            fields["alpha_mask"] = True
-        lines += ["", "  [[datasets.subsets]]", *(f"  {k} = {toml_value(v)}" for k, v in fields.items())]
-    return "\n".join(lines) + "\n"
+    model = [kohya.Subset(out / s.folder, s.repeats, s.class_tokens, s.is_reg, config.caption_ext,
+                          flip_aug=config.flip_aug and not s.is_reg, alpha_mask=s.alpha_mask)
+             for s in subsets]
+    data = kohya.DatasetConfig(out, out / kohya.DATASET_TOML, [kohya.Dataset(model, dataset)],
+                               {k: v for k, v in general.items() if v is not None})
+    return kohya.write_toml(data, [
+        "Written by `curate layout`. Use with sd-scripts: --dataset_config dataset.toml",
+        "(image_dir paths are absolute: sd-scripts resolves relative ones from its working dir)"])

@@ -26,17 +26,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import re
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
 from curate.paths import display, is_inside, read_regular, special_file_reason
 
-# `N_name` image folders, as import recognises where a scrape came from (a heuristic of
-# ingest's). What sd-scripts reads is `parse_folder_name`, which check, buckets and the
-# trainer use.
-KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$", re.DOTALL)
 # sd-scripts' IMAGE_EXTENSIONS: these, all-lower or ALL-UPPER.
 SD_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Read by sd-scripts only when one of these modules imports (train_util.py's try/import).
