@@ -113,14 +113,6 @@ class Record:
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def caption(self) -> str | None:
-        """The caption the layout writes (without a keep_tokens separator), None if it has none."""
-        # tagging builds on this module; imported here so the caption has one definition
-        from tagging.captions import caption_for
-
-        return caption_for(self) or None
-
-    @property
     def kept_tags(self) -> tuple[Tag, ...]:
         return tuple(t for t in self.tags if not t.removed)
 

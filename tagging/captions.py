@@ -138,6 +138,12 @@ def caption_items(tags: Sequence[Tag], texts: Sequence[Text], user_caption: str 
     return insert_trigger([i for i in items if tag_key(i) != both], trigger, class_token)
 
 
+def caption_of(record: Record) -> str | None:
+    """The caption the layout writes for `record` (without a keep_tokens separator), None if it
+    has none: compiled from its annotations, never stored."""
+    return caption_for(record) or None
+
+
 def caption_for(record: Record, fallback: Sequence[str] = (), keep_tokens: int | None = None,
                 separator: str | None = None) -> str:
     """The caption text of `record` (its items, else `fallback`), with `separator` after the

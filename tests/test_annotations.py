@@ -13,6 +13,7 @@ from curate.stages.ingest import ImportConfig, import_sources
 from curate.stages.layout import LayoutConfig, layout
 from curate.workspace import Workspace
 from fixtures.scrape import build_gallery_dl, jpeg, photo, write
+from tagging.captions import caption_of
 
 
 def captions_of(dataset: Path) -> dict[str, str]:
@@ -45,7 +46,7 @@ def test_trigger_is_a_setting_and_appears_once(tmp_path: Path) -> None:
     record = by_file(tmp_path / "ws")["a.jpg"]
     assert (record.trigger, record.class_tokens) == ("sks", "woman")
     assert [t.name for t in record.tags] == ["sks woman"]  # the imported tag, kept as data
-    assert record.caption == "sks, woman"
+    assert caption_of(record) == "sks, woman"
 
 
 def test_text_and_tags_beside_one_image_are_both_kept(tmp_path: Path) -> None:
@@ -73,10 +74,10 @@ def test_filter_removal_is_a_mark_and_reversible(tmp_path: Path) -> None:
     run_filter(ws, FilterStageConfig(blacklist=("brown hair",)))
     astronaut = by_file(ws)["astronaut.jpg"]
     removed = {t.name: t.removed for t in astronaut.tags}
-    assert removed["brown hair"] and "brown hair" not in (astronaut.caption or "")
+    assert removed["brown hair"] and "brown hair" not in (caption_of(astronaut) or "")
     run_filter(ws, FilterStageConfig())  # the rule off: the tag comes back
     astronaut = by_file(ws)["astronaut.jpg"]
-    assert astronaut.caption == "1girl, brown hair, smile"
+    assert caption_of(astronaut) == "1girl, brown hair, smile"
     assert all(not t.removed for t in astronaut.tags)
 
 
@@ -94,10 +95,16 @@ def test_hand_edit_wins_and_survives_filter_and_edits(tmp_path: Path) -> None:
 
 
 def _to_schema_6(ws: Path) -> sqlite3.Connection:
-    """The manifest as the code before migration 8 left it (no removed/rank columns)."""
+    """The manifest as the code before migrations 7 and 8 left it (crops and backgrounds tables
+    instead of derived, no removed/rank columns)."""
+    from curate.manifest import MIGRATIONS
+
     db = sqlite3.connect(ws / ".curate" / "manifest.sqlite", isolation_level=None)
     db.execute("ALTER TABLE tags DROP COLUMN removed")
     db.execute("ALTER TABLE tags DROP COLUMN rank")
+    db.execute("DROP TABLE derived")
+    step4 = str(MIGRATIONS[4])
+    db.executescript(step4[step4.index("CREATE TABLE crops"):] + str(MIGRATIONS[5]))
     db.execute("PRAGMA user_version = 6")
     return db
 

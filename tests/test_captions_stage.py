@@ -14,6 +14,7 @@ from curate.stages.captions.filter import FilterStageConfig, run_filter
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo, write
+from tagging.captions import caption_of
 from tests.conftest import tree_state
 
 CAPTIONS = {
@@ -74,7 +75,7 @@ def test_filter_workspace_records_each_removal(workspace: Path) -> None:
         removed = ws.manifest.decisions(stage="filter", verdict="tag-removed")
         assert sorted(r["reason"].split(":")[0] for r in removed) == ["exclusive", "implies"]
         assert any(r["subject"].endswith("img7.jpg: brown hair") for r in removed)
-        captions = {r.origins[0].source_path.rsplit("/", 1)[1]: r.caption for r in ws.records()}
+        captions = {r.origins[0].source_path.rsplit("/", 1)[1]: caption_of(r) for r in ws.records()}
     assert "brown hair" not in captions["img7.jpg"] and "blonde hair" in captions["img0.jpg"]
 
 
@@ -83,7 +84,7 @@ def test_trigger_first_once_and_keep_tokens_recorded(workspace: Path) -> None:
     assert run.settings["keep_tokens"] == 2 and len(run.changed) == 8
     with Workspace.open(workspace) as ws:
         assert ws.manifest.settings()["trigger"] == "sks"
-        assert all(r.caption.startswith("sks, woman, 1girl") for r in ws.records())  # type: ignore[union-attr]
+        assert all(caption_of(r).startswith("sks, woman, 1girl") for r in ws.records())  # type: ignore[union-attr]
     again = set_trigger(workspace, "SKS", "woman")  # same trigger, other case: nothing to do but case
     assert all(line.count("sks") <= 1 for line in again.diff)
 

@@ -31,6 +31,7 @@ from curate.stages.tag import TagConfig, tag  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
 from fixtures.scrape import jpeg, photo, write  # noqa: E402
 from fixtures.tiny_tagger import build_tiny_tagger  # noqa: E402
+from tagging.captions import caption_of  # noqa: E402
 from trainer import loop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +258,7 @@ def test_default_tagger_offline_says_so_at_once(env: dict[str, str], tmp_path: P
 
 def _captions(root: Path) -> dict[str, str]:
     with Workspace.open(root) as ws:
-        return {r.sha256: r.caption or "" for r in ws.active_records()}  # compiled from annotations
+        return {r.sha256: caption_of(r) or "" for r in ws.active_records()}  # compiled from annotations
 
 
 def test_a_changed_threshold_reselects_the_tagged_images(tagger: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from curate.pipeline import run_pipeline
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo
 from fixtures.tiny_tagger import build_tiny_tagger
+from tagging.captions import caption_of
 
 STAGES = ["import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check"]
 
@@ -82,7 +83,7 @@ def test_hand_edits_are_kept_and_rerun_only_what_they_touch(scrape: Path, tagger
     assert layout and [e["caption"] for e in layout["kept_edits"]] == ["sks, woman, my own words"]
     assert caption.read_text(encoding="utf-8").strip() == "sks, woman, my own words"
     with Workspace.open(ws) as w:  # the workspace now carries the edit for every later stage
-        assert "sks, woman, my own words" in {r.caption for r in w.active_records()}
+        assert "sks, woman, my own words" in {caption_of(r) for r in w.active_records()}
     # a second hand edit while a filter rule names a tag of it: the user's caption wins over every
     # stage (issue 15), so the rule leaves it alone and there is nothing to conflict with
     caption.write_text("sks, woman, my own words, 1girl\n", encoding="utf-8")

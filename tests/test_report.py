@@ -176,7 +176,11 @@ def test_training_plan_follows_layout_settings(workspace: Path, report: ReportRe
     configured = collect(ws).plan
     kept = report.data.counts["kept"]
     assert configured.configured and not configured.note
-    assert [(r["folder"], r["images"], r["repeats"]) for r in configured.rows] == [("img/3_sks", kept, 3)]
+    # the imported Kohya subset (fixtures/scrape.py: img/10_sks cat) keeps its class tokens as its
+    # own concept; --repeats sets every concept's repeats
+    rows = [(r["folder"], r["images"], r["repeats"]) for r in configured.rows]
+    assert [(f, n) for f, _i, n in rows] == [("img/3_sks", 3), ("img/3_sks cat", 3)]
+    assert sum(i for _f, i, _n in rows) == kept
     assert configured.total_steps == math.ceil(kept * 3 * 4 / 2)
     assert configured.steps_per_epoch == math.ceil(kept * 3 / 2)
 

@@ -18,6 +18,7 @@ from curate.stages.tag.compose import STORE_FLOOR
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo, write
 from fixtures.tiny_tagger import build_tiny_tagger
+from tagging.captions import caption_of
 from tests.conftest import tree_state
 
 
@@ -105,11 +106,11 @@ def test_workspace_stores_probabilities_and_skips_duplicates(workspace: Path, mo
         assert {r["category"] for r in rows} >= {"rating", "general"}
         assert all(r["confidence"] >= STORE_FLOOR or r["category"] == "rating" for r in rows)
         assert len([r for r in rows if r["category"] == "rating"]) == 4 * 4
-        captions = {r.sha256: r.caption for r in ws.active_records()}  # compiled from the annotations
+        captions = {r.sha256: caption_of(r) for r in ws.active_records()}  # compiled from the annotations
         assert len(captions) == 4 and all(captions.values())
         rocket = next(r for r in ws.records() if r.origins[0].source_path.endswith("rocket.jpg"))
         assert captions[rocket.sha256] == "rocket, sky"  # imported tags kept (existing = skip)
-        assert rocket.caption == "rocket, sky"
+        assert caption_of(rocket) == "rocket, sky"
     again = tag(workspace, config(model))
     assert again.counts == {"already tagged": 4}
 
@@ -119,11 +120,11 @@ def test_rethreshold_needs_no_model(workspace: Path, model: Path, tmp_path: Path
     tag(workspace, config(copy, threshold=0.2))
     shutil.rmtree(copy)  # the model is gone: re-thresholding must not need it
     with Workspace.open(workspace) as ws:
-        before = {r.sha256: r.caption or "" for r in ws.active_records()}
+        before = {r.sha256: caption_of(r) or "" for r in ws.active_records()}
     result = tag(workspace, config(copy, threshold=0.6, existing="overwrite"), rethreshold=True)
     assert result.counts == {"re-thresholded": 4}
     with Workspace.open(workspace) as ws:
-        after = {r.sha256: r.caption or "" for r in ws.active_records()}
+        after = {r.sha256: caption_of(r) or "" for r in ws.active_records()}
     assert sum(len(t.split(", ")) for t in after.values() if t) < sum(
         len(t.split(", ")) for t in before.values())
 

@@ -152,7 +152,9 @@ def _layout(ctx: Context, config: Any) -> dict[str, Any]:
 def _check_options(ctx: Context) -> Any:
     from curate.check.config import load_config
 
-    return load_config(ctx.root, ctx.config_file, ctx.overrides).config
+    # options are read before import makes the workspace (and its curate.toml): none yet = defaults
+    config_file = ctx.config_file if ctx.config_file.is_file() else None
+    return load_config(ctx.root, config_file, ctx.overrides).config
 
 
 def _check(ctx: Context, config: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from curate.record import DUPLICATE, KEPT, REJECTED, SKIPPED, Record
 from curate.report.training import BucketView, PlanView, bucket_view, plan_view
 from curate.workspace import Workspace
-from tagging.captions import parse_caption
+from tagging.captions import caption_of, parse_caption
 from tagging.tags import tag_key
 
 TAG_REMOVED = "tag-removed"
@@ -119,7 +119,7 @@ def _counts(ws: Workspace, records: list[Record]) -> dict[str, int]:
         "rejected": images_with(REJECTED),
         "skipped": sum(1 for r in m.decisions(verdict=SKIPPED) if r["image_sha256"] is None),
         "tagged": sum(1 for r in active if r.tags),
-        "captioned": sum(1 for r in active if r.caption),
+        "captioned": sum(1 for r in active if caption_of(r)),
         "tags_removed": int(removed),
         "cropped": sum(1 for r in active if "crop" in r.extra),
     }
@@ -156,7 +156,7 @@ def _image(record: Record, trigger_words: set[str]) -> ImageView:
         key=str(record.extra.get("leaf", record.sha256)), sha256=record.sha256,
         shown=_shown(record), label=_label(record), path=record.path,
         width=record.width, height=record.height,
-        status=_status(record), caption=record.caption, tags=_tags(record, trigger_words),
+        status=_status(record), caption=caption_of(record), tags=_tags(record, trigger_words),
         reasons=reasons, crop=crop_view)
 
 
@@ -168,7 +168,8 @@ def _tags(record: Record, trigger_words: set[str]) -> tuple[TagView, ...]:
         key = tag_key(name)
         return TRIGGER if key in trigger_words else categories.get(key, "general")
 
-    names = parse_caption(record.caption or "") if record.caption else [t.name for t in record.tags]
+    caption = caption_of(record)
+    names = parse_caption(caption) if caption else [t.name for t in record.tags]
     out = [TagView(n, category(n)) for n in names]
     present = {tag_key(n) for n in names}
     prefix = _shown(record) + ": "

@@ -1,6 +1,6 @@
 """Captions of a dataset as `tagging` works on them, loaded from and saved to a target.
 
-A workspace's caption is compiled from its annotations (Record.caption), with the tagger's
+A workspace's caption is compiled from its annotations (tagging.captions.caption_of), with the tagger's
 confidence for each tag where one is stored, so confidence rules work; saving writes
 annotations back, never caption text: a filter rule's removals as marks on the tags (a
 re-run clears and re-applies them), a user edit as user tags, removals and places.
@@ -26,7 +26,7 @@ from curate.paths import read_user_text, unreadable_caption
 from curate.record import REMOVED_BY_USER, Record, filter_mark
 from curate.stages.ingest.sources import display
 from curate.workspace import Workspace, is_workspace
-from tagging.captions import format_caption, parse_caption
+from tagging.captions import caption_of, format_caption, parse_caption
 from tagging.tags import ScoredTag, tag_key
 
 FILTER_STAGE = "filter"  # its removals are marks it owns; every other edit is the user's
@@ -74,7 +74,7 @@ def _load_workspace(ws: Workspace, without_filter: bool) -> CaptionSet:
             if t.source.startswith("tagger:"):
                 scores[tag_key(t.name)] = max(scores.get(tag_key(t.name), 0.0), t.confidence)
         out.tags[record.sha256] = [ScoredTag(name, _category(record, name), scores.get(tag_key(name), 1.0))
-                                   for name in parse_caption(record.caption or "")]
+                                   for name in parse_caption(caption_of(record) or "")]
     return out
 
 

@@ -16,7 +16,7 @@ from curate.errors import CurateError
 from curate.paths import check_name, printable
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
-from tagging.captions import parse_caption
+from tagging.captions import caption_of, parse_caption
 from tagging.tags import tag_key
 
 
@@ -28,7 +28,7 @@ class ConceptRule:
     class_tokens: str | None = None
 
     def matches(self, record: Record) -> bool:
-        keys = {tag_key(t) for t in parse_caption(record.caption or "")}
+        keys = {tag_key(t) for t in parse_caption(caption_of(record) or "")}
         keys |= {tag_key(t.name) for t in record.tags}
         if self.tags and not {tag_key(t) for t in self.tags} <= keys:
             return False

@@ -22,7 +22,7 @@ from curate.stages.layout.plan import (
 )
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
-from tagging.captions import SEPARATOR, caption_for, format_caption
+from tagging.captions import SEPARATOR, caption_for, caption_of, format_caption
 
 EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
@@ -121,7 +121,7 @@ def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], re
         fallback = [concept.class_tokens or concept.name]
     entries = []
     for record, stem in zip(concept.records, unique_stems(names), strict=True):
-        if not record.caption and not concept.is_reg:  # reg images are captioned by their class
+        if not caption_of(record) and not concept.is_reg:  # reg images are captioned by their class
             result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
         caption = _caption(record, fallback, settings)
         entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption,
