@@ -21,6 +21,7 @@ from curate.manifest.caches import HASHES_TABLE
 from curate.manifest.derived import MIGRATION_7, DerivedQueries
 from curate.manifest.images import ImageQueries
 from curate.paths import display
+from curate.record import Tag, Text
 
 _SCHEMA_V1 = """
 CREATE TABLE images (
@@ -369,13 +370,14 @@ class Manifest(DerivedQueries, ImageQueries):
         return list(self.db.execute("SELECT image_sha256, source, text FROM captions "
                                     "ORDER BY image_sha256, source NOT LIKE 'user%', source"))
 
-    def add_imported(self, image: str, source: str, tags: Iterable[tuple[str, str]],
-                     texts: Iterable[tuple[str, str]]) -> None:
-        """Sidecar tags (name, category) and texts (source, text) an import found."""
+    def add_imported(self, image: str, tags: Iterable[Tag], texts: Iterable[Text]) -> None:
+        """What an import's sidecars say: tags (canonical name, category, source) and sentence
+        texts, each kept with its own source (a .txt's tags and a .caption's sentence both)."""
         self.db.executemany("INSERT OR IGNORE INTO tags (image_sha256, source, tag, category, confidence) "
-                            "VALUES (?, ?, ?, ?, 1.0)", [(image, source, t, c) for t, c in tags])
+                            "VALUES (?, ?, ?, ?, ?)",
+                            [(image, t.source, t.name, t.category, t.confidence) for t in tags])
         self.db.executemany("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
-                            [(image, s, t) for s, t in texts])
+                            [(image, t.source, t.text) for t in texts])
 
     def replace_scores(self, image: str, source: str, rows: Iterable[tuple[str, str, float]],
                        input_sha: str) -> None:

@@ -237,7 +237,7 @@ class _Recorder:
         self._origin(db, shown, work.source_root, sc.kind, work.fingerprint, image.sha256,
                      verdict, sidecar_paths, sc.metadata)
         # tags and a sentence caption are both kept: which one a caption uses is the layout's choice
-        self.m.add_imported(image.sha256, sc.kind, sc.tags, [(sc.kind, sc.caption)] if sc.caption else [])
+        self.m.add_imported(image.sha256, sc.annotations, sc.texts)
         self._decision(db, image.sha256, shown, verdict, reason)
         for subject, warning in sc.warnings:
             self._decision(db, image.sha256, subject, WARNING, warning)
