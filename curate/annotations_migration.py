@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from curate.manifest import USER_CAPTION, USER_TEXT
 from curate.record import REMOVED_BY_USER, SELECTION_MARK, Tag, Text
-from tagging.captions import caption_items, format_caption, insert_trigger, parse_caption
+from tagging.captions import format_caption, insert_trigger, parse_caption
+from tagging.compile import CaptionFormat, compile_caption
 
 WORKING = "curate"  # the captions.source of the old working caption
 
@@ -90,5 +91,6 @@ def _plan(db: sqlite3.Connection, image: str, text: str, trigger: str | None, kl
         (image, WORKING, USER_CAPTION))]
     tags = [Tag(name, category, 1.0, source, *plan.marks[rowid]) for rowid, source, name, category in rows]
     tags += [Tag(name, "general", 1.0, REMOVED_BY_USER, "", i) for name, i in plan.added]
-    compiled = format_caption(caption_items(tags, texts, None, trigger, klass))
+    # what `curate layout` will write from them (the default caption format)
+    compiled = compile_caption(tags, texts, CaptionFormat(), trigger=trigger, class_tokens=klass).text
     return plan if compiled == format_caption(items) else None

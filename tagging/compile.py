@@ -32,46 +32,50 @@ from curate.errors import CurateError
 from curate.record import Tag, Text
 from tagging.compile_tags import TagChoice, canonical, key, select_tags, spell, without_prefix
 
-SECTION = "captions"  # the curate.toml table these options will be read from
+SECTION = "captions"  # its curate.toml table (curate.config.SECTIONS)
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 PLACEHOLDERS = ("trigger", "class", "text")
 
 
 @dataclass(frozen=True)
 class CaptionFormat:
-    # What the caption file holds: "tags" (booru tags: SD 1.x, SDXL, Illustrious, Pony), "nl"
-    # (a sentence: Flux, SD3, Qwen-Image), "hybrid" (trigger and sentence kept first, tags
-    # after, shuffled) or "json" (one JSON object, for trainers that read structured captions).
-    format: Literal["tags", "nl", "hybrid", "json"] = "tags"
-    # Tag categories in caption order, after the trigger and class tokens. A category named
-    # neither here nor in leave_out (species, other, ...) follows these, by name.
-    order: tuple[str, ...] = ("character", "copyright", "general")
-    # Categories never written: they describe the file (highres, translated), who drew it or
-    # its rating, not what the picture shows.
-    leave_out: tuple[str, ...] = ("meta", "artist", "rating")
-    # Booru spelling: `long_hair` instead of `long hair` (kaomoji such as ^_^ always keep theirs).
-    underscores: bool = False
-    # Write `saber \(fate\)`. Escaping is prompt syntax (the webui reads `(x)` as emphasis);
-    # sd-scripts reads a caption literally, so training captions are normally unescaped.
-    escape_parentheses: bool = False
-    # At most this many tags after the trigger and class tokens (0 = all); the least confident
-    # general tags go first.
-    max_tags: int = option(0, ge=0, le=1000)
-    # Shuffle the tags after the kept head while training (sd-scripts' shuffle_caption), for
-    # "tags" and "hybrid". "nl" and "json" captions are never shuffled.
-    shuffle: bool = True
-    # sd-scripts' caption_separator: what splits a caption into the items it shuffles and counts.
-    caption_separator: Literal[",", ";"] = ","
-    # sd-scripts' keep_tokens_separator, written after a hybrid caption's sentence.
-    keep_tokens_separator: str = "|||"
-    # How "nl" and "hybrid" work the trigger into the sentence; placeholders {trigger}, {class},
-    # {text}. Empty ones vanish with the separator beside them. A sentence that already names
-    # the trigger (as a word, any case) is written without trigger and class.
-    nl_template: str = "{trigger} {class}, {text}"
-    # Which sentence to use when an image has several, by Text.source: an entry matches a source
-    # equal to it or starting with it and ":" ("vlm" matches "vlm:<model>:<prompt>"). Sources
-    # not listed come after, in the order they were recorded.
-    text_sources: tuple[str, ...] = ("user", "vlm", ".caption", "img2dataset")
+    """How `curate layout` writes each caption file from the image's annotations (tags, sentences,
+    trigger): one format per dataset, or per concept (`format` in concepts.toml). See
+    docs/captions.md for one example of each format."""
+
+    format: Literal["tags", "nl", "hybrid", "json"] = option("tags", help=(
+        "What the caption file holds: \"tags\" (booru tags: SD 1.x, SDXL, Illustrious, Pony), \"nl\" (a "
+        "sentence: Flux, SD3, Qwen-Image), \"hybrid\" (trigger and sentence kept first, tags after, "
+        "shuffled) or \"json\" (one JSON object, for trainers that read structured captions)."))
+    order: tuple[str, ...] = option(("character", "copyright", "general"), help=(
+        "Tag categories in caption order, after the trigger and class tokens. A category named neither "
+        "here nor in leave_out (species, other, ...) follows these, by name."))
+    leave_out: tuple[str, ...] = option(("meta", "artist", "rating"), help=(
+        "Categories never written: they describe the file (highres, translated), who drew it or its "
+        "rating, not what the picture shows."))
+    underscores: bool = option(False, help=(
+        "Booru spelling: `long_hair` instead of `long hair` (kaomoji such as ^_^ always keep theirs)."))
+    escape_parentheses: bool = option(False, help=(
+        "Write `saber \\(fate\\)`. Escaping is prompt syntax (the webui reads `(x)` as emphasis); "
+        "sd-scripts reads a caption literally, so training captions are normally unescaped."))
+    max_tags: int = option(0, ge=0, le=1000, help=(
+        "At most this many tags after the trigger and class tokens (0 = all); the least confident general"
+        " tags go first."))
+    shuffle: bool = option(True, help=(
+        "Shuffle the tags after the kept head while training (sd-scripts' shuffle_caption), for \"tags\" "
+        "and \"hybrid\". \"nl\" and \"json\" captions are never shuffled."))
+    caption_separator: Literal[",", ";"] = option(",", help=(
+        "sd-scripts' caption_separator: what splits a caption into the items it shuffles and counts."))
+    keep_tokens_separator: str = option("|||", help=(
+        "sd-scripts' keep_tokens_separator, written after a hybrid caption's sentence."))
+    nl_template: str = option("{trigger} {class}, {text}", help=(
+        "How \"nl\" and \"hybrid\" work the trigger into the sentence; placeholders {trigger}, {class}, "
+        "{text}. Empty ones vanish with the separator beside them. A sentence that already names the "
+        "trigger (as a word, any case) is written without trigger and class."))
+    text_sources: tuple[str, ...] = option(("user", "vlm", ".caption", "img2dataset"), help=(
+        "Which sentence to use when an image has several, by Text.source: an entry matches a source equal"
+        " to it or starting with it and \":\" (\"vlm\" matches \"vlm:<model>:<prompt>\"). Sources not "
+        "listed come after, in the order they were recorded."))
 
     def check(self) -> None:
         check_ranges(self, SECTION)
@@ -109,14 +113,15 @@ def compile_caption(tags: Sequence[Tag], texts: Sequence[Text], fmt: CaptionForm
                     trigger: str | None = None, class_tokens: str | Sequence[str] | None = None,
                     user_caption: str | None = None) -> Compiled:
     """The caption of one image in `fmt`. `class_tokens` may be one string ("woman", split at
-    the caption separator) or a list. A non-blank `user_caption` is returned verbatim (line
-    breaks become spaces: the file holds one line); blank counts as none."""
+    the caption separator) or a list. A non-blank `user_caption` wins (line breaks become
+    spaces: the file holds one line; blank counts as none): written as the user wrote it, except
+    that in tags and hybrid captions the trigger still comes first and once (see `_user`)."""
     fmt.check()  # a library caller's format did not pass through config.build
     shuffle, sep = _subset_keys(fmt)
+    head = _Head.of(trigger, class_tokens, fmt)
     if user_caption is not None and user_caption.strip():
         text = re.sub(r"\s*[\r\n]+\s*", " ", user_caption.strip())
-        return Compiled(text, 0, sep, shuffle, fmt.caption_separator, user=True)
-    head = _Head.of(trigger, class_tokens, fmt)
+        return Compiled(_user(text, head, fmt), 0, sep, shuffle, fmt.caption_separator, user=True)
     if fmt.format == "tags":
         return _tags(tags, head, fmt)
     if fmt.format == "json":
@@ -167,6 +172,25 @@ class _Head:
 
     def items(self) -> list[str]:
         return [self.trigger, *self.spelled] if self.trigger else list(self.spelled)
+
+
+def _user(text: str, head: _Head, fmt: CaptionFormat) -> str:
+    """The user's own caption with the trigger first and once: a trigger set after the caption
+    was edited by hand (`curate captions trigger`) must still reach it. A caption that already
+    starts with the head is left as it is; sentences (nl, json) always are."""
+    if fmt.format in ("nl", "json") or not head.trigger:
+        return text
+    sep = fmt.caption_separator
+    items = [item.strip() for item in text.split(sep) if item.strip()]
+    want = head.items()
+    if [key(i) for i in items[: len(want)]] == [key(w) for w in want]:
+        return text
+    rest = [i for i in items if key(i) not in {key(head.trigger), key(" ".join(want))}]
+    present = {key(i) for i in rest}
+    prefix = [head.trigger, *(c for c in head.spelled if key(c) not in present)]
+    if len(rest) == len(items):  # nothing taken out: the user's own spacing stays as it was
+        return f"{sep} ".join(prefix) + f"{sep} " + text
+    return f"{sep} ".join(prefix + rest)
 
 
 def _tag_names(tags: Sequence[Tag], head: _Head, fmt: CaptionFormat) -> list[tuple[str, str]]:

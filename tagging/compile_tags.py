@@ -58,6 +58,9 @@ class _Merged:
     names: list[tuple[float, str]] = field(default_factory=list)  # (confidence, name) kept copies
     categories: set[str] = field(default_factory=set)
     user_removed: bool = False
+    # where it goes when nothing else decides: a rank a stage or the user gave it (captions
+    # sort, the tagger's selection, a migrated caption), else the order its sources listed it in
+    place: tuple[int, int] = (1, 0)
 
     @property
     def confidence(self) -> float:
@@ -90,11 +93,13 @@ class TagChoice:
 def _merge(tags: Iterable[Tag], drop: set[str], trigger_words: Sequence[str],
            separators: tuple[str, ...]) -> dict[str, _Merged]:
     merged: dict[str, _Merged] = {}
-    for tag in tags:
+    for index, tag in enumerate(tags):
         name = without_prefix(canonical(tag.name, separators), trigger_words)
         if not name or name.casefold() in drop:
             continue
-        entry = merged.setdefault(name.casefold(), _Merged())
+        place = (0, tag.rank) if tag.rank is not None else (1, index)
+        entry = merged.setdefault(name.casefold(), _Merged(place=place))
+        entry.place = min(entry.place, place)
         if tag.removed == USER:
             entry.user_removed = True  # the user's edit wins over every source
         elif not tag.removed:
@@ -111,8 +116,10 @@ def select_tags(tags: Iterable[Tag], choice: TagChoice, *, drop: Iterable[str] =
     (`removed == ""`) and the user did not remove it; its category must not be left out. `drop`
     holds keys already in the caption's head (trigger, class tokens); a tag starting with the
     trigger's words loses them first (`sks woman` -> `woman`), so the trigger is written once.
-    Order: by the category's place in `choice.order` (unlisted categories after, by name), then
-    confidence (highest first), then name; at most `max_tags` (0 = all).
+    Order: tags a stage or the user placed (Tag.rank) first, in that order; then by the
+    category's place in `choice.order` (unlisted categories after, by name), confidence (highest
+    first), and the order the sources listed them in (a scraper's or a user's tag order is kept
+    where confidences tie, as they do for every imported tag); at most `max_tags` (0 = all).
     """
     merged = _merge(tags, set(drop), trigger_words, choice.separators)
     rank = {category: i for i, category in enumerate(choice.order)}
@@ -120,8 +127,12 @@ def select_tags(tags: Iterable[Tag], choice: TagChoice, *, drop: Iterable[str] =
     for entry in merged.values():
         if entry.user_removed or not entry.names or entry.category in choice.leave_out:
             continue
-        place = (rank.get(entry.category, len(rank)), "" if entry.category in rank else entry.category)
-        rows.append((place, -entry.confidence, entry.name.casefold(), entry.category, entry.name))
+        placed, at = entry.place
+        where = (rank.get(entry.category, len(rank)), "" if entry.category in rank else entry.category)
+        if placed == 0:  # an explicit place beats category and confidence
+            rows.append(((0, at), (0, ""), 0.0, 0, entry.category, entry.name))
+        else:
+            rows.append(((1, 0), where, -entry.confidence, at, entry.category, entry.name))
     rows.sort()
     if choice.max_tags:
         rows = rows[: choice.max_tags]

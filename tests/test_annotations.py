@@ -145,6 +145,9 @@ def test_migration_keeps_every_caption_byte_identical(tmp_path: Path) -> None:
     astronaut = {t.name: t.removed for t in records["astronaut.jpg"].tags}
     assert astronaut == {"1girl": "", "brown hair": "exclusive", "smile": "", "space": "", "helmet": "",
                          "moon": "tag:select"}
-    assert [t.source for t in records["moon.jpg"].texts] == ["user", "txt"]
+    # a sentence in a tags-format caption compiles to no tag: the old caption stays whole, as the
+    # user's own (the format `curate layout` writes by default is tags)
+    assert [t.source for t in records["moon.jpg"].texts] == ["txt"]
+    assert records["moon.jpg"].user_caption == working["moon.jpg"]
     with Workspace.open(ws) as w:
         assert not w.manifest.rows("SELECT * FROM captions WHERE source = 'curate'")

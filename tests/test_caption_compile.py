@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +51,32 @@ def items(text: str) -> list[str]:
 
 def test_tags_order_trigger_class_character_copyright_then_general_by_confidence() -> None:
     out = compile_caption(SCRAPED, [], TAGS, trigger="sks", class_tokens="woman")
-    # ahoge and blonde hair tie at 0.9: by name; meta, artist and rating left out
-    assert out.text == ("sks, woman, saber, fate/stay night, 1girl, solo, ahoge, blonde hair, green eyes, "
+    # blonde hair and ahoge tie at 0.9: in the order the tagger listed them; meta, artist and
+    # rating left out
+    assert out.text == ("sks, woman, saber, fate/stay night, 1girl, solo, blonde hair, ahoge, green eyes, "
                         "armor, blue dress")
     assert (out.keep_tokens, out.keep_tokens_separator, out.shuffle_caption) == (2, "", True)
     assert "|||" not in out.text and out.fallback == "" and not out.user
 
 
-def test_tags_order_does_not_depend_on_the_order_sources_were_read() -> None:
-    shuffled = list(SCRAPED)
+def test_a_sources_own_order_is_kept_where_confidences_tie() -> None:
+    """Imported tags all have confidence 1: a scraper's or a user's caption order is what decides
+    (a Kohya dataset laid out again gives back its captions), and a rank beats it."""
+    kohya = [Tag("sks cat", source="kohya"), Tag("cat", source="kohya"), Tag("orange fur", source="kohya"),
+             Tag("indoors", source="kohya")]
+    assert compile_caption(kohya, [], TAGS).text == "sks cat, cat, orange fur, indoors"
+    shuffled = list(kohya)
     random.Random(4).shuffle(shuffled)
-    assert compile_caption(shuffled, [], TAGS).text == compile_caption(SCRAPED, [], TAGS).text
+    assert compile_caption(shuffled, [], TAGS).text == ", ".join(t.name for t in shuffled)
+    ranked = [replace(t, rank=len(kohya) - i) for i, t in enumerate(kohya)]  # `captions sort` placed them
+    assert compile_caption(ranked, [], TAGS).text == "indoors, orange fur, cat, sks cat"
 
 
 def test_each_categorys_place_is_configurable() -> None:
     fmt = CaptionFormat(order=("general", "artist", "character"), leave_out=("meta",))
     out = compile_caption(SCRAPED, [], fmt, trigger="sks")
     # copyright and rating are listed nowhere: after the listed ones, by category name
-    assert items(out.text) == ["sks", "1girl", "solo", "ahoge", "blonde hair", "green eyes", "armor",
+    assert items(out.text) == ["sks", "1girl", "solo", "blonde hair", "ahoge", "green eyes", "armor",
                                "blue dress", "takeuchi takashi", "saber", "fate/stay night", "general"]
     assert out.keep_tokens == 1
 
@@ -230,7 +239,7 @@ def test_hybrid_uses_the_txt_tags_and_the_caption_sentence_both() -> None:
     tags = [Tag("1girl", source=".txt"), Tag("solo", source=".txt"), Tag("blonde hair", source=".txt"),
             Tag("blue dress", source=".txt")]
     out = compile_caption(tags, [Text(SENTENCE, ".caption")], HYBRID, trigger="sks", class_tokens="woman")
-    assert out.text == f"sks woman, {SENTENCE} ||| 1girl, blonde hair, blue dress, solo"
+    assert out.text == f"sks woman, {SENTENCE} ||| 1girl, solo, blonde hair, blue dress"
     assert (out.keep_tokens_separator, out.shuffle_caption) == ("|||", True)
     assert out.keep_tokens == len(items(f"sks woman, {SENTENCE}")) == 4
 
@@ -267,7 +276,7 @@ def test_json_is_one_line_with_trigger_class_caption_and_tags_by_category() -> N
     assert json.loads(out.text) == {
         "trigger": "sks", "class": "woman", "caption": SENTENCE + " second line",
         "tags": {"character": ["saber"], "copyright": ["fate/stay night"],
-                 "general": ["1girl", "solo", "ahoge", "blonde hair", "green eyes", "armor", "blue dress"]}}
+                 "general": ["1girl", "solo", "blonde hair", "ahoge", "green eyes", "armor", "blue dress"]}}
     assert (out.keep_tokens, out.shuffle_caption, out.fallback) == (0, False, "")
     bare = json.loads(compile_caption([Tag("1girl")], [], JSON).text)
     assert bare == {"trigger": None, "class": None, "caption": None, "tags": {"general": ["1girl"]}}
@@ -279,8 +288,15 @@ def test_json_is_one_line_with_trigger_class_caption_and_tags_by_category() -> N
 def test_the_users_caption_wins_verbatim(fmt: CaptionFormat) -> None:
     out = compile_caption(SCRAPED, [Text(SENTENCE, ".caption")], fmt, trigger="sks", class_tokens="woman",
                           user_caption="  my girl,  Saber\r\nin armour ")
-    assert out.text == "my girl,  Saber in armour"
+    # tags and hybrid keep the trigger rule even here: first and once (a trigger set after the
+    # caption was edited must still reach it); sentences are the user's words alone
+    head = "sks, woman, " if fmt.format in ("tags", "hybrid") else ""
+    assert out.text == head + "my girl,  Saber in armour"
     assert out.user and out.keep_tokens == 0
+    if head:
+        for own in ("woman, x, sks", "sks, woman, x"):
+            assert compile_caption([], [], fmt, trigger="sks", class_tokens="woman",
+                                   user_caption=own).text == "sks, woman, x"
     blank = compile_caption(SCRAPED, [], fmt, trigger="sks", user_caption=" \n")
     assert not blank.user and blank.text.startswith(("sks", "{"))
 

@@ -60,8 +60,11 @@ def test_layout_writes_kohya_folders_and_dataset_toml(workspace: Path, tmp_path:
         caption = (out / "img" / folder / (Path(image).stem + ".txt")).read_text(encoding="utf-8")
         assert caption.startswith("sks, cat") and caption.count("\n") == 1
     config = tomllib.loads((out / "dataset.toml").read_text(encoding="utf-8"))
-    assert config["general"] == {"caption_extension": ".txt", "shuffle_caption": True, "keep_tokens": 2}
+    assert config["general"] == {"caption_extension": ".txt"}
     subset = config["datasets"][0]["subsets"][0]
+    # the caption keys are the compiled captions' (tagging/compile.py): tags, trigger + class kept
+    assert subset["shuffle_caption"] is True and subset["keep_tokens"] == 2
+    assert "keep_tokens_separator" not in subset
     assert subset["image_dir"] == str(out / "img/10_sks") and subset["num_repeats"] == 10
     assert subset["class_tokens"] == "sks cat" and subset["caption_extension"] == ".txt"
     assert subset["alpha_mask"] is True  # logo.png kept its transparency

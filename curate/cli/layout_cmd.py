@@ -42,8 +42,12 @@ def command(workspace: Path, out: Path, flags: dict[str, Any], dry_run: bool, co
     from curate.stages.layout import layout
 
     o = Out(as_json, quiet, verbose)
-    config = stage_config(LayoutConfig, "layout", config_file or workspace / CONFIG_NAME, overrides, flags)
-    result = layout(workspace, out, config, dry_run=dry_run)
+    from tagging.compile import CaptionFormat
+
+    config_path = config_file or workspace / CONFIG_NAME
+    config = stage_config(LayoutConfig, "layout", config_path, overrides, flags)
+    captions = stage_config(CaptionFormat, "captions", config_path, overrides)
+    result = layout(workspace, out, config, captions=captions, dry_run=dry_run)
     if as_json:
         o.json(result.as_dict())
         return

@@ -143,10 +143,25 @@ def _captions(ctx: Context, words: Any) -> dict[str, Any]:
     return set_trigger(ctx.root, words["trigger"], words["class_token"]).as_dict()
 
 
-def _layout(ctx: Context, config: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LayoutOptions:
+    """[layout] and [captions]: both decide what the dataset holds (and the stage's key)."""
+
+    layout: Any
+    captions: Any
+
+
+def _layout_options(ctx: Context) -> LayoutOptions:
+    from curate.stages.layout import LayoutConfig
+    from tagging.compile import CaptionFormat
+
+    return LayoutOptions(ctx.options(LayoutConfig, "layout"), ctx.options(CaptionFormat, "captions"))
+
+
+def _layout(ctx: Context, options: LayoutOptions) -> dict[str, Any]:
     from curate.stages.layout import layout
 
-    return layout(ctx.root, ctx.dataset, config).as_dict()
+    return layout(ctx.root, ctx.dataset, options.layout, captions=options.captions).as_dict()
 
 
 def _check_options(ctx: Context) -> Any:
@@ -205,8 +220,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("tags-filter", ("active", "tags", "captions"),
           _options("tags-filter", "curate.stages.captions.filter", "FilterStageConfig"), _tags_filter),
     Stage("captions", ("active", "captions", "settings"), _trigger, _captions),
-    Stage("layout", ("active", "captions", "derived", "settings", "folder:dataset"),
-          _options("layout", "curate.stages.layout", "LayoutConfig"), _layout),
+    # captions are compiled from tags and texts at layout: both are what it reads
+    Stage("layout", ("active", "tags", "captions", "derived", "settings", "folder:dataset"),
+          _layout_options, _layout),
     Stage("check", (), _check_options, _check),
     Stage("train", ("folder:dataset", "folder:train_out"), _train_options, _train),
 )

@@ -26,6 +26,7 @@ class ConceptRule:
     tags: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()
     class_tokens: str | None = None
+    format: str | None = None  # this concept's caption format ([captions] format otherwise)
 
     def matches(self, record: Record) -> bool:
         keys = {tag_key(t) for t in parse_caption(caption_of(record) or "")}
@@ -53,7 +54,8 @@ class Concept:
         return f"{self.repeats}_{self.name}"
 
 
-CONCEPT_KEYS = {"tags": "a list of strings", "folders": "a list of strings", "class_tokens": "a string"}
+CONCEPT_KEYS = {"tags": "a list of strings", "folders": "a list of strings", "class_tokens": "a string",
+                "format": "one of 'tags', 'nl', 'hybrid', 'json'"}
 
 
 def read_concepts(path: Path) -> list[ConceptRule]:
@@ -86,12 +88,15 @@ def _concept_rule(path: Path, name: str, table: object) -> ConceptRule:
         raise CurateError(f"{where} has unknown keys {unknown}; use {', '.join(CONCEPT_KEYS)}")
     for key, wanted in CONCEPT_KEYS.items():
         value = table.get(key)
-        ok = value is None or (isinstance(value, str) if key == "class_tokens" else
-                               isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if key == "format":
+            ok = value is None or value in ("tags", "nl", "hybrid", "json")
+        else:
+            ok = value is None or (isinstance(value, str) if key == "class_tokens" else
+                                   isinstance(value, list) and all(isinstance(v, str) for v in value))
         if not ok:
             raise CurateError(f"{where} {key} = {printable(repr(value))}: expected {wanted}")
     return ConceptRule(name, tuple(table.get("tags", ())), tuple(table.get("folders", ())),
-                       table.get("class_tokens"))
+                       table.get("class_tokens"), table.get("format"))
 
 
 def assign_concepts(records: Sequence[Record], rules: Sequence[ConceptRule], default: Concept

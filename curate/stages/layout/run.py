@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from curate.stages.layout.plan import (
 )
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
 from curate.workspace import Workspace
-from tagging.captions import SEPARATOR, caption_for, caption_of, format_caption
+from tagging.captions import format_caption
+from tagging.compile import CaptionFormat, Compiled, compile_caption, subset_captions
 
 EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
@@ -48,9 +49,16 @@ class LayoutResult:
                               for e, ours in self.conflicts]}
 
 
-def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = False) -> LayoutResult:
-    """Write the workspace's kept images and captions as a Kohya dataset at `out`."""
+def layout(workspace: Path, out: Path, config: LayoutConfig, *, captions: CaptionFormat | None = None,
+           dry_run: bool = False) -> LayoutResult:
+    """Write the workspace's kept images, and captions compiled from their annotations in the
+    `captions` format (curate.toml's [captions]; a concept may name its own), as a Kohya
+    dataset at `out`."""
     config.check()
+    captions = captions or CaptionFormat()
+    if not config.shuffle_caption:  # the older switch, kept: it turns shuffling off
+        captions = replace(captions, shuffle=False)
+    captions.check()
     out = Path(out).absolute()
     check_target(out)
     with Workspace.open(workspace) as ws:
@@ -75,16 +83,16 @@ def layout(workspace: Path, out: Path, config: LayoutConfig, *, dry_run: bool = 
     user_repeats = config.repeats is not None or config.target_steps is not None  # they win
     set_repeats(concepts + [c for c in kohya if user_repeats and not c.is_reg], config, reg_images)
     concepts = merge_folders(concepts + kohya)
-    subsets = [_subset(c, config, settings, result) for c in concepts] + ([reg] if reg else [])
+    formats = {rule.name: replace(captions, format=rule.format) for rule in rules if rule.format}
+    subsets = [_subset(c, formats.get(c.name, captions), settings, result) for c in concepts]
+    subsets += [reg] if reg else []
     subsets, result.kept_edits, result.conflicts = keep_hand_edits(subsets, find_hand_edits(out))
     result.total_steps = _steps(subsets, config)  # close-ups count as images too
     result.plan = [{"folder": s.folder, "images": len(s.entries), "repeats": s.repeats,
                     "images_x_repeats": len(s.entries) * s.repeats, "is_reg": s.is_reg,
                     "class_tokens": s.class_tokens, "alpha_mask": s.alpha_mask} for s in subsets]
     if not dry_run:
-        general = {"caption_extension": config.caption_ext, "shuffle_caption": config.shuffle_caption,
-                   "keep_tokens": settings.get("keep_tokens") or None,
-                   "keep_tokens_separator": settings.get("keep_tokens_separator")}
+        general = {"caption_extension": config.caption_ext}  # the caption keys are per subset
         with Workspace.open(workspace) as ws, ws.lock():
             adopt(ws, result.kept_edits)
         write_dataset(out, subsets, config, general)
@@ -107,31 +115,41 @@ def _shown(record: Record) -> str:
     return record.origins[0].source_path if record.origins else str(record.path)
 
 
-def _caption(record: Record, fallback: list[str], settings: dict[str, Any]) -> str:
-    """Compiled from the record's annotations (tagging.captions.caption_for)."""
-    separator = SEPARATOR if settings.get("keep_tokens_separator") else None
-    return caption_for(record, fallback, settings.get("keep_tokens"), separator)
-
-
-def _subset(concept: Concept, config: LayoutConfig, settings: dict[str, Any], result: LayoutResult) -> Subset:
+def _subset(concept: Concept, fmt: CaptionFormat, settings: dict[str, Any], result: LayoutResult) -> Subset:
     names = [(Path(_shown(r).split("!/")[-1]).name, r.sha256) for r in concept.records]
     # sd-scripts would caption these with class_tokens; written out, the caption is explicit
     fallback = [w for w in (settings.get("trigger"), settings.get("class_token")) if w] or [concept.name]
     if concept.kohya:  # as sd-scripts captioned them in the imported dataset
         fallback = [concept.class_tokens or concept.name]
-    entries = []
+    entries, compiled = [], {}
     for record, stem in zip(concept.records, unique_stems(names), strict=True):
-        if not caption_of(record) and not concept.is_reg:  # reg images are captioned by their class
+        made = _compile(record, fmt)
+        if made.text:
+            compiled[stem] = made
+            if made.fallback and not concept.is_reg:
+                result.warnings.append((_shown(record), f"no sentence for the {fmt.format!r} caption "
+                                        "format: captioned with its tags (add one with a .caption file "
+                                        "or a captioner)"))
+        elif not concept.is_reg:  # reg images are captioned by their class
             result.warnings.append((_shown(record), f"no caption: written as {format_caption(fallback)!r}"))
-        caption = _caption(record, fallback, settings)
+        caption = made.text or format_caption(fallback)
         entries.append(Entry(record.path, stem, EXTS.get(record.format, record.path.suffix), caption,
                              record.sha256))
         # head close-ups from `curate crop --face-closeups` train as images of their own
         for n, closeup in enumerate(record.extra.get("closeups", ()), 1):
             entries.append(Entry(Path(closeup), f"{stem}-closeup{n}", Path(closeup).suffix.lower(), caption))
+    keys = subset_captions(compiled)
+    result.warnings += [(concept.folder, warning) for warning in keys.warnings]
     alpha = any(r.has_alpha for r in concept.records)
     return Subset(f"{'reg' if concept.is_reg else 'img'}/{concept.folder}", tuple(entries), concept.repeats,
-                  concept.class_tokens, is_reg=concept.is_reg, alpha_mask=alpha)
+                  concept.class_tokens, is_reg=concept.is_reg, alpha_mask=alpha, captions=keys.toml_keys())
+
+
+def _compile(record: Record, fmt: CaptionFormat) -> Compiled:
+    """The record's caption in `fmt`, from its annotations (tags, sentences, trigger, the user's
+    own caption)."""
+    return compile_caption(record.tags, record.texts, fmt, trigger=record.trigger,
+                           class_tokens=record.class_tokens, user_caption=record.user_caption)
 
 
 def _reg_subset(config: LayoutConfig, concepts: list[Concept]) -> Subset | None:

@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curate import kohya
 from curate.atomic import TMP_PREFIX
@@ -46,6 +47,8 @@ class Subset:
     class_tokens: str | None
     is_reg: bool = False
     alpha_mask: bool = False
+    # the compiled captions' subset keys: shuffle_caption, keep_tokens, keep_tokens_separator...
+    captions: dict[str, Any] = field(default_factory=dict)
 
 
 def safe_stem(name: str) -> str:
@@ -144,7 +147,7 @@ def dataset_toml(out: Path, subsets: list[Subset], config: LayoutConfig, general
                "max_bucket_reso": config.bucket_bounds[1], "bucket_reso_steps": config.bucket_reso_steps,
                "bucket_no_upscale": config.bucket_no_upscale}
     model = [kohya.Subset(out / s.folder, s.repeats, s.class_tokens, s.is_reg, config.caption_ext,
-                          flip_aug=config.flip_aug and not s.is_reg, alpha_mask=s.alpha_mask)
+                          flip_aug=config.flip_aug and not s.is_reg, alpha_mask=s.alpha_mask, **s.captions)
              for s in subsets]
     data = kohya.DatasetConfig(out, out / kohya.DATASET_TOML, [kohya.Dataset(model, dataset)],
                                {k: v for k, v in general.items() if v is not None})
