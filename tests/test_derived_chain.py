@@ -266,3 +266,18 @@ def test_no_sql_outside_the_manifest(part: str) -> None:
     hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in files
             for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if SQL.search(line)]
     assert hits == []
+
+
+def test_a_mask_that_finds_no_subject_keeps_the_original(tmp_path: Path) -> None:
+    """GrabCut finds nothing in a flat grey picture: an all-transparent cut-out would train as an
+    empty image, so the original stays in the chain's place, with the reason recorded."""
+    ws = workspace(tmp_path)
+    write(tmp_path / "scrape" / "flat.png", png(Image.new("RGB", (200, 160), (120, 120, 120))))
+    run_pipeline(ws)
+    with Workspace.open(ws) as w:
+        flat = next(r for r in w.records() if r.origins[0].source_path.endswith("flat.png"))
+        reasons = [d.reason for d in flat.decisions if d.stage == "bg"]
+    assert [d["kind"] for d in flat.extra["chain"]] == ["crop"]  # cropped from the original
+    assert reasons and reasons[0].startswith("no subject found")
+    with Image.open(next((ws / "dataset").glob("img/*/flat.*"))) as image:
+        assert image.mode == "RGB" or image.getextrema()[-1] == (255, 255)  # opaque, not blank

@@ -123,3 +123,29 @@ def test_dry_run_and_cli(workspace: Path, tmp_path: Path) -> None:
     assert not out.exists()
     res = CliRunner().invoke(cli, ["layout", str(workspace), "--out", str(out), "--repeats", "2"])
     assert res.exit_code == 0 and "dataset.toml" in res.output
+
+
+def test_a_concepts_own_class_tokens_win_over_the_workspaces(tmp_path: Path) -> None:
+    """An imported Kohya subset `10_sks cat` beside a workspace trigger `sks` + class `woman`:
+    its captions keep its class (`sks, cat, ...`), never the workspace's woman; and a concept
+    named in concepts.toml gets its own caption format."""
+    from fixtures.scrape import build_kohya
+
+    build_kohya(tmp_path / "src")
+    write(tmp_path / "src" / "plain" / "astronaut.jpg", jpeg(photo("astronaut")))
+    write(tmp_path / "src" / "plain" / "astronaut.caption", "An astronaut smiles in front of a flag.\n")
+    ws = tmp_path / "ws"
+    import_sources(ws, [tmp_path / "src"], ImportConfig(workers=1))
+    set_trigger(ws, "sks", "woman")
+    out = tmp_path / "ds"
+    layout(ws, out, LayoutConfig())
+    cat = {p.stem: p.read_text(encoding="utf-8").strip() for p in out.glob("img/*_sks cat/*.txt")}
+    assert cat == {"chelsea_1": "sks, cat, orange fur, indoors", "chelsea_2": "sks, cat, close-up"}
+    concepts = tmp_path / "concepts.toml"
+    concepts.write_text('[concept.sks]\nfolders = ["plain"]\nformat = "nl"\n', encoding="utf-8")
+    layout(ws, tmp_path / "nl", LayoutConfig(concepts=str(concepts)))
+    [caption] = (tmp_path / "nl").glob("img/*_sks/astronaut.txt")
+    assert caption.read_text(encoding="utf-8").strip() == "sks woman, An astronaut smiles in front of a flag."
+    subsets = tomllib.loads((tmp_path / "nl" / "dataset.toml").read_text(encoding="utf-8"))["datasets"][0]
+    nl = next(s for s in subsets["subsets"] if s["image_dir"].endswith("_sks"))
+    assert nl.get("shuffle_caption", False) is False and nl.get("keep_tokens", 0) == 0  # prose stays whole

@@ -88,7 +88,8 @@ def test_library_configs_are_held_to_the_same_ranges() -> None:
 
 def test_unknown_sections_and_keys_are_errors(imported: tuple[Path, ImportResult], tmp_path: Path) -> None:
     code, output = run("dedupe", str(imported[0]), "--set", "nosuchsection.k=1")
-    assert code == 2 and "unknown section(s) nosuchsection; known: bg, captions, check, crop, dedupe" in output
+    assert code == 2
+    assert "unknown section(s) nosuchsection; known: bg, captions, check, crop, dedupe" in output
     # a key of another section given to this command is checked too, with that section's keys
     code, output = run("dedupe", str(imported[0]), "--set", "tag.treshold=0.4")
     assert code == 2 and "[tag] has unknown option(s) treshold; valid: model, threshold" in output

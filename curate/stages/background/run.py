@@ -67,7 +67,7 @@ class BgResult:
 
     def counts(self) -> dict[str, int]:
         return {"images": len(self.items), "cut": len(self.done), "skipped": len(self.skipped),
-                "empty masks": sum(it.subject == 0.0 for it in self.done)}
+                "no subject": sum(1 for it in self.items if (it.error or "").startswith("no subject"))}
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "mode": self.mode, "out": self.out, "device": self.device,
@@ -105,6 +105,9 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
     return result
 
 
+MIN_SUBJECT = 0.01  # a mask keeping less than this share of the image found no subject
+
+
 def _run(result: BgResult, segmenter: Segmenter, on_progress: ProgressFn | None) -> None:
     result.device = segmenter.device
     fill = parse_fill(result.config.fill)
@@ -114,9 +117,15 @@ def _run(result: BgResult, segmenter: Segmenter, on_progress: ProgressFn | None)
         if isinstance(cut, Failed):
             it.error = cut.reason
             result.skipped.append((it.shown, cut.reason))
+        elif (share := coverage(cut.mask)) < MIN_SUBJECT:
+            # an all-transparent "cut-out" would train as an empty picture (or, with alpha_mask,
+            # not at all): the original stays in the dataset, and the user is told
+            it.error = (f"no subject found (the mask keeps {share:.1%} of the image): the original is "
+                        "kept; try the other --method, another model, or crop it by hand")
+            result.skipped.append((it.shown, it.error))
         else:
             it.data, shown = encode(cut, fill, result.config.mask_only)
-            it.size, it.subject = shown.size, coverage(cut.mask)
+            it.size, it.subject = shown.size, share
         if on_progress:
             on_progress(done, len(result.items))
 

@@ -123,7 +123,7 @@ def _subset(concept: Concept, fmt: CaptionFormat, settings: dict[str, Any], resu
         fallback = [concept.class_tokens or concept.name]
     entries, compiled = [], {}
     for record, stem in zip(concept.records, unique_stems(names), strict=True):
-        made = _compile(record, fmt)
+        made = _compile(record, fmt, concept.class_tokens)
         if made.text:
             compiled[stem] = made
             if made.fallback and not concept.is_reg:
@@ -145,11 +145,12 @@ def _subset(concept: Concept, fmt: CaptionFormat, settings: dict[str, Any], resu
                   concept.class_tokens, is_reg=concept.is_reg, alpha_mask=alpha, captions=keys.toml_keys())
 
 
-def _compile(record: Record, fmt: CaptionFormat) -> Compiled:
+def _compile(record: Record, fmt: CaptionFormat, class_tokens: str | None) -> Compiled:
     """The record's caption in `fmt`, from its annotations (tags, sentences, trigger, the user's
-    own caption)."""
+    own caption). The concept's class tokens win over the workspace's: an imported Kohya subset
+    `10_sks cat` or a concepts-file concept keeps its own ("sks cat" after trigger sks: cat)."""
     return compile_caption(record.tags, record.texts, fmt, trigger=record.trigger,
-                           class_tokens=record.class_tokens, user_caption=record.user_caption)
+                           class_tokens=class_tokens or record.class_tokens, user_caption=record.user_caption)
 
 
 def _reg_subset(config: LayoutConfig, concepts: list[Concept]) -> Subset | None:
