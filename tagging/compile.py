@@ -176,21 +176,19 @@ class _Head:
 
 def _user(text: str, head: _Head, fmt: CaptionFormat) -> str:
     """The user's own caption with the trigger first and once: a trigger set after the caption
-    was edited by hand (`curate captions trigger`) must still reach it. A caption that already
-    starts with the head is left as it is; sentences (nl, json) always are."""
+    was edited by hand (`curate captions trigger`) must still reach it. Nothing else is added:
+    the class words are the user's to choose. A caption that already starts with the trigger is
+    left as it is; sentences (nl, json) always are."""
     if fmt.format in ("nl", "json") or not head.trigger:
         return text
     sep = fmt.caption_separator
     items = [item.strip() for item in text.split(sep) if item.strip()]
-    want = head.items()
-    if [key(i) for i in items[: len(want)]] == [key(w) for w in want]:
+    if items and key(items[0]) == key(head.trigger):
         return text
-    rest = [i for i in items if key(i) not in {key(head.trigger), key(" ".join(want))}]
-    present = {key(i) for i in rest}
-    prefix = [head.trigger, *(c for c in head.spelled if key(c) not in present)]
+    rest = [i for i in items if key(i) != key(head.trigger)]
     if len(rest) == len(items):  # nothing taken out: the user's own spacing stays as it was
-        return f"{sep} ".join(prefix) + f"{sep} " + text
-    return f"{sep} ".join(prefix + rest)
+        return f"{head.trigger}{sep} {text}"
+    return f"{sep} ".join([head.trigger, *rest])
 
 
 def _tag_names(tags: Sequence[Tag], head: _Head, fmt: CaptionFormat) -> list[tuple[str, str]]:

@@ -290,13 +290,14 @@ def test_the_users_caption_wins_verbatim(fmt: CaptionFormat) -> None:
                           user_caption="  my girl,  Saber\r\nin armour ")
     # tags and hybrid keep the trigger rule even here: first and once (a trigger set after the
     # caption was edited must still reach it); sentences are the user's words alone
-    head = "sks, woman, " if fmt.format in ("tags", "hybrid") else ""
+    head = "sks, " if fmt.format in ("tags", "hybrid") else ""  # the trigger only: the rest is theirs
     assert out.text == head + "my girl,  Saber in armour"
     assert out.user and out.keep_tokens == 0
     if head:
-        for own in ("woman, x, sks", "sks, woman, x"):
+        for own, written in (("woman, x, sks", "sks, woman, x"), ("sks, woman, x", "sks, woman, x"),
+                             ("x, y", "sks, x, y")):
             assert compile_caption([], [], fmt, trigger="sks", class_tokens="woman",
-                                   user_caption=own).text == "sks, woman, x"
+                                   user_caption=own).text == written
     blank = compile_caption(SCRAPED, [], fmt, trigger="sks", user_caption=" \n")
     assert not blank.user and blank.text.startswith(("sks", "{"))
 
