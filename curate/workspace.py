@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from curate.atomic import atomic_write_text, sweep_temp_files
 from curate.config import CONFIG_NAME, template
 from curate.errors import CurateError, WorkspaceBusy
-from curate.manifest import CURRENT_DECISION, USER_CAPTION, Manifest
+from curate.manifest import USER_CAPTION, Manifest
 from curate.manifest.derived import Derived, chain, side_files
 from curate.record import Decision, Origin, Record, Tag, Text
 
@@ -118,7 +118,7 @@ class Workspace:
         for the stage that makes it."""
         m = self.manifest
         origins: dict[str, list[Origin]] = {}
-        for r in m.rows("SELECT * FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):
+        for r in m.origin_rows():
             origins.setdefault(r["image_sha256"], []).append(
                 Origin(r["source_path"], r["source_kind"], r["source_root"],
                        MappingProxyType(json.loads(r["metadata"])))
@@ -136,8 +136,7 @@ class Workspace:
                 texts.setdefault(r["image_sha256"], []).append(Text(r["text"], r["source"]))
         settings = m.settings()
         decisions: dict[str, list[Decision]] = {}
-        current = f"SELECT * FROM decisions WHERE image_sha256 IS NOT NULL AND {CURRENT_DECISION}"
-        for r in m.rows(current + " ORDER BY id"):
+        for r in m.current_decision_rows():
             decisions.setdefault(r["image_sha256"], []).append(
                 Decision(r["stage"], r["verdict"], r["reason"], r["subject"])
             )
@@ -155,7 +154,7 @@ class Workspace:
                 decisions=tuple(decisions.get(r["sha256"], ())),
                 extra=MappingProxyType(extra),
             )
-            for r in m.rows("SELECT * FROM images ORDER BY rowid")
+            for r in m.image_records()
             for leaf, extra in [self._chain(r, derived.get(r["sha256"], []), below)]
         ]
 

@@ -20,6 +20,7 @@ from curate.errors import CurateError
 from curate.manifest.caches import HASHES_TABLE
 from curate.manifest.derived import MIGRATION_7, DerivedQueries
 from curate.manifest.images import ImageQueries
+from curate.manifest.origins import OriginQueries
 from curate.paths import display
 from curate.record import Tag, Text
 
@@ -150,7 +151,7 @@ USER_CAPTION = "user-edit"
 
 def _annotations_v8(db: sqlite3.Connection) -> None:
     """Tags keep a `removed` mark and a caption `rank`; the working caption becomes annotations."""
-    from curate.annotations_migration import convert_working_captions
+    from curate.manifest.annotations import convert_working_captions
 
     # execute, not executescript: that would commit the migration's open transaction
     db.execute("ALTER TABLE tags ADD COLUMN removed TEXT NOT NULL DEFAULT ''")
@@ -158,7 +159,7 @@ def _annotations_v8(db: sqlite3.Connection) -> None:
     convert_working_captions(db)
 
 
-# Annotations as data (see curate/annotations_migration.py): only tags, captions, settings.
+# Annotations as data (see curate/manifest/annotations.py): only tags, captions, settings.
 MIGRATIONS[8] = _annotations_v8
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -228,7 +229,7 @@ def migrate(db: sqlite3.Connection) -> int:
     return start
 
 
-class Manifest(DerivedQueries, ImageQueries):
+class Manifest(DerivedQueries, ImageQueries, OriginQueries):
     """Typed access to the manifest tables. Writes happen inside `transaction()`; the image-side
     queries (derived files, stage runs, scores, hashes) come from derived.py and images.py."""
 

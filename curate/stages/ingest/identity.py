@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from curate.paths import display
 from curate.workspace import Workspace
@@ -46,54 +45,33 @@ def migrate_origins(ws: Workspace, cwd: Path) -> int:
     cwd and the workspace's parent are tried, and a root found under neither stays as it is.
     """
     m = ws.manifest
-    roots = [r[0] for r in m.rows("SELECT DISTINCT source_root FROM origins")]
+    roots = m.source_roots()
     moves = {root: new for root in roots if (new := _canonical_root(root, [cwd, ws.root])) is not None}
     if not moves:
         return 0
-    status = {r[0]: r[1] for r in m.rows("SELECT source_path, status FROM origins")}
+    status = m.origin_status()
     forms: dict[str, set[str]] = {}  # canonical name -> every name it was recorded under
-    with m.transaction() as db:
+    with m.transaction():
         for old_root, new_root in moves.items():
-            for (old,) in db.execute("SELECT source_path FROM origins WHERE source_root = ?",
-                                     (old_root,)).fetchall():
+            for old in m.origins_under(old_root):
                 new = new_root + old[len(old_root):] if old.startswith(old_root) else old
-                _rewrite(db, old, new, new_root, status)
+                # recorded under both names, the row that is not a "merged" one (the file
+                # merged with itself under its other name) stays
+                keep_new = new in status and not (status[new] == "merged" and status[old] != "merged")
+                m.rename_origin(old, new, new_root, keep_new)
+                if not keep_new:
+                    status[new] = status[old]
                 forms.setdefault(new, {new}).add(old)
         for new, names in forms.items():
-            _drop_repeats(db, new, names)
+            m.drop_repeated_import_decisions(new, names)
     return len(forms)
-
-
-def _rewrite(db: Any, old: str, new: str, new_root: str, status: dict[str, str]) -> None:
-    """Rename one origin row; recorded under both names, the row that is not a "merged" one
-    (the file merged with itself under its other name) stays."""
-    if new in status and not (status[new] == "merged" and status[old] != "merged"):
-        db.execute("DELETE FROM origins WHERE source_path = ?", (old,))
-    else:
-        db.execute("DELETE FROM origins WHERE source_path = ?", (new,))
-        db.execute("UPDATE origins SET source_path = ?, source_root = ? WHERE source_path = ?",
-                   (new, new_root, old))
-        status[new] = status[old]
-    db.execute("UPDATE decisions SET subject = ? WHERE subject = ?", (new, old))
-
-
-def _drop_repeats(db: Any, subject: str, names: set[str]) -> None:
-    """Import decisions about one file recorded under two names: the same decision twice keeps
-    the latest, and "same bytes as <itself under its other name>" goes."""
-    for name in names:
-        db.execute("DELETE FROM decisions WHERE stage = 'import' AND subject = ? AND verdict = "
-                   "'merged' AND reason = ?", (subject, f"same bytes as {name}: stored once"))
-    db.execute(
-        "DELETE FROM decisions WHERE stage = 'import' AND subject = ? AND id NOT IN ("
-        "SELECT MAX(id) FROM decisions WHERE stage = 'import' AND subject = ? "
-        "GROUP BY verdict, reason, image_sha256)", (subject, subject))
 
 
 def recorded_sources(ws: Workspace, cwd: Path) -> list[Path]:
     """The SRC arguments earlier imports into this workspace named, canonical, that still
     exist, in the order first imported."""
     found: list[Path] = []
-    for (params,) in ws.manifest.rows("SELECT params FROM runs WHERE command = 'import' ORDER BY id"):
+    for params in ws.manifest.import_params():
         try:
             sources = json.loads(params).get("sources", [])
         except (ValueError, AttributeError):

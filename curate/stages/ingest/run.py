@@ -9,7 +9,6 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -22,7 +21,6 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from curate.atomic import atomic_write_bytes
-from curate.manifest import now
 from curate.record import IMPORTED, MERGED, REPAIRED, SKIPPED, WARNING
 from curate.stages.ingest.config import ImportConfig
 from curate.stages.ingest.decode import Normalised, Rejected, normalise
@@ -244,33 +242,15 @@ class _Recorder:
 
     def _image(self, db: Any, im: Normalised) -> None:
         stored = self.ws.stored_file(im.sha256, im.ext).relative_to(self.ws.root)
-        db.execute(
-            "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (im.sha256, stored.as_posix(), im.width, im.height, im.mode, im.format,
-             im.source_format, (self.ws.root / stored).stat().st_size,
-             json.dumps(im.changes), now()),
-        )
+        self.m.put_image(im.sha256, stored.as_posix(), (im.width, im.height), im.mode, im.format,
+                         im.source_format, (self.ws.root / stored).stat().st_size, im.changes)
 
     def _origin(self, db: Any, shown: str, root: str, kind: str, fingerprint: str,
                 sha: str | None, status: str, sidecars: list[str], meta: dict[str, Any]) -> None:
-        db.execute(
-            "INSERT INTO origins (source_path, source_root, source_kind, fingerprint, "
-            "image_sha256, status, sidecars, metadata, imported_at) VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(source_path) DO UPDATE SET source_root=excluded.source_root, "
-            "source_kind=excluded.source_kind, fingerprint=excluded.fingerprint, "
-            "image_sha256=excluded.image_sha256, status=excluded.status, "
-            "sidecars=excluded.sidecars, metadata=excluded.metadata, "
-            "imported_at=excluded.imported_at",
-            (shown, root, kind, fingerprint, sha, status, json.dumps(sidecars),
-             json.dumps(meta, ensure_ascii=False, default=str), now()),
-        )
+        self.m.put_origin(shown, root, kind, fingerprint, sha, status, sidecars, meta)
 
     def _decision(self, db: Any, sha: str | None, subject: str, verdict: str, reason: str) -> None:
-        db.execute(
-            "INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (sha, subject, STAGE, verdict, reason, self.run_id, now()),
-        )
+        self.m.add_decisions([(sha, subject, STAGE, verdict, reason)], self.run_id)
 
 
 def _describe(sc: Sidecars) -> str:
