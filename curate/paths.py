@@ -46,6 +46,14 @@ def printable(text: str, *, one_line: bool = False) -> str:
     return text
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text for a one-line message: its first non-empty line, printable and
+    capped (libraries' messages run to pages: torch's unpickling error, OpenCV's assertions),
+    or its type's name when it says nothing."""
+    line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return printable(line, one_line=True)[:limit] if line else type(exc).__name__
+
+
 def special_file_reason(mode: int) -> str | None:
     """Why a file of this st_mode is never opened, or None for a regular file or folder."""
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):

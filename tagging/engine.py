@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from curate.errors import CurateError
+from curate.paths import first_line
 from tagging.model import ModelFiles, TagInfo, read_tags
 from tagging.preprocess import preprocess
 
@@ -73,7 +74,7 @@ def cuda_status() -> tuple[bool, str]:
             with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 ort.preload_dlls()
         except Exception as exc:  # a broken nvidia package must not stop a CPU run
-            preload = f"onnxruntime.preload_dlls() failed: {_first_line(exc)}"
+            preload = f"onnxruntime.preload_dlls() failed: {first_line(exc)}"
     else:
         preload = f"onnxruntime {ort.__version__} has no preload_dlls (>= 1.21); system loader path only"
     problem = _load_cuda_provider(Path(ort.__file__).parent / "capi")
@@ -94,7 +95,7 @@ def _load_cuda_provider(capi: Path) -> str | None:
         ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(cuda))
     except OSError as exc:
-        return _first_line(exc).removesuffix(": No such file or directory")
+        return first_line(exc).removesuffix(": No such file or directory")
     return None
 
 
@@ -131,7 +132,7 @@ class Tagger:
         except Exception as exc:  # onnxruntime's own types: a model that loads but cannot run
             size = self.input_size
             raise CurateError(f"{self.model_path}: onnxruntime cannot run this model on a [N, {size}, "
-                              f"{size}, 3] float32 batch ({_first_line(exc)[:200]}); it is not a WD14 "
+                              f"{size}, 3] float32 batch ({first_line(exc, 200)}); it is not a WD14 "
                               "tagger, or it is damaged: re-download it") from exc
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -152,7 +153,7 @@ class Tagger:
             with Image.open(path) as image:
                 return preprocess(image, self.input_size)
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error...
-            return f"{path}: cannot read image ({_first_line(exc)}); re-download or replace it, or remove it"
+            return f"{path}: cannot read image ({first_line(exc)}); re-download or replace it, or remove it"
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8,
                 on_progress: Progress | None = None) -> Iterator[Result]:
@@ -229,7 +230,7 @@ def _open_session(model_path: Path, providers: Sequence[str] | None, threads: in
     except Exception as exc:
         if CUDA not in wanted:
             raise _unloadable(model_path, exc) from exc
-        note = f"CUDA session failed ({_first_line(exc)[:200]}); running on CPU"
+        note = f"CUDA session failed ({first_line(exc, 200)}); running on CPU"
         try:
             session = ort.InferenceSession(str(model_path), options, providers=_without_cuda(wanted))
         except Exception as cpu_exc:
@@ -239,12 +240,8 @@ def _open_session(model_path: Path, providers: Sequence[str] | None, threads: in
     return session, note
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [""])[0] or type(exc).__name__
-
-
 def _unloadable(model_path: Path, exc: BaseException) -> CurateError:
-    return CurateError(f"{model_path}: onnxruntime cannot load this model ({_first_line(exc)[:200]}); "
+    return CurateError(f"{model_path}: onnxruntime cannot load this model ({first_line(exc, 200)}); "
                        "re-download it, or upgrade onnxruntime (v3 taggers need >= 1.17)")
 
 

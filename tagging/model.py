@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.paths import first_line
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -102,7 +103,7 @@ def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
             raise CurateError(f"{repo} has no {name}: it is not a WD14-style tagger "
                               f"({MODEL_FILE} + {TAGS_FILE})") from None
         except OSError as exc:  # network errors after the probe: DNS, timeouts, a dropped connection
-            raise _offline(repo, f"the Hugging Face Hub is unreachable ({_first_line(exc)})") from exc
+            raise _offline(repo, f"the Hugging Face Hub is unreachable ({first_line(exc, 200)})") from exc
     return ModelFiles(paths[0], paths[1], repo)
 
 
@@ -116,12 +117,8 @@ def _unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
     try:
         get_session().head(endpoint, timeout=timeout_s)
     except Exception as exc:  # the client's transport errors (httpx types, OSError)
-        return f"{endpoint} cannot be reached ({_first_line(exc)})"
+        return f"{endpoint} cannot be reached ({first_line(exc, 200)})"
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _offline(repo: str, why: str) -> CurateError:

@@ -142,17 +142,28 @@ ABOVE_BASE = ("curate.stages", "curate.check", "curate.folder", "curate.cli", "c
               "curate.report", "curate.status", "tagging", "buckets", "trainer")
 
 
+def _ignored() -> set[tuple[str, str]]:
+    """(importer, imported) pairs pyproject.toml's contracts allow by name (ignore_imports)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    rules = [rule for contract in config["contracts"] for rule in contract.get("ignore_imports", [])]
+    return {tuple(part.strip() for part in rule.split("->")) for rule in rules}  # type: ignore[misc]
+
+
 def _imports(module: str) -> set[str]:
     parts = module.split(".")
     path = ROOT.joinpath(*parts)
     files = list(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
-    found = set()
+    found, ignored = set(), _ignored()
     for file in files:
+        name = ".".join(file.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                found.add(node.module)
+                names = {node.module}
             elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
+                names = {a.name for a in node.names}
+            else:
+                continue
+            found |= {n for n in names if (name, n) not in ignored}
     return found
 
 

@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
-from curate.paths import display, printable
+from curate.paths import display, first_line, printable
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's text (its type name when it has none)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return printable(lines[0])[:300] if lines else type(exc).__name__
 
 
 def pickle_refused(path: Path) -> CurateError:

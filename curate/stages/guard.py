@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from curate.paths import printable
+from curate.paths import first_line, printable
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -27,8 +27,8 @@ class Failed:
 
 def failure_reason(exc: BaseException, what: str, todo: str) -> str:
     """`what (ExcType: first line of its message): todo`, printable."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    first = first_line(exc)
+    detail = type(exc).__name__ if first == type(exc).__name__ else f"{type(exc).__name__}: {first}"
     return printable(f"{what} ({detail}): {todo}")
 
 

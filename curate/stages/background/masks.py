@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from curate.errors import CurateError
-from curate.paths import display
+from curate.paths import display, first_line
 from curate.stages.background.config import BgConfig
 
 RELEASES = "https://github.com/danielgatis/rembg/releases"
@@ -139,10 +139,10 @@ def open_session(config: BgConfig) -> Any:
             with _model_home(path.parent):
                 return _new(rembg, "u2net_custom", model_path=str(path))
         except Exception as exc:  # onnxruntime's InvalidProtobuf, NoSuchFile, Fail, ...: not a model
-            first = (str(exc).strip().splitlines() or [""])[0]
             raise CurateError(f"bg.model_path {display(path)}: cannot load it as an ONNX model "
-                              f"({type(exc).__name__}: {first}): name a complete u2net-style .onnx file "
-                              "(re-download it if it is damaged), or use --method grabcut") from exc
+                              f"({type(exc).__name__}: {first_line(exc)}): name a complete u2net-style "
+                              ".onnx file (re-download it if it is damaged), or use --method "
+                              "grabcut") from exc
     from rembg.sessions import sessions_class
 
     found = [c for c in sessions_class if c.name() == config.model]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from curate.paths import first_line
 from curate.stages.crop.config import CropConfig
 from curate.stages.crop.geometry import Window, output_size, place_window
 from curate.stages.crop.subject import HEAD, Box, Subject, find_subject, grow
@@ -58,8 +59,7 @@ def crop_file(job: tuple[str, Box | None, CropConfig, bool]) -> Outcome:
             fmt = image.format or "PNG"
             image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        first = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        return Outcome(error=f"cannot decode ({first}): re-download it or leave it out")
+        return Outcome(error=f"cannot decode ({first_line(exc)}): re-download it or leave it out")
     outcome = plan(image, config, user)
     if render:
         for piece in outcome.pieces:

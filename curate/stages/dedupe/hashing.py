@@ -39,6 +39,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from curate.paths import first_line
+
 DECODE_MODES = ("draft", "full")
 # The smallest side draft decoding keeps, per unit of hash_size (phash itself resizes to 4x).
 DRAFT_FACTOR = 8
@@ -153,7 +155,7 @@ def decode_error(exc: BaseException) -> str:
     """First line of a decoder's complaint, for a one-line reason."""
     if isinstance(exc, UnidentifiedImageError):  # its text names a BytesIO object, not the file
         return "unknown or damaged image format"
-    return (str(exc).splitlines() or [""])[0] or type(exc).__name__
+    return first_line(exc)
 
 
 def prepare(image: Image.Image, decode: str = "draft", min_side: int = 8 * DRAFT_FACTOR,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.paths import printable
+from curate.paths import first_line
 from curate.record import Tag, Text
 from curate.stages.ingest.kohya import kohya_subset
 from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
@@ -116,16 +116,12 @@ def read_sidecars(tree: SourceTree, relpath: str, found: list[str],
         except Exception as exc:  # a parser's failure (nesting too deep...) is the file's
             out.restore(snap)
             out.warnings.append((shown, f"sidecar not read ({type(exc).__name__}: "
-                                        f"{_first_line(exc)}): its tags are ignored; fix or delete it"))
+                                        f"{first_line(exc, 200)}): its tags are ignored; fix or delete it"))
             continue
         out.paths.append(path)
     formats.report_contradictions(tree, out, plain)
     formats.report_namespaces(tree, relpath, out)
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    return printable((str(exc).splitlines() or [""])[0][:200])
 
 
 def _read_text(tree: SourceTree, path: str, shown: str, out: Sidecars, limit: int) -> str | None:

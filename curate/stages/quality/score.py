@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from curate.paths import first_line
 from curate.stages.quality import measures as m
 from curate.stages.quality.faces import find_faces
 
@@ -53,7 +54,6 @@ def measure_file(job: tuple[str, str]) -> tuple[Scores | None, str | None]:
         image = Image.open(Path(path))
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        first = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        return None, f"cannot decode ({first}): re-download it or leave it out"
+        return None, f"cannot decode ({first_line(exc)}): re-download it or leave it out"
     with image:
         return measure_image(image, detector), None
