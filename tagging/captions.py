@@ -18,11 +18,15 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from curate.errors import CurateError
-from curate.record import Record, Tag, Text
+from curate.record import Record
 from tagging.normalize import normalize_tag
 from tagging.tags import Dataset, ScoredTag, names, tag_key
+
+if TYPE_CHECKING:
+    from tagging.compile import CaptionFormat
 
 SEPARATOR = "|||"  # what users put in sd-scripts' keep_tokens_separator
 
@@ -101,59 +105,15 @@ def with_separator(tags: Sequence[str], fixed: int, sep: str = SEPARATOR) -> str
     return f"{head} {sep} {tail}" if tail else f"{head} {sep}"
 
 
-def _placed(tags: Sequence[Tag]) -> list[str]:
-    """Kept tags in caption order: by rank where a stage or the user placed them, then in
-    imported order (non-general categories first), one per tag key (first wins)."""
-    kept = [(i, t) for i, t in enumerate(tags) if not t.removed]
-    kept.sort(key=lambda it: (it[1].rank is None, it[1].rank or 0, it[1].category == "general", it[0]))
-    seen: set[str] = set()
-    out = []
-    for _, tag in kept:
-        if tag_key(tag.name) not in seen:
-            seen.add(tag_key(tag.name))
-            out.append(tag.name)
-    return out
+def caption_of(record: Record, fmt: CaptionFormat | None = None) -> str | None:
+    """The caption `curate layout` writes for `record` in `fmt` (default: the `tags` format),
+    compiled from its annotations (tagging/compile.py), never stored; None when it has none.
+    What the report, concept matching and caption edits see."""
+    from tagging.compile import CaptionFormat, compile_caption
 
-
-def caption_items(tags: Sequence[Tag], texts: Sequence[Text], user_caption: str | None = None,
-                  trigger: str | None = None, class_token: str | None = None) -> list[str]:
-    """The caption of an image as items, from its annotations.
-
-    A hand-edited caption wins. Otherwise the kept tags, once any stage placed or removed one
-    (or when there is no text); otherwise the first text, split as today's layout did. The
-    trigger and class token go first, exactly once; a tag spelling the two together
-    (`sks woman`) is the same words again and is left out.
-    (tagging/compile.py will replace this with per-format compilation.)
-    """
-    if user_caption is not None:
-        items = parse_caption(user_caption)
-    else:
-        placed = _placed(tags)
-        composed = any(t.rank is not None or t.removed for t in tags)
-        items = placed if placed and (composed or not texts) else (
-            parse_caption(texts[0].text.splitlines()[0] if texts[0].text.strip() else "") if texts else [])
-    if not trigger:
-        return items
-    both = tag_key(" ".join(w for w in (trigger, class_token) if w))
-    return insert_trigger([i for i in items if tag_key(i) != both], trigger, class_token)
-
-
-def caption_of(record: Record) -> str | None:
-    """The caption the layout writes for `record` (without a keep_tokens separator), None if it
-    has none: compiled from its annotations, never stored."""
-    return caption_for(record) or None
-
-
-def caption_for(record: Record, fallback: Sequence[str] = (), keep_tokens: int | None = None,
-                separator: str | None = None) -> str:
-    """The caption text of `record` (its items, else `fallback`), with `separator` after the
-    first `keep_tokens` items when one is given. The one function the layout and every reader
-    of `Record.caption` go through."""
-    items = caption_items(record.tags, record.texts, record.user_caption, record.trigger,
-                          record.class_tokens) or list(fallback)
-    if separator and items:
-        return with_separator(items, min(int(keep_tokens or 1), len(items)), separator)
-    return format_caption(items)
+    made = compile_caption(record.tags, record.texts, fmt or CaptionFormat(), trigger=record.trigger,
+                           class_tokens=record.class_tokens, user_caption=record.user_caption)
+    return made.text or None
 
 
 @dataclass(frozen=True)
