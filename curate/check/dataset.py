@@ -30,6 +30,7 @@ from typing import Any
 
 from curate import kohya
 from curate.kohya import SD_IMAGE_EXTS, Subset, parse_folder_name
+from curate.kohya.folders import subdirs
 from curate.kohya.toml_io import line_of
 
 DATASET_TOML = kohya.DATASET_TOML
@@ -87,18 +88,10 @@ def images_in(folder: Path, recursive: bool = False) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        with os.scandir(folder) as it:
-            return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
-    except OSError:
-        return []
-
-
 def is_train_dir(folder: Path) -> bool:
     """A train_data_dir / reg_data_dir: an `N_name` subfolder holding images, or a folder named
     like one (img/, reg/...) whose subfolders hold images."""
-    children = _subdirs(folder)
+    children = subdirs(folder)
     if any(parse_folder_name(c.name) and has_images(c) for c in children):
         return True
     return folder.name.lower() in TRAIN_NAMES | REG_NAMES and any(has_images(c) for c in children)
@@ -109,7 +102,7 @@ def folder_dataset(root: Path) -> Dataset:
     holding images that sd-scripts skips for their name."""
     subsets = kohya.folder_subsets(root, is_reg=root.name.lower() in REG_NAMES)
     read = {s.image_dir for s in subsets}
-    bad = [c for c in _subdirs(root) if c not in read and has_images(c, recursive=True)]
+    bad = [c for c in subdirs(root) if c not in read and has_images(c, recursive=True)]
     return Dataset(root, None, subsets, bad_folders=bad, parents=[root])
 
 
