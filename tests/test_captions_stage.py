@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from curate.cli import cli
+from curate.errors import CurateError
 from curate.stages.captions.edit import set_trigger
 from curate.stages.captions.filter import FilterStageConfig, run_filter
 from curate.stages.ingest import ImportConfig, import_sources
@@ -87,6 +88,9 @@ def test_trigger_first_once_and_keep_tokens_recorded(workspace: Path) -> None:
         assert all(caption_of(r).startswith("sks, woman, 1girl") for r in ws.records())  # type: ignore[union-attr]
     again = set_trigger(workspace, "SKS", "woman")  # same trigger, other case: nothing to do but case
     assert all(line.count("sks") <= 1 for line in again.diff)
+    # where ||| goes in a workspace is the caption format's (layout), never a silent no-op flag
+    with pytest.raises(CurateError, match=r"--separator .* plain folder.*\[captions\] format"):
+        set_trigger(workspace, "sks", "woman", separator=True)
 
 
 def test_trigger_separator_form_in_folder(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from curate.errors import CurateError
 from curate.stages.captions.store import CaptionRun, changed_images, load, save, shown_line
 from curate.workspace import Workspace, is_workspace
 from tagging.captions import (
@@ -62,7 +63,14 @@ def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, s
         run.settings = settings
         return run
     # A workspace records the words as settings; every caption is compiled with them in front,
-    # exactly once, whatever its tags and texts hold (images imported later too).
+    # exactly once, whatever its tags and texts hold (images imported later too). keep_tokens and
+    # `|||` are the caption format's to decide at layout (tagging/compile.py), so only the words
+    # are stored: a separator setting here would be read by nothing.
+    if separator:
+        raise CurateError("--separator writes 'trigger ||| tags' into a plain folder's caption files; in a "
+                          "workspace `curate layout` decides it from the caption format: [captions] format "
+                          '= "hybrid" keeps a sentence before |||, "tags" keeps the trigger first with '
+                          "keep_tokens")
     captions = load(target, caption_ext)
     result = trigger_edit(trigger, class_token, captions.tags)
     run = CaptionRun(str(captions.root), captions.kind, dry_run, len(captions.tags), settings=settings)
@@ -70,7 +78,7 @@ def set_trigger(target: Path, trigger: str, class_token: str | None = None, *, s
     run.changed = changed_images(captions, result.dataset)
     if not dry_run:
         with Workspace.open(captions.root) as ws, ws.lock():
-            ws.manifest.set_settings(settings)
+            ws.manifest.set_settings({"trigger": trigger, "class_token": class_token})
     return run
 
 
