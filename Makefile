@@ -46,10 +46,15 @@ demo: venv
 	@echo "  LoRA (kohya keys):                 $(DEMO)/workspace/lora/last.safetensors"
 	@echo "  iA3 (LyCORIS keys), and as a LoRA: $(DEMO)/ia3/last.safetensors, $(DEMO)/ia3-as-lora.safetensors"
 
-# ruff, then the import layers (pyproject.toml [tool.importlinter]; curate/architecture.md, "Layers")
+# ruff, then the import layers (pyproject.toml [tool.importlinter]; curate/architecture.md, "Layers"),
+# checked on curate as installed: tagging/, buckets/ and trainer/ are curate.* only there (setup.py).
+LAYERS := build/installed
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
+	rm -rf $(LAYERS)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --no-compile --target $(LAYERS) . \
+		>$(LAYERS).log 2>&1 || { cat $(LAYERS).log; exit 1; }
+	cd $(LAYERS) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
 
 test: lint
 	@command -v chromium >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \

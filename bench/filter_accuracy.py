@@ -1,4 +1,4 @@
-"""Accuracy of `tagging.filter.filter_tags` on tagged datasets with planted tagger mistakes.
+"""Accuracy of `curate.tagging.filter.filter_tags` on tagged datasets with planted tagger mistakes.
 
     python bench/filter_accuracy.py [--seeds 20] [--images 60] [--out FILE]
 
@@ -23,9 +23,9 @@ from pathlib import Path
 # The fixtures package is not installed; it lives beside bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curate.tagging.filter import FilterConfig, filter_tags
+from curate.tagging.rules import Rules, load_rules
 from fixtures.tag_dataset import CONTRADICTIONS, MIN_CONFIDENCE, build_tag_dataset
-from tagging.filter import FilterConfig, filter_tags
-from tagging.rules import Rules, load_rules
 
 PLANTED_TARGET, TRUE_TARGET = 0.95, 0.02
 COMMAND = "python bench/filter_accuracy.py --seeds {seeds} --images {images}"

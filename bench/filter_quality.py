@@ -12,7 +12,7 @@ once (`curate.stages.quality.score.measure_file`); thresholds are then chosen on
   negative nearest to being flagged and the nearest positive beyond it: no negative of the
   set is flagged, and the margin on both sides is the same ratio. Blur has two numbers:
   fine detail is chosen on the blur positives that sharpness does not catch;
-* min_side and max_aspect come from sd-scripts' buckets at 512 (`buckets.assign`): the
+* min_side and max_aspect come from sd-scripts' buckets at 512 (`curate.buckets.assign`): the
   smallest short side it upscales at most 2x, the widest aspect it trains without cutting;
 * face_neighbors is the smallest count with no false "face at the border" in the set; its
   recall is also measured on `--lfw` faces of scikit-image's LFW subset pasted at the border;
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-from buckets import BucketConfig, assign  # noqa: E402
+from curate.buckets import BucketConfig, assign  # noqa: E402
 from curate.stages.dedupe.hashing import pool_map  # noqa: E402
 from curate.stages.quality.config import CHECKS, QualityConfig  # noqa: E402
 from curate.stages.quality.judge import JUDGES, border_faces  # noqa: E402

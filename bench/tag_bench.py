@@ -34,10 +34,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curate.tagging.engine import Tagger
+from curate.tagging.preprocess import preprocess
 from fixtures.scrape import PHOTOS, photo
 from fixtures.tiny_tagger import SIZES, build_tiny_tagger
-from tagging.engine import Tagger
-from tagging.preprocess import preprocess
 
 
 def make_photos(out: Path, count: int, seed: int = 0) -> list[Path]:

@@ -84,9 +84,9 @@ def timed_steps(step: Any, steps: int, warmup: int) -> tuple[list[float], float,
 def run_curate(args: argparse.Namespace, model: Path, data: Path) -> Any:
     import torch
 
-    from trainer import loop
-    from trainer.config import TrainConfig
-    from trainer.data import epoch_batches
+    from curate.trainer import loop
+    from curate.trainer.config import TrainConfig
+    from curate.trainer.data import epoch_batches
 
     config = TrainConfig(resolution=args.resolution, batch_size=args.batch_size, enable_bucket=False,
                          network_dim=args.rank, network_alpha=float(args.rank), train_text_encoder=False,
@@ -103,7 +103,7 @@ def run_curate(args: argparse.Namespace, model: Path, data: Path) -> Any:
 
 def curate_layer_names(unet: Any) -> list[str]:
     """The UNet module paths curate's LoRA adapts, for the like-for-like peft baseline."""
-    from trainer.networks import create_network
+    from curate.trainer.networks import create_network
 
     network = create_network("lora", unet, [], dim=4, train_text_encoder=False)
     ids = {id(adapter.layer) for adapter in network.adapters()}
@@ -180,8 +180,8 @@ def child(variant: str, args: argparse.Namespace, model: Path, data: Path, queue
 
     hf_logging.disable_progress_bar()
 
-    from trainer.config import TrainConfig
-    from trainer.loop import cpu_threads
+    from curate.trainer.config import TrainConfig
+    from curate.trainer.loop import cpu_threads
 
     threads = cpu_threads(TrainConfig(threads=args.threads), torch.device("cpu"))
     if threads:

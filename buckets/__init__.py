@@ -11,7 +11,7 @@ Reference: sd-scripts commit 48d368fa557731ad0488c07304dfeba8c07910eb, pinned by
 code). Importing this package loads Pillow only; OpenCV is imported when an image is resized.
 """
 
-from buckets.assign import (
+from curate.buckets.assign import (
     INTERPOLATIONS,
     Assignment,
     BucketConfig,
@@ -19,7 +19,7 @@ from buckets.assign import (
     assign,
     resize_to_bucket,
 )
-from buckets.report import (
+from curate.buckets.report import (
     BucketCount,
     BucketReport,
     Fix,
@@ -28,7 +28,7 @@ from buckets.report import (
     sizes_after,
     suggest_fixes,
 )
-from buckets.resolutions import bucket_resolutions
+from curate.buckets.resolutions import bucket_resolutions
 
 __all__ = [
     "INTERPOLATIONS",

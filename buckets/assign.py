@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from buckets.resolutions import bucket_resolutions
+from curate.buckets.resolutions import bucket_resolutions
 from curate.errors import CurateError
 
 Size = tuple[int, int]  # (width, height)

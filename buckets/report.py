@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from buckets.assign import Assignment, BucketConfig, UnbucketableImage, assign
+from curate.buckets.assign import Assignment, BucketConfig, UnbucketableImage, assign
 from curate.errors import CurateError
 
 SPARSE_MIN_IMAGES = 3  # buckets of one or two images are sparse even at batch size 1

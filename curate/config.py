@@ -56,9 +56,9 @@ SECTIONS = {
     "tag": "curate.stages.tag.config:TagConfig",
     "tags-filter": "curate.stages.captions.filter:FilterStageConfig",
     "layout": "curate.stages.layout.config:LayoutConfig",
-    "captions": "tagging.compile:CaptionFormat",  # the caption format `curate layout` compiles
+    "captions": "curate.tagging.compile:CaptionFormat",  # the caption format `curate layout` compiles
     "check": "curate.check.config:CheckConfig",
-    "train": "trainer.config:TrainConfig",
+    "train": "curate.trainer.config:TrainConfig",
 }
 
 

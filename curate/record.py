@@ -57,7 +57,7 @@ class Origin:
 
 @dataclass(frozen=True)
 class Tag:
-    """One tag of an image: its canonical name (tagging.normalize), category, where it came from
+    """One tag of an image: its canonical name (curate.tagging.normalize), category, where it came from
     ("gallery-dl", "hydrus", "wd14:<model>", "user", ...) and the confidence when there is one.
     `removed` names the rule (or "user") that took it out of captions; it stays as data."""
 

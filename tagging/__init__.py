@@ -12,7 +12,7 @@ folder plumbing lives in `curate.stages.tag` and `curate.stages.captions`.
 Importing this package loads nothing heavy; onnxruntime loads only when a tagger runs.
 """
 
-from tagging.normalize import KAOMOJI, normalize_tag, split_namespace
-from tagging.tags import Dataset, ScoredTag, tag_key
+from curate.tagging.normalize import KAOMOJI, normalize_tag, split_namespace
+from curate.tagging.tags import Dataset, ScoredTag, tag_key
 
 __all__ = ["KAOMOJI", "Dataset", "ScoredTag", "normalize_tag", "split_namespace", "tag_key"]

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from curate.errors import CurateError
 from curate.record import Record
-from tagging.normalize import normalize_tag
-from tagging.tags import Dataset, ScoredTag, names, tag_key
+from curate.tagging.normalize import normalize_tag
+from curate.tagging.tags import Dataset, ScoredTag, names, tag_key
 
 if TYPE_CHECKING:
-    from tagging.compile import CaptionFormat
+    from curate.tagging.compile import CaptionFormat
 
 SEPARATOR = "|||"  # what users put in sd-scripts' keep_tokens_separator
 
@@ -109,7 +109,7 @@ def caption_of(record: Record, fmt: CaptionFormat | None = None) -> str | None:
     """The caption `curate layout` writes for `record` in `fmt` (default: the `tags` format),
     compiled from its annotations (tagging/compile.py), never stored; None when it has none.
     What the report, concept matching and caption edits see."""
-    from tagging.compile import CaptionFormat, compile_caption
+    from curate.tagging.compile import CaptionFormat, compile_caption
 
     made = compile_caption(record.tags, record.texts, fmt or CaptionFormat(), trigger=record.trigger,
                            class_tokens=record.class_tokens, user_caption=record.user_caption)

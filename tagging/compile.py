@@ -30,7 +30,7 @@ from typing import Any, Literal
 from curate.config import check_ranges, option
 from curate.errors import CurateError
 from curate.record import Tag, Text
-from tagging.compile_tags import TagChoice, canonical, key, select_tags, spell, without_prefix
+from curate.tagging.compile_tags import TagChoice, canonical, key, select_tags, spell, without_prefix
 
 SECTION = "captions"  # its curate.toml table (curate.config.SECTIONS)
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

@@ -1,4 +1,4 @@
-"""The tag part of a compiled caption (see `tagging.compile`): which tags, in what order, spelled how.
+"""The tag part of a compiled caption (see `curate.tagging.compile`): which tags, in what order, spelled how.
 
 Pure functions over `curate.record.Tag`. Names arrive canonical (spaces, unescaped) from the one
 normaliser at every entry point; they are canonicalised once more here anyway, so that a name
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from curate.record import GENERAL, Tag
-from tagging.normalize import KAOMOJI, normalize_tag
+from curate.tagging.normalize import KAOMOJI, normalize_tag
 
 USER = "user"  # Tag.removed / Text.source for the user's own edits
 

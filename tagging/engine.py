@@ -30,8 +30,8 @@ from PIL import Image
 
 from curate.errors import CurateError
 from curate.paths import first_line
-from tagging.model import ModelFiles, TagInfo, read_tags
-from tagging.preprocess import preprocess
+from curate.tagging.model import ModelFiles, TagInfo, read_tags
+from curate.tagging.preprocess import preprocess
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from curate.errors import CurateError
-from tagging.rules import Rules
-from tagging.tags import CATEGORIES, Dataset, ScoredTag, tag_key
+from curate.tagging.rules import Rules
+from curate.tagging.tags import CATEGORIES, Dataset, ScoredTag, tag_key
 
 Work = dict[str, list[ScoredTag]]
 

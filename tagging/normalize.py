@@ -8,7 +8,7 @@ the prefix. Known non-content tags (`highres`, `commentary request`) are `meta` 
 namespace: the list is data, `rules/meta_tags.toml`.
 
 - `normalize_tag`: the display form (case kept); `canonical_tag`: that, lower-cased: the one
-  name a tag is stored under; `tagging.tags.tag_key` compares names through `normalize_tag`.
+  name a tag is stored under; `curate.tagging.tags.tag_key` compares names through `normalize_tag`.
 - `parse_tag`: raw sidecar/tagger text -> `ParsedTag(name, category, namespace)`.
 - `category_for`: a category word a scraper uses (`tags_metadata`, `tag_string_meta`, e621's
   `species`/`lore`) -> ours.
@@ -72,7 +72,7 @@ class ParsedTag:
 @lru_cache(maxsize=1)
 def meta_patterns() -> tuple[frozenset[str], tuple[str, ...]]:
     """(exact names, glob patterns) of known meta tags, from `rules/meta_tags.toml`."""
-    data = tomllib.loads(resources.files("tagging.rules").joinpath("meta_tags.toml")
+    data = tomllib.loads(resources.files("curate.tagging.rules").joinpath("meta_tags.toml")
                          .read_text(encoding="utf-8"))
     return frozenset(data["names"]), tuple(data["patterns"])
 

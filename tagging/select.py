@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from tagging.model import CATEGORY_NAMES, TagInfo
-from tagging.normalize import normalize_tag
-from tagging.tags import ScoredTag, tag_key
+from curate.tagging.model import CATEGORY_NAMES, TagInfo
+from curate.tagging.normalize import normalize_tag
+from curate.tagging.tags import ScoredTag, tag_key
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 RATING_MODES = ("drop", "keep", "first")
@@ -141,7 +141,7 @@ def _dedupe(tags: list[ScoredTag]) -> list[ScoredTag]:
 
 def format_tag(name: str, escape: bool = False) -> str:
     """Caption text for a raw tag: underscores to spaces except in kaomoji (`^_^` stays, per
-    `tagging.normalize.KAOMOJI`).
+    `curate.tagging.normalize.KAOMOJI`).
 
     `escape=True` writes `\\(` and `\\)` for prompt syntax (A1111/ComfyUI read bare parentheses
     as emphasis); training captions should not be escaped.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from tagging.normalize import normalize_tag
+from curate.tagging.normalize import normalize_tag
 
 # As in Danbooru / WD14 `selected_tags.csv`.
 CATEGORIES = ("general", "character", "copyright", "artist", "meta", "rating")

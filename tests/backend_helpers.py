@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from curate.cli import cli
-from trainer.config import TrainConfig
+from curate.trainer.config import TrainConfig
 
 DATA = Path(__file__).parent / "data"
 SPEC = json.loads((DATA / "sd_scripts_train_network_args.json").read_text(encoding="utf-8"))

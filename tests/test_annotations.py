@@ -11,9 +11,9 @@ from curate.stages.captions.edit import set_trigger
 from curate.stages.captions.filter import FilterStageConfig, run_filter
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.stages.layout import LayoutConfig, layout
+from curate.tagging.captions import caption_of
 from curate.workspace import Workspace
 from fixtures.scrape import build_gallery_dl, jpeg, photo, write
-from tagging.captions import caption_of
 
 
 def captions_of(dataset: Path) -> dict[str, str]:

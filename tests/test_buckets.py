@@ -17,7 +17,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from buckets import (
+from curate.buckets import (
     BucketConfig,
     UnbucketableImage,
     apply_fix,

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
-from buckets import BucketConfig, assign
+from curate.buckets import BucketConfig, assign
 from curate.cli import cli
 from curate.stages.bucketing import buckets_for
 from curate.stages.ingest import ImportConfig, import_sources

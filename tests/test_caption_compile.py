@@ -1,4 +1,4 @@
-"""Captions compiled from annotations (tagging.compile), issue 15.
+"""Captions compiled from annotations (curate.tagging.compile), issue 15.
 
 Two halves: the rules of each format on real-looking tag sets (names from
 tagging/rules/default.toml and the scrapers' sidecars), and sd-scripts' own `process_caption`
@@ -20,7 +20,7 @@ import pytest
 from curate.config import build
 from curate.errors import CurateError
 from curate.record import ARTIST, CHARACTER, COPYRIGHT, GENERAL, META, RATING, Tag, Text
-from tagging.compile import CaptionFormat, Compiled, compile_caption, subset_captions
+from curate.tagging.compile import CaptionFormat, Compiled, compile_caption, subset_captions
 
 TABLE = json.loads((Path(__file__).parent / "data" / "sd_scripts_dataset.json").read_text(encoding="utf-8"))
 COMPILED_CASES = [case for case in TABLE["process_caption"] if "compiled" in case]

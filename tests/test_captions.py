@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from curate.errors import CurateError
-from tagging.captions import (
+from curate.tagging.captions import (
     Change,
     TagCount,
     add_tag,
@@ -22,7 +22,7 @@ from tagging.captions import (
     stats,
     with_separator,
 )
-from tagging.tags import ScoredTag, from_captions, names, to_captions
+from curate.tagging.tags import ScoredTag, from_captions, names, to_captions
 
 T = ScoredTag
 

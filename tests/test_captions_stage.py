@@ -13,9 +13,9 @@ from curate.errors import CurateError
 from curate.stages.captions.edit import set_trigger
 from curate.stages.captions.filter import FilterStageConfig, run_filter
 from curate.stages.ingest import ImportConfig, import_sources
+from curate.tagging.captions import caption_of
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo, write
-from tagging.captions import caption_of
 from tests.conftest import tree_state
 
 CAPTIONS = {

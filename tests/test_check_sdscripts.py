@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from buckets import BucketConfig
+from curate.buckets import BucketConfig
 from curate.check import CheckConfig, check
 from curate.check.captions import _trigger_at
 from curate.check.run import CheckResult
@@ -36,8 +36,15 @@ from curate.kohya import (
     sd_image,
 )
 from curate.stages.bucketing import buckets_for
+from curate.trainer.data import (
+    MAX_FOLDER_TAGS,
+    Subset,
+    list_images,
+    load_dataset,
+    process_caption,
+    read_caption,
+)
 from tests.test_check import distinct
-from trainer.data import MAX_FOLDER_TAGS, Subset, list_images, load_dataset, process_caption, read_caption
 
 TABLE = json.loads((Path(__file__).parent / "data" / "sd_scripts_dataset.json").read_text(encoding="utf-8"))
 SMALL = {"resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128}
@@ -290,9 +297,9 @@ def test_buckets_read_a_symlinked_layout(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("one_thread")
 def test_training_on_non_utf8_names(tiny_sd: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from trainer import loop
-    from trainer.config import TrainConfig
-    from trainer.formats import load_network
+    from curate.trainer import loop
+    from curate.trainer.config import TrainConfig
+    from curate.trainer.formats import load_network
 
     folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/ds/1_caf\xe9"))
     for i, name in enumerate((b"bad\xffname", b"ok")):

@@ -19,9 +19,9 @@ from curate import kohya
 from curate.cli import cli
 from curate.config import toml_value
 from curate.kohya.model import SUBSET_FIELDS
+from curate.trainer.data import load_dataset
 from fixtures.scrape import jpeg, photo, png, write
 from tests.test_check import distinct
-from trainer.data import load_dataset
 
 TABLE = json.loads((Path(__file__).parent / "data" / "sd_scripts_dataset.json").read_text(encoding="utf-8"))
 PIN = TABLE["config"]

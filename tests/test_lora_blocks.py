@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 from torch import nn  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
-from trainer.blocks import (  # noqa: E402
+from curate.trainer.blocks import (  # noqa: E402
     BLOCK_IDS_12,
     BLOCK_IDS_17,
     BLOCK_IDS_20,
@@ -26,7 +26,7 @@ from trainer.blocks import (  # noqa: E402
     parse_block_weights,
     weighted_param_groups,
 )
-from trainer.networks import create_network  # noqa: E402
+from curate.trainer.networks import create_network  # noqa: E402
 
 # UNet2DConditionModel config of runwayml/stable-diffusion-v1-5 (as tests/test_trainer_networks.py)
 SD15_UNET: dict[str, Any] = {
@@ -233,7 +233,7 @@ def sdxl() -> tuple[nn.Module, nn.Module, nn.Module]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from trainer.single_file import CONFIGS
+    from curate.trainer.single_file import CONFIGS
 
     def text(name: str) -> Any:
         return CLIPTextConfig.from_pretrained(CONFIGS / "sdxl", subfolder=name)
@@ -259,7 +259,7 @@ def test_sdxl_lora_covers_exactly_the_12_blocks(sdxl: tuple[nn.Module, ...]) -> 
 def test_every_sdxl_layer_has_its_sgm_block(sdxl: tuple[nn.Module, ...]) -> None:
     """A diffusers path and sd-scripts' SGM name of the same layer land in the same block; every
     block of the 20 holds layers; only the embeddings and conv_out are outside every block."""
-    from trainer.networks.base import unet_renamer
+    from curate.trainer.networks.base import unet_renamer
 
     unet = sdxl[0]
     rename = unet_renamer(unet)
@@ -383,10 +383,10 @@ def test_sdxl_training_with_block_learning_rates(photos_dataset: Any, tmp_path_f
     weights, OUT and both text encoders' modules train; sd-scripts' 3-value mid list works too."""
     from dataclasses import replace
 
+    from curate.trainer import loop
+    from curate.trainer.config import TrainConfig
+    from curate.trainer.formats import load_network
     from fixtures.tiny_sdxl import build_tiny_sdxl
-    from trainer import loop
-    from trainer.config import TrainConfig
-    from trainer.formats import load_network
 
     model = build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl") / "model")
     config = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=4, network_dim=4,

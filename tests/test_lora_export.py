@@ -19,12 +19,12 @@ from trainer_helpers import unet_and_text_outputs  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.export import export_ia3_to_lora, factorise  # noqa: E402
-from trainer.formats import load_network, save_network, tensor_hash  # noqa: E402
-from trainer.networks import IA3Module, create_network  # noqa: E402
-from trainer.networks.base import kohya_name, te_root_path  # noqa: E402
+from curate.trainer import loop  # noqa: E402
+from curate.trainer.config import TrainConfig  # noqa: E402
+from curate.trainer.export import export_ia3_to_lora, factorise  # noqa: E402
+from curate.trainer.formats import load_network, save_network, tensor_hash  # noqa: E402
+from curate.trainer.networks import IA3Module, create_network  # noqa: E402
+from curate.trainer.networks.base import kohya_name, te_root_path  # noqa: E402
 
 PREFIXES = ("lora_unet_", "lora_te_")
 
@@ -183,7 +183,7 @@ def _axis(on_input: bool, dims: int) -> tuple[int, ...]:
 
 
 def _layer(pipe: Any, kohya: str) -> Any:
-    """The pipeline's layer of that kohya name, found independently of trainer.export."""
+    """The pipeline's layer of that kohya name, found independently of curate.trainer.export."""
     te = kohya.startswith("lora_te_")
     root = pipe.text_encoder if te else pipe.unet
     start = [te_root_path(root)] if te and te_root_path(root) else []

@@ -16,10 +16,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 from curate.atomic import TMP_PREFIX  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from trainer.formats import save_network  # noqa: E402
-from trainer.merge import describe, merge_networks, parse_network_arg  # noqa: E402
-from trainer.model import load_models  # noqa: E402
-from trainer.networks import create_network  # noqa: E402
+from curate.trainer.formats import save_network  # noqa: E402
+from curate.trainer.merge import describe, merge_networks, parse_network_arg  # noqa: E402
+from curate.trainer.model import load_models  # noqa: E402
+from curate.trainer.networks import create_network  # noqa: E402
 
 CPU = torch.device("cpu")
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
@@ -281,7 +281,7 @@ def test_cli_merge_and_blocks(model: Path, lora: Path, ia3: Path, tmp_path: Path
     from click.testing import CliRunner
 
     from curate.cli import cli
-    from trainer.blocks import block_of
+    from curate.trainer.blocks import block_of
 
     out = tmp_path / "merged"
     args = ["lora", "merge", "--base", str(model), f"{lora}:0.5", str(ia3), "--out", str(out),
@@ -385,7 +385,7 @@ def test_sdxl_merge_equals_dense_reference(sdxl: Path, sdxl_nets: dict[str, Path
 
 
 def test_sdxl_block_weights(sdxl: Path, sdxl_nets: dict[str, Path], tmp_path: Path) -> None:
-    from trainer.blocks import block_of
+    from curate.trainer.blocks import block_of
 
     def scale(name: str) -> float:  # IN off; OUT01 (up_blocks.0's resnet and attention 1) at half
         block = block_of(name) or ""
@@ -405,8 +405,8 @@ def test_sdxl_merged_unet_equals_hooked_network(sdxl: Path, sdxl_nets: dict[str,
                                                 tmp_path: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
 
-    from trainer.model import encode_conditioning
-    from trainer.noise import predict
+    from curate.trainer.model import encode_conditioning
+    from curate.trainer.noise import predict
 
     merge_networks(sdxl, [(sdxl_nets["locon"], 0.8)], tmp_path / "out")  # fp16 files
     for file in (UNET_FILE, TE_FILE, "text_encoder_2/model.safetensors"):

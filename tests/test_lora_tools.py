@@ -22,14 +22,14 @@ from safetensors.torch import save_file  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
+from curate.trainer import loop  # noqa: E402
+from curate.trainer.config import TrainConfig  # noqa: E402
+from curate.trainer.formats import as_metadata, load_network, save_network, tensor_hash  # noqa: E402
+from curate.trainer.networks import create_network  # noqa: E402
+from curate.trainer.tools.extract import extract_lora  # noqa: E402
+from curate.trainer.tools.info import lora_info  # noqa: E402
+from curate.trainer.tools.resize import resize_lora  # noqa: E402
 from fixtures.tiny_sd_single_file import build_single_file  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.formats import as_metadata, load_network, save_network, tensor_hash  # noqa: E402
-from trainer.networks import create_network  # noqa: E402
-from trainer.tools.extract import extract_lora  # noqa: E402
-from trainer.tools.info import lora_info  # noqa: E402
-from trainer.tools.resize import resize_lora  # noqa: E402
 
 # kohya name -> rank of the delta planted in the "tuned" model
 PLANTED = {

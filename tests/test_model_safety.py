@@ -28,11 +28,11 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from curate.cli import cli  # noqa: E402
 from curate.stages.ingest import ImportConfig, import_sources  # noqa: E402
 from curate.stages.tag import TagConfig, tag  # noqa: E402
+from curate.tagging.captions import caption_of  # noqa: E402
+from curate.trainer import loop  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
 from fixtures.scrape import jpeg, photo, write  # noqa: E402
 from fixtures.tiny_tagger import build_tiny_tagger  # noqa: E402
-from tagging.captions import caption_of  # noqa: E402
-from trainer import loop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--max-train-steps", "1", "--set", "resolution=64", "--set", "min_bucket_reso=64",

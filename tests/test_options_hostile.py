@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from buckets.assign import derived_bucket_reso
+from curate.buckets.assign import derived_bucket_reso
 from curate.cli import cli
 from curate.config import SECTIONS, stage_config
 from curate.errors import CurateError
@@ -136,7 +136,7 @@ def test_a_concept_name_cannot_lead_out_of_the_dataset(ws: Path, tmp_path: Path)
 
 
 def test_train_output_name_is_a_plain_name() -> None:
-    from trainer.config import train_config
+    from curate.trainer.config import train_config
 
     for name in ("../../x", "a/b", "..", ""):
         with pytest.raises(CurateError, match=r"train\.output_name"):
@@ -164,9 +164,9 @@ def test_layout_at_resolution_128(ws: Path, tmp_path: Path) -> None:
 
 def test_train_resolution_128_over_a_512_dataset(ws: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from trainer.config import train_config
-    from trainer.data import load_dataset
-    from trainer.loop import dataset_overrides
+    from curate.trainer.config import train_config
+    from curate.trainer.data import load_dataset
+    from curate.trainer.loop import dataset_overrides
 
     out = tmp_path / "ds"
     layout(ws, out, LayoutConfig())  # dataset.toml: 512, min 256, max 1024
@@ -194,15 +194,15 @@ def test_captions_trigger_does_not_print_none(tmp_path: Path) -> None:
 
 
 def test_doctor_says_not_available_for_optional_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tagging.engine
+    import curate.tagging.engine
 
     lines = [("onnxruntime", True, "1.0"), ("CUDA", False, "this onnxruntime is CPU-only"),
              ("huggingface_hub", False, "not installed")]
-    monkeypatch.setattr(tagging.engine, "doctor", lambda: lines)
+    monkeypatch.setattr(curate.tagging.engine, "doctor", lambda: lines)
     code, output = run("doctor")
     assert code == 0 and "FAIL" not in output
     assert "CUDA: not available: this onnxruntime is CPU-only" in output
-    monkeypatch.setattr(tagging.engine, "doctor", lambda: [("onnxruntime", False, "not installed")])
+    monkeypatch.setattr(curate.tagging.engine, "doctor", lambda: [("onnxruntime", False, "not installed")])
     assert "FAIL onnxruntime" in run("doctor")[1]
 
 

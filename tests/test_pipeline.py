@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from curate.cli import cli
 from curate.errors import CurateError
 from curate.pipeline import run_pipeline
+from curate.tagging.captions import caption_of
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo
 from fixtures.tiny_tagger import build_tiny_tagger
-from tagging.captions import caption_of
 
 STAGES = ["import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check"]
 
@@ -178,7 +178,7 @@ def test_init_template_documents_real_options() -> None:
         assert tables[section], section
         build(section_class(section), section, tables[section])
     pytest.importorskip("torch")
-    from trainer.config import TrainConfig
+    from curate.trainer.config import TrainConfig
 
     build(TrainConfig, "train", tables["train"])
 

@@ -12,9 +12,9 @@ from curate.record import Tag, Text
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.stages.ingest.plan import make_plan, open_trees
 from curate.stages.ingest.sidecars import Sidecars, read_sidecars
+from curate.tagging.normalize import canonical_tag, parse_tag, split_tag_line
+from curate.tagging.tags import tag_key
 from fixtures.scrapers import build_evil_tar, build_scrapers
-from tagging.normalize import canonical_tag, parse_tag, split_tag_line
-from tagging.tags import tag_key
 
 
 @pytest.fixture(scope="module")

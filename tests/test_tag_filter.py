@@ -1,4 +1,4 @@
-"""Tag rules (`tagging.rules`) and the filter (`tagging.filter`): each rule on hand-made cases
+"""Tag rules (`curate.tagging.rules`) and the filter (`curate.tagging.filter`): each rule on hand-made cases
 with exact results, then all of them on the planted-mistake fixture."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from curate.errors import CurateError
+from curate.tagging.filter import FilterConfig, Removal, filter_tags
+from curate.tagging.rules import Merge, Rules, load_rules
+from curate.tagging.tags import ScoredTag, names, tag_key
 from fixtures.tag_dataset import MIN_CONFIDENCE, build_tag_dataset
-from tagging.filter import FilterConfig, Removal, filter_tags
-from tagging.rules import Merge, Rules, load_rules
-from tagging.tags import ScoredTag, names, tag_key
 
 T = ScoredTag
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tagging.normalize import normalize_tag, split_namespace
+from curate.tagging.normalize import normalize_tag, split_namespace
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -15,10 +15,10 @@ from curate.stages.dedupe.run import dedupe
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.stages.tag import TagConfig, tag
 from curate.stages.tag.compose import STORE_FLOOR
+from curate.tagging.captions import caption_of
 from curate.workspace import Workspace
 from fixtures.scrape import jpeg, photo, write
 from fixtures.tiny_tagger import build_tiny_tagger
-from tagging.captions import caption_of
 from tests.conftest import tree_state
 
 

@@ -18,11 +18,11 @@ import skimage.data
 from PIL import Image, ImageOps
 
 from curate.errors import CurateError
+from curate.tagging.engine import CPU, CUDA, Tagger, available_providers, doctor, load_tagger
+from curate.tagging.model import TagInfo, read_tags, resolve_model
+from curate.tagging.preprocess import flatten_on_white, preprocess
+from curate.tagging.select import SelectConfig, format_tag, mcut_threshold, select_tags
 from fixtures.tiny_tagger import build_tiny_tagger
-from tagging.engine import CPU, CUDA, Tagger, available_providers, doctor, load_tagger
-from tagging.model import TagInfo, read_tags, resolve_model
-from tagging.preprocess import flatten_on_white, preprocess
-from tagging.select import SelectConfig, format_tag, mcut_threshold, select_tags
 
 SIZE = 448
 ORIENTATION = 0x0112
@@ -261,7 +261,7 @@ def test_resolve_local_folder_and_missing_files(tmp_path: Path, models: dict[str
 
 def test_offline_hub_id_says_what_to_download_and_where(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = ("import sys; from tagging.model import resolve_model\n"
+    code = ("import sys; from curate.tagging.model import resolve_model\n"
             "try: resolve_model('SmilingWolf/wd-swinv2-tagger-v3')\n"
             "except Exception as e: print(type(e).__name__, e); sys.exit(0)\n"
             "sys.exit('resolved while offline')")

@@ -34,8 +34,8 @@ from backend_helpers import (
 from PIL import Image
 
 from curate.errors import CurateError
-from trainer.backends import BACKENDS, Plan, get_backend, kohya
-from trainer.config import TrainConfig
+from curate.trainer.backends import BACKENDS, Plan, get_backend, kohya
+from curate.trainer.config import TrainConfig
 
 
 @pytest.fixture
@@ -264,7 +264,7 @@ def test_registry_and_the_builtin_backend_trains(tmp_path: Path) -> None:
 
 
 def test_block_weights_become_sd_scripts_network_args(tmp_path: Path) -> None:
-    from trainer.backends.kohya import block_args
+    from curate.trainer.backends.kohya import block_args
 
     notes: list[str] = []
     config = TrainConfig(block_lr_weights="IN=0,MID=0.5,OUT=1,BASE=0", block_lr_zero_threshold=0.1)

@@ -21,8 +21,8 @@ from backend_helpers import (
 )
 
 from curate.errors import CurateError
-from trainer.backends import kohya
-from trainer.config import TrainConfig
+from curate.trainer.backends import kohya
+from curate.trainer.config import TrainConfig
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def write_safetensors(path: Path, names: list[str]) -> Path:
 
 
 def test_sdxl_is_detected_from_folders_and_single_files(dataset: Path, tmp_path: Path) -> None:
-    from trainer.single_file import CLIP_KEY, OPEN_CLIP_KEY, SDXL_KEYS, UNET_KEY, VAE_KEY
+    from curate.trainer.single_file import CLIP_KEY, OPEN_CLIP_KEY, SDXL_KEYS, UNET_KEY, VAE_KEY
 
     te2 = fake_model(tmp_path / "te2")
     (te2 / "text_encoder_2").mkdir()

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from curate.errors import CurateError
-from trainer.config import TrainConfig, train_config
-from trainer.data import Subset, epoch_batches, load_dataset, process_caption, steps_per_epoch
+from curate.trainer.config import TrainConfig, train_config
+from curate.trainer.data import Subset, epoch_batches, load_dataset, process_caption, steps_per_epoch
 
 
 def _image(path: Path, size: tuple[int, int] = (96, 64), caption: str | None = None) -> None:

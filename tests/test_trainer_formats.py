@@ -15,8 +15,7 @@ pytest.importorskip("peft")  # diffusers loads LoRA files through peft
 
 from trainer_helpers import unet_and_text_outputs  # noqa: E402
 
-from fixtures.tiny_sd import build_components  # noqa: E402
-from trainer.formats import (  # noqa: E402
+from curate.trainer.formats import (  # noqa: E402
     addnet_hashes,
     as_metadata,
     load_network,
@@ -24,7 +23,8 @@ from trainer.formats import (  # noqa: E402
     save_network,
     tensor_hash,
 )
-from trainer.networks import create_network  # noqa: E402
+from curate.trainer.networks import create_network  # noqa: E402
+from fixtures.tiny_sd import build_components  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _metadata(net: Any) -> dict[str, str]:
 @pytest.mark.parametrize(("precision", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16),
                                                   ("float", torch.float32)])
 def test_saved_keys_dtypes_and_metadata(tmp_path: Path, precision: str, dtype: Any) -> None:
-    from trainer.formats import save_dtype
+    from curate.trainer.formats import save_dtype
 
     parts = build_components()
     net = create_network("ia3", parts["unet"], [parts["text_encoder"]])

@@ -16,9 +16,9 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
+from curate.trainer.logs import LossRecorder, TrainLog, lr_values, step_values  # noqa: E402
+from curate.trainer.networks import AdapterNetwork, create_network  # noqa: E402
 from fixtures.tiny_sd import build_components  # noqa: E402
-from trainer.logs import LossRecorder, TrainLog, lr_values, step_values  # noqa: E402
-from trainer.networks import AdapterNetwork, create_network  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_loss_recorder_averages_one_epoch() -> None:
 
 
 def test_no_logging_dir_is_a_no_op_without_tensorboard(tmp_path: Path) -> None:
-    code = ("import sys\nfrom trainer.logs import TrainLog\n"
+    code = ("import sys\nfrom curate.trainer.logs import TrainLog\n"
             "with TrainLog(None, 'x') as log:\n    log.log(1, {'loss/current': 1.0})\n    log.flush()\n"
             "assert log.folder is None\n"
             "assert not any(m.startswith(('tensorboard', 'torch.utils.tensorboard')) for m in sys.modules)\n")

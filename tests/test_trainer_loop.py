@@ -17,9 +17,9 @@ from trainer_helpers import eval_loss  # noqa: E402
 
 from curate.cli import cli  # noqa: E402
 from curate.errors import CurateError  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.formats import load_network  # noqa: E402
+from curate.trainer import loop  # noqa: E402
+from curate.trainer.config import TrainConfig  # noqa: E402
+from curate.trainer.formats import load_network  # noqa: E402
 
 SMALL = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=4, network_dim=4,
                     save_precision="float", seed=1)

@@ -15,8 +15,8 @@ pytest.importorskip("diffusers")
 
 from torch import nn  # noqa: E402
 
+from curate.trainer.networks import IA3Module, LoRAModule, create_network  # noqa: E402
 from fixtures.tiny_sd import build_components  # noqa: E402
-from trainer.networks import IA3Module, LoRAModule, create_network  # noqa: E402
 
 # UNet2DConditionModel config of runwayml/stable-diffusion-v1-5 (unet/config.json)
 SD15_UNET: dict[str, Any] = {

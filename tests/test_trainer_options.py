@@ -19,11 +19,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.formats import load_network  # noqa: E402
-from trainer.latents import LatentSource, npz_path  # noqa: E402
-from trainer.noise import pyramid_noise  # noqa: E402
+from curate.trainer import loop  # noqa: E402
+from curate.trainer.config import TrainConfig  # noqa: E402
+from curate.trainer.formats import load_network  # noqa: E402
+from curate.trainer.latents import LatentSource, npz_path  # noqa: E402
+from curate.trainer.noise import pyramid_noise  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 SMALL = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=2, network_dim=4,
@@ -262,7 +262,7 @@ def test_run_writes_samples_and_tensorboard_logs(model: Path, dataset: Path, tmp
 
 
 def test_resolved_config_is_saved_and_reads_back(model: Path, dataset: Path, tmp_path: Path) -> None:
-    from trainer.config import train_config
+    from curate.trainer.config import train_config
 
     config = replace(SMALL, max_train_steps=1, optimizer_args={"weight_decay": 0.05}, output_name="sks")
     result = loop.train(dataset, model, tmp_path, config, device=CPU)
@@ -284,7 +284,7 @@ def test_keep_last_n_with_epoch_and_step_saves_together(model: Path, dataset: Pa
 def test_v_prediction_loss_factors_follow_sd_scripts_order(model: Path, dataset: Path) -> None:
     """Zero terminal SNR rescales the schedule but the SNR table is the one from before (so
     min-SNR never divides by the zero final SNR); the factors multiply in sd-scripts' order."""
-    from trainer.noise import loss_weights
+    from curate.trainer.noise import loss_weights
 
     run = loop.prepare(dataset, model, replace(SMALL, v_parameterization=True, zero_terminal_snr=True), CPU)
     scheduler = run.models.noise_scheduler
@@ -331,7 +331,7 @@ def test_block_learning_rates_train_only_the_chosen_blocks(model: Path, dataset:
     modules keep their initial weights (up stays zero), OUT and text-encoder modules train."""
     import json as _json
 
-    from trainer.blocks import block_of
+    from curate.trainer.blocks import block_of
 
     config = replace(SMALL, max_train_steps=3, learning_rate=1e-2, block_lr_weights="IN=0,MID=0,OUT=1")
     result = loop.train(dataset, model, tmp_path, config, device=CPU)

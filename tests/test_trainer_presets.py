@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from curate.cli import cli
 from curate.errors import CurateError
-from trainer.config import TrainConfig, train_config
-from trainer.presets import PRESETS, describe, preset_table
+from curate.trainer.config import TrainConfig, train_config
+from curate.trainer.presets import PRESETS, describe, preset_table
 
 
 def test_presets_build_and_match_the_recipes() -> None:
@@ -64,7 +64,7 @@ def test_cli_rejects_unknown_preset(tmp_path: Path) -> None:
 def test_every_scheduler_builds_and_steps(name: str) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from trainer.loop import make_lr_scheduler
+    from curate.trainer.loop import make_lr_scheduler
 
     config = TrainConfig(lr_scheduler=name, lr_warmup_steps=2, T_0=4, learning_rate=0.1)  # type: ignore[arg-type]
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -85,7 +85,7 @@ def test_thread_default() -> None:
     pytest.importorskip("diffusers")
     import os
 
-    from trainer.loop import cpu_threads
+    from curate.trainer.loop import cpu_threads
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cpu_threads(TrainConfig(threads=3), cpu) == 3
@@ -104,8 +104,8 @@ def test_cli_trains_with_the_ia3_preset_and_resumes_its_schedule(tmp_path: Path)
 
     from PIL import Image
 
+    from curate.trainer import loop
     from fixtures.tiny_sd import build_tiny_sd
-    from trainer import loop
 
     model = build_tiny_sd(tmp_path / "model")
     folder = tmp_path / "data" / "1_sks"

@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
-from trainer.model import Models, load_models  # noqa: E402
-from trainer.networks import AdapterNetwork, LoRAModule, create_network  # noqa: E402
-from trainer.samples import (  # noqa: E402
+from curate.trainer.model import Models, load_models  # noqa: E402
+from curate.trainer.networks import AdapterNetwork, LoRAModule, create_network  # noqa: E402
+from curate.trainer.samples import (  # noqa: E402
     SAMPLERS,
     SamplePrompt,
     due,

@@ -18,15 +18,15 @@ from torch import nn  # noqa: E402
 from trainer_helpers import eval_loss  # noqa: E402
 
 from curate.errors import CurateError  # noqa: E402
+from curate.trainer import loop  # noqa: E402
+from curate.trainer.config import TrainConfig  # noqa: E402
+from curate.trainer.data import load_dataset, size_conditioning  # noqa: E402
+from curate.trainer.formats import load_network  # noqa: E402
+from curate.trainer.model import encode_conditioning  # noqa: E402
+from curate.trainer.networks import IA3Module, create_network  # noqa: E402
+from curate.trainer.noise import predict  # noqa: E402
+from curate.trainer.single_file import CONFIGS  # noqa: E402
 from fixtures.tiny_sdxl import build_tiny_sdxl  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import load_dataset, size_conditioning  # noqa: E402
-from trainer.formats import load_network  # noqa: E402
-from trainer.model import encode_conditioning  # noqa: E402
-from trainer.networks import IA3Module, create_network  # noqa: E402
-from trainer.noise import predict  # noqa: E402
-from trainer.single_file import CONFIGS  # noqa: E402
 
 SDXL_CONFIGS = CONFIGS / "sdxl"
 
@@ -313,7 +313,7 @@ def test_sdxl_samples_see_the_network(trained: loop.TrainResult, model: Path, da
                                       tmp_path: Path) -> None:
     import numpy as np
 
-    from trainer.samples import SamplePrompt, generate_samples
+    from curate.trainer.samples import SamplePrompt, generate_samples
 
     run = loop.prepare(dataset, model, TRAINED, CPU)
     run.network.load_kohya_state_dict(load_network(trained.output)[0])
@@ -343,7 +343,7 @@ def single(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_single_file_loads_the_same_model(single: Path, model: Path) -> None:
-    from trainer.model import load_models
+    from curate.trainer.model import load_models
 
     got, want = load_models(single, CPU, model_config=str(model)), load_models(model, CPU)
     assert got.sdxl and got.vae_scale == pytest.approx(0.13025)
@@ -359,8 +359,8 @@ def test_single_file_without_tokenizers_names_the_sdxl_repo(single: Path, tmp_pa
     Hugging Face cache; an empty one gives the command to fill it."""
     from huggingface_hub import constants
 
-    from trainer.model import load_models
-    from trainer.single_file import detect_family, read_checkpoint
+    from curate.trainer.model import load_models
+    from curate.trainer.single_file import detect_family, read_checkpoint
 
     assert detect_family(read_checkpoint(single), single) == "sdxl"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))

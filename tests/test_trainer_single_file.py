@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from curate.errors import CurateError  # noqa: E402
+from curate.trainer.model import Models, load_models  # noqa: E402
+from curate.trainer.single_file import CONFIGS, detect_family, read_checkpoint  # noqa: E402
 from fixtures.tiny_sd_single_file import build_single_file, ldm_state_dict  # noqa: E402
-from trainer.model import Models, load_models  # noqa: E402
-from trainer.single_file import CONFIGS, detect_family, read_checkpoint  # noqa: E402
 
 CPU = torch.device("cpu")
 

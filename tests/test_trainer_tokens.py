@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from curate.trainer.model import Models, encode_prompts  # noqa: E402
+from curate.trainer.tokens import hidden_states, tokenize  # noqa: E402
 from fixtures.tiny_sd import build_components, byte_vocab  # noqa: E402
-from trainer.model import Models, encode_prompts  # noqa: E402
-from trainer.tokens import hidden_states, tokenize  # noqa: E402
 
 # single-letter words without merges: one token each, cycling through 16 ids
 LETTERS = "bcdfgjklmpqvwxyz"

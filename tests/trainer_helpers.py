@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from trainer import loop
-from trainer.config import TrainConfig
+from curate.trainer import loop
+from curate.trainer.config import TrainConfig
 
 
 def eval_loss(run: loop.Run, config: TrainConfig) -> float:

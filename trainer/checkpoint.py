@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from curate.atomic import TMP_PREFIX, atomic_write_bytes
 from curate.errors import CurateError
-from trainer.config import TrainConfig
-from trainer.data import Dataset, bucket_info
-from trainer.formats import as_metadata, modelspec, save_dtype, save_network
-from trainer.networks import AdapterNetwork
-from trainer.optim import OPTIMIZER_NAMES
+from curate.trainer.config import TrainConfig
+from curate.trainer.data import Dataset, bucket_info
+from curate.trainer.formats import as_metadata, modelspec, save_dtype, save_network
+from curate.trainer.networks import AdapterNetwork
+from curate.trainer.optim import OPTIMIZER_NAMES
 
 # settings a resumed run must share with the run that saved the state
 RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "ia3_train_on_input",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from buckets.assign import derived_bucket_reso
+from curate.buckets.assign import derived_bucket_reso
 from curate.config import apply_overrides, build, check_ranges, load_toml, option, toml_value
 from curate.errors import CurateError
 from curate.paths import check_name
@@ -207,7 +207,7 @@ def migrate(table: dict[str, Any]) -> dict[str, Any]:
 def train_config(config_file: Path | None, overrides: Iterable[str] = (),
                  flags: dict[str, Any] | None = None, preset: str | None = None) -> TrainConfig:
     """Defaults < preset < [train] in the file < --set (`key=v` or `train.key=v`) < flags (None = unset)."""
-    from trainer.presets import preset_table
+    from curate.trainer.presets import preset_table
 
     base = preset_table(preset)
     data = load_toml(config_file) if config_file else {}
@@ -225,7 +225,7 @@ def train_config(config_file: Path | None, overrides: Iterable[str] = (),
 
 def with_bucket_bounds(config: TrainConfig) -> TrainConfig:
     """A resolution given without min/max_bucket_reso brings its own bounds (see
-    `buckets.assign.derived_bucket_reso`: 256/1024 at 512 px, 64/256 at 128): a dataset.toml's
+    `curate.buckets.assign.derived_bucket_reso`: 256/1024 at 512 px, 64/256 at 128): a dataset.toml's
     bounds were made for its own resolution, so `--set resolution=128` alone would fail there."""
     if config.resolution is None or None not in (config.min_bucket_reso, config.max_bucket_reso):
         return config

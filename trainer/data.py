@@ -28,9 +28,9 @@ from typing import Any
 
 from PIL import Image
 
-from buckets import BucketConfig, assign
-from buckets.assign import Assignment
 from curate import kohya
+from curate.buckets import BucketConfig, assign
+from curate.buckets.assign import Assignment
 from curate.errors import CurateError
 from curate.kohya import (
     SD_IMAGE_EXTS,

@@ -24,7 +24,7 @@ whose attention LoRAs include no out_proj gets a zero rank-1 out_proj LoRA (`_di
 SDXL's two encoders are loaded apart, so each gets its own).
 
 The base weights come from the diffusers folder the iA3 was trained on; layers are found by
-the same kohya names the trainer gives them (`trainer.networks.base.find_targets`): for SDXL,
+the same kohya names the trainer gives them (`curate.trainer.networks.base.find_targets`): for SDXL,
 sd-scripts' original-layout UNet names and `lora_te1_` / `lora_te2_` for the two encoders,
 which diffusers' StableDiffusionXLPipeline.load_lora_weights reads.
 """
@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
-from trainer.formats import load_network, save_dtype, save_network
-from trainer.model import load_models
-from trainer.networks.base import (
+from curate.trainer.formats import load_network, save_dtype, save_network
+from curate.trainer.model import load_models
+from curate.trainer.networks.base import (
     TE_BLOCKS,
     UNET_BLOCKS,
     UNET_CONV_BLOCKS,

@@ -6,7 +6,7 @@ every image is encoded once before training, as sd-scripts does: one latent samp
 the mirrored image when its subset uses flip_aug. cache_latents_to_disk keeps them between runs in
 sd-scripts' own file, `STEM_WWWWxHHHH_sd.npz` (SDXL: `_sdxl.npz`) beside the image (keys latents,
 original_size, crop_ltrb, latents_flipped), so either tool reuses the other's cache; an SDXL
-file's crop_ltrb is sd-scripts' (trainer.data.crop_ltrb), which its SDXL training reads back.
+file's crop_ltrb is sd-scripts' (curate.trainer.data.crop_ltrb), which its SDXL training reads back.
 curate adds the image's sha256 and trusts its own files only when it matches, so an edited image
 is encoded again; sd-scripts' files carry no checksum and are trusted when newer than their image.
 """
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from buckets import resize_to_bucket
 from curate.atomic import atomic_write_bytes
+from curate.buckets import resize_to_bucket
 from curate.errors import CurateError
 from curate.paths import display
-from trainer.data import Dataset, Item, crop_ltrb
-from trainer.model import Models
+from curate.trainer.data import Dataset, Item, crop_ltrb
+from curate.trainer.model import Models
 
 Progress = Callable[[int, int], None]
 

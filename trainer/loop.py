@@ -28,17 +28,17 @@ import torch
 
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
-from trainer import checkpoint
-from trainer.config import TrainConfig, to_toml
-from trainer.data import Dataset, Item, epoch_batches, load_dataset, process_caption, steps_per_epoch
-from trainer.distributed import Dist, init_distributed, rank_batches
-from trainer.latents import LatentSource, load_pixels
-from trainer.loading import loading
-from trainer.model import Models, load_models, prepare_text
-from trainer.networks import AdapterNetwork, LoRANetwork, create_network
-from trainer.noise import diffusion_loss, prepare_schedule, size_ids
-from trainer.optim import make_lr_scheduler, make_optimizer
-from trainer.watch import Watch
+from curate.trainer import checkpoint
+from curate.trainer.config import TrainConfig, to_toml
+from curate.trainer.data import Dataset, Item, epoch_batches, load_dataset, process_caption, steps_per_epoch
+from curate.trainer.distributed import Dist, init_distributed, rank_batches
+from curate.trainer.latents import LatentSource, load_pixels
+from curate.trainer.loading import loading
+from curate.trainer.model import Models, load_models, prepare_text
+from curate.trainer.networks import AdapterNetwork, LoRANetwork, create_network
+from curate.trainer.noise import diffusion_loss, prepare_schedule, size_ids
+from curate.trainer.optim import make_lr_scheduler, make_optimizer
+from curate.trainer.watch import Watch
 
 __all__ = ["Run", "TrainResult", "diffusion_loss", "epoch_batches", "load_pixels", "make_lr_scheduler",
            "prepare", "train", "train_step"]
@@ -340,7 +340,7 @@ def _stop(run: Run, out: Path, config: TrainConfig, step: int, result: TrainResu
 
 def _train(run: Run, out: Path, config: TrainConfig, resume: Path | None, on_step: StepCallback | None,
            stop_after: int | None, interrupt: _Interrupt, watch: Watch) -> TrainResult:
-    from trainer.saves import due, expired, remove_save
+    from curate.trainer.saves import due, expired, remove_save
 
     started = time.perf_counter()
     step = 0

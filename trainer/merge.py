@@ -1,7 +1,7 @@
 """Baking LoRA / LoCon / iA3 networks into a base checkpoint (`curate lora merge`).
 
 Each network is applied to the base weights in the order given, at its strength s times the
-block weight b of the layer's block (trainer.blocks), m = s * b:
+block weight b of the layer's block (curate.trainer.blocks), m = s * b:
 - LoRA / LoCon (REFERENCE §5): W += m * (alpha / r) * up @ down, with conv weights flattened to
   out x (in*kh*kw); a 3x3 LoCon layer's 1x1 up composed with its 3x3 down is exactly that
   product reshaped, so every kernel size takes the one formula. A file without `.alpha` has
@@ -15,14 +15,14 @@ base lacks are reported in `MergeResult.unknown`, never dropped silently: a modu
 unknown key is left unmerged as a whole (merging half of it would be wrong), and `strict` turns
 any unknown key into an error. A network none of whose modules fit the base is an error.
 
-The base is loaded by trainer.model.load_models (diffusers folder or single-file checkpoint);
+The base is loaded by curate.trainer.model.load_models (diffusers folder or single-file checkpoint);
 the math runs in float32 on CPU. An SDXL base's layers carry sd-scripts' SDXL names (UNet in
 the original SGM layout, `lora_te1_` / `lora_te2_` for its two text encoders, as the trainer
-names them), its block weights are SDXL's (trainer.blocks, 12 / 20 values), and its output
+names them), its block weights are SDXL's (curate.trainer.blocks, 12 / 20 values), and its output
 holds text_encoder_2 / tokenizer_2 too. Output is a diffusers folder (every component's
 save_pretrained; model_index.json, the scheduler and any other component folders copied from a
-folder base) or one original-layout `.safetensors` (trainer.convert; SDXL's SGM layout), both written under a
-temporary name and renamed into place, so a killed merge leaves no half-written model.
+folder base) or one original-layout `.safetensors` (curate.trainer.convert; SDXL's SGM layout),
+both written under a temporary name and renamed into place, so a killed merge leaves no half-written model.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from torch import nn
 
 from curate.atomic import TMP_PREFIX, UMASK
 from curate.errors import CurateError
-from trainer.blocks import block_weight, parse_block_weights
-from trainer.formats import load_network, save_dtype
-from trainer.model import Models, load_models
-from trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path, unet_renamer
-from trainer.single_file import CONFIGS
+from curate.trainer.blocks import block_weight, parse_block_weights
+from curate.trainer.formats import load_network, save_dtype
+from curate.trainer.model import Models, load_models
+from curate.trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path, unet_renamer
+from curate.trainer.single_file import CONFIGS
 
 LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
 IA3_SUFFIXES = ("weight", "on_input")
@@ -223,7 +223,7 @@ def save_diffusers(models: Models, source: Path, out: Path, dtype: torch.dtype) 
 def save_single_file(models: Models, out: Path, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
 
-    from trainer.convert import ldm_checkpoint, sgm_checkpoint
+    from curate.trainer.convert import ldm_checkpoint, sgm_checkpoint
 
     if models.text_encoder_2 is not None:
         raw = sgm_checkpoint(models.unet, models.vae, models.text_encoder, models.text_encoder_2)

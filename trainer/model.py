@@ -1,18 +1,18 @@
 """Loading the frozen base model and turning captions into UNet conditioning, as sd-scripts does.
 
 A base model is a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-`tokenizer/`) or a single-file SD 1.x/2.x checkpoint (trainer.single_file: `.safetensors`, or a
+`tokenizer/`) or a single-file SD 1.x/2.x checkpoint (curate.trainer.single_file: `.safetensors`, or a
 `.ckpt` pickle only with allow_pickle and then tensors only), read offline. The noise schedule is
 sd-scripts' DDPMScheduler (REFERENCE §7), whatever sampler the model names; the prediction type
-(epsilon or v) comes from the scheduler config. Captions become CLIP states in trainer.tokens,
+(epsilon or v) comes from the scheduler config. Captions become CLIP states in curate.trainer.tokens,
 75/150/225 tokens as sd-scripts' max_token_length. A folder's weights are read from
 `.safetensors` only unless allow_pickle, and any file of it that fails to load stops the run
-with one line naming it (trainer.loading).
+with one line naming it (curate.trainer.loading).
 
 SDXL (a folder whose model_index.json names a `text_encoder_2`, or an SDXL single file) adds
 the second text encoder and tokenizer; its captions become the concatenated states of both
-encoders plus the pooled embedding (trainer.tokens), and its UNet also takes the size numbers
-(trainer.data.size_conditioning). With cache_text_encoder_outputs, the conditioning of every
+encoders plus the pooled embedding (curate.trainer.tokens), and its UNet also takes the size numbers
+(curate.trainer.data.size_conditioning). With cache_text_encoder_outputs, the conditioning of every
 caption is computed once before training and looked up (`Models.text_cache`).
 """
 
@@ -27,11 +27,17 @@ from torch import nn
 
 from curate.errors import CurateError
 from curate.paths import display
-from trainer.config import TrainConfig
-from trainer.data import Dataset, cacheable_captions, check_sdxl_dataset
-from trainer.loading import loading, prediction_type, read_json_object, refuse_pickle_only, safetensors_only
-from trainer.single_file import SingleFileParts, load_single_file
-from trainer.tokens import encode_captions, encode_captions_sdxl
+from curate.trainer.config import TrainConfig
+from curate.trainer.data import Dataset, cacheable_captions, check_sdxl_dataset
+from curate.trainer.loading import (
+    loading,
+    prediction_type,
+    read_json_object,
+    refuse_pickle_only,
+    safetensors_only,
+)
+from curate.trainer.single_file import SingleFileParts, load_single_file
+from curate.trainer.tokens import encode_captions, encode_captions_sdxl
 
 NOISE_SCHEDULE: dict[str, Any] = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -103,7 +109,7 @@ def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.flo
                 model_config: str | None = None, allow_pickle: bool = False) -> Models:
     """The UNet, VAE, text encoder, tokenizer and noise scheduler of a base model, frozen.
 
-    `path` is a diffusers folder or a single-file checkpoint (trainer.single_file), which reads
+    `path` is a diffusers folder or a single-file checkpoint (curate.trainer.single_file), which reads
     its configs and tokenizer from `model_config` and opens a pickle only with `allow_pickle`.
     """
     _check_model_path(path)
@@ -135,7 +141,7 @@ def load_models(path: Path, device: torch.device, dtype: torch.dtype = torch.flo
 
 def encode_prompts(models: Models, captions: list[str], clip_skip: int | None = None, *,
                    max_token_length: int = 75) -> torch.Tensor:
-    """CLIP hidden states for the UNet (trainer.tokens): 77 positions, or 152/227 for long captions."""
+    """CLIP hidden states for the UNet (curate.trainer.tokens): 77 positions, or 152/227 for long captions."""
     return encode_captions(models.text_encoder, models.tokenizer, captions, clip_skip, max_token_length)
 
 

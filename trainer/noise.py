@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from trainer.config import TrainConfig
-from trainer.data import Item, size_conditioning
-from trainer.model import Models, encode_conditioning
+from curate.trainer.config import TrainConfig
+from curate.trainer.data import Item, size_conditioning
+from curate.trainer.model import Models, encode_conditioning
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
@@ -96,7 +96,7 @@ def loss_weights(models: Models, timesteps: torch.Tensor, config: TrainConfig) -
 
 
 def size_ids(batch: list[Item], flips: list[bool], device: torch.device) -> torch.Tensor:
-    """SDXL's (B, 6) size numbers of a batch (trainer.data.size_conditioning)."""
+    """SDXL's (B, 6) size numbers of a batch (curate.trainer.data.size_conditioning)."""
     sizes = [size_conditioning(item, flipped) for item, flipped in zip(batch, flips, strict=True)]
     return torch.tensor(sizes, device=device)
 
@@ -124,7 +124,7 @@ def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], w
                    config: TrainConfig, gen: torch.Generator,
                    time_ids: torch.Tensor | None = None) -> torch.Tensor:
     """sd-scripts' loss for one batch of (scaled) latents. `time_ids` (B, 6) are SDXL's size
-    numbers (trainer.data.size_conditioning); None means uncropped images of the latents' size."""
+    numbers (curate.trainer.data.size_conditioning); None means uncropped images of the latents' size."""
     scheduler = models.noise_scheduler
     noise = make_noise(latents, config, gen)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen,

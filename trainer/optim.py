@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from curate.errors import CurateError
-from trainer.config import TrainConfig
-from trainer.networks import AdapterNetwork
+from curate.trainer.config import TrainConfig
+from curate.trainer.networks import AdapterNetwork
 
 # ss_optimizer values, as sd-scripts writes them (module.Class)
 OPTIMIZER_NAMES = {"adamw": "torch.optim.adamw.AdamW",
@@ -37,7 +37,7 @@ def block_multipliers(config: TrainConfig, network: AdapterNetwork) -> dict[str,
     given = (config.down_lr_weight, config.mid_lr_weight, config.up_lr_weight, config.block_lr_weights)
     if all(value is None for value in given):
         return None
-    from trainer.blocks import lr_weights
+    from curate.trainer.blocks import lr_weights
 
     names = network.unet_names + network.te_names
     sdxl_names = ("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks", "lora_te1_")
@@ -51,7 +51,7 @@ def param_groups(config: TrainConfig, network: AdapterNetwork) -> list[dict[str,
     multipliers = block_multipliers(config, network)
     if multipliers is None:
         return network.param_groups(config.unet_lr, config.text_encoder_lr)
-    from trainer.blocks import weighted_param_groups
+    from curate.trainer.blocks import weighted_param_groups
 
     groups = weighted_param_groups(network, multipliers, config.unet_lr, config.text_encoder_lr,
                                    config.learning_rate)

@@ -43,7 +43,7 @@ from torch import nn
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
-from trainer.model import NOISE_SCHEDULE, Models, encode_conditioning
+from curate.trainer.model import NOISE_SCHEDULE, Models, encode_conditioning
 
 # sd-scripts' --sample_sampler choices -> (diffusers scheduler class, extra arguments)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {

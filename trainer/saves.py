@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from trainer.checkpoint import epoch_name, step_name
-from trainer.config import TrainConfig
+from curate.trainer.checkpoint import epoch_name, step_name
+from curate.trainer.config import TrainConfig
 
 
 def due(config: TrainConfig, step: int, per_epoch: int, total: int) -> str | None:

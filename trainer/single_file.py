@@ -32,7 +32,7 @@ from torch import nn
 
 from curate.errors import CurateError
 from curate.paths import display
-from trainer.loading import PICKLE_SUFFIXES, first_line, loading, pickle_refused, prediction_type
+from curate.trainer.loading import PICKLE_SUFFIXES, first_line, loading, pickle_refused, prediction_type
 
 CONFIGS = Path(__file__).parent / "configs"
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"

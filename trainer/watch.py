@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
-from trainer.logs import LossRecorder, TrainLog, step_values
-from trainer.samples import SamplePrompt, check_sampler, due, generate_samples, load_prompts
+from curate.trainer.config import TrainConfig
+from curate.trainer.logs import LossRecorder, TrainLog, step_values
+from curate.trainer.samples import SamplePrompt, check_sampler, due, generate_samples, load_prompts
 
 
 class Watch:

@@ -15,9 +15,9 @@ from curate.check.dataset import CAPTION_EXTS, Subset
 from curate.check.rules import Finding, make, shown
 from curate.check.tokens import TokenCounter
 from curate.kohya import caption_lines, caption_names, caption_text, read_caption_bytes
-from tagging.captions import SEPARATOR, parse_caption
-from tagging.rules import Rules
-from tagging.tags import tag_key
+from curate.tagging.captions import SEPARATOR, parse_caption
+from curate.tagging.rules import Rules
+from curate.tagging.tags import tag_key
 
 ESCAPED = re.compile(r"\\[()]")
 # Control characters sd-scripts keeps in a caption (tab and the line break of wildcard lines aside).

@@ -37,8 +37,8 @@ from curate.check.rules import Finding, make, shown
 from curate.check.tokens import TokenCounter
 from curate.errors import CurateError
 from curate.paths import display
-from tagging.rules import load_rules
-from tagging.tags import tag_key
+from curate.tagging.rules import load_rules
+from curate.tagging.tags import tag_key
 
 IMAGE_RULES = ("image-unreadable", "image-too-small", "alpha-without-mask")
 DUPLICATE_RULES = ("duplicate-exact", "duplicate-near")

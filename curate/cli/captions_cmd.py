@@ -87,7 +87,7 @@ def add_cmd(target: Path, tag: str, position: str, caption_ext: str, dry_run: bo
     Example:
       curate captions add ws "outdoors" --position start
     """
-    from tagging.captions import add_tag
+    from curate.tagging.captions import add_tag
 
     where: str | int = int(position) if position.lstrip("-").isdigit() else position
     _edit(target, partial(add_tag, tag=tag, position=where), caption_ext, dry_run,
@@ -108,7 +108,7 @@ def remove_cmd(target: Path, tags: tuple[str, ...], caption_ext: str, dry_run: b
     Example:
       curate captions remove ws "simple background" "white background"
     """
-    from tagging.captions import remove_tags
+    from curate.tagging.captions import remove_tags
 
     _edit(target, partial(remove_tags, tags=tags), caption_ext, dry_run, Out(as_json, quiet, verbose))
 
@@ -128,7 +128,7 @@ def replace_cmd(target: Path, old: str, new: str, caption_ext: str, dry_run: boo
     Example:
       curate captions replace ws "brown hair" "blonde hair" --dry-run
     """
-    from tagging.captions import replace_tag
+    from curate.tagging.captions import replace_tag
 
     _edit(target, partial(replace_tag, old=old, new=new), caption_ext, dry_run, Out(as_json, quiet, verbose))
 
@@ -148,7 +148,7 @@ def regex_cmd(target: Path, pattern: str, replacement: str, caption_ext: str, dr
     Example:
       curate captions regex ws "^(.*) \\(cosplay\\)$" "\\1" --dry-run
     """
-    from tagging.captions import regex_replace
+    from curate.tagging.captions import regex_replace
 
     _edit(target, partial(regex_replace, pattern=pattern, repl=replacement), caption_ext, dry_run,
           Out(as_json, quiet, verbose))
@@ -170,7 +170,7 @@ def sort_cmd(target: Path, by: str, keep_first: int, caption_ext: str, dry_run: 
     Example:
       curate captions sort ws --by frequency --keep-first 1
     """
-    from tagging.captions import sort_tags
+    from curate.tagging.captions import sort_tags
 
     _edit(target, partial(sort_tags, by=by, keep_first=keep_first), caption_ext, dry_run,
           Out(as_json, quiet, verbose))
@@ -189,7 +189,7 @@ def dedupe_cmd(target: Path, caption_ext: str, dry_run: bool, as_json: bool, qui
     Example:
       curate captions dedupe ./dataset/10_sks
     """
-    from tagging.captions import dedupe_tags
+    from curate.tagging.captions import dedupe_tags
 
     _edit(target, dedupe_tags, caption_ext, dry_run, Out(as_json, quiet, verbose))
 
@@ -209,7 +209,7 @@ def stats_cmd(target: Path, tags: tuple[str, ...], top: int, caption_ext: str, a
       curate captions stats ws --tag "hat" --top 50
     """
     from curate.stages.captions.store import load
-    from tagging.captions import stats
+    from curate.tagging.captions import stats
 
     out = Out(as_json, quiet, verbose)
     found = stats(load(target, caption_ext).tags)

@@ -28,7 +28,7 @@ def command(as_json: bool, quiet: bool, verbose: bool) -> None:
       curate doctor
       curate doctor --json
     """
-    from tagging.engine import doctor
+    from curate.tagging.engine import doctor
 
     out = Out(as_json, quiet, verbose)
     lines = doctor()

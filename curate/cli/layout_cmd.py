@@ -42,7 +42,7 @@ def command(workspace: Path, out: Path, flags: dict[str, Any], dry_run: bool, co
     from curate.stages.layout import layout
 
     o = Out(as_json, quiet, verbose)
-    from tagging.compile import CaptionFormat
+    from curate.tagging.compile import CaptionFormat
 
     config_path = config_file or workspace / CONFIG_NAME
     config = stage_config(LayoutConfig, "layout", config_path, overrides, flags)

@@ -58,7 +58,7 @@ def export(network: Path, model: Path, target: str, out: Path | None, save_preci
     from curate.errors import CurateError
 
     try:
-        from trainer.export import describe, export_ia3_to_lora
+        from curate.trainer.export import describe, export_ia3_to_lora
     except ImportError as exc:
         raise CurateError(f"exporting needs the train extra ({exc}); pip install 'curate[train]'") from exc
     o = Out(as_json, quiet, verbose)
@@ -100,7 +100,7 @@ def info(network: Path, top_tags: int, as_json: bool, quiet: bool, verbose: bool
       curate lora info last.safetensors --json | jq .training
     """
     _tools("reading network files")
-    from trainer.tools.info import lora_info
+    from curate.trainer.tools.info import lora_info
 
     o = Out(as_json, quiet, verbose)
     result = lora_info(network)
@@ -156,7 +156,7 @@ def resize(network: Path, new_dim: int, conv_dim: int | None, dynamic: str | Non
       curate lora resize last.safetensors --dim 8 --save-precision fp16 --json
     """
     _tools("resizing")
-    from trainer.tools.resize import describe, resize_lora
+    from curate.trainer.tools.resize import describe, resize_lora
 
     o = Out(as_json, quiet, verbose)
     out = out or network.with_name(f"{network.stem}-dim{new_dim}.safetensors")
@@ -205,7 +205,7 @@ def extract(base: Path, tuned: Path, dim: int, conv_dim: int | None, out: Path, 
           --dim 64 --conv-dim 32 --out ft-locon.safetensors --device cuda
     """
     _tools("extracting")
-    from trainer.tools.extract import describe, extract_lora
+    from curate.trainer.tools.extract import describe, extract_lora
 
     o = Out(as_json, quiet, verbose)
     result = extract_lora(base, tuned, out, dim, conv_dim, clamp_quantile=clamp_quantile, min_diff=min_diff,
@@ -260,7 +260,7 @@ def merge(networks: tuple[str, ...], base: Path, out: Path, block_weights: str |
     from curate.errors import CurateError
 
     try:
-        from trainer.merge import describe, merge_networks, parse_network_arg
+        from curate.trainer.merge import describe, merge_networks, parse_network_arg
     except ImportError as exc:
         raise CurateError(f"merging needs the train extra ({exc}); pip install 'curate[train]'") from exc
     o = Out(as_json, quiet, verbose)
@@ -298,7 +298,7 @@ def blocks(spec: str | None, sdxl: bool, as_json: bool, quiet: bool, verbose: bo
       curate lora blocks "IN=0,MID=0.5,OUT=1" --json
       curate lora blocks --sdxl "1,0,0,0,0,1,1,1,1,1,1,1"
     """
-    from trainer.blocks import block_table
+    from curate.trainer.blocks import block_table
 
     o = Out(as_json, quiet, verbose)
     rows = block_table(spec, sdxl=sdxl)

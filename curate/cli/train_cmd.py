@@ -8,7 +8,7 @@ import click
 
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import Flag, config_flags
-from trainer.config import TrainConfig
+from curate.trainer.config import TrainConfig
 
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT, as handle_errors uses
 
@@ -16,7 +16,7 @@ INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT, as handle_err
 def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from trainer.presets import describe
+    from curate.trainer.presets import describe
 
     click.echo(describe(), nl=False)
     ctx.exit(0)
@@ -87,8 +87,8 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
       curate train dataset --model ./sd15 --out lora --backend kohya --print-command
       curate train dataset --model ./sd15 --out lora --backend kohya --sd-scripts ~/sd-scripts
     """
-    from trainer.backends import get_backend
-    from trainer.config import train_config
+    from curate.trainer.backends import get_backend
+    from curate.trainer.config import train_config
 
     # under a multi-process launcher every process runs this; only the first one talks
     follower = os.environ.get("RANK", "0") != "0"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from curate.manifest import USER_CAPTION, USER_TEXT
 from curate.record import REMOVED_BY_USER, SELECTION_MARK, Tag, Text
-from tagging.captions import format_caption, insert_trigger, parse_caption
-from tagging.compile import CaptionFormat, compile_caption
+from curate.tagging.captions import format_caption, insert_trigger, parse_caption
+from curate.tagging.compile import CaptionFormat, compile_caption
 
 WORKING = "curate"  # the captions.source of the old working caption
 

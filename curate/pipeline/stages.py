@@ -153,7 +153,7 @@ class LayoutOptions:
 
 def _layout_options(ctx: Context) -> LayoutOptions:
     from curate.stages.layout import LayoutConfig
-    from tagging.compile import CaptionFormat
+    from curate.tagging.compile import CaptionFormat
 
     return LayoutOptions(ctx.options(LayoutConfig, "layout"), ctx.options(CaptionFormat, "captions"))
 
@@ -179,7 +179,7 @@ def _check(ctx: Context, config: Any) -> dict[str, Any]:
 
 
 def _train_options(ctx: Context) -> Any:
-    from trainer.config import train_config
+    from curate.trainer.config import train_config
 
     if not ctx.run.model:
         raise CurateError("run.stages has train but run.model is not set: name the base model "
@@ -189,7 +189,7 @@ def _train_options(ctx: Context) -> Any:
 
 
 def _train(ctx: Context, config: Any) -> dict[str, Any]:
-    from trainer.backends import get_backend
+    from curate.trainer.backends import get_backend
 
     backend = get_backend(config.backend)
     model = ctx.run.path(ctx.root, ctx.run.model or "")

@@ -14,9 +14,9 @@ from typing import Any
 
 from curate.record import DUPLICATE, KEPT, REJECTED, SKIPPED, Record
 from curate.report.training import BucketView, PlanView, bucket_view, plan_view
+from curate.tagging.captions import caption_of, parse_caption
+from curate.tagging.tags import tag_key
 from curate.workspace import Workspace
-from tagging.captions import caption_of, parse_caption
-from tagging.tags import tag_key
 
 TAG_REMOVED = "tag-removed"
 TRIGGER = "trigger"  # pseudo-category of the trigger word and class token in captions

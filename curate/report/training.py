@@ -3,7 +3,7 @@
 Both reuse the code that really does the work, so the report cannot drift from training:
 the plan is `curate layout --dry-run` (`curate.stages.layout.layout`) with the workspace's
 `[layout]` options, and the buckets are `buckets.bucket_report` (sd-scripts' assignment via
-`buckets.assign`) with the same options' resolution and bucket limits.
+`curate.buckets.assign`) with the same options' resolution and bucket limits.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buckets import BucketConfig, bucket_report
+from curate.buckets import BucketConfig, bucket_report
 from curate.config import CONFIG_NAME, load_toml, stage_config
 from curate.errors import CurateError
 from curate.record import Record

@@ -2,7 +2,7 @@
 
 `load_rules()` reads the built-in `default.toml` beside this file, then each user file in
 order; the comment at the top of `default.toml` says how a user file edits the defaults. All
-names are stored in comparison form (`tagging.tags.tag_key`). Every problem in a file is a
+names are stored in comparison form (`curate.tagging.tags.tag_key`). Every problem in a file is a
 `CurateError` naming the file and, where it can be found, the line.
 """
 
@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from curate.errors import CurateError
-from tagging.tags import tag_key
+from curate.tagging.tags import tag_key
 
 DEFAULT_SOURCE = "tagging/rules/default.toml"
 SECTIONS = ("blacklist", "intrinsic", "exclusive", "people", "patterns", "pattern", "implies", "merge")
@@ -84,7 +84,7 @@ class _State:
 def load_rules(paths: Sequence[Path] = ()) -> Rules:
     """The built-in rules, edited by each file of `paths` in turn."""
     state = _State()
-    default = resources.files("tagging.rules").joinpath("default.toml").read_text(encoding="utf-8")
+    default = resources.files("curate.tagging.rules").joinpath("default.toml").read_text(encoding="utf-8")
     _read(state, _File(DEFAULT_SOURCE, default), is_default=True)
     for path in paths:
         try:

@@ -19,7 +19,7 @@ in torch, diffusers and transformers):
   text), the `caption_extension` lines of `DreamBoothSubset.__init__` (the added dot), and
   `BaseDataset.process_caption` (prefix/suffix, wildcard lines, keep_tokens_separator), bound
   to a stand-in dataset; random choices are recorded as the set of outcomes over 40 seeds.
-  Besides hand-written captions, it runs the captions tagging.compile makes from fixed
+  Besides hand-written captions, it runs the captions curate.tagging.compile makes from fixed
   annotations (COMPILED), with the subset keys the compiler asks for (each case keeps its inputs
   under "compiled", so tests/test_caption_compile.py can check the compiler still makes them).
 
@@ -97,7 +97,7 @@ PROCESS: list[tuple[str, str, dict[str, Any]]] = [
     ("no-wildcard-lines", "sks, one\nsks, two", {}),
     ("keep-tokens", "sks, a, b, c", {"shuffle_caption": True, "keep_tokens": 1}),
 ]
-# Captions compiled by tagging.compile from fixed annotations, run through process_caption with
+# Captions compiled by curate.tagging.compile from fixed annotations, run through process_caption with
 # the subset keys the compiler asks for: (name, inputs). Tags are [name, category, confidence,
 # source, removed]; texts [text, source]; "format" holds CaptionFormat fields.
 SENTENCE = "A woman with long blonde hair, wearing a blue dress, stands in a garden."
@@ -296,10 +296,10 @@ def process_cases(ns: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def compile_inputs(inputs: dict[str, Any]) -> Any:
-    """tagging.compile's answer for one COMPILED entry (also used by tests/test_caption_compile.py)."""
+    """curate.tagging.compile's answer for one COMPILED entry (also used by tests/test_caption_compile.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from curate.record import Tag, Text
-    from tagging.compile import CaptionFormat, compile_caption
+    from curate.tagging.compile import CaptionFormat, compile_caption
 
     return compile_caption([Tag(*tag) for tag in inputs["tags"]], [Text(*text) for text in inputs["texts"]],
                            CaptionFormat(**inputs["format"]), trigger=inputs.get("trigger"),

@@ -2,7 +2,7 @@
 
 `curate train --backend NAME` turns one TrainConfig (sd-scripts' option names) into a run:
 
-- `builtin` (builtin.py): curate's own loop, `trainer.loop.train`, in this process.
+- `builtin` (builtin.py): curate's own loop, `curate.trainer.loop.train`, in this process.
 - `kohya` (kohya.py): kohya-ss/sd-scripts' `train_network.py` (`sdxl_train_network.py` for an
   SDXL base model, kohya_model.py), launched with accelerate. Its plan writes the dataset TOML
   (kohya_toml.py) and builds the command; `--print-command` shows it, and `--sd-scripts PATH`
@@ -48,15 +48,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from curate.errors import CurateError
 
 if TYPE_CHECKING:
-    from trainer.config import TrainConfig
+    from curate.trainer.config import TrainConfig
 
-# (step, total, loss, {"loss/average": ..., "lr/unet": ..., "lr/d*lr/unet": ...}); see trainer.loop
+# (step, total, loss, {"loss/average": ..., "lr/unet": ..., "lr/d*lr/unet": ...}); see curate.trainer.loop
 StepCallback = Callable[[int, int, float, dict[str, float]], None]
 
 # name -> module (imported on use: builtin pulls in torch, kohya needs nothing heavy)
 BACKENDS: dict[str, str] = {
-    "builtin": "trainer.backends.builtin",
-    "kohya": "trainer.backends.kohya",
+    "builtin": "curate.trainer.backends.builtin",
+    "kohya": "curate.trainer.backends.kohya",
 }
 
 

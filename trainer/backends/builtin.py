@@ -1,4 +1,4 @@
-"""The builtin backend: curate's own training loop (`trainer.loop.train`) in this process.
+"""The builtin backend: curate's own training loop (`curate.trainer.loop.train`) in this process.
 
 Its plan writes nothing and has no command; torch is imported only when it runs, so planning
 (and `--backend kohya` on a machine without torch) stays light.
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.errors import CurateError
-from trainer.backends import Plan, RunResult, StepCallback
-from trainer.config import TrainConfig
+from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.config import TrainConfig
 
 NAME = "builtin"
 
@@ -27,7 +27,7 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
 
 def run(plan: Plan, *, on_step: StepCallback | None = None) -> RunResult:
     try:
-        from trainer.loop import train
+        from curate.trainer.loop import train
     except ImportError as exc:
         raise CurateError(f"the trainer needs the train extra ({exc}); pip install 'curate[train]'") from exc
     config = plan.config

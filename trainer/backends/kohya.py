@@ -40,10 +40,10 @@ from typing import Any
 
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
-from trainer.backends import Plan, RunResult, StepCallback
-from trainer.backends.kohya_model import BaseModel, base_model, model_args
-from trainer.backends.kohya_toml import check_sdxl, dataset_config
-from trainer.config import TrainConfig
+from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends.kohya_model import BaseModel, base_model, model_args
+from curate.trainer.backends.kohya_toml import check_sdxl, dataset_config
+from curate.trainer.config import TrainConfig
 
 NAME = "kohya"
 SCRIPT = "train_network.py"
@@ -189,7 +189,7 @@ def block_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> dic
     out: dict[str, Any] = {k: getattr(config, k) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
                            if getattr(config, k) is not None}
     if config.block_lr_weights is not None:
-        from trainer.blocks import block_ids, parse_block_weights
+        from curate.trainer.blocks import block_ids, parse_block_weights
 
         weights = parse_block_weights(config.block_lr_weights, sdxl=sdxl)
         ids = block_ids(sdxl)[1:]

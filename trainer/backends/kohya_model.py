@@ -6,11 +6,11 @@ needs `--v_parameterization`. This module reads what curate's builtin trainer re
 loading any weights:
 
 - a diffusers folder: SDXL when model_index.json's `_class_name` is an SDXL pipeline, when it
-  has a `text_encoder_2/` folder (as trainer.model decides), or when the UNet's
+  has a `text_encoder_2/` folder (as curate.trainer.model decides), or when the UNet's
   cross_attention_dim is SDXL's 2048; SD 2.x when that width is 1024. The prediction type is
   the scheduler config's.
 - a single `.safetensors` file: only its header (the tensor names) is read, and
-  trainer.single_file.detect_family names the family from the text encoders' keys, as the
+  curate.trainer.single_file.detect_family names the family from the text encoders' keys, as the
   builtin trainer does when it loads the file. A pickle (`.ckpt`) cannot be listed without
   unpickling it: with allow_pickle its tensors are read (torch.load weights_only), without it
   the family stays unknown and the plan warns that train_network.py (SD 1.x/2.x) is assumed.
@@ -31,7 +31,7 @@ from curate.errors import CurateError
 if TYPE_CHECKING:
     import torch
 
-    from trainer.config import TrainConfig
+    from curate.trainer.config import TrainConfig
 
 Family = Literal["sd1", "sd2", "sdxl"]
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
@@ -88,7 +88,7 @@ def safetensors_keys(path: Path) -> list[str]:
 
 
 def file_family(model: Path, allow_pickle: bool) -> Family | None:
-    from trainer.single_file import detect_family, read_checkpoint
+    from curate.trainer.single_file import detect_family, read_checkpoint
 
     if model.suffix.lower() == ".safetensors":
         # detect_family only asks which names are present, so the values can stay unread

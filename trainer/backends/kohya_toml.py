@@ -1,6 +1,6 @@
 """The dataset TOML an sd-scripts run reads (`--dataset_config`), made to match the builtin trainer.
 
-The builtin trainer reads a dataset as trainer.data does: a dataset.toml's values, with the
+The builtin trainer reads a dataset as curate.trainer.data does: a dataset.toml's values, with the
 dataset settings a TrainConfig sets winning over them (caption_extension always, since it
 has a default), relative image_dir paths taken from the TOML's folder, or `N_name` folders.
 sd-scripts reads the TOML alone, resolves relative paths from its working folder and defaults
@@ -11,7 +11,7 @@ sd-scripts would otherwise see something else. The keys written are sd-scripts' 
 `check_sdxl` refuses, before anything is written, a dataset that sdxl_train_network.py would
 refuse after loading the model: a bucket_reso_steps that is not a multiple of 32 (64, the
 default, is), and with cache_text_encoder_outputs a subset that shuffles or drops captions.
-The builtin trainer refuses the same (trainer.data.check_sdxl_dataset, cacheable_captions).
+The builtin trainer refuses the same (curate.trainer.data.check_sdxl_dataset, cacheable_captions).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from buckets import BucketConfig
 from curate import kohya
+from curate.buckets import BucketConfig
 from curate.errors import CurateError
 from curate.kohya.toml_io import subset_table
-from trainer.config import TrainConfig
-from trainer.data import BUILTIN_SUBSET_KEYS
+from curate.trainer.config import TrainConfig
+from curate.trainer.data import BUILTIN_SUBSET_KEYS
 
 FILE_NAME = "kohya-dataset.toml"
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
@@ -139,7 +139,7 @@ def _unread_by_builtin(data: dict[str, Any], source: Path) -> list[str]:
 
 
 def folder_data(root: Path, config: TrainConfig) -> dict[str, Any]:
-    """Folder mode as TOML data: the `N_name` folders trainer.data would read, with their settings."""
+    """Folder mode as TOML data: the `N_name` folders curate.trainer.data would read, with their settings."""
     subsets = kohya.read_project(root).subsets
     if not any(not s.is_reg for s in subsets):
         raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")

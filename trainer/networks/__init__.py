@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from trainer.networks.base import AdapterModule, AdapterNetwork
-from trainer.networks.ia3 import IA3Config, IA3Module, IA3Network
-from trainer.networks.lora import LoRAConfig, LoRAModule, LoRANetwork
+from curate.trainer.networks.base import AdapterModule, AdapterNetwork
+from curate.trainer.networks.ia3 import IA3Config, IA3Module, IA3Network
+from curate.trainer.networks.lora import LoRAConfig, LoRAModule, LoRANetwork
 
 NETWORKS: dict[str, tuple[type, type[AdapterNetwork]]] = {
     "lora": (LoRAConfig, LoRANetwork),

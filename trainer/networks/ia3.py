@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.networks.base import (
+from curate.trainer.networks.base import (
     TE_BLOCKS,
     UNET_BLOCKS,
     UNET_PREFIX,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.networks.base import (
+from curate.trainer.networks.base import (
     TE_BLOCKS,
     UNET_BLOCKS,
     UNET_CONV_BLOCKS,

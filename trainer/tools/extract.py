@@ -17,7 +17,7 @@ makes tiny differences not worth a LoRA); a UNet or text-encoder layer whose wei
 identical is left out. Every module gets alpha = dim (sd-scripts gives alpha = rank; a layer
 capped below dim has its up scaled by rank / dim instead, so that one alpha serves all modules,
 which diffusers needs, see trainer/export.py). Both models are loaded with
-`trainer.model.load_models`, so either may be a diffusers folder or a single-file checkpoint.
+`curate.trainer.model.load_models`, so either may be a diffusers folder or a single-file checkpoint.
 
 SDXL: the targets are those of `curate train` on SDXL, so the file has sd-scripts' SDXL names
 (original-layout `lora_unet_input_blocks_4_1_...`, `lora_te1_` / `lora_te2_`) and SDXL metadata;
@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from curate.errors import CurateError
-from trainer.checkpoint import SDXL_VERSION
-from trainer.export import _diffusers_markers
-from trainer.formats import as_metadata, modelspec, save_dtype, save_network
-from trainer.model import Models, load_models
-from trainer.networks import LoRANetwork, create_network
+from curate.trainer.checkpoint import SDXL_VERSION
+from curate.trainer.export import _diffusers_markers
+from curate.trainer.formats import as_metadata, modelspec, save_dtype, save_network
+from curate.trainer.model import Models, load_models
+from curate.trainer.networks import LoRANetwork, create_network
 
 
 @dataclass

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from curate.errors import CurateError
-from trainer.formats import load_network, save_dtype, save_network
-from trainer.tools.info import lora_info
+from curate.trainer.formats import load_network, save_dtype, save_network
+from curate.trainer.tools.info import lora_info
 
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 ZERO_SV = 1e-12  # a largest singular value below this is a module that changes nothing

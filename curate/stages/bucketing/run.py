@@ -15,7 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from buckets import (
+from curate import kohya
+from curate.atomic import atomic_write_bytes
+from curate.buckets import (
     BucketConfig,
     BucketReport,
     Fix,
@@ -25,9 +27,7 @@ from buckets import (
     resize_to_bucket,
     sizes_after,
 )
-from buckets import suggest_fixes as suggest
-from curate import kohya
-from curate.atomic import atomic_write_bytes
+from curate.buckets import suggest_fixes as suggest
 from curate.errors import CurateError
 from curate.kohya import readable_plugin_exts, sd_image, unsafe_caption_reason
 from curate.paths import display, is_inside, printable, special_file_reason

@@ -2,5 +2,5 @@
 edits (`curate captions ...`), on a workspace's working captions or a folder's caption files.
 
 store.py loads and saves captions for both kinds of target; filter.py and edit.py apply the
-pure functions of `tagging.filter` and `tagging.captions` to them.
+pure functions of `curate.tagging.filter` and `curate.tagging.captions` to them.
 """

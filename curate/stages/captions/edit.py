@@ -8,8 +8,7 @@ from pathlib import Path
 
 from curate.errors import CurateError
 from curate.stages.captions.store import CaptionRun, changed_images, load, save, shown_line
-from curate.workspace import Workspace, is_workspace
-from tagging.captions import (
+from curate.tagging.captions import (
     SEPARATOR,
     Change,
     EditResult,
@@ -18,7 +17,8 @@ from tagging.captions import (
     keep_tokens_for,
     with_separator,
 )
-from tagging.tags import Dataset, ScoredTag, names, tag_key
+from curate.tagging.tags import Dataset, ScoredTag, names, tag_key
+from curate.workspace import Workspace, is_workspace
 
 STAGE = "captions"
 Edit = Callable[[Dataset], EditResult]

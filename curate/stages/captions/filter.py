@@ -8,15 +8,15 @@ from pathlib import Path
 from curate.config import option
 from curate.errors import CurateError
 from curate.stages.captions.store import CaptionRun, Removed, changed_images, load, save, shown_line
-from tagging.filter import FilterConfig, filter_tags
-from tagging.rules import load_rules
+from curate.tagging.filter import FilterConfig, filter_tags
+from curate.tagging.rules import load_rules
 
 STAGE = "filter"
 
 
 @dataclass(frozen=True)
 class FilterStageConfig:
-    """Options of `curate tags filter`: `tagging.filter.FilterConfig` plus where rules come from."""
+    """Options of `curate tags filter`: `curate.tagging.filter.FilterConfig` plus where rules come from."""
 
     min_share: float = option(0.15, ge=0, le=1, help=(
         "A tag of an exclusive group (hair colour, eye colour...) seen in fewer than this share of "

@@ -1,6 +1,6 @@
 """Captions of a dataset as `tagging` works on them, loaded from and saved to a target.
 
-A workspace's caption is compiled from its annotations (tagging.captions.caption_of), with the tagger's
+A workspace's caption is compiled from its annotations (curate.tagging.captions.caption_of), with the tagger's
 confidence for each tag where one is stored, so confidence rules work; saving writes
 annotations back, never caption text: a filter rule's removals as marks on the tags (a
 re-run clears and re-applies them), a user edit as user tags, removals and places.
@@ -25,9 +25,9 @@ from curate.manifest import USER_CAPTION, Manifest
 from curate.paths import read_user_text, unreadable_caption
 from curate.record import REMOVED_BY_USER, Record, filter_mark
 from curate.stages.ingest.sources import display
+from curate.tagging.captions import caption_of, format_caption, parse_caption
+from curate.tagging.tags import ScoredTag, tag_key
 from curate.workspace import Workspace, is_workspace
-from tagging.captions import caption_of, format_caption, parse_caption
-from tagging.tags import ScoredTag, tag_key
 
 FILTER_STAGE = "filter"  # its removals are marks it owns; every other edit is the user's
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buckets import BucketConfig
+from curate.buckets import BucketConfig
 from curate.errors import CurateError
 
 Box = tuple[float, float, float, float]  # x, y, w, h

@@ -24,7 +24,7 @@ from typing import Any
 
 from curate.stages.ingest.sidecars import Sidecars
 from curate.stages.ingest.sources import SourceTree
-from tagging.normalize import category_for, has_namespace, parse_tag, rating_name, split_tag_line
+from curate.tagging.normalize import category_for, has_namespace, parse_tag, rating_name, split_tag_line
 
 # Keys only gallery-dl writes into its metadata files.
 GALLERY_DL_KEYS = frozenset({"category", "subcategory", "extension", "filename"})

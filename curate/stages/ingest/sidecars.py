@@ -1,6 +1,6 @@
 """Reading what scrapers leave beside an image: tags, sentence captions and metadata.
 
-Every tag goes through `tagging.normalize.parse_tag` (one canonical name, a category, the
+Every tag goes through `curate.tagging.normalize.parse_tag` (one canonical name, a category, the
 namespace kept when we do not know it) and lands in `Sidecars.annotations` as a
 `curate.record.Tag` with its source; every sentence caption lands in `Sidecars.texts` as a
 `curate.record.Text`. Which files belong to an image: `plan.candidates`; the formats, each as
@@ -18,7 +18,7 @@ from curate.paths import first_line
 from curate.record import Tag, Text
 from curate.stages.ingest.kohya import kohya_subset
 from curate.stages.ingest.sources import Refused, SourceTree, TooLarge
-from tagging.normalize import parse_tag
+from curate.tagging.normalize import parse_tag
 
 SIDECAR_LIMIT = 1024 * 1024  # the default of import.max_sidecar_kb, in bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from buckets.assign import BucketConfig, derived_bucket_reso
+from curate.buckets.assign import BucketConfig, derived_bucket_reso
 from curate.config import check_ranges, option
 from curate.errors import CurateError
 from curate.paths import check_name

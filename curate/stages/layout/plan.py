@@ -16,8 +16,8 @@ from curate.errors import CurateError
 from curate.paths import check_name, printable
 from curate.record import Record
 from curate.stages.layout.config import LayoutConfig
-from tagging.captions import caption_of, parse_caption
-from tagging.tags import tag_key
+from curate.tagging.captions import caption_of, parse_caption
+from curate.tagging.tags import tag_key
 
 
 @dataclass(frozen=True)

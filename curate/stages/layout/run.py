@@ -21,9 +21,9 @@ from curate.stages.layout.plan import (
     set_repeats,
 )
 from curate.stages.layout.write import Entry, Subset, check_target, unique_stems, write_dataset
+from curate.tagging.captions import format_caption
+from curate.tagging.compile import CaptionFormat, Compiled, compile_caption, subset_captions
 from curate.workspace import Workspace
-from tagging.captions import format_caption
-from tagging.compile import CaptionFormat, Compiled, compile_caption, subset_captions
 
 EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 

@@ -13,11 +13,11 @@ import numpy as np
 
 from curate.record import REMOVED_BY_USER, SELECTION_MARK, Record, filter_mark
 from curate.stages.tag.config import TagConfig
-from tagging.captions import format_caption, parse_caption
-from tagging.model import CATEGORY_NAMES, TagInfo
-from tagging.normalize import normalize_tag
-from tagging.select import SelectConfig, format_tag, select_tags
-from tagging.tags import tag_key
+from curate.tagging.captions import format_caption, parse_caption
+from curate.tagging.model import CATEGORY_NAMES, TagInfo
+from curate.tagging.normalize import normalize_tag
+from curate.tagging.select import SelectConfig, format_tag, select_tags
+from curate.tagging.tags import tag_key
 
 REPLACED = "rule:replace"  # source of a tag a `tag.replace` rule put in a caption
 

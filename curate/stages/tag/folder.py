@@ -17,8 +17,8 @@ from curate.stages.ingest.sources import display
 from curate.stages.tag.compose import caption_tags, merge, parse, render
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
-from tagging.engine import Tagger
-from tagging.model import TagInfo
+from curate.tagging.engine import Tagger
+from curate.tagging.model import TagInfo
 
 
 def caption_path(root: Path, rel: str, ext: str) -> Path:

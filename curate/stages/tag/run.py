@@ -28,8 +28,8 @@ def tag(target: Path, config: TagConfig, *, rethreshold: bool = False, dry_run: 
         with Workspace.open(target) as ws, ws.lock():
             rethreshold_ws(ws, config, _stored_model(ws, config), result, dry_run=dry_run)
         return result
-    from tagging.engine import load_tagger
-    from tagging.model import resolve_model
+    from curate.tagging.engine import load_tagger
+    from curate.tagging.model import resolve_model
 
     files = resolve_model(config.model)
     result.model = files.name

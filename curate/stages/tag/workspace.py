@@ -33,9 +33,9 @@ from curate.stages.tag.compose import (
 )
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
+from curate.tagging.engine import Tagger
+from curate.tagging.model import TagInfo
 from curate.workspace import Workspace
-from tagging.engine import Tagger
-from tagging.model import TagInfo
 
 STAGE = "tag"
 COMMIT_EVERY_S = 0.5
