@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,20 +151,51 @@ def test_txt_and_caption_both_kept(read: dict[str, Sidecars]) -> None:
     assert any("caption files disagree" in w for _, w in other.warnings)
 
 
-def test_parquet_without_pyarrow_said_once(scrapers: Path, tmp_path: Path) -> None:
-    """img2dataset writes `00000.parquet` beside `00000/`; without pyarrow that is said once."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyarrow is installed: the table is read")
+def test_parquet_shard_table_read(read: dict[str, Sidecars], scrapers: Path, tmp_path: Path) -> None:
+    """img2dataset writes `00000.parquet` beside `00000/` (and `00001.parquet` beside
+    `00001.tar`): each image gets its row (status, original size) once, its caption once; the
+    table's failed downloads are no images."""
+    sc = of(read, "files/00000/000000001.jpg")
+    assert sc.metadata["img2dataset"]["original_width"] == 250
+    assert sc.metadata["img2dataset"]["status"] == "success"
+    assert sc.texts == [Text("a red motorcycle parked outside, seen from the left side", "img2dataset")]
+    result = import_sources(tmp_path / "ws", [scrapers / "img2dataset"], ImportConfig())
+    assert result.counts["imported"] == 4 and not result.skipped, result
+    assert not [w for _, w in result.warnings if "parquet" in w or "table" in w], result.warnings
+    captions = [r[0] for r in _db(tmp_path / "ws").execute("SELECT text FROM captions")]
+    assert len(captions) == len(set(captions)) == 4 and "a page that is gone" not in captions
+    # the table alone (the sample's .json and .txt deleted) still gives its caption and metadata
     shutil.copytree(scrapers / "img2dataset" / "files", tmp_path / "files")
-    (tmp_path / "files" / "00000.parquet").write_bytes(b"PAR1")  # never opened without pyarrow
+    for ext in (".json", ".txt"):
+        (tmp_path / "files" / "00000" / f"000000001{ext}").unlink()
+    alone = import_sources(tmp_path / "ws2", [tmp_path / "files"], ImportConfig())
+    assert alone.counts["imported"] == 2
+    captions = [r[0] for r in _db(tmp_path / "ws2").execute("SELECT text FROM captions")]
+    assert "a red motorcycle parked outside, seen from the left side" in captions
+
+
+def test_broken_parquet_said_once_and_import_goes_on(scrapers: Path, tmp_path: Path) -> None:
+    shutil.copytree(scrapers / "img2dataset" / "files", tmp_path / "files")
+    (tmp_path / "files" / "00000.parquet").write_bytes(b"PAR1 not a table")
+    result = import_sources(tmp_path / "ws", [tmp_path / "files"], ImportConfig())
+    assert result.counts["imported"] == 2
+    said = [w for _, w in result.warnings if "shard table not read" in w]
+    assert len(said) == 1 and "check or delete it" in said[0], result.warnings
+
+
+def test_parquet_without_pyarrow_said_once(scrapers: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow is optional: without it (import blocked here) that is said once, and each
+    image's .json/.txt sidecars are read anyway."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    shutil.copytree(scrapers / "img2dataset" / "files", tmp_path / "files")
     result = import_sources(tmp_path / "ws", [tmp_path / "files"], ImportConfig())
     assert result.counts["imported"] == 2
     said = [w for _, w in result.warnings if "pyarrow is not installed" in w]
     assert len(said) == 1, result.warnings
+    captions = {r[0] for r in _db(tmp_path / "ws").execute("SELECT text FROM captions")}
+    assert "a red motorcycle parked outside, seen from the left side" in captions
 
 
 def _db(ws: Path) -> sqlite3.Connection:
