@@ -150,3 +150,20 @@ def test_cli_json(tmp_path: Path, model: Path) -> None:
     data = json.loads(res.output)
     assert data["counts"] == {"written": 4} and data["providers"][-1] == "CPUExecutionProvider"
     assert len(data["captions"]) == 4 and data["skipped"][0]["file"].endswith("broken.jpg")
+
+
+def test_folder_and_workspace_tag_alike(tmp_path: Path, model: Path) -> None:
+    """One per-image step (compose.tag_items) behind both: the same images with the same
+    captions they came with get the same caption tags in a folder and in a workspace."""
+    root = build_folder(tmp_path / "raw")
+    (root / "coffee.txt").write_text("my tag, coffee\n", encoding="utf-8")
+    shutil.copytree(root, tmp_path / "copy")
+    import_sources(tmp_path / "ws", [tmp_path / "copy"], ImportConfig())
+    tag(root, config(model, existing="append"))
+    tag(tmp_path / "ws", config(model, existing="append"))
+    with Workspace.open(tmp_path / "ws") as ws:
+        in_ws = {Path(r.origins[0].source_path).stem: caption_of(r) for r in ws.active_records()}
+    in_folder = {name: (root / f"{name}.txt").read_text(encoding="utf-8").strip()
+                 for name in ("astronaut", "chelsea", "coffee", "rocket")}
+    assert in_folder["coffee"].startswith("my tag, coffee, ")
+    assert in_ws == in_folder

@@ -7,13 +7,17 @@ differ from MCut on the full output only when its widest gap lies below the floo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from curate.record import REMOVED_BY_USER, SELECTION_MARK, Record, filter_mark
 from curate.stages.tag.config import TagConfig
+from curate.stages.tag.result import ProgressFn
 from curate.tagging.captions import format_caption, parse_caption
+from curate.tagging.engine import Tagger
 from curate.tagging.model import CATEGORY_NAMES, TagInfo
 from curate.tagging.normalize import normalize_tag
 from curate.tagging.select import SelectConfig, format_tag, select_tags
@@ -77,8 +81,8 @@ def imported_names(record: Record) -> list[str]:
 
 
 def compose(record: Record, selected: Sequence[str], mode: str) -> list[str]:
-    """The tags the image's caption is made of after tagging, as `existing` says: an image with
-    only a sentence caption keeps it under "skip" (its caption then has no tags)."""
+    """The tags the image's caption is made of after re-selecting stored probabilities, as
+    `existing` says (tag_items' rule: only a sentence caption stays alone under "skip")."""
     existing = imported_names(record)
     if not existing and record.texts and mode == "skip":
         return []
@@ -111,3 +115,38 @@ def placement(rows: Sequence[tuple[int, str, str, str]], caption: Sequence[str]
     missing = [(name, i) for i, name in enumerate(caption) if tag_key(name) not in have
                and rank[tag_key(name)] == i]
     return marks, missing
+
+
+@dataclass
+class Item:
+    """One image to tag, from a workspace record or a folder file alike."""
+
+    shown: str
+    path: Path  # the file the tagger reads (a workspace image's leaf: crop, cut-out or original)
+    existing: list[str]  # the tags it came with (imported sidecars, or its caption file)
+    texts_only: bool = False  # it came with a sentence caption and no tags
+
+
+@dataclass
+class Tagged:
+    index: int
+    probs: np.ndarray | None  # None: the image could not be tagged (error says why)
+    caption: list[str] | None  # the caption's tags; None: leave its existing caption as it is
+    error: str | None = None
+
+
+def tag_items(tagger: Tagger, tags: Sequence[TagInfo], items: Sequence[Item], config: TagConfig,
+              on_progress: ProgressFn | None = None) -> Iterator[Tagged]:
+    """The stage's per-image step, the same for a workspace and a plain folder: the tagger's
+    probabilities, the tags they select, merged with the tags the image came with as
+    `existing` says (an image with only a sentence caption keeps it under "skip"). Only where
+    the result goes differs (manifest annotations, or the caption file beside the image)."""
+    for index, probs, error in tagger.predict([it.path for it in items], config.batch_size, on_progress):
+        if probs is None:
+            yield Tagged(index, None, None, error or "cannot tag")
+            continue
+        item = items[index]
+        if item.texts_only and not item.existing and config.existing == "skip":
+            yield Tagged(index, probs, [])
+            continue
+        yield Tagged(index, probs, merge(item.existing, caption_tags(probs, tags, config), config.existing))

@@ -1,5 +1,8 @@
 """`curate tag DIR`: captions written beside each image, as sd-scripts' tagger does.
 
+The per-image step is the workspace's (compose.tag_items); only the sink differs: the caption
+file beside the image instead of annotations in the manifest.
+
 An existing caption file is left alone unless `existing` says append or overwrite, and such
 images are not even sent through the model. Every caption is written atomically.
 """
@@ -14,7 +17,7 @@ from curate.folder import walk_images
 from curate.kohya import CAPTION_LIMIT
 from curate.paths import read_user_text, unreadable_caption
 from curate.stages.ingest.sources import display
-from curate.stages.tag.compose import caption_tags, merge, parse, render
+from curate.stages.tag.compose import Item, parse, render, tag_items
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
 from curate.tagging.engine import Tagger
@@ -30,27 +33,26 @@ def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo
     listing = walk_images(root)
     result.skipped += listing.skipped
     result.ignored += listing.ignored
-    todo: list[tuple[str, list[str], bool]] = []  # image, tags of its caption, caption existed
+    items: list[Item] = []
+    had: list[bool] = []  # a caption file existed
     for rel in listing.relpaths:
         path = caption_path(root, rel, config.caption_ext)
         existing = _existing(path, root, config, result)
         if existing is not False:
-            todo.append((rel, existing, path.exists()))
-    paths = [root / rel for rel, _, _ in todo]
-    for index, probs, error in tagger.predict(paths, config.batch_size, on_progress):
-        rel, existing, had = todo[index]
-        if probs is None:
-            result.skipped.append((display(root / rel), error or "cannot tag"))
+            items.append(Item(rel, root / rel, existing))
+            had.append(path.exists())
+    for done in tag_items(tagger, tags, items, config, on_progress):
+        item = items[done.index]
+        if done.probs is None:
+            result.skipped.append((display(item.path), done.error or "cannot tag"))
             continue
-        new = caption_tags(probs, tags, config)
-        caption = merge(existing, new, config.existing)
-        if caption is None:
+        if done.caption is None:
             continue
-        text = render(caption, config)
-        result.count(("appended" if existing else "overwritten") if had else "written")
-        result.captions.append((rel, text))
+        text = render(done.caption, config)
+        result.count(("appended" if item.existing else "overwritten") if had[done.index] else "written")
+        result.captions.append((item.shown, text))
         if not dry_run:
-            atomic_write_text(caption_path(root, rel, config.caption_ext), text + "\n")
+            atomic_write_text(caption_path(root, item.shown, config.caption_ext), text + "\n")
 
 
 def _existing(path: Path, root: Path, config: TagConfig, result: TagResult) -> list[str] | bool:

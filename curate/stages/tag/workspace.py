@@ -24,12 +24,15 @@ from typing import Any
 from curate.record import Record
 from curate.stages.tag.compose import (
     REPLACED,
+    Item,
     caption_tags,
     compose,
     from_rows,
+    imported_names,
     placement,
     render,
     stored_rows,
+    tag_items,
 )
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
@@ -105,17 +108,18 @@ def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tag
     if not todo or tagger is None:
         return
     writer = _Writer(ws, source, dry_run)
-    for index, probs, error in tagger.predict([r.path for r in todo], config.batch_size, on_progress):
-        record = todo[index]
-        if probs is None:
-            result.skipped.append((_shown(record), error or "cannot tag"))
-            writer.decision(record, "skipped", error or "cannot tag")
+    items = [Item(_shown(r), r.path, imported_names(r), bool(r.texts)) for r in todo]
+    for done in tag_items(tagger, tags, items, config, on_progress):
+        record = todo[done.index]
+        if done.probs is None:
+            result.skipped.append((_shown(record), done.error or "cannot tag"))
+            writer.decision(record, "skipped", done.error or "cannot tag")
             continue
-        caption = compose(record, caption_tags(probs, tags, config), config.existing)
-        text = render(caption, config)
+        # None: "skip" kept the tags the image came with, which its caption goes on spelling
+        caption = done.caption if done.caption is not None else items[done.index].existing
         result.count("tagged")
-        result.captions.append((_shown(record), text))
-        writer.add(record, stored_rows(probs, tags), caption, f"{len(caption)} tags, model {model_name}")
+        result.captions.append((_shown(record), render(caption, config)))
+        writer.add(record, stored_rows(done.probs, tags), caption, f"{len(caption)} tags, model {model_name}")
     writer.flush()
 
 
