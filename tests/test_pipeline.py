@@ -137,6 +137,23 @@ def test_cli_json_and_exit_status(scrape: Path, tagger: Path, tmp_path: Path) ->
     assert result.exit_code == 0 and "1 of 1 stages ran (layout)" in result.output
 
 
+def test_run_options_as_flags(scrape: Path, tagger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[run]'s common options are flags too (declared once, in RunConfig): a flag wins over
+    curate.toml, and a path given as a flag is the shell's (relative to the current folder)."""
+    ws = make_workspace(tmp_path, scrape, tagger)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "ws", "--sources", "scrape", "--trigger", "zkx",
+                                      "--class-token", "man", "--stages", "import,captions,layout", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [s["stage"] for s in json.loads(result.stdout)["stages"]] == ["import", "captions", "layout"]
+    captions = [p.read_text(encoding="utf-8") for p in (ws / "dataset").rglob("*.txt")]
+    # the trigger everywhere; the class token where no imported Kohya folder named its own
+    assert captions and all(c.startswith("zkx, ") for c in captions), captions[:2]
+    assert any(c.startswith("zkx, man") for c in captions) and not any("sks," in c for c in captions)
+    bad = CliRunner().invoke(cli, ["run", "ws", "--stages", "import,tagz"])
+    assert bad.exit_code != 0 and "unknown stage(s) tagz" in bad.output
+
+
 def _curate_run(ws: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "curate", "run", str(ws), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

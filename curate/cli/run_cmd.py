@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from curate.cli._common import Out, config_options, output_options
+from curate.cli._flags import Flag, config_flags
+from curate.pipeline.config import RunConfig
 
 OnStage = Callable[[str, str, "dict[str, Any] | None"], None]
 
@@ -62,6 +64,17 @@ def _display(out: Out, workspace: Path) -> Iterator[tuple[OnStage, Callable[[int
         yield on_stage, progress
 
 
+HERE = "As a flag: relative to where you run curate."
+
+
+def _here(value: Any) -> Any:
+    """Paths given as flags are the shell's (relative to the current folder); in curate.toml they
+    are the workspace's, so make them absolute before they meet the file's."""
+    if isinstance(value, tuple):
+        return tuple(str(Path(v).absolute()) for v in value)
+    return str(Path(value).absolute())
+
+
 @click.command("run")
 @click.argument("workspace", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--only", default=None, help="Run this one stage (even if [run] stages leaves it out).")
@@ -69,11 +82,14 @@ def _display(out: Out, workspace: Path) -> Iterator[tuple[OnStage, Callable[[int
               help="Start at this stage; the ones before it are not looked at.")
 @click.option("--force", multiple=True,
               help="Run this stage even if nothing it depends on changed (repeatable; 'all': every stage).")
+@config_flags(RunConfig, Flag("sources", multiple=True, metavar="FOLDER", convert=_here, note=HERE),
+              "trigger", "class_token", Flag("model", convert=_here, note=HERE),
+              Flag("stages", metavar="NAME,..."))
 @config_options
 @output_options
 def command(workspace: Path, only: str | None, start: str | None, force: tuple[str, ...],
-            config_file: Path | None, overrides: tuple[str, ...], as_json: bool, quiet: bool,
-            verbose: bool) -> None:
+            flags: dict[str, Any], config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
+            quiet: bool, verbose: bool) -> None:
     """Run the workspace's pipeline: the stages listed in [run] of curate.toml, in order.
 
     \b
@@ -87,7 +103,7 @@ def command(workspace: Path, only: str | None, start: str | None, force: tuple[s
     Examples:
       curate init ws && $EDITOR ws/curate.toml      # [run] sources, trigger, stages
       curate run ws
-      curate run ws --set 'run.sources=["../raw"]' --set run.trigger=sks
+      curate run ws --sources ./raw --trigger sks --class-token woman
       curate run ws --only tag --force tag
       curate run ws --from layout --json
     """
@@ -96,7 +112,7 @@ def command(workspace: Path, only: str | None, start: str | None, force: tuple[s
     out = Out(as_json, quiet, verbose)
     with _display(out, workspace) as (on_stage, progress):
         result = run_pipeline(workspace, config_file=config_file, overrides=overrides, only=only, start=start,
-                              force=force, on_stage=on_stage, progress=progress)
+                              force=force, on_stage=on_stage, progress=progress, flags=flags)
     if as_json:
         out.json(result.as_dict())
     else:

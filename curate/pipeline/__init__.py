@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,9 @@ class PipelineResult:
                             "result": o.result} for o in self.stages]}
 
 
-def run_config(config_file: Path, overrides: Iterable[str]) -> RunConfig:
-    config = stage_config(RunConfig, "run", config_file, overrides)
+def run_config(config_file: Path, overrides: Iterable[str],
+               flags: Mapping[str, Any] | None = None) -> RunConfig:
+    config = stage_config(RunConfig, "run", config_file, overrides, flags)
     config.check()
     return config
 
@@ -117,12 +118,13 @@ def _run_stage(ctx: Context, stage: Stage, options: Any, forced: bool,
 def run_pipeline(root: Path, *, config_file: Path | None = None, overrides: Iterable[str] = (),
                  only: str | None = None, start: str | None = None, force: Iterable[str] = (),
                  on_stage: StageCallback | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> PipelineResult:
+                 progress: Callable[[int, int], None] | None = None,
+                 flags: Mapping[str, Any] | None = None) -> PipelineResult:
     """Run the workspace's configured stages (see the module doc); `force` names stages to run
-    even when unchanged ("all" for every one)."""
+    even when unchanged ("all" for every one); `flags`: [run] options given as flags."""
     root = Path(root).absolute()
     config_file = config_file or root / CONFIG_NAME
-    run = run_config(config_file, overrides)
+    run = run_config(config_file, overrides, flags)
     names = select(run, only, start)
     forced = set(force)
     unknown = forced - set(ORDER) - {"all"}
