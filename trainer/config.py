@@ -131,8 +131,9 @@ class TrainConfig:
     allow_pickle: bool = option(False, help=(
         "Read a .ckpt/.pt base model (a pickle; loaded with weights_only, still only from sources "
         "you trust)."))
-    backend: Literal["builtin", "kohya"] = option("builtin", help=(
-        "Who trains: curate's own loop (builtin) or sd-scripts' train_network.py (kohya)."))
+    backend: Literal["builtin", "kohya", "aitoolkit"] = option("builtin", help=(
+        "Who trains: curate's own loop (builtin), sd-scripts' train_network.py (kohya), or "
+        "ostris/ai-toolkit (aitoolkit: FLUX, Qwen-Image, Z-Image, Wan, SD3 from a job file)."))
     save_precision: Literal["fp16", "bf16", "float"] = option("fp16", help="Precision of saved weights.")
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help=(
         "Autocast the frozen model (fp16 needs a CUDA GPU)."))

@@ -36,9 +36,10 @@ def status(loss: float, info: dict[str, float]) -> str:
 
 @click.command("train")
 @click.argument("dataset", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--model", required=True, type=click.Path(path_type=Path),
               help="Base model: a diffusers folder (model_index.json, unet/, ...) or a single-file SD1.x/2.x "
-              ".safetensors checkpoint (configs shipped; --set model_config=DIR for others).")
+              ".safetensors checkpoint (configs shipped; --set model_config=DIR for others); with "
+              "--backend aitoolkit also a Hub repo id it downloads (black-forest-labs/FLUX.1-dev).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.safetensors, intermediate saves and state folders.")
 @config_flags(TrainConfig, "network", "max_train_steps", "max_train_epochs", "output_name",
@@ -53,9 +54,12 @@ def status(loss: float, info: dict[str, float]) -> str:
               Flag("sample_prompts", type=click.Path(exists=True, dir_okay=False)), "sample_every_n_steps",
               Flag("logging_dir", type=click.Path(file_okay=False)), "allow_pickle", "backend")
 @click.option("--print-command", is_flag=True,
-              help="kohya: write the dataset TOML into --out, print the sd-scripts command, and exit.")
+              help="kohya, aitoolkit: write the dataset TOML / job file into --out, print the command, "
+              "and exit.")
 @click.option("--sd-scripts", "sd_scripts", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="kohya: the sd-scripts checkout to run the command in (with accelerate).")
+@click.option("--ai-toolkit", "ai_toolkit", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="aitoolkit: the ostris/ai-toolkit checkout to run the job in.")
 @click.option("--preset", default=None, help="Start from a named recipe (see --list-presets); "
               "--config, --set and flags override it.")
 @click.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
@@ -63,7 +67,8 @@ def status(loss: float, info: dict[str, float]) -> str:
 @config_options
 @output_options
 def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_command: bool,
-            sd_scripts: Path | None, preset: str | None, config_file: Path | None, overrides: tuple[str, ...],
+            sd_scripts: Path | None, ai_toolkit: Path | None, preset: str | None, config_file: Path | None,
+            overrides: tuple[str, ...],
             as_json: bool, quiet: bool, verbose: bool, flags: dict[str, Any]) -> None:
     """Train a LoRA or iA3 on a Kohya dataset (a `curate layout` folder, its dataset.toml, or N_name folders).
 
@@ -86,6 +91,7 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
       curate train dataset --model ./sd15 --out lora --resume lora/last-step00000500-state
       curate train dataset --model ./sd15 --out lora --backend kohya --print-command
       curate train dataset --model ./sd15 --out lora --backend kohya --sd-scripts ~/sd-scripts
+      curate train dataset --model ./flux-dev --out lora --backend aitoolkit --print-command
     """
     from curate.trainer.backends import get_backend
     from curate.trainer.config import train_config
@@ -95,7 +101,10 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
     o = Out(as_json and not follower, quiet or follower, verbose and not follower)
     config = train_config(config_file, overrides, flags, preset=preset)
     trainer = get_backend(config.backend)
-    plan = trainer.plan(dataset, model, out, config, resume=resume, tool=sd_scripts)
+    if config.backend != "aitoolkit" and not model.exists():  # ai-toolkit also takes Hub repo ids
+        raise click.BadParameter(f"{model} does not exist", param_hint="'--model'")
+    tool = ai_toolkit if config.backend == "aitoolkit" else sd_scripts
+    plan = trainer.plan(dataset, model, out, config, resume=resume, tool=tool)
     shell = plan.shell() if print_command else None  # the builtin backend has none: one-line error
     for note in plan.notes if verbose or print_command else []:
         click.echo(f"note: {note}", err=True)

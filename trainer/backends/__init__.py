@@ -25,14 +25,14 @@ settings that do not change the result (threads, ...) are skipped without one.
 `run` trains; it raises CurateError with one line when the trainer fails (an external
 trainer's non-zero exit code included) and returns a RunResult.
 
-Adding a trainer (OneTrainer, ai-toolkit, ...) is one new module here with NAME, plan and run,
-and one line in BACKENDS. ai-toolkit reads one YAML job file: its plan would write
-out/ai-toolkit.yaml from the config (network type/linear/linear_alpha, train.lr, steps,
-optimizer, datasets folder_path/caption_ext/resolution) and set command to
-`["python", f"{tool}/run.py", yaml]`. OneTrainer takes `scripts/train.py --config-path
-JSON`: the plan writes that JSON (concepts from the dataset's subsets, with repeats).
-`--print-command` and `--sd-scripts`-style running then work unchanged, since the CLI only
-sees Plan and RunResult.
+- `aitoolkit` (aitoolkit.py): ostris/ai-toolkit's `run.py` with a job file the plan writes
+  (FLUX.1/2, Qwen-Image, Z-Image, Wan, SD3, ... from the base model's pipeline class);
+  `--ai-toolkit PATH` runs it.
+
+Adding a trainer (OneTrainer, ...) is one new module here with NAME, plan and run, and one line
+in BACKENDS. OneTrainer takes `scripts/train.py --config-path JSON`: the plan writes that JSON
+(concepts from the dataset's subsets, with repeats). `--print-command` and running then work
+unchanged, since the CLI only sees Plan and RunResult.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ StepCallback = Callable[[int, int, float, dict[str, float]], None]
 BACKENDS: dict[str, str] = {
     "builtin": "curate.trainer.backends.builtin",
     "kohya": "curate.trainer.backends.kohya",
+    "aitoolkit": "curate.trainer.backends.aitoolkit",
 }
 
 
