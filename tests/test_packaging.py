@@ -23,7 +23,8 @@ def test_an_install_holds_only_curate_with_every_module_and_data_file(tmp_path: 
     # every source file of the checkout is in the install, under curate/
     for top in ("curate", *MAPPED):
         for file in (ROOT / top).rglob("*"):
-            if file.is_file() and "__pycache__" not in file.parts and file.suffix in (".py", ".toml", ".json"):
+            wanted = file.suffix in (".py", ".toml", ".json")
+            if file.is_file() and "__pycache__" not in file.parts and wanted:
                 rel = file.relative_to(ROOT / top)
                 installed = target / "curate" / (rel if top == "curate" else Path(top) / rel)
                 assert installed.is_file(), f"{file.relative_to(ROOT)} is not installed"

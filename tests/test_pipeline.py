@@ -137,7 +137,8 @@ def test_cli_json_and_exit_status(scrape: Path, tagger: Path, tmp_path: Path) ->
     assert result.exit_code == 0 and "1 of 1 stages ran (layout)" in result.output
 
 
-def test_run_options_as_flags(scrape: Path, tagger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_options_as_flags(scrape: Path, tagger: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     """[run]'s common options are flags too (declared once, in RunConfig): a flag wins over
     curate.toml, and a path given as a flag is the shell's (relative to the current folder)."""
     ws = make_workspace(tmp_path, scrape, tagger)
