@@ -4,6 +4,7 @@ the key's confinement, a server that is down, and a run closed part-way."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -21,8 +22,12 @@ FAST = {"timeout_s": 5.0, "backoff_s": 0.001, "max_backoff_s": 0.01}
 
 
 @pytest.fixture(autouse=True)
-def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key, and no proxy (a machine's HTTP_PROXY would route 127.0.0.1 through it too)."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +199,41 @@ def test_a_server_that_is_down_stops_the_run_with_one_error(images: list[Path]) 
     assert "is the server running?" in str(caught.value)
     refused = f"connection refused by 127.0.0.1:{port}: is the server running?"
     assert probe(base) == (False, f"{base}/models: {refused}")
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    ("401", "the server refused the request (401 Unauthorized: scripted 401): set $OPENAI_API_KEY"),
+    ("404", "answered 404 Not Found: scripted 404: the URL or the model 'test-vlm' is wrong"),
+    ("quota", "the account's quota is used up (429 Too Many Requests: You exceeded your current quota.)"),
+])
+def test_a_server_that_refuses_every_request_stops_the_run(images: list[Path], answer: str,
+                                                           reason: str) -> None:
+    with ChatServer(model=MODEL) as server:
+        server.script(*[answer] * 24)
+        captioner = ServerCaptioner(server.api_base, MODEL, concurrency=2, **FAST)
+        with pytest.raises(CurateError, match="the run stops: its first 3 attempts failed") as caught:
+            list(captioner.caption(requests_for(images * 3)))
+        sent = len(server.chat_requests)
+    assert reason in str(caught.value) and sent <= 3 + 1  # the third, and at most one more in flight
+
+
+def test_requests_go_through_the_proxy_the_environment_names(images: list[Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    target = f"localhost:{free_port()}"  # nothing listens there: only the proxy can answer
+    with ChatServer(model=MODEL) as server:
+        monkeypatch.setenv("HTTP_PROXY", server.api_base.removesuffix("/v1"))
+        captioner = ServerCaptioner(f"http://{target}/v1", MODEL, **FAST)
+        (result,) = captioner.caption(requests_for(images[:1]))
+        proxied = probe(f"http://{target}/v1")
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        direct = probe(f"http://{target}/v1")
+        seen = server.requests
+    assert result.text is not None
+    assert proxied == (True, f"http://{target}/v1/models answers: 1 model(s): test-vlm")
+    assert [(request.proxied_for, request.path) for request in seen] == [
+        (target, "/v1/chat/completions"), (target, "/v1/models")]
+    refused = f"connection refused by {target}: is the server running?"
+    assert direct == (False, f"http://{target}/v1/models: {refused}")
 
 
 def test_closing_part_way_keeps_what_came_and_sends_nothing_more(images: list[Path]) -> None:

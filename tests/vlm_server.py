@@ -10,12 +10,16 @@ in arrival order:
     ok          the caption (the default once the script is used up)
     slow        the caption after `slow_s` (beyond a client's timeout)
     429         Too Many Requests, with `Retry-After: retry_after` when that is set
+    quota       429 with OpenAI's insufficient_quota (no wait cures it)
     500, 503    a server error
     400, 401, 404  a refusal
     malformed   200 with a body that is not JSON
     nocontent   200 with JSON that has no choices[0].message.content
     drop        200 headers and half the body, then the socket closed
     hangup      the socket closed without a byte of answer
+
+It also serves as a forward HTTP proxy would be asked (absolute URL in the request line), so a
+test can check that the client goes through `HTTP_PROXY`.
 
     with ChatServer(model="test-vlm") as server:
         server.script("500", "drop")
@@ -36,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageStat
 
@@ -52,6 +57,7 @@ class Seen:
     headers: dict[str, str]
     behaviour: str
     at: float  # time.monotonic() when its body had been read
+    proxied_for: str | None = None  # the host:port asked for, when it came as a forward proxy's request
     body: dict[str, Any] | None = None
     image_format: str | None = None  # "jpeg" | "png"
     image_size: tuple[int, int] | None = None
@@ -75,6 +81,7 @@ class State:
     max_active: int = 0
     hold: int = 0  # a chat request waits until this many are in flight (0: no wait)
     gate: int = 0  # bumped each time `hold` requests are in flight: the waiting ones go on
+    linger_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -122,11 +129,12 @@ class ChatServer:
         with self.state.lock:
             self.state.script.extend(behaviours)
 
-    def hold_until(self, count: int) -> None:
-        """Each chat request waits until `count` are in flight: a client allowed N at once
-        reaches exactly N, whatever the timing."""
+    def hold_until(self, count: int, linger_s: float = 0.1) -> None:
+        """Each chat request waits until `count` are in flight, then `linger_s` more: a client
+        allowed N at once reaches exactly N whatever the timing, and one that sends more than N
+        is caught in the act (its extra request arrives while the N are still held)."""
         with self.state.lock:
-            self.state.hold = count
+            self.state.hold, self.state.linger_s = count, linger_s
 
     def wait_idle(self) -> None:
         """Until no request is being handled (the counts below are final for what was sent)."""
@@ -163,6 +171,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest's output clean
         pass
+
+    def parse_request(self) -> bool:
+        """Also a forward proxy's request line (`POST http://host/v1/...`): the target's host is
+        kept in `proxied_for` and the path served as if asked directly."""
+        if not super().parse_request():
+            return False
+        self.proxied_for = None
+        if self.path.startswith("http://"):
+            parts = urlsplit(self.path)
+            self.proxied_for, self.path = parts.netloc, parts.path
+        return True
 
     def do_GET(self) -> None:
         seen = self._seen("ok")
@@ -206,6 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
         with state.lock:
             state.changed.wait_for(lambda: state.gate != gate or state.stopping.is_set(), timeout=SAFETY_S)
+            linger = state.linger_s if state.hold else 0.0
+        state.stopping.wait(linger)
         if not self._authorised(seen):
             return None
         problem, image = self._check(raw, seen)
@@ -223,6 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.shared.stopping.wait(self.shared.slow_s)
         if behaviour in ("ok", "slow"):
             return self._json(200, answer)
+        if behaviour == "quota":  # what OpenAI answers when the account has no credit left
+            return self._json(429, {"error": {"message": "You exceeded your current quota.",
+                                              "type": "insufficient_quota", "code": "insufficient_quota"}})
         if behaviour == "429":
             extra = {"Retry-After": self.shared.retry_after} if self.shared.retry_after else {}
             return self._json(429, {"error": {"message": "slow down"}}, extra)
@@ -285,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         return f" (you sent {self.headers.get('Authorization')})" if self.shared.echo_auth else ""
 
     def _seen(self, behaviour: str) -> Seen:
-        seen = Seen(self.path, dict(self.headers.items()), behaviour, time.monotonic())
+        seen = Seen(self.path, dict(self.headers.items()), behaviour, time.monotonic(), self.proxied_for)
         with self.shared.lock:
             self.shared.requests.append(seen)
         return seen

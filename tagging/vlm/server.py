@@ -158,8 +158,8 @@ class ServerCaptioner:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 pending -= finished
                 if run.down is not None:
-                    raise CurateError(f"{self.endpoint.url(CHAT)}: {run.down}; no caption was received, "
-                                      "so the run stops here")
+                    raise CurateError(f"{self.endpoint.url(CHAT)}: {run.down} (the run stops: its first "
+                                      f"{DOWN_AFTER} attempts failed so and none succeeded)")
                 if run.stop.is_set():  # close() from elsewhere: what was cut is not a failure
                     return
                 waiting = list(finished)

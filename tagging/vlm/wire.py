@@ -32,7 +32,7 @@ from PIL import Image
 
 from curate.errors import CurateError
 from curate.paths import display, first_line, printable
-from curate.tagging.preprocess import upright
+from curate.tagging.preprocess import flatten_on_white, upright
 
 JPEG_QUALITY = 92
 BODY_LIMIT = 64 << 20  # a caption answer is a few KB; a server sending more is not answering us
@@ -141,6 +141,8 @@ def encode_image(path: Path, max_side: int) -> str:
             if scale < 1 and image.format == "JPEG":  # decode at 1/2, 1/4, 1/8 size: much faster
                 image.draft(None, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
             image = upright(image)
+            if image.mode.startswith("I") or image.mode == "F":  # 16-bit/float: scaled, not clipped
+                image = flatten_on_white(image)
             alpha = image.mode in ALPHA_MODES or "transparency" in image.info
             image = image.convert("RGBA" if alpha else "RGB")
             if max(image.size) > max_side:
@@ -235,6 +237,8 @@ def status_outcome(status: int, reason: str, headers: Message, data: bytes, *, u
             return Outcome(error=f"malformed answer from the server: {exc}", retry=True)
     said = server_message(data)
     head = f"{status} {reason}".strip() + (f": {said}" if said else "")
+    if status == 429 and b"insufficient_quota" in data:  # OpenAI's 429 that no wait will cure
+        return Outcome(error=f"the account's quota is used up ({head})", server_wide=True)
     if status == 429:
         return Outcome(error=f"rate limited ({head})", retry=True, wait_s=retry_after(headers))
     if status >= 500 or status == 408:
