@@ -205,6 +205,7 @@ def test_a_server_that_is_down_stops_the_run_with_one_error(images: list[Path]) 
     ("401", "the server refused the request (401 Unauthorized: scripted 401): set $OPENAI_API_KEY"),
     ("404", "answered 404 Not Found: scripted 404: the URL or the model 'test-vlm' is wrong"),
     ("quota", "the account's quota is used up (429 Too Many Requests: You exceeded your current quota.)"),
+    ("400", "the server refused the request (400 Bad Request: scripted 400)"),  # the same each time
 ])
 def test_a_server_that_refuses_every_request_stops_the_run(images: list[Path], answer: str,
                                                            reason: str) -> None:

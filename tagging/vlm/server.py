@@ -6,8 +6,9 @@ Studio, a hosted API), on the standard library only.
 - Timeouts, dropped connections, 429 (its Retry-After honoured, capped), 5xx and malformed
   answers are retried with exponential backoff and jitter; other 4xx fail the image at once
   with the reason. After `retries` the image gets an error Result and the run goes on.
-- A run whose first attempts all fail for the whole server (connection refused, 401, 404, ...)
-  stops with one CurateError naming the URL instead of failing every image in turn.
+- A run whose first attempts all fail for the whole server (connection refused, 401, 404, ...),
+  or are refused for the same reason, stops with one CurateError naming the URL instead of
+  failing every image in turn.
 - The key is read from an environment variable and sent only as `Authorization: Bearer`; it is
   in no message, repr, setting or file (servers that echo it in errors are scrubbed).
 - Closing the iterator (or the captioner) cuts the requests in flight and starts no new one.
@@ -56,6 +57,7 @@ class _Run:
         self.conns: set[http.client.HTTPConnection] = set()
         self.successes = 0
         self.server_wide = 0
+        self.refusals: dict[str, int] = {}
         self.down: str | None = None
 
     def register(self, conn: http.client.HTTPConnection) -> bool:
@@ -70,16 +72,24 @@ class _Run:
         with self.lock:
             self.conns.discard(conn)
 
-    def note(self, outcome: Outcome, first_error: str) -> None:
-        """Count an attempt; the `DOWN_AFTER`th server-wide failure before any success stops the run."""
+    def note(self, outcome: Outcome) -> None:
+        """Count an attempt. Before any success, the `DOWN_AFTER`th server-wide failure, or the
+        `DOWN_AFTER`th refusal with the same reason (a model that takes no images, a max_tokens
+        over its context: every image would get it), stops the run."""
         with self.lock:
             if outcome.text is not None:
                 self.successes += 1
-            elif outcome.server_wide:
+                return
+            if outcome.server_wide:
                 self.server_wide += 1
-                if self.successes == 0 and self.server_wide >= DOWN_AFTER and self.down is None:
-                    self.down = first_error
-                    self._halt()
+                count = self.server_wide
+            elif not outcome.retry and outcome.error:
+                count = self.refusals[outcome.error] = self.refusals.get(outcome.error, 0) + 1
+            else:
+                return
+            if self.successes == 0 and count >= DOWN_AFTER and self.down is None:
+                self.down = outcome.error
+                self._halt()
 
     def halt(self) -> None:
         with self.lock:
@@ -202,7 +212,7 @@ class ServerCaptioner:
                 return Result(index, None, "stopped before an answer came")
             outcome = self._attempt(run, body)
             attempts += 1
-            run.note(outcome, outcome.error)
+            run.note(outcome)
             if outcome.text is not None:
                 return Result(index, outcome.text)
             if not outcome.retry or run.down is not None:
@@ -222,11 +232,12 @@ class ServerCaptioner:
 
     def _attempt(self, run: _Run, body: bytes) -> Outcome:
         """One POST; every way it can end is an Outcome, the key scrubbed from its text."""
-        where = {"host": self.endpoint.host, "port": self.endpoint.port, "timeout_s": self.timeout_s}
+        where: dict[str, Any] = {"where": self.endpoint.peer(), "host": self.endpoint.host,
+                                 "timeout_s": self.timeout_s}
         try:
             conn, prefix = self.endpoint.connect(self.timeout_s)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            return self._scrub(failure_outcome(exc, **where))
+            return self._scrub(failure_outcome(exc, **where, connecting=True))
         try:
             if not run.register(conn):
                 return Outcome(error="stopped before an answer came")
@@ -270,7 +281,7 @@ def probe(api_base: str, *, model: str | None = None, api_key_env: str = "OPENAI
         finally:
             conn.close()
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        outcome = failure_outcome(exc, host=endpoint.host, port=endpoint.port, timeout_s=timeout_s)
+        outcome = failure_outcome(exc, where=endpoint.peer(), host=endpoint.host, timeout_s=timeout_s)
         return False, key.scrub(f"{url}: {outcome.error}")
     if status != 200:
         outcome = status_outcome(status, reason, answer_headers, data, url=url, model=model or "",

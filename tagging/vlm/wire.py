@@ -35,6 +35,7 @@ from curate.paths import display, first_line, printable
 from curate.tagging.preprocess import flatten_on_white, upright
 
 JPEG_QUALITY = 92
+CONNECT_S = 15.0
 BODY_LIMIT = 64 << 20  # a caption answer is a few KB; a server sending more is not answering us
 MESSAGE_LIMIT = 200
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -112,23 +113,33 @@ class Endpoint:
         parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
         return (parts.hostname or "", parts.port or 80) if parts.hostname else None
 
-    def connect(self, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
-        """A connected connection and the request target for `route`-relative use: through an
-        http proxy the target is the absolute URL, through an https tunnel the path."""
+    def peer(self) -> str:
+        """Who a connection goes to, for messages: the server, or the proxy in between."""
         proxy = self._proxy()
+        return f"{proxy[0]}:{proxy[1]} (the proxy for {self.host})" if proxy else f"{self.host}:{self.port}"
+
+    def connect(self, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+        """A connected connection and the prefix of request targets: through an http proxy the
+        absolute URL, else the path. Connecting may take CONNECT_S at most (a connect cannot be
+        cut by closing the run, and a host that never answers a connect is not there); reads
+        then wait up to `timeout_s` (a model may think for a minute)."""
+        proxy = self._proxy()
+        connect_s = min(timeout_s, CONNECT_S)
         conn: http.client.HTTPConnection
         if self.scheme == "https":
             context = ssl.create_default_context()
             if proxy:
-                conn = http.client.HTTPSConnection(*proxy, timeout=timeout_s, context=context)
+                conn = http.client.HTTPSConnection(*proxy, timeout=connect_s, context=context)
                 conn.set_tunnel(self.host, self.port)
             else:
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s, context=context)
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=connect_s, context=context)
             prefix = self.prefix
         else:
-            conn = http.client.HTTPConnection(*(proxy or (self.host, self.port)), timeout=timeout_s)
+            conn = http.client.HTTPConnection(*(proxy or (self.host, self.port)), timeout=connect_s)
             prefix = self.base if proxy else self.prefix
         conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
         return conn, prefix
 
 
@@ -256,9 +267,10 @@ def status_outcome(status: int, reason: str, headers: Message, data: bytes, *, u
     return Outcome(error=f"the server refused the request ({head})")
 
 
-def failure_outcome(exc: BaseException, *, host: str, port: int, timeout_s: float) -> Outcome:
-    """What a connection-level failure means for this attempt (every one but TLS is retried)."""
-    where = f"{host}:{port}"
+def failure_outcome(exc: BaseException, *, where: str, host: str, timeout_s: float,
+                    connecting: bool = False) -> Outcome:
+    """What a connection-level failure means for this attempt (every one but TLS is retried).
+    `where`: who the connection went to; `connecting`: it failed before a request was sent."""
     if isinstance(exc, http.client.RemoteDisconnected):
         return Outcome(error="the server closed the connection without answering", retry=True)
     if isinstance(exc, http.client.IncompleteRead):
@@ -270,6 +282,9 @@ def failure_outcome(exc: BaseException, *, host: str, port: int, timeout_s: floa
         return Outcome(error=f"cannot resolve {host} ({first_line(exc)})", retry=True, server_wide=True)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Outcome(error=f"TLS certificate check failed for {where} ({first_line(exc)})",
+                       server_wide=True)
+    if isinstance(exc, TimeoutError) and connecting:
+        return Outcome(error=f"no connection to {where} within {min(timeout_s, CONNECT_S):g} s", retry=True,
                        server_wide=True)
     if isinstance(exc, TimeoutError):
         return Outcome(error=f"no answer from {where} within {timeout_s:g} s", retry=True)
