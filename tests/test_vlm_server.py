@@ -81,6 +81,20 @@ def test_every_image_is_captioned_with_the_shape_servers_expect(images: list[Pat
     assert (captioner.name, captioner.revision, captioner.family) == (MODEL, "", "server")
 
 
+def test_images_are_sent_upright_and_deep_images_scaled_not_clipped(tmp_path: Path) -> None:
+    turned = tmp_path / "turned.jpg"  # stored 60x40, EXIF says: rotate to show it 40x60
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(turned, exif=exif)
+    deep = tmp_path / "deep.png"  # 16-bit grey at a quarter of full scale: #404040, not clipped to white
+    Image.new("I;16", (32, 32), 16384).save(deep)
+    with ChatServer(model=MODEL) as server:
+        captioner = ServerCaptioner(server.api_base, MODEL, **FAST)
+        results = by_index(list(captioner.caption(requests_for([turned, deep]))), 2)
+    assert results[0].text is not None and results[0].text.startswith("a 40x60 picture")
+    assert results[1].text is not None and results[1].text.startswith("a 32x32 picture, mean colour #404040")
+
+
 @pytest.mark.parametrize("failure", ["slow", "429", "500", "503", "malformed", "nocontent", "drop", "hangup"])
 def test_each_failure_kind_is_retried_until_an_answer_comes(images: list[Path], failure: str) -> None:
     with ChatServer(model=MODEL, slow_s=3.0) as server:
