@@ -176,8 +176,8 @@ def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: i
 
 def dataset_overrides(config: TrainConfig) -> dict[str, Any]:
     names = ("resolution", "batch_size", "caption_extension", "shuffle_caption", "keep_tokens",
-             "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs", "enable_bucket", "min_bucket_reso",
-             "max_bucket_reso", "bucket_reso_steps")
+             "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs",
+             "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
     return {name: getattr(config, name) for name in names}
 
 

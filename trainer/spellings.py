@@ -27,22 +27,30 @@ from typing import Any
 
 from curate.errors import CurateError
 
-OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy", "dadaptadam": "dadaptadam",
-              "dadaptation": "dadaptadam"}
+OPTIMIZERS = {
+    "adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy", "dadaptadam": "dadaptadam",
+    "dadaptation": "dadaptadam",
+}
 CAWR = ("cosineannealingwarmrestarts", "torch.optim.lr_scheduler.cosineannealingwarmrestarts")
 CAWR_ARGS = {"T_0": "T_0", "T_mult": "T_mult", "eta_min": "eta_min"}
 # lr_scheduler_args of diffusers' schedules, by get_scheduler's keyword
 SCHEDULER_ARGS = {"num_cycles": "lr_scheduler_num_cycles", "power": "lr_scheduler_power"}
 # network_args keys and the TrainConfig field each sets (values arrive as strings)
-NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "train_on_input": "ia3_train_on_input",
-                "dropout": "network_dropout", "down_lr_weight": "down_lr_weight", "mid_lr_weight": "mid_lr_weight",
-                "up_lr_weight": "up_lr_weight", "block_lr_zero_threshold": "block_lr_zero_threshold"}
+NETWORK_ARGS = {
+    "conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "train_on_input": "ia3_train_on_input",
+    "dropout": "network_dropout", "down_lr_weight": "down_lr_weight", "mid_lr_weight": "mid_lr_weight",
+    "up_lr_weight": "up_lr_weight", "block_lr_zero_threshold": "block_lr_zero_threshold",
+}
 ALGOS = {"lora": "lora", "locon": "lora", "ia3": "ia3", "loha": "loha", "lokr": "lokr"}
-SPELLINGS = ("optimizer_type", "lr_scheduler_type", "lr_scheduler_args", "network_module", "network_args",
-             "train_batch_size")
+SPELLINGS = (
+    "optimizer_type", "lr_scheduler_type", "lr_scheduler_args", "network_module", "network_args",
+    "train_batch_size",
+)
 # sd-scripts spelling -> the TrainConfig key it stands for, when one table holds both
-TWINS = {"optimizer_type": "optimizer", "train_batch_size": "batch_size", "lr_scheduler_type": "lr_scheduler",
-         "network_module": "network"}
+TWINS = {
+    "optimizer_type": "optimizer", "train_batch_size": "batch_size", "lr_scheduler_type": "lr_scheduler",
+    "network_module": "network",
+}
 
 
 def key_values(items: Any, option: str, literal: bool = True) -> dict[str, Any]:
@@ -53,21 +61,26 @@ def key_values(items: Any, option: str, literal: bool = True) -> dict[str, Any]:
     if isinstance(items, str):
         items = [items]
     if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise CurateError(f"train.{option} = {items!r}: expected a list of \"key=value\" strings "
-                          "(sd-scripts' spelling) or a table")
+        raise CurateError(
+            f'train.{option} = {items!r}: expected a list of "key=value" strings '
+            "(sd-scripts' spelling) or a table"
+        )
     out: dict[str, Any] = {}
     for item in items:
         parts = item.split("=")
         if len(parts) != 2 or not parts[0].strip():
-            raise CurateError(f"train.{option}: {item!r} is not key=value (sd-scripts splits on '=', "
-                              "so exactly one '=')")
+            raise CurateError(
+                f"train.{option}: {item!r} is not key=value (sd-scripts splits on '=', so exactly one '=')"
+            )
         key, value = parts[0].strip(), parts[1].strip()
         if literal:
             try:
                 out[key] = ast.literal_eval(value)
             except (ValueError, SyntaxError) as exc:
-                raise CurateError(f"train.{option}: {item!r}: sd-scripts reads the value with "
-                                  f"ast.literal_eval, which fails ({exc}); quote a string as 'text'") from exc
+                raise CurateError(
+                    f"train.{option}: {item!r}: sd-scripts reads the value with "
+                    f"ast.literal_eval, which fails ({exc}); quote a string as 'text'"
+                ) from exc
         else:
             out[key] = value
     return out
@@ -76,11 +89,13 @@ def key_values(items: Any, option: str, literal: bool = True) -> dict[str, Any]:
 def optimizer_name(value: Any, where: str = "train.optimizer_type") -> str:
     """sd-scripts' optimizer_type (any case) as TrainConfig's optimizer."""
     if not isinstance(value, str):
-        raise CurateError(f"{where} = {value!r}: expected an optimiser name such as \"AdamW\" or \"Prodigy\"")
+        raise CurateError(f'{where} = {value!r}: expected an optimiser name such as "AdamW" or "Prodigy"')
     name = OPTIMIZERS.get(value.strip().lower() or "adamw")
     if name is None:
-        raise CurateError(f"{where} = {value!r}: curate trains with AdamW, AdamW8bit, Prodigy and DAdaptAdam "
-                          "(DAdaptation); use one of those, or --backend kohya to train with sd-scripts")
+        raise CurateError(
+            f"{where} = {value!r}: curate trains with AdamW, AdamW8bit, Prodigy and DAdaptAdam "
+            "(DAdaptation); use one of those, or --backend kohya to train with sd-scripts"
+        )
     return name
 
 
@@ -89,17 +104,21 @@ def _scheduler(table: dict[str, Any], out: dict[str, Any]) -> None:
     args = key_values(table.get("lr_scheduler_args", []), "lr_scheduler_args")
     if kind:
         if not isinstance(kind, str) or kind.strip().lower() not in CAWR:
-            raise CurateError(f"train.lr_scheduler_type = {kind!r}: curate runs torch's CosineAnnealingWarmRestarts "
-                              "as a custom scheduler; other ones: lr_scheduler = constant, linear, cosine, "
-                              "cosine_with_restarts, polynomial, constant_with_warmup")
+            raise CurateError(
+                f"train.lr_scheduler_type = {kind!r}: curate runs torch's CosineAnnealingWarmRestarts "
+                "as a custom scheduler; other ones: lr_scheduler = constant, linear, cosine, "
+                "cosine_with_restarts, polynomial, constant_with_warmup"
+            )
         out["lr_scheduler"] = "cosine_annealing_warm_restarts"
         names = CAWR_ARGS
     else:
         names = SCHEDULER_ARGS
     for key, value in args.items():
         if key not in names:
-            raise CurateError(f"train.lr_scheduler_args: {key!r} is not an argument curate passes "
-                              f"({', '.join(names)} with this scheduler)")
+            raise CurateError(
+                f"train.lr_scheduler_args: {key!r} is not an argument curate passes "
+                f"({', '.join(names)} with this scheduler)"
+            )
         out[names[key]] = value
 
 
@@ -109,8 +128,10 @@ def _network(table: dict[str, Any], out: dict[str, Any], networks: tuple[str, ..
     algo = args.pop("algo", None)
     preset = args.pop("preset", None)
     if module not in (None, "networks.lora", "lycoris.kohya"):
-        raise CurateError(f"train.network_module = {module!r}: curate trains networks.lora (LoRA/LoCon) and "
-                          "lycoris.kohya's algos lora, locon and ia3")
+        raise CurateError(
+            f"train.network_module = {module!r}: curate trains networks.lora (LoRA/LoCon) and "
+            "lycoris.kohya's algos lora, locon and ia3"
+        )
     if module == "lycoris.kohya" or algo is not None:
         name = ALGOS.get(str(algo or "lora").strip().strip("\"'").lower())
         if name is None:
@@ -119,21 +140,27 @@ def _network(table: dict[str, Any], out: dict[str, Any], networks: tuple[str, ..
     elif module == "networks.lora":
         out["network"] = "lora"
     if preset is not None and not (out.get("network") == "ia3" and preset.strip("\"'") == "ia3"):
-        raise CurateError(f"train.network_args: preset={preset}: curate adapts fixed modules: iA3 LyCORIS' ia3 "
-                          "preset's (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2), LoRA networks.lora's; "
-                          "leave the preset out")
+        raise CurateError(
+            f"train.network_args: preset={preset}: curate adapts fixed modules: iA3 LyCORIS' ia3 "
+            "preset's (to_k, to_v, ff.net.2; k_proj, v_proj, mlp.fc2), LoRA networks.lora's; "
+            "leave the preset out"
+        )
     for key, value in args.items():
         if key not in NETWORK_ARGS:
-            raise CurateError(f"train.network_args: {key}={value} is not one curate trains with; known: "
-                              f"{', '.join(['algo', 'preset', *NETWORK_ARGS])}")
+            raise CurateError(
+                f"train.network_args: {key}={value} is not one curate trains with; known: "
+                f"{', '.join(['algo', 'preset', *NETWORK_ARGS])}"
+            )
         out[NETWORK_ARGS[key]] = convert(NETWORK_ARGS[key], value.strip().strip("\"'"))
 
 
 def network_name(name: str, networks: tuple[str, ...], where: str) -> str:
     """`name` when TrainConfig's network offers it, else a "not yet" refusal."""
     if name not in networks:
-        raise CurateError(f"{where}: network {name!r} is not trained by this curate yet (it trains "
-                          f"{', '.join(networks)}); use --backend kohya with LyCORIS for it")
+        raise CurateError(
+            f"{where}: network {name!r} is not trained by this curate yet (it trains "
+            f"{', '.join(networks)}); use --backend kohya with LyCORIS for it"
+        )
     return name
 
 

@@ -72,8 +72,8 @@ TRANSLATED: frozenset[str] = frozenset({
     "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "T_0", "T_mult",
     "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
-    "cache_text_encoder_outputs",
-    "multires_noise_iterations", "multires_noise_discount", "noise_offset_random_strength", "v_parameterization", "max_token_length",
+    "cache_text_encoder_outputs", "noise_offset_random_strength",
+    "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
     "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
     "sample_sampler", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
     "block_lr_zero_threshold"})
@@ -232,7 +232,8 @@ def block_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> dic
     return out
 
 
-def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False, preset: str | None = None) -> list[str]:
+def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False,
+                 preset: str | None = None) -> list[str]:
     only = (["--network_train_unet_only"] if not config.train_text_encoder else
             ["--network_train_text_encoder_only"] if not config.train_unet else [])
     if config.network == "ia3":

@@ -34,23 +34,30 @@ FEED_FORWARD = ("*.ff.net.2", "*.mlp.fc2")
 # sd-scripts' tokenizer ids (library/strategy_sd.py, strategy_sdxl.py) -> the model's folder
 SD1_IDS = {"openai/clip-vit-large-patch14": "tokenizer"}
 SD2_IDS = {"stabilityai/stable-diffusion-2": "tokenizer"}
-SDXL_IDS = {"openai/clip-vit-large-patch14": "tokenizer",
-            "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "tokenizer_2"}
+SDXL_IDS = {
+    "openai/clip-vit-large-patch14": "tokenizer", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "tokenizer_2",
+}
 MAX_FILE = 64 * 1024 * 1024  # a tokenizer file is a few MB; anything larger is not one
 
 
 def ia3_preset(config: TrainConfig) -> str:
     """The LyCORIS preset TOML for the builtin iA3's modules and on_input choices."""
     feed_forward = config.ia3_train_on_input
-    lines = ["# Written by `curate train --backend kohya`: the modules curate's builtin iA3 adapts,",
-             "# for LyCORIS (network_args preset=THIS FILE). Feed-forward layers scale their input "
-             "when train_on_input.",
-             "enable_conv = false", "use_fnmatch = true", "unet_target_module = []",
-             f"unet_target_name = {toml_value(list(UNET_TARGETS))}", "text_encoder_target_module = []",
-             f"text_encoder_target_name = {toml_value(list(TE_TARGETS))}", ""]
+    lines = [
+        "# Written by `curate train --backend kohya`: the modules curate's builtin iA3 adapts,",
+        "# for LyCORIS (network_args preset=THIS FILE). Feed-forward layers scale their input "
+        "when train_on_input.", "enable_conv = false", "use_fnmatch = true", "unet_target_module = []",
+        f"unet_target_name = {toml_value(list(UNET_TARGETS))}",
+        "text_encoder_target_module = []",
+        f"text_encoder_target_name = {toml_value(list(TE_TARGETS))}",
+        "",
+    ]
     for name in (*UNET_TARGETS, *TE_TARGETS):
-        lines += [f"[name_algo_map.{toml_value(name)}]",
-                  f"train_on_input = {toml_value(feed_forward and name in FEED_FORWARD)}", ""]
+        lines += [
+            f"[name_algo_map.{toml_value(name)}]",
+            f"train_on_input = {toml_value(feed_forward and name in FEED_FORWARD)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -58,7 +65,13 @@ def tokenizer_folders(base: BaseModel, config: TrainConfig) -> tuple[dict[str, P
     """sd-scripts' tokenizer id -> the model's tokenizer folder holding it, and a warning for
     each one the model cannot supply (the command then needs the Hub for it)."""
     ids = SDXL_IDS if base.sdxl else SD2_IDS if base.family == "sd2" else SD1_IDS
-    root = base.path if base.path.is_dir() else Path(config.model_config).expanduser() if config.model_config else None
+    root = (
+        base.path
+        if base.path.is_dir()
+        else Path(config.model_config).expanduser()
+        if config.model_config
+        else None
+    )
     found: dict[str, Path] = {}
     missing = []
     for model_id, sub in ids.items():
@@ -69,8 +82,10 @@ def tokenizer_folders(base: BaseModel, config: TrainConfig) -> tuple[dict[str, P
             missing.append(model_id)
     warnings = []
     if missing:
-        warnings.append(f"no tokenizer folder for {', '.join(missing)} in the base model (a single file: set "
-                        "model_config to its diffusers folder): sd-scripts will download it from the Hub")
+        warnings.append(
+            f"no tokenizer folder for {', '.join(missing)} in the base model (a single file: set "
+            "model_config to its diffusers folder): sd-scripts will download it from the Hub"
+        )
     return found, warnings
 
 
