@@ -36,8 +36,9 @@ def _functions(path: str, *names: str) -> dict[str, object]:
     """Functions of sd-scripts' pinned source, exec'd on their own."""
     if not MIRROR.is_dir():
         pytest.skip("no sd-scripts mirror here")
-    source = subprocess.run(["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:{path}"], capture_output=True,
-                            text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:{path}"], capture_output=True, text=True, check=True
+    ).stdout
     tree = ast.parse(source)
     found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
     assert len(found) == len(names)
@@ -54,30 +55,51 @@ def test_noise_offset_random_strength_matches_sd_scripts() -> None:
     util["custom_train_functions"] = types.SimpleNamespace(**custom)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     for adaptive in (None, 0.02):
-        config = TrainConfig(noise_offset=0.1, noise_offset_random_strength=True, adaptive_noise_scale=adaptive)
-        args = types.SimpleNamespace(noise_offset=0.1, noise_offset_random_strength=True,
-                                     adaptive_noise_scale=adaptive, multires_noise_iterations=None,
-                                     min_timestep=None, max_timestep=None, ip_noise_gamma=None)
+        config = TrainConfig(
+            noise_offset=0.1, noise_offset_random_strength=True, adaptive_noise_scale=adaptive
+        )
+        args = types.SimpleNamespace(
+            noise_offset=0.1,
+            noise_offset_random_strength=True,
+            adaptive_noise_scale=adaptive,
+            multires_noise_iterations=None,
+            min_timestep=None,
+            max_timestep=None,
+            ip_noise_gamma=None,
+        )
         torch.manual_seed(7)  # sd-scripts draws from the global generator, in the same order as ours
         theirs = util["get_noise_noisy_latents_and_timesteps"](args, DDPMScheduler(), latents)[0]
         ours = make_noise(latents, config, torch.Generator().manual_seed(7))
         assert torch.equal(ours, theirs)
-        fixed = make_noise(latents, replace(config, noise_offset_random_strength=False),
-                           torch.Generator().manual_seed(7))
+        fixed = make_noise(
+            latents, replace(config, noise_offset_random_strength=False), torch.Generator().manual_seed(7)
+        )
         assert not torch.equal(fixed, ours)  # the option changes the noise
 
 
 def test_caption_dropout_every_n_epochs_as_sd_scripts() -> None:
     subset = Subset(image_dir=Path("."), caption_dropout_every_n_epochs=3)
-    dropped = [epoch for epoch in range(1, 8) if process_caption("sks, red", subset, random.Random(0), epoch) == ""]
+    dropped = [
+        epoch for epoch in range(1, 8) if process_caption("sks, red", subset, random.Random(0), epoch) == ""
+    ]
     assert dropped == [3, 6]  # sd-scripts: current_epoch (from 1) % N == 0
     if MIRROR.is_dir():
-        source = subprocess.run(["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:library/train_util.py"],
-                                capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:library/train_util.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "and self.current_epoch % subset.caption_dropout_every_n_epochs == 0" in source
-        assert "current_epoch.value = epoch + 1" in subprocess.run(
-            ["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:train_network.py"], capture_output=True, text=True,
-            check=True).stdout
+        assert (
+            "current_epoch.value = epoch + 1"
+            in subprocess.run(
+                ["git", f"--git-dir={MIRROR}", "show", f"{COMMIT}:train_network.py"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
 
 
 @pytest.mark.parametrize("on_input", [True, False])
@@ -94,14 +116,23 @@ def test_kohya_ia3_preset_adapts_the_builtin_modules(tiny_sd: Path, tmp_path: Pa
     ours = create_network("ia3", models.unet, models.text_encoders, train_on_input=on_input)
     mine = {a.kohya_name: bool(a.input_side) for a in ours.adapters()}
     # what sd-scripts' train_network.py calls: create_network(1.0, dim, alpha, vae, te, unet, **network_args)
-    net = lycoris_kohya.create_network(1.0, None, 1.0, None, models.text_encoders[0], models.unet, algo="ia3",
-                                       preset=str(preset), train_on_input=str(on_input))
+    net = lycoris_kohya.create_network(
+        1.0, None, 1.0, None,
+        models.text_encoders[0],
+        models.unet,
+        algo="ia3",
+        preset=str(preset),
+        train_on_input=str(on_input),
+    )
     # LyCORIS names the text encoder's modules below text_model: the same layers
-    theirs = {m.lora_name.replace("lora_te_encoder_", "lora_te_text_model_encoder_"): bool(m.train_input)
-              for m in net.unet_loras + net.text_encoder_loras}
+    theirs = {
+        m.lora_name.replace("lora_te_encoder_", "lora_te_text_model_encoder_"): bool(m.train_input)
+        for m in net.unet_loras + net.text_encoder_loras
+    }
     assert len(mine) == 41 and theirs == mine
-    full = lycoris_kohya.create_network(1.0, None, 1.0, None, models.text_encoders[0], models.unet, algo="ia3",
-                                        preset="attn-mlp")
+    full = lycoris_kohya.create_network(
+        1.0, None, 1.0, None, models.text_encoders[0], models.unet, algo="ia3", preset="attn-mlp"
+    )
     assert len(full.unet_loras + full.text_encoder_loras) > len(mine)  # what no preset file would adapt
 
 
@@ -127,10 +158,22 @@ def test_seed_recipes_train_a_few_steps(tiny_sd: Path, photos_dataset: Path, tmp
         data = tmp_path / name / "data"
         shutil.copytree(photos_dataset, data)  # cache_latents_to_disk writes beside the images
         out = tmp_path / name / "out"
-        result = CliRunner().invoke(cli, [
-            "train", str(data), "--model", str(tiny_sd), "--out", str(out), "--config", str(RECIPES / name),
-            "--set", "resolution=64", "--set", "max_train_epochs=2", "--set", "gradient_accumulation_steps=1",
-            "--set", "gradient_checkpointing=false", "--set", "max_token_length=75", "--json"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                str(data),
+                "--model",
+                str(tiny_sd),
+                "--out",
+                str(out),
+                "--config",
+                str(RECIPES / name),
+                "--set", "resolution=64", "--set", "max_train_epochs=2", "--set",
+                "gradient_accumulation_steps=1", "--set", "gradient_checkpointing=false", "--set",
+                "max_token_length=75", "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         tensors, meta = load_network(out / "last.safetensors")
         assert meta["ss_network_module"] == "lycoris.kohya" and "ia3" in meta.get("ss_network_args", "")
