@@ -76,6 +76,9 @@ def fake_model(root: Path, cross_attention_dim: int = 768, prediction: str = "ep
     (root / "model_index.json").write_text(json.dumps(index or {}), encoding="utf-8")
     (root / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": cross_attention_dim}))
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": prediction}))
+    for name in ("tokenizer", "tokenizer_2"):  # what the kohya plan copies into its tokenizer cache
+        (root / name).mkdir()
+        (root / name / "vocab.json").write_text(json.dumps({"a</w>": 0}), encoding="utf-8")
     return root
 
 

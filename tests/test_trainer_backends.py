@@ -105,7 +105,9 @@ def test_ia3_prodigy_cawr_values(model: Path, dataset: Path, tmp_path: Path) -> 
     plan = kohya.plan(dataset, model, tmp_path / "out", IA3_PRODIGY)
     args = sd_args(plan.command or [])
     assert args.network_module == "lycoris.kohya"
-    assert args.network_args == ["algo=ia3", "train_on_input=False"] and args.network_dim is None
+    preset = tmp_path / "out" / "lycoris-ia3-preset.toml"
+    assert args.network_args == ["algo=ia3", f"preset={preset}", "train_on_input=False"]
+    assert args.network_dim is None and preset in plan.files
     assert args.network_train_text_encoder_only
     assert args.optimizer_type == "Prodigy"
     assert args.optimizer_args == ["d0=0.0005", "decouple=True", "weight_decay=0.05"]
@@ -237,7 +239,7 @@ def test_run_streams_the_output_and_reports_the_exit_code(model: Path, dataset: 
 
 
 def test_registry_and_the_builtin_backend_trains(tmp_path: Path) -> None:
-    assert set(BACKENDS) == {"builtin", "kohya"} and get_backend("kohya") is kohya
+    assert set(BACKENDS) == {"builtin", "kohya", "aitoolkit"} and get_backend("kohya") is kohya
     with pytest.raises(CurateError, match="unknown trainer backend"):
         get_backend("onetrainer")
     pytest.importorskip("torch")

@@ -52,7 +52,8 @@ def test_sd1_command_is_the_documented_one(model: Path, dataset: Path, tmp_path:
         f"{model} --dataset_config {out}/kohya-dataset.toml --output_dir {out} --network_module "
         "networks.lora --network_dim 8 --network_alpha 1 --optimizer_type AdamW --lr_scheduler constant "
         "--max_train_steps 1600 --learning_rate 0.0001 --max_grad_norm 1 --gradient_accumulation_steps 1 "
-        "--seed 42 --prior_loss_weight 1 --output_name last --save_precision fp16 --mixed_precision no")
+        "--seed 42 --prior_loss_weight 1 --output_name last --save_precision fp16 --mixed_precision no "
+        f"--tokenizer_cache_dir {out}/tokenizer-cache")
     # SD 1.x has no text encoder cache in sd-scripts: same command, and a note (not a warning) says so
     cached = kohya.plan(dataset, model, out, replace(SDXL_CACHED, mixed_precision="no"))
     assert cached.command == kohya.plan(dataset, model, out, TrainConfig(train_text_encoder=False)).command

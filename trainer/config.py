@@ -80,6 +80,8 @@ class TrainConfig:
         "Epochs to train; wins over max_train_steps."))
     seed: int = option(42, ge=0, le=2**32 - 1, help="Random seed.")
     noise_offset: float = option(0.0, ge=0, le=1, help="Noise offset (darker darks, brighter brights).")
+    noise_offset_random_strength: bool = option(False, help=(
+        "Draw each step's noise offset uniformly from [0, noise_offset) (sd-scripts' option)."))
     adaptive_noise_scale: float | None = option(None, ge=-1, le=1, example=0.0, help=(
         "Add this times the latents' mean to the noise offset."))
     multires_noise_iterations: int | None = option(None, ge=1, le=32, example=6, help=(
@@ -143,6 +145,11 @@ class TrainConfig:
     threads: int | None = option(None, ge=0, le=1024, example=0, help=(
         "CPU threads; unset: 1 on a machine with 2 or fewer cores, else torch's default; "
         "0: torch's default."))
+    # sd-scripts' folder-mode paths: curate train's DATASET argument, and regularisation folders
+    train_data_dir: str | None = option(None, example="train/img", help=(
+        "The dataset (sd-scripts' name) when curate train is given none; it must match a given one."))
+    reg_data_dir: str | None = option(None, example="train/reg", help=(
+        "Folder mode: a folder of N_name regularisation subfolders (a dataset.toml lists its own)."))
     # folder mode (and overrides of dataset.toml when set)
     resolution: int | None = option(None, ge=64, le=8192, example=512, help=(
         "Training resolution; unset: dataset.toml's (plain N_name folders: 512)."))
@@ -163,6 +170,8 @@ class TrainConfig:
         "Leading tags never shuffled; unset: dataset.toml's."))
     caption_dropout_rate: float | None = option(None, ge=0, le=1, example=0.05, help=(
         "Share of steps trained with an empty caption."))
+    caption_dropout_every_n_epochs: int | None = option(None, ge=0, example=5, help=(
+        "Train every Nth epoch (the 5th, 10th, ...) with empty captions; unset: dataset.toml's."))
     caption_tag_dropout_rate: float | None = option(None, ge=0, le=1, example=0.1, help=(
         "Share of tags dropped from each caption."))
 
@@ -205,20 +214,40 @@ def migrate(table: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+def file_table(config_file: Path, messages: list[tuple[str, str]]) -> dict[str, Any]:
+    """The `[train]` table of a TOML file, or the settings of a kohya_ss GUI .json (its keys mapped,
+    the ignored ones in `messages`), with sd-scripts' spellings read as TrainConfig keys."""
+    from curate.trainer.spellings import normalize
+
+    if not config_file.is_file():
+        raise CurateError(f"{config_file}: no such config file")
+    if config_file.suffix.lower() == ".json":
+        from curate.trainer.kohya_ss import read_recipe
+
+        return read_recipe(config_file, messages)
+    table = load_toml(config_file).get("train", {})
+    if not isinstance(table, dict):
+        raise CurateError(f"{config_file}: train must be a table ([train])")
+    return normalize(migrate(table))
+
+
 def train_config(config_file: Path | None, overrides: Iterable[str] = (),
-                 flags: dict[str, Any] | None = None, preset: str | None = None) -> TrainConfig:
-    """Defaults < preset < [train] in the file < --set (`key=v` or `train.key=v`) < flags (None = unset)."""
+                 flags: dict[str, Any] | None = None, preset: str | None = None,
+                 messages: list[tuple[str, str]] | None = None) -> TrainConfig:
+    """Defaults < preset < [train] in the file (or a kohya_ss .json) < --set (`key=v` or
+    `train.key=v`) < flags (None = unset). sd-scripts' spellings are read in the file and in
+    --set (curate.trainer.spellings); `messages` gets (kind, text) notes about the file."""
     from curate.trainer.presets import preset_table
+    from curate.trainer.spellings import normalize
 
     base = preset_table(preset)
-    data = load_toml(config_file) if config_file else {}
-    if config_file and not config_file.is_file():
-        raise CurateError(f"{config_file}: no such config file")
+    table = file_table(config_file, messages if messages is not None else []) if config_file else {}
     qualified = [item if item.startswith("train.") else f"train.{item}" for item in overrides]
-    table = apply_overrides(data, qualified).get("train", {})
+    table = apply_overrides({"train": table}, qualified).get("train", {})
     if not isinstance(table, dict):
-        raise CurateError("train in the config file must be a table ([train])")
-    merged = {**base, **migrate(table), **{k: v for k, v in (flags or {}).items() if v is not None}}
+        raise CurateError("--set train=...: train is a table; set its keys (--set train.KEY=VALUE)")
+    table = normalize(table, later=True)  # spellings given with --set win over the file's keys
+    merged = {**base, **table, **{k: v for k, v in (flags or {}).items() if v is not None}}
     given = [k for k, v in (flags or {}).items() if v is not None]
     config = build(TrainConfig, "train", merged, source="the config file, --preset or --set", flags=given)
     return with_bucket_bounds(config)

@@ -51,7 +51,8 @@ DEFAULT_CAPTION_EXT = ".txt"
 BUILTIN_SUBSET_KEYS = frozenset({
     "image_dir", "num_repeats", "class_tokens", "is_reg", "caption_extension", "shuffle_caption",
     "caption_separator", "keep_tokens", "keep_tokens_separator", "caption_dropout_rate",
-    "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug"})
+    "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug",
+    "caption_dropout_every_n_epochs"})
 # ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
 # made 16.7 MB of metadata. A1111 lists the most frequent tags, so each folder keeps its
 # MAX_FOLDER_TAGS most frequent ones, and a "tag" longer than MAX_TAG_CHARS (text without
@@ -158,9 +159,22 @@ def read_caption(image: Path, subset: Subset, root: Path | None = None) -> str:
     return caption
 
 
-def folder_subsets(root: Path, defaults: dict[str, Any]) -> list[Subset]:
-    """Folder mode: `N_name` subfolders of root, or of root/img and root/reg (curate layout's)."""
-    return [replace(s, **defaults) for s in kohya.read_project(root).subsets]
+def project_subsets(root: Path, reg_dir: Path | None = None) -> list[Subset]:
+    """Folder mode: `N_name` subfolders of root, or of root/img and root/reg (curate layout's);
+    with `reg_dir` (sd-scripts' --reg_data_dir), root's and reg_dir's N_name folders."""
+    if reg_dir is None:
+        return list(kohya.read_project(root).subsets)
+    if not reg_dir.is_dir():
+        raise CurateError(f"{display(reg_dir)}: reg_data_dir is not a folder (it holds N_name folders of "
+                          "regularisation images)")
+    if (root / "img").is_dir():
+        raise CurateError(f"{display(root)}: has img/ (and reg/) folders already; leave reg_data_dir unset "
+                          "or pass the img folder itself")
+    return list(kohya.read_folders(root, reg_dir).subsets)
+
+
+def folder_subsets(root: Path, defaults: dict[str, Any], reg_dir: Path | None = None) -> list[Subset]:
+    return [replace(s, **defaults) for s in project_subsets(root, reg_dir)]
 
 
 def toml_subsets(path: Path) -> tuple[list[Subset], dict[str, Any]]:
@@ -183,18 +197,22 @@ def bucket_config(settings: dict[str, Any]) -> BucketConfig:
     return BucketConfig(**values)
 
 
-def load_dataset(root: Path, overrides: dict[str, Any] | None = None) -> Dataset:
+def load_dataset(root: Path, overrides: dict[str, Any] | None = None, reg_dir: Path | None = None) -> Dataset:
     """The dataset at `root` (a dataset.toml, or a folder); `overrides` are sd-scripts subset /
-    dataset field values that win over the file (None values are ignored)."""
+    dataset field values that win over the file (None values are ignored); `reg_dir` a folder of
+    N_name regularisation folders (folder mode only)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     subset_names = {f.name for f in fields(Subset)} - {"image_dir", "num_repeats", "class_tokens", "is_reg"}
     subset_over = {k: v for k, v in overrides.items() if k in subset_names}
     toml_path = root if root.is_file() else root / "dataset.toml"
     if toml_path.is_file():
+        if reg_dir is not None:
+            raise CurateError(f"{display(toml_path)} lists its own subsets; a reg_data_dir goes into it as a "
+                              "subset with is_reg = true, so leave reg_data_dir unset")
         subsets, settings = toml_subsets(toml_path)
         subsets = [replace(s, **subset_over) for s in subsets]
     elif root.is_dir():
-        subsets, settings = folder_subsets(root, subset_over), {"enable_bucket": True}
+        subsets, settings = folder_subsets(root, subset_over, reg_dir), {"enable_bucket": True}
     else:
         raise CurateError(f"{root}: no such dataset folder or dataset.toml")
     settings = {**settings, **{k: v for k, v in overrides.items() if k not in subset_names}}
@@ -233,14 +251,19 @@ def _item(path: Path, subset: Subset, buckets: BucketConfig, root: Path) -> Item
     return Item(path, read_caption(path, subset, root), subset, assign(size, buckets))
 
 
-def process_caption(caption: str, subset: Subset, rng: random.Random) -> str:
+def process_caption(caption: str, subset: Subset, rng: random.Random, epoch: int = 1) -> str:
     """Prefix/suffix, caption dropout, then shuffle and tag dropout of the tags after the kept
-    head (keep_tokens tags, or the part before keep_tokens_separator), as sd-scripts does."""
+    head (keep_tokens tags, or the part before keep_tokens_separator), as sd-scripts does.
+    `epoch` counts from 1, as sd-scripts' current_epoch: caption_dropout_every_n_epochs = N
+    empties every caption of epochs N, 2N, ..."""
     if subset.caption_prefix:
         caption = f"{subset.caption_prefix} {caption}"
     if subset.caption_suffix:
         caption = f"{caption} {subset.caption_suffix}"
     if subset.caption_dropout_rate > 0 and rng.random() < subset.caption_dropout_rate:
+        return ""
+    every = subset.caption_dropout_every_n_epochs
+    if every > 0 and epoch % every == 0:
         return ""
     caption = _wildcards(caption, rng) if subset.enable_wildcard else caption.split("\n")[0]
     if not (subset.shuffle_caption or subset.caption_tag_dropout_rate > 0):
@@ -347,7 +370,9 @@ def cacheable_captions(dataset: Dataset, where: Path, train_text_encoder: bool) 
         raise CurateError("cache_text_encoder_outputs needs frozen text encoders: set "
                           "train_text_encoder = false, or turn the cache off")
     for subset in dataset.subsets:
-        if subset.shuffle_caption or subset.caption_dropout_rate or subset.caption_tag_dropout_rate:
+        # sd-scripts caches them anyway and never drops the epochs' captions: refused, not ignored
+        if (subset.shuffle_caption or subset.caption_dropout_rate or subset.caption_tag_dropout_rate
+                or subset.caption_dropout_every_n_epochs):
             raise CurateError(f"{where}: subset {subset.image_dir.name} shuffles or drops captions, so its "
                               "text encoder outputs change every step; turn shuffle_caption and the caption "
                               "dropouts off, or cache_text_encoder_outputs off")

@@ -126,10 +126,10 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=WEIGHT_DTYPES[config.mixed_precision])
 
 
-def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int) -> torch.Tensor:
+def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int, epoch: int) -> torch.Tensor:
     device = run.device
     rng = random.Random(seed)
-    captions = [process_caption(item.caption, item.subset, rng) for item in batch]
+    captions = [process_caption(item.caption, item.subset, rng, epoch) for item in batch]
     weights = torch.tensor([config.prior_loss_weight if i.subset.is_reg else 1.0 for i in batch],
                            device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -149,7 +149,8 @@ def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: i
         # adapter dropout draws from the global generator: fork it so the caller's stream is untouched
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(step_seed(config.seed + 1, step) ^ micro ^ (run.dist.rank << 20))
-            loss = _batch_loss(run, batch, config, seed) / len(batches)
+            # sd-scripts' current_epoch counts from 1 (caption_dropout_every_n_epochs reads it)
+            loss = _batch_loss(run, batch, config, seed, step // run.steps_per_epoch + 1) / len(batches)
             (run.scaler.scale(loss) if run.scaler else loss).backward()
         losses.append(float(loss.detach()) * len(batches))
     mean = run.dist.mean(sum(losses) / len(losses), device)
@@ -175,8 +176,8 @@ def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: i
 
 def dataset_overrides(config: TrainConfig) -> dict[str, Any]:
     names = ("resolution", "batch_size", "caption_extension", "shuffle_caption", "keep_tokens",
-             "caption_dropout_rate", "caption_tag_dropout_rate", "enable_bucket", "min_bucket_reso",
-             "max_bucket_reso", "bucket_reso_steps")
+             "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs",
+             "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
     return {name: getattr(config, name) for name in names}
 
 
@@ -212,7 +213,8 @@ def plan_steps(dataset: Dataset, config: TrainConfig, dist: Dist) -> tuple[int, 
 def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: torch.device,
             dist: Dist | None = None) -> Run:
     dist = dist or Dist()
-    dataset = load_dataset(dataset_path, dataset_overrides(config))
+    reg = Path(config.reg_data_dir).expanduser() if config.reg_data_dir else None
+    dataset = load_dataset(dataset_path, dataset_overrides(config), reg)
     models = _load(model_path, config, device)
     prepare_text(models, dataset, dataset_path, config)
     with torch.random.fork_rng(devices=[]):  # the initial down projections come from the run's seed

@@ -1,6 +1,7 @@
 """sd-scripts' noise and loss (REFERENCE §7), drawing every random number from the step's generator.
 
-Noise: Gaussian, plus noise_offset (x per-channel N(0,1)), adaptive to the latents' mean when
+Noise: Gaussian, plus noise_offset (x per-channel N(0,1); x U(0,1) per batch with
+noise_offset_random_strength), adaptive to the latents' mean when
 adaptive_noise_scale is set, then multires (pyramid) noise, in sd-scripts' order. Timesteps are
 uniform in [0, 1000). Loss: MSE per sample over C,H,W against the noise (or v), x
 prior_loss_weight for regularisation images, x the min-SNR weight (and the other v-prediction
@@ -39,6 +40,8 @@ def make_noise(latents: torch.Tensor, config: TrainConfig, gen: torch.Generator)
     noise = torch.randn(latents.shape, generator=gen, device=latents.device)
     if config.noise_offset:
         offset: Any = config.noise_offset
+        if config.noise_offset_random_strength:  # sd-scripts: one uniform draw per batch, before the offset
+            offset = torch.rand(1, generator=gen, device=gen.device).to(latents.device) * offset
         if config.adaptive_noise_scale:
             mean = latents.mean(dim=(2, 3), keepdim=True).abs()
             offset = (offset + config.adaptive_noise_scale * mean).clamp(min=0)

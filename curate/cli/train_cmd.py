@@ -35,12 +35,12 @@ def status(loss: float, info: dict[str, float]) -> str:
 
 
 @click.command("train")
-@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", required=True, type=click.Path(path_type=Path),
+@click.argument("dataset", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
               help="Base model: a diffusers folder (model_index.json, unet/, ...) or a single-file SD1.x/2.x "
               ".safetensors checkpoint (configs shipped; --set model_config=DIR for others); with "
               "--backend aitoolkit also a Hub repo id it downloads (black-forest-labs/FLUX.1-dev).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.safetensors, intermediate saves and state folders.")
 @config_flags(TrainConfig, "network", "max_train_steps", "max_train_epochs", "output_name",
               "save_every_n_steps",
@@ -60,21 +60,24 @@ def status(loss: float, info: dict[str, float]) -> str:
               help="kohya: the sd-scripts checkout to run the command in (with accelerate).")
 @click.option("--ai-toolkit", "ai_toolkit", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="aitoolkit: the ostris/ai-toolkit checkout to run the job in.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved settings as a [train] TOML table (readable with --config) and exit.")
 @click.option("--preset", default=None, help="Start from a named recipe (see --list-presets); "
               "--config, --set and flags override it.")
 @click.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
               help="Print the presets and their settings, then exit.")
 @config_options
 @output_options
-def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_command: bool,
-            sd_scripts: Path | None, ai_toolkit: Path | None, preset: str | None, config_file: Path | None,
-            overrides: tuple[str, ...],
-            as_json: bool, quiet: bool, verbose: bool, flags: dict[str, Any]) -> None:
+def command(dataset: Path | None, model: Path | None, out: Path | None, resume: Path | None,
+            print_command: bool, sd_scripts: Path | None, ai_toolkit: Path | None, print_config: bool,
+            preset: str | None, config_file: Path | None, overrides: tuple[str, ...], as_json: bool,
+            quiet: bool, verbose: bool, flags: dict[str, Any]) -> None:
     """Train a LoRA or iA3 on a Kohya dataset (a `curate layout` folder, its dataset.toml, or N_name folders).
 
     \b
-    Settings come from --preset, then the [train] table of --config, then --set KEY=VALUE (any
-    TrainConfig field, sd-scripts names: network_dim, learning_rate, min_snr_gamma, ...), then flags.
+    Settings come from --preset, then the [train] table of --config (or a kohya_ss GUI .json),
+    then --set KEY=VALUE (any TrainConfig field, sd-scripts names: network_dim, learning_rate,
+    min_snr_gamma, optimizer_type, network_args, ...), then flags.
     The result loads in A1111, ComfyUI, diffusers and sd-scripts (LoRA) or A1111 (iA3).
     --model is a diffusers folder or a single-file .safetensors checkpoint. Ctrl-C saves a
     resumable state and stops (exit code 130); a second Ctrl-C stops at once. Several GPUs:
@@ -88,6 +91,7 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
       curate train dataset --model ./sd15 --out ia3 --network ia3 --config train.toml --json
       curate train dataset --model ./sd15 --out ia3 --preset prodigy-ia3 --set T_0=120
       curate train --list-presets
+      curate train --config kohya_ss-recipe.json --print-config > train.toml
       curate train dataset --model ./sd15 --out lora --resume lora/last-step00000500-state
       curate train dataset --model ./sd15 --out lora --backend kohya --print-command
       curate train dataset --model ./sd15 --out lora --backend kohya --sd-scripts ~/sd-scripts
@@ -99,7 +103,19 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
     # under a multi-process launcher every process runs this; only the first one talks
     follower = os.environ.get("RANK", "0") != "0"
     o = Out(as_json and not follower, quiet or follower, verbose and not follower)
-    config = train_config(config_file, overrides, flags, preset=preset)
+    messages: list[tuple[str, str]] = []
+    config = train_config(config_file, overrides, flags, preset=preset, messages=messages)
+    for kind, text in messages if not follower else []:
+        if kind == "warning" or verbose or print_config or print_command:
+            click.echo(f"{kind}: {text}", err=True)
+    if print_config:
+        from curate.trainer.config import to_toml
+
+        click.echo(to_toml(config, "curate train settings, resolved (read back with --config)"), nl=False)
+        return
+    dataset = _dataset(dataset, config.train_data_dir)
+    if model is None or out is None:
+        raise click.UsageError("--model and --out are required (except with --print-config)")
     trainer = get_backend(config.backend)
     if config.backend != "aitoolkit" and not model.exists():  # ai-toolkit also takes Hub repo ids
         raise click.BadParameter(f"{model} does not exist", param_hint="'--model'")
@@ -123,6 +139,20 @@ def command(dataset: Path, model: Path, out: Path, resume: Path | None, print_co
     if result.details.get("interrupted"):
         # Ctrl-C stopped the run early, its state saved: a script or `&&` must not take it as done
         click.get_current_context().exit(INTERRUPTED)
+
+
+def _dataset(given: Path | None, train_data_dir: str | None) -> Path:
+    """The DATASET argument, or sd-scripts' train_data_dir from the settings; both must agree."""
+    named = Path(train_data_dir).expanduser() if train_data_dir else None
+    if given is None and named is None:
+        raise click.UsageError("missing the DATASET argument (or train_data_dir in the settings)")
+    if given is not None and named is not None and given.resolve() != named.resolve():
+        raise click.UsageError(f"DATASET {given} and train_data_dir {named} differ; give one")
+    dataset = given or named
+    assert dataset is not None
+    if not dataset.exists():
+        raise click.UsageError(f"train_data_dir {dataset}: no such folder")
+    return dataset
 
 
 def _report(o: Out, result: Any, follower: bool) -> None:

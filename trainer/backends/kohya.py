@@ -38,9 +38,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from curate.atomic import atomic_write_text
+from curate.atomic import atomic_write_bytes, atomic_write_text
 from curate.errors import CurateError
 from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends.kohya_files import (
+    CACHE_NAME,
+    PRESET_NAME,
+    ia3_preset,
+    tokenizer_files,
+    tokenizer_folders,
+)
 from curate.trainer.backends.kohya_model import BaseModel, base_model, model_args
 from curate.trainer.backends.kohya_toml import check_sdxl, dataset_config
 from curate.trainer.config import TrainConfig
@@ -65,7 +72,7 @@ TRANSLATED: frozenset[str] = frozenset({
     "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "T_0", "T_mult",
     "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
-    "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs", "noise_offset_random_strength",
     "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
     "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
     "sample_sampler", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
@@ -74,7 +81,7 @@ TRANSLATED: frozenset[str] = frozenset({
 DATASET: frozenset[str] = frozenset({
     "resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
     "caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
-    "caption_tag_dropout_rate"})
+    "caption_tag_dropout_rate", "caption_dropout_every_n_epochs", "train_data_dir", "reg_data_dir"})
 # no effect on the trained network, or only on how curate itself reads the model
 SKIPPED: frozenset[str] = frozenset({"version", "threads", "backend", "model_config", "allow_pickle"})
 
@@ -94,11 +101,17 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     data = dataset_config(dataset, out, config)
     if base.sdxl:
         check_sdxl(data, config)
+    extra = side_files(base, config, out, result.warnings)
     args = [*model_args(base, config, result.warnings), "--dataset_config", str(data.path),
-            "--output_dir", str(out), *arguments(config, base, result.notes, result.warnings),
+            "--output_dir", str(out), *arguments(config, base, result.notes, result.warnings, out),
             *resume_args(resume)]
+    if any(path.parent.parent.name == CACHE_NAME for path in extra):
+        args += ["--tokenizer_cache_dir", str(out / CACHE_NAME)]
     result.command = [*LAUNCH, str(tool / name) if tool else name, *args]
     # written only once everything above has been checked, so a refused plan leaves nothing behind
+    for path, content in extra.items():
+        atomic_write_bytes(path, content)
+    result.files += [p for p in extra if p.parent.parent.name != CACHE_NAME]
     if data.text is not None:
         atomic_write_text(data.path, data.text)
         result.files.append(data.path)
@@ -114,6 +127,16 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     return result
 
 
+def side_files(base: BaseModel, config: TrainConfig, out: Path, warnings: list[str]) -> dict[Path, bytes]:
+    """The iA3 preset file and the tokenizer cache (kohya_files.py), by path."""
+    files: dict[Path, bytes] = {}
+    if config.network == "ia3":
+        files[out / PRESET_NAME] = ia3_preset(config).encode("utf-8")
+    folders, missing = tokenizer_folders(base, config)
+    warnings += missing
+    return files | tokenizer_files(folders, out / CACHE_NAME)
+
+
 def check_sd_scripts(tool: Path, script: str = SCRIPT) -> Path:
     tool = tool.absolute()
     if not (tool / script).is_file():
@@ -121,8 +144,10 @@ def check_sd_scripts(tool: Path, script: str = SCRIPT) -> Path:
     return tool
 
 
-def arguments(config: TrainConfig, base: BaseModel, notes: list[str], warnings: list[str]) -> list[str]:
-    """The sd-scripts options for the training settings of `config` (not paths)."""
+def arguments(config: TrainConfig, base: BaseModel, notes: list[str], warnings: list[str],
+              folder: Path | None = None) -> list[str]:
+    """The sd-scripts options for the training settings of `config` (not paths; `folder`, the
+    output folder, holds the iA3 preset file)."""
     sdxl = base.sdxl
     out: list[str] = []
     for name in SAME:
@@ -133,7 +158,8 @@ def arguments(config: TrainConfig, base: BaseModel, notes: list[str], warnings: 
     elif config.cache_text_encoder_outputs:
         notes.append("cache_text_encoder_outputs: train_network.py (SD 1.x/2.x) has no such option, so "
                      "sd-scripts encodes the captions every step (the same training, slower)")
-    return [*network_args(config, notes, sdxl), *optimizer_args(config), *schedule_args(config),
+    preset = str(folder / PRESET_NAME) if folder is not None and config.network == "ia3" else None
+    return [*network_args(config, notes, sdxl, preset), *optimizer_args(config), *schedule_args(config),
             *length_args(config), *noise_args(config), *out, *sample_args(config)]
 
 
@@ -206,16 +232,21 @@ def block_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> dic
     return out
 
 
-def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> list[str]:
+def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False,
+                 preset: str | None = None) -> list[str]:
     only = (["--network_train_unet_only"] if not config.train_text_encoder else
             ["--network_train_text_encoder_only"] if not config.train_unet else [])
     if config.network == "ia3":
+        if preset and "=" in preset:
+            raise CurateError(f"{preset}: sd-scripts splits network_args on '=', so the output folder's path "
+                              "cannot hold one; choose another --out")
         notes.append("iA3 trains with LyCORIS (network_module lycoris.kohya): `pip install lycoris_lora` in "
                      "sd-scripts' environment first. LyCORIS releases have broken iA3 with sd-scripts before "
                      "(LyCORIS #116, #249, kohya_ss #3192); --backend builtin trains iA3 without LyCORIS")
         return ["--network_module", "lycoris.kohya",
-                *_key_values("--network_args", {"algo": "ia3", "train_on_input": config.ia3_train_on_input},
-                             python=False),
+                # the preset file names the builtin's modules (kohya_files.py); without it, LyCORIS' own
+                *_key_values("--network_args", {"algo": "ia3", **({"preset": preset} if preset else {}),
+                                                "train_on_input": config.ia3_train_on_input}, python=False),
                 *only]
     extra: dict[str, Any] = {}
     if config.conv_dim:
@@ -263,6 +294,7 @@ def length_args(config: TrainConfig) -> list[str]:
 def noise_args(config: TrainConfig) -> list[str]:
     args = _option("noise_offset", config.noise_offset or None)
     if config.noise_offset:
+        args += _option("noise_offset_random_strength", config.noise_offset_random_strength)
         args += _option("adaptive_noise_scale", config.adaptive_noise_scale)
     if config.multires_noise_iterations:
         args += _option("multires_noise_iterations", config.multires_noise_iterations)

@@ -25,11 +25,11 @@ from curate.buckets import BucketConfig
 from curate.errors import CurateError
 from curate.kohya.toml_io import subset_table
 from curate.trainer.config import TrainConfig
-from curate.trainer.data import BUILTIN_SUBSET_KEYS
+from curate.trainer.data import BUILTIN_SUBSET_KEYS, project_subsets
 
 FILE_NAME = "kohya-dataset.toml"
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
-               "caption_tag_dropout_rate")
+               "caption_tag_dropout_rate", "caption_dropout_every_n_epochs")
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps")
 MISSING = object()
@@ -56,6 +56,9 @@ def dataset_config(dataset: Path, out: Path, config: TrainConfig) -> DatasetConf
     source = dataset if dataset.is_file() else dataset / "dataset.toml"
     target = out / FILE_NAME
     if source.is_file():
+        if config.reg_data_dir:
+            raise CurateError(f"{source} lists its own subsets; a reg_data_dir goes into it as a subset with "
+                              "is_reg = true, so leave reg_data_dir unset")
         data = _read(source)
         result = DatasetConfig(source, data, source)
         result.reasons = adapt(data, source, overrides(config))
@@ -88,7 +91,7 @@ def check_sdxl(dataset: DatasetConfig, config: TrainConfig) -> None:
             continue
         for subset in table.get("subsets", []):
             varying = [k for k in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                                   "token_warmup_step")
+                                   "token_warmup_step", "caption_dropout_every_n_epochs")
                        if _effective(k, subset, table, general) not in (MISSING, False, 0)]
             if varying:
                 raise CurateError(f"{where}: subset {subset.get('image_dir')} sets {', '.join(varying)}, so "
@@ -140,7 +143,7 @@ def _unread_by_builtin(data: dict[str, Any], source: Path) -> list[str]:
 
 def folder_data(root: Path, config: TrainConfig) -> dict[str, Any]:
     """Folder mode as TOML data: the `N_name` folders curate.trainer.data would read, with their settings."""
-    subsets = kohya.read_project(root).subsets
+    subsets = project_subsets(root, Path(config.reg_data_dir).expanduser() if config.reg_data_dir else None)
     if not any(not s.is_reg for s in subsets):
         raise CurateError(f"{root}: no training images (folder mode needs N_name subfolders, e.g. 10_sks)")
     buckets, over = BucketConfig(), overrides(config)
