@@ -1,9 +1,11 @@
 """The shape every caption backend has (local transformers models, OpenAI-compatible servers)."""
 from __future__ import annotations
+
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
 
 @dataclass(frozen=True)
 class Request:
