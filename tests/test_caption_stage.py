@@ -260,3 +260,13 @@ def test_manifest_cache_table_is_migration_9(tmp_path: Path) -> None:
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 9
     assert [r[1] for r in db.execute("PRAGMA table_info(caption_cache)")] == ["key", "text", "source",
                                                                                "created_at"]
+
+
+def test_doctor_lists_the_caption_backends(server: ChatServer) -> None:
+    args = ["doctor", "--json", "--api-base", server.api_base, "--api-model", "test-vlm"]
+    checks = {c["check"]: c for c in json.loads(CliRunner().invoke(cli, args).output)["checks"]}
+    assert checks["caption: server"]["ok"] and "test-vlm" in checks["caption: server"]["detail"]
+    local = checks["caption: local models"]
+    assert local["optional"] and "transformers" in local["detail"]
+    bare = CliRunner().invoke(cli, ["doctor", "--json"])
+    assert not {c["check"]: c for c in json.loads(bare.output)["checks"]}["caption: server"]["ok"]
