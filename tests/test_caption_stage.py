@@ -266,7 +266,6 @@ def test_doctor_lists_the_caption_backends(server: ChatServer) -> None:
     args = ["doctor", "--json", "--api-base", server.api_base, "--api-model", "test-vlm"]
     checks = {c["check"]: c for c in json.loads(CliRunner().invoke(cli, args).output)["checks"]}
     assert checks["caption: server"]["ok"] and "test-vlm" in checks["caption: server"]["detail"]
-    local = checks["caption: local models"]
-    assert local["optional"] and "transformers" in local["detail"]
+    assert checks["caption: transformers"]["optional"] and checks["caption: families"]["ok"]
     bare = CliRunner().invoke(cli, ["doctor", "--json"])
     assert not {c["check"]: c for c in json.loads(bare.output)["checks"]}["caption: server"]["ok"]

@@ -6,13 +6,19 @@ from curate.cli._common import Out, output_options
 
 # What curate can do without: tagging falls back to the CPU, models can be given as folders.
 # Their absence is reported as "not available", not as a failure of the machine.
-OPTIONAL = frozenset({"CUDA", "huggingface_hub", "caption: local models", "caption: server"})
+# So can captioning: its lines ("caption: ...") say which caption backends work here.
+OPTIONAL = frozenset({"CUDA", "huggingface_hub"})
+OPTIONAL_PREFIX = "caption:"
+
+
+def optional(check: str) -> bool:
+    return check in OPTIONAL or check.startswith(OPTIONAL_PREFIX)
 
 
 def _label(check: str, ok: bool) -> str:
     if ok:
         return "ok  "
-    return "--  " if check in OPTIONAL else "FAIL"
+    return "--  " if optional(check) else "FAIL"
 
 
 @click.command("doctor")
@@ -39,9 +45,9 @@ def command(api_base: str | None, api_model: str | None, as_json: bool, quiet: b
     out = Out(as_json, quiet, verbose)
     lines = doctor() + caption_backends(api_base, api_model)
     if as_json:
-        out.json({"checks": [{"check": c, "ok": ok, "optional": c in OPTIONAL, "detail": d}
+        out.json({"checks": [{"check": c, "ok": ok, "optional": optional(c), "detail": d}
                              for c, ok, d in lines]})
         return
     for check, ok, detail in lines:
-        shown = detail if ok or check not in OPTIONAL else f"not available: {detail}"
+        shown = detail if ok or not optional(check) else f"not available: {detail}"
         out.line(f"{_label(check, ok)} {check}: {shown}")

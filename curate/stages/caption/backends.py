@@ -28,7 +28,9 @@ def open_backend(config: CaptionConfig) -> Captioner:
     from curate.tagging.vlm.local import load_local
 
     assert config.model is not None
-    return load_local(config.model, device=config.device, dtype=config.dtype, revision=config.revision)
+    # local generation is greedy (a re-run gives the same text): temperature is for servers
+    return load_local(config.model, device=config.device, dtype=config.dtype, revision=config.revision,
+                      max_new_tokens=config.max_tokens)
 
 
 def model_name(config: CaptionConfig) -> str:

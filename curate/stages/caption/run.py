@@ -64,7 +64,7 @@ def make_job(config: CaptionConfig, captioner: Captioner | None, result: Caption
     if captioner is not None:
         settings.update(captioner.settings())
         result.model = captioner.name
-        result.device = str(settings.get("device", ""))
+        result.device = str(getattr(captioner, "device", "") or "")
     family = captioner.family if captioner is not None else family_hint(config)
     revision = (captioner.revision if captioner is not None else "") or config.revision or ""
     counter = TokenCounter(config.tokenizer) if config.tokenizer else None
