@@ -269,3 +269,35 @@ def test_doctor_lists_the_caption_backends(server: ChatServer) -> None:
     assert checks["caption: transformers"]["optional"] and checks["caption: families"]["ok"]
     bare = CliRunner().invoke(cli, ["doctor", "--json"])
     assert not {c["check"]: c for c in json.loads(bare.output)["checks"]}["caption: server"]["ok"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("transformers")
+    from fixtures.tiny_vlm import build_all
+
+    return build_all(tmp_path_factory.mktemp("vlm"))
+
+
+@pytest.mark.parametrize("family", ["florence2", "qwen2_vl", "qwen2_5_vl", "llava"])
+def test_local_models_sentence_and_hybrid_land_in_the_dataset(family: str, tiny_vlms: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    # random weights say nonsense: only the checks that judge plumbing, not prose, apply
+    options = CaptionConfig(model=str(tiny_vlms[family]), preset="hybrid", max_tokens=12, checks=("empty",))
+    result = caption(ws, options)
+    assert result.counts == {"captioned": 4} and result.device == "cpu", result.as_dict()
+    if family == "florence2":
+        assert any("<DETAILED_CAPTION>" in note for note in result.notes)
+    stored = texts(ws)
+    source = f"vlm:{tiny_vlms[family].name}:hybrid"
+    assert all(len(stored[name]) == 1 and stored[name][0][0] == source for name in NAMES)
+    assert caption(ws, options).counts == {"cached": 4}
+    for fmt in ("nl", "hybrid"):
+        out = tmp_path / f"ds-{fmt}"
+        layout(ws, out, LayoutConfig(repeats=1), captions=CaptionFormat(format=fmt))
+        [subset], _ = toml_subsets(out / "dataset.toml")
+        lines = [read_caption(image, subset, out) for image in sorted(Path(subset.image_dir).glob("*.jpg"))]
+        sentences = {" ".join(t.split()) for ts in stored.values() for _, t in ts}
+        assert len(lines) == 4 and all(any(s in line for s in sentences) for line in lines)
+        assert all(("|||" in line) == (fmt == "hybrid") for line in lines)
