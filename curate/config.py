@@ -55,6 +55,7 @@ SECTIONS = {
     "crop": "curate.stages.crop.config:CropConfig",
     "tag": "curate.stages.tag.config:TagConfig",
     "tags-filter": "curate.stages.captions.filter:FilterStageConfig",
+    "caption": "curate.stages.caption.config:CaptionConfig",
     "layout": "curate.stages.layout.config:LayoutConfig",
     "captions": "curate.tagging.compile:CaptionFormat",  # the caption format `curate layout` compiles
     "check": "curate.check.config:CheckConfig",

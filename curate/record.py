@@ -22,6 +22,10 @@ WARNING = "warning"
 DUPLICATE = "duplicate"  # dedupe: another image of the group was kept; reason names it
 KEPT = "kept"  # dedupe: this image stands for its group
 REJECTED = "rejected"  # quality: failed a check of `curate filter`; reason names each
+CAPTIONED = "captioned"  # caption: a model sentence became the image's text
+# caption: the model's sentence failed a check (reason names it); no text is stored, and the
+# image stays in the dataset, to be re-tried or captioned by hand
+CAPTION_REJECTED = "caption-rejected"
 # An image with a current decision of one of these verdicts is left out of later stages.
 EXCLUDING = frozenset({DUPLICATE, REJECTED})
 

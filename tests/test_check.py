@@ -18,9 +18,9 @@ from PIL import Image
 
 from curate.check import RULES, CheckConfig, check, load_config, render
 from curate.check.run import CheckResult
-from curate.check.tokens import TokenCounter, bounds
 from curate.cli import cli
 from curate.errors import CurateError
+from curate.tagging.tokens import TokenCounter, bounds
 from fixtures.scrape import PHOTOS, jpeg, photo, png, write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,11 @@ from pathlib import Path
 from curate.check.config import CheckConfig
 from curate.check.dataset import CAPTION_EXTS, Subset
 from curate.check.rules import Finding, make, shown
-from curate.check.tokens import TokenCounter
 from curate.kohya import caption_lines, caption_names, caption_text, read_caption_bytes
 from curate.tagging.captions import SEPARATOR, parse_caption
 from curate.tagging.rules import Rules
 from curate.tagging.tags import tag_key
+from curate.tagging.tokens import TokenCounter
 
 ESCAPED = re.compile(r"\\[()]")
 # Control characters sd-scripts keeps in a caption (tab and the line break of wildcard lines aside).

@@ -34,11 +34,11 @@ from curate.check.images import (
 )
 from curate.check.layout_rules import check_subset, folder_rules
 from curate.check.rules import Finding, make, shown
-from curate.check.tokens import TokenCounter
 from curate.errors import CurateError
 from curate.paths import display
 from curate.tagging.rules import load_rules
 from curate.tagging.tags import tag_key
+from curate.tagging.tokens import TokenCounter
 
 IMAGE_RULES = ("image-unreadable", "image-too-small", "alpha-without-mask")
 DUPLICATE_RULES = ("duplicate-exact", "duplicate-near")

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bg": ("curate.cli.bg_cmd",
            "Remove backgrounds (rembg models or GrabCut); keep the mask for alpha_mask."),
     "tag": ("curate.cli.tag_cmd", "Tag images with a WD14 ONNX tagger and write captions."),
+    "caption": ("curate.cli.caption_cmd",
+                "Write a sentence caption per image with a vision-language model (local or a server)."),
     "tags": ("curate.cli.tags_cmd", "Dataset-level tag work: false-positive filtering."),
     "captions": ("curate.cli.captions_cmd", "Edit every caption at once: trigger word, add, replace, stats."),
     "layout": ("curate.cli.layout_cmd", "Write a Kohya dataset (N_name folders, captions, dataset.toml)."),

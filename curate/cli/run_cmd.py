@@ -17,9 +17,10 @@ OnStage = Callable[[str, str, "dict[str, Any] | None"], None]
 
 def _done_lines(name: str, result: dict[str, Any] | None, workspace: Path) -> list[str]:
     """What a stage that ran did, for people: import says what it found and where the skipped
-    files are listed; the others say done (their own commands report the details)."""
+    files are listed; the others say done, or their note (caption: skipped, no model), and their
+    own commands report the details."""
     if name != "import" or not result:
-        return [f"{name}: done"]
+        return [f"{name}: {result['note']}" if result and result.get("note") else f"{name}: done"]
     counts = result.get("counts", {})
     new = sum(counts.get(k, 0) for k in ("imported", "repaired", "merged"))
     lines = [result["note"]] if result.get("note") else []

@@ -1,6 +1,7 @@
 """The SQLite caches outside a workspace: perceptual hashes and file facts of plain folders
-(`dedupe-cache.sqlite`, for `curate dedupe` and `curate check`) and pixel digests
-(`check-cache.sqlite`). Only a cache: a damaged one is rebuilt rather than blocking the user.
+(`dedupe-cache.sqlite`, for `curate dedupe` and `curate check`), pixel digests
+(`check-cache.sqlite`) and model captions (`caption-cache.sqlite`, for `curate caption`). Only
+a cache: a damaged one is rebuilt rather than blocking the user.
 The hash helpers are shared with the manifest's own `hashes` table.
 """
 
@@ -33,6 +34,16 @@ CREATE TABLE IF NOT EXISTS files (
 );
 """
 DIGESTS_TABLE = "CREATE TABLE IF NOT EXISTS pixel_digests (sha256 TEXT PRIMARY KEY, digest TEXT);"
+# What a caption model answered, by everything that decides the answer: a workspace keeps it in
+# its manifest (migration 9), a plain folder in `caption-cache.sqlite` of the user cache folder.
+CAPTION_CACHE_TABLE = """
+CREATE TABLE IF NOT EXISTS caption_cache (
+    key        TEXT PRIMARY KEY,  -- sha256 of image content, model, revision, prompt, settings
+    text       TEXT NOT NULL,     -- the caption as received (one line); checks judge it each run
+    source     TEXT NOT NULL,     -- vlm:<model>:<prompt label>
+    created_at TEXT NOT NULL
+);
+"""
 
 Hash = tuple[int, int | None]  # value, mirrored
 
@@ -115,6 +126,46 @@ class FolderCacheDB:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+
+def read_captions(db: sqlite3.Connection, keys: Iterable[str]) -> dict[str, str]:
+    """key -> cached caption text, for the keys that are cached."""
+    wanted = list(dict.fromkeys(keys))
+    out: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+        chunk = wanted[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        out.update(db.execute(f"SELECT key, text FROM caption_cache WHERE key IN ({marks})", chunk))
+    return out
+
+
+def write_captions(db: sqlite3.Connection, rows: Iterable[tuple[str, str, str, str]]) -> None:
+    """(key, text, source, created_at) rows."""
+    db.executemany("INSERT OR REPLACE INTO caption_cache (key, text, source, created_at) VALUES (?, ?, ?, ?)",
+                   list(rows))
+
+
+class CaptionCacheDB:
+    """Captions a model answered for plain-folder images, by cache key (see CAPTION_CACHE_TABLE)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = _open_cache(path, CAPTION_CACHE_TABLE)
+
+    def get(self, keys: Iterable[str]) -> dict[str, str]:
+        return read_captions(self.db, keys)
+
+    def put(self, rows: Iterable[tuple[str, str, str, str]]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            write_captions(self.db, rows)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class DigestStore:

@@ -1,12 +1,13 @@
 """Annotation queries of the manifest, mixed into Manifest: tags (with their removed marks and
-caption ranks), texts (sentences) and user captions. Writers run inside the caller's
-`transaction()`, so a stage commits its batch at once."""
+caption ranks), texts (sentences), user captions and the caption model's cache. Writers run
+inside the caller's `transaction()`, so a stage commits its batch at once."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
 
+from curate.manifest.caches import read_captions, write_captions
 from curate.record import Tag, Text
 
 
@@ -87,3 +88,23 @@ class TagQueries:
     def set_user_caption(self, image: str, source: str, text: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
                         (image, source, text))
+
+    def put_text(self, image: str, source: str, text: str, *, replaces: str | None = None) -> None:
+        """A sentence of `source`; `replaces` (a source prefix such as "vlm:") drops the image's
+        other texts under it first, so one model sentence stands for the image."""
+        if replaces is not None:
+            self.db.execute("DELETE FROM captions WHERE image_sha256 = ? AND substr(source, 1, ?) = ? "
+                            "AND source != ?", (image, len(replaces), replaces, source))
+        self.db.execute("INSERT OR REPLACE INTO captions (image_sha256, source, text) VALUES (?, ?, ?)",
+                        (image, source, text))
+
+    def delete_text(self, image: str, source: str) -> None:
+        self.db.execute("DELETE FROM captions WHERE image_sha256 = ? AND source = ?", (image, source))
+
+    def cached_captions(self, keys: Iterable[str]) -> dict[str, str]:
+        """Cache key -> what the caption model answered (curate.manifest.caches.CAPTION_CACHE_TABLE)."""
+        return read_captions(self.db, keys)
+
+    def cache_captions(self, rows: Iterable[tuple[str, str, str, str]]) -> None:
+        """(key, text, source, created_at) rows, inside the caller's transaction."""
+        write_captions(self.db, rows)

@@ -17,7 +17,9 @@ from curate.pipeline.stages import STAGES
 
 # The pipeline's order (stages.STAGES); `[run] stages` picks from these and may not reorder them.
 ORDER = tuple(stage.name for stage in STAGES)
-DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions", "layout", "check")
+# caption runs only when [caption] names a model or a server (else it notes that it skipped)
+DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions", "caption", "layout",
+                  "check")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class RunConfig:
 
     stages: tuple[str, ...] = option(DEFAULT_STAGES, help=(
         "The stages `curate run` takes, in this order whatever the list's: import, dedupe, filter, "
-        "bg, crop, tag, tags-filter, captions, layout, check, train."))
+        "bg, crop, tag, tags-filter, captions, caption, layout, check, train."))
     sources: tuple[str, ...] = option((), help=(
         "import: scrape folders or .zip files (relative to the workspace); empty: the sources the "
         "workspace recorded."))

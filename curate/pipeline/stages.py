@@ -143,6 +143,24 @@ def _captions(ctx: Context, words: Any) -> dict[str, Any]:
     return set_trigger(ctx.root, words["trigger"], words["class_token"]).as_dict()
 
 
+NO_CAPTION_MODEL = ("skipped: [caption] names no model or api_base (set caption.model, or caption.api_base "
+                    "and caption.api_model, for sentence captions)")
+
+
+def _caption(ctx: Context, config: Any) -> dict[str, Any]:
+    """Sentence captions when [caption] names a backend; the run's base model's tokenizer counts
+    CLIP tokens when [caption] names none."""
+    if not config.configured:
+        return {"note": NO_CAPTION_MODEL}
+    from dataclasses import replace
+
+    from curate.stages.caption import caption
+
+    if config.tokenizer is None and ctx.run.model:
+        config = replace(config, tokenizer=str(ctx.run.path(ctx.root, ctx.run.model)))
+    return caption(ctx.root, config, on_progress=ctx.progress).as_dict()
+
+
 @dataclass(frozen=True)
 class LayoutOptions:
     """[layout] and [captions]: both decide what the dataset holds (and the stage's key)."""
@@ -220,6 +238,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("tags-filter", ("active", "tags", "captions"),
           _options("tags-filter", "curate.stages.captions.filter", "FilterStageConfig"), _tags_filter),
     Stage("captions", ("active", "captions", "settings"), _trigger, _captions),
+    # after tags-filter and captions: hybrid hints are the filtered tags, prompts and the
+    # no-names check know the trigger
+    Stage("caption", ("active", "tags", "captions", "derived", "settings"),
+          _options("caption", "curate.stages.caption.config", "CaptionConfig"), _caption),
     # captions are compiled from tags and texts at layout: both are what it reads
     Stage("layout", ("active", "tags", "captions", "derived", "settings", "folder:dataset"),
           _layout_options, _layout),
