@@ -75,3 +75,13 @@ def photos_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image.save(folder / f"{name}.png")
         (folder / f"{name}.txt").write_text(f"sks, {name}, photo", encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="session")
+def vlm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny vision-language models (fixtures/tiny_vlm.py), family -> folder, built once
+    (~5 s for all); tests only read them."""
+    pytest.importorskip("transformers")
+    from fixtures.tiny_vlm import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny_vlm"))

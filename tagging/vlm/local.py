@@ -103,10 +103,13 @@ def video_stand_in(transformers: Any) -> Any:
     """A bare VideoProcessorMixin for a processor's `video_processor` slot, where torchvision is
     missing: transformers 5's Qwen2-VL and SmolVLM processors insist on a video processor, and
     its video processors need torchvision; captions use images only, so a placeholder does."""
-    from transformers import video_processing_utils
+    from transformers import processing_utils, video_processing_utils
 
-    if not hasattr(transformers, "VideoProcessorMixin"):  # exported only with torchvision
-        transformers.VideoProcessorMixin = video_processing_utils.VideoProcessorMixin
+    # the class exists; transformers exports it only with torchvision, and the processors look
+    # their slot's class up by name in a module object of their own
+    for module in (transformers, processing_utils.transformers_module):
+        if not hasattr(module, "VideoProcessorMixin"):
+            module.VideoProcessorMixin = video_processing_utils.VideoProcessorMixin
     return video_processing_utils.VideoProcessorMixin()
 
 
