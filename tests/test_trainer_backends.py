@@ -86,7 +86,7 @@ def test_lora_values(model: Path, dataset: Path, tmp_path: Path) -> None:
     plan = kohya.plan(dataset, model, tmp_path / "out", LORA_CONV)
     args = sd_args(plan.command or [])
     assert (args.network_module, args.network_dim, args.network_alpha) == ("networks.lora", 16, 8.0)
-    assert args.network_args == ["conv_dim=4", "conv_alpha=4"]  # builtin: unset conv_alpha = conv_dim
+    assert args.network_args == ["conv_dim=4", "conv_alpha=1"]  # unset conv_alpha: 1.0 in both trainers
     assert (args.optimizer_type, args.optimizer_args) == ("AdamW8bit", ["betas=(0.9, 0.99)"])
     assert (args.unet_lr, args.text_encoder_lr, args.learning_rate) == (2e-4, [5e-5], 1e-4)
     assert (args.lr_scheduler, args.lr_warmup_steps, args.lr_scheduler_num_cycles) == ("cosine_with_restarts",
