@@ -174,3 +174,145 @@ def test_reg_images_capped_as_dreambooth_dataset(subsets: list[tuple[int, int, b
     network = create_network("lora", parts["unet"], [parts["text_encoder"]], dim=2)
     meta = training_metadata(TrainConfig(), dataset, network, tmp_path / "model", 0.0, 10)
     assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == (num_train, num_reg)
+
+
+# ss_* keys train_network.py writes that curate does not, and why
+NOT_WRITTEN = {
+    "ss_sd_scripts_commit_hash": "curate is not sd-scripts; modelspec.implementation_version names "
+                                 "curate's version",
+    "ss_vae_name": "no separate VAE: curate trains with the base model's own (sd-scripts: only with --vae)",
+    "ss_vae_hash": "as ss_vae_name",
+    "ss_new_vae_hash": "as ss_vae_name",
+}
+SAVE_KEYS = {"ss_steps", "ss_epoch", "ss_training_finished_at"}  # added to each file when it is saved
+
+
+def _metadata(tmp_path: Path, subsets: list[tuple[int, int, bool]], config: TrainConfig,
+              model: Path, processes: int = 1) -> dict[str, Any]:
+    from curate.trainer.checkpoint import training_metadata
+    from curate.trainer.data import load_dataset
+    from curate.trainer.loop import dataset_overrides
+
+    dataset = load_dataset(_dataset_toml(tmp_path / "data", subsets), dataset_overrides(config))
+    parts = build_components()
+    network = create_network("lora", parts["unet"], [parts["text_encoder"]], **config.network_options())
+    return training_metadata(config, dataset, network, model, 0.0, 25, processes=processes)
+
+
+def test_metadata_keys_are_a_superset_of_train_network(tmp_path: Path) -> None:
+    config = TrainConfig(conv_dim=2, network_dim=2, batch_size=2)
+    meta = _metadata(tmp_path, [(3, 2, False), (1, 15, True)], config, tmp_path / "model")
+    ours = set(meta) | SAVE_KEYS
+    assert set(PARITY["metadata_keys"]) - ours == set(NOT_WRITTEN)
+    (dataset,) = json.loads(json.dumps(meta["ss_datasets"]))
+    assert set(PARITY["datasets_keys"]["dataset"]) <= set(dataset)
+    # metadata_file: a fine-tuning subset's; curate trains DreamBooth-style subsets only
+    for subset in dataset["subsets"]:
+        assert set(PARITY["datasets_keys"]["subset"]) - {"metadata_file"} <= set(subset)
+    assert (dataset["num_train_images"], dataset["num_reg_images"]) == (6, 15)
+    assert [(s["image_dir"], s["img_count"], s["is_reg"]) for s in dataset["subsets"]] == [
+        ("0", 2, False), ("1", 15, True)]
+
+
+@pytest.mark.parametrize(("subsets", "batch", "accumulation", "processes"), [
+    ([(3, 2, False), (1, 15, True)], 2, 1, 1),  # 12 items, batch 2: 6 batches, 25 steps: 5 epochs
+    ([(5, 3, False)], 4, 2, 1),  # 15 items: 4 batches, 2 optimiser steps an epoch, 13 epochs
+    ([(5, 3, False), (2, 2, True)], 1, 3, 2),  # 30 items over 2 processes: 15 batches each, 5 steps
+])
+def test_epoch_counts_as_train_network(subsets: list[tuple[int, int, bool]], batch: int, accumulation: int,
+                                       processes: int, tmp_path: Path) -> None:
+    import math
+
+    config = TrainConfig(batch_size=batch, gradient_accumulation_steps=accumulation, caption_dropout_rate=0.1)
+    meta = _metadata(tmp_path, subsets, config, tmp_path / "model", processes)
+    num_train, _num_reg, registered = sd_scripts_reg(subsets)
+    # one bucket: len(train_dataloader) is ceil(items / batch), split over the processes by accelerate
+    batches = math.ceil(math.ceil((num_train + sum(registered.values())) / batch) / processes)
+    # train_network.py: num_update_steps_per_epoch = ceil(len(train_dataloader) / accumulation);
+    # num_train_epochs = ceil(max_train_steps / num_update_steps_per_epoch)
+    assert meta["ss_num_batches_per_epoch"] == batches
+    assert meta["ss_num_epochs"] == math.ceil(25 / math.ceil(batches / accumulation))
+    assert meta["ss_total_batch_size"] == batch * processes * accumulation
+    assert (meta["ss_caption_dropout_rate"], meta["ss_caption_dropout_every_n_epochs"],
+            meta["ss_caption_tag_dropout_rate"]) == (0.1, 0, 0.0)
+
+
+def _sd_scripts(source: str) -> dict[str, Any]:
+    import hashlib
+    import io
+
+    import safetensors.torch
+
+    scope: dict[str, Any] = {"hashlib": hashlib, "BytesIO": io.BytesIO, "safetensors": safetensors}
+    exec(PARITY[source], scope)
+    return scope
+
+
+def test_addnet_hashes_are_sd_scripts(tmp_path: Path) -> None:
+    """sshs_model_hash / sshs_legacy_hash of a saved LoRA (over 1 MiB, so the legacy hash reads
+    tensor bytes) against sd-scripts' precalculate_safetensors_hashes on what was saved."""
+    import io
+
+    from curate.trainer.formats import as_metadata, modelspec, save_network
+    from curate.trainer.formats import load_network as load
+
+    config = TrainConfig(network_dim=64)
+    meta = as_metadata({**_metadata(tmp_path, [(2, 2, False)], config, tmp_path / "model"),
+                        "ss_steps": 25, **modelspec("sks", (64, 64), timestamp=1.7e9)})
+    parts = build_components()
+    network = create_network("lora", parts["unet"], [parts["text_encoder"]], **config.network_options())
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(generator=torch.Generator().manual_seed(3))
+    tensors = network.kohya_state_dict(torch.float16)
+    path = tmp_path / "sks.safetensors"
+    save_network(path, tensors, meta)
+    _tensors, written = load(path)
+    theirs = _sd_scripts("hashes")
+    assert theirs["precalculate_safetensors_hashes"](tensors, meta) == (written["sshs_model_hash"],
+                                                                        written["sshs_legacy_hash"])
+    assert theirs["addnet_hash_safetensors"](io.BytesIO(path.read_bytes())) == written["sshs_model_hash"]
+    assert path.stat().st_size > 0x110000
+
+
+def test_base_model_hashes_are_sd_scripts(tmp_path: Path) -> None:
+    import numpy as np
+
+    from curate.trainer.metadata import model_hashes
+
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(np.random.default_rng(5).bytes(0x100000 + 0x18000))
+    theirs = _sd_scripts("model_hashes")
+    assert model_hashes(model) == (theirs["model_hash"](str(model)), theirs["calculate_sha256"](str(model)))
+    meta = _metadata(tmp_path, [(1, 2, False)], TrainConfig(), model)
+    assert (meta["ss_sd_model_hash"], meta["ss_new_sd_model_hash"]) == model_hashes(model)
+    assert model_hashes(tmp_path) == (None, None)  # a diffusers folder: sd-scripts' "IsADirectory"
+
+
+def test_trained_file_carries_them_and_lora_info_shows_them(tiny_sd: Path, photos_dataset: Path,
+                                                            tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+    from curate.trainer import loop
+    from curate.trainer.formats import load_network as load
+
+    config = TrainConfig(resolution=64, min_bucket_reso=64, max_bucket_reso=128, batch_size=2, network_dim=2,
+                         max_train_steps=3, threads=1)
+    result = loop.train(photos_dataset, tiny_sd, tmp_path, config, device=torch.device("cpu"))
+    tensors, meta = load(result.output)
+    assert (meta["ss_num_batches_per_epoch"], meta["ss_num_epochs"], meta["ss_epoch"]) == ("2", "2", "2")
+    datasets = json.loads(meta["ss_datasets"])
+    assert datasets[0]["subsets"][0]["image_dir"] == "1_sks" and datasets[0]["num_train_images"] == 4
+    ss_meta = {k: v for k, v in meta.items() if not k.startswith("sshs_")}
+    model_hash, _legacy = _sd_scripts("hashes")["precalculate_safetensors_hashes"](tensors, ss_meta)
+    assert meta["sshs_model_hash"] == model_hash
+    info = CliRunner().invoke(cli, ["lora", "info", str(result.output), "--json"])
+    assert info.exit_code == 0, info.output
+    shown = json.loads(info.output)
+    assert shown["base_model"]["sshs_model_hash"] == meta["sshs_model_hash"]
+    assert shown["base_model"]["sshs_legacy_hash"] == meta["sshs_legacy_hash"]
+    assert shown["training"]["num_epochs"] == "2" and shown["training"]["num_batches_per_epoch"] == "2"
+    human = CliRunner().invoke(cli, ["lora", "info", str(result.output)])
+    # an 80-column table cuts the 64-digit model hash short (--json has it whole)
+    assert meta["sshs_model_hash"][:40] in human.output and meta["sshs_legacy_hash"] in human.output

@@ -227,7 +227,8 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     # SD 2.x's OpenCLIP text encoder is 1024 wide, SD 1.x's CLIP-L 768
     v2 = not models.sdxl and getattr(models.text_encoder.config, "hidden_size", 768) == 1024
     metadata = checkpoint.training_metadata(config, dataset, network, model_path, time.time(), total, v2=v2,
-                                            v_parameterization=models.v_parameterization, sdxl=models.sdxl)
+                                            v_parameterization=models.v_parameterization, sdxl=models.sdxl,
+                                            processes=dist.world)
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
     latents = LatentSource(models, config.cache_latents_to_disk, config.seed, write=dist.is_main)
     return Run(dataset, models, network, optimizer, make_lr_scheduler(config, optimizer, total), total,

@@ -7,7 +7,8 @@ code on small inputs without sd-scripts (or its dependencies) installed:
 
 - apply_masked_loss (library/custom_train_functions.py): the alpha-mask loss;
 - hashes (library/train_util.py): precalculate_safetensors_hashes, addnet_hash_legacy,
-  addnet_hash_safetensors (sshs_model_hash / sshs_legacy_hash);
+  addnet_hash_safetensors (sshs_model_hash / sshs_legacy_hash); model_hashes: model_hash and
+  calculate_sha256 (ss_sd_model_hash / ss_new_sd_model_hash of the base model);
 - reg_count and reg_balance (DreamBoothDataset.__init__): how train and reg images are counted
   with repeats, and the loop that registers reg images until they match the train count;
 - lora_defaults (networks/lora.py create_network): how an unset network_dim / network_alpha /
@@ -130,12 +131,15 @@ def extract(repo: str, commit: str = "HEAD") -> dict[str, Any]:
     util_tree, network_tree = ast.parse(train_util), ast.parse(train_network)
     hashes = "".join(segment(train_util, [function(util_tree, name)]) + "\n" for name in (
         "precalculate_safetensors_hashes", "addnet_hash_legacy", "addnet_hash_safetensors"))
+    model_hashes = "".join(segment(train_util, [function(util_tree, name)]) + "\n" for name in (
+        "model_hash", "calculate_sha256"))
     count, balance = reg_pieces(train_util)
     train = method(network_tree, "NetworkTrainer", "train")
     return {
         "commit": commit,
         "apply_masked_loss": segment(custom, [function(ast.parse(custom), "apply_masked_loss")]),
         "hashes": hashes,
+        "model_hashes": model_hashes,
         "reg_count": count,
         "reg_balance": balance,
         "lora_defaults": lora_defaults(lora),
