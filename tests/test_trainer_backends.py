@@ -154,11 +154,12 @@ def test_folder_mode_writes_a_dataset_toml(model: Path, dataset: Path, tmp_path:
 
 def test_layout_dataset_toml_is_used_as_is(model: Path, tmp_path: Path) -> None:
     root = tmp_path / "lay"
-    layout_toml(root, str(root / "img" / "5_sks"), "  alpha_mask = true\n")
+    layout_toml(root, str(root / "img" / "5_sks"), "  alpha_mask = true\n  color_aug = true\n")
     plan = kohya.plan(root, model, tmp_path / "out", TrainConfig())
     assert sd_args(plan.command or []).dataset_config == str(root / "dataset.toml")
     assert plan.files == [] and not (tmp_path / "out" / "kohya-dataset.toml").exists()
-    assert any("alpha_mask" in note and "builtin" in note for note in plan.notes)
+    # the builtin trainer masks the loss too; color_aug it does not apply
+    assert any("color_aug" in note and "builtin" in note and "alpha_mask" not in note for note in plan.notes)
 
 
 def test_layout_dataset_toml_rewritten_for_overrides_and_relative_dirs(model: Path, tmp_path: Path) -> None:

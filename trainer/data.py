@@ -52,7 +52,8 @@ DEFAULT_CAPTION_EXT = ".txt"
 BUILTIN_SUBSET_KEYS = frozenset({
     "image_dir", "num_repeats", "class_tokens", "is_reg", "caption_extension", "shuffle_caption",
     "caption_separator", "keep_tokens", "keep_tokens_separator", "caption_dropout_rate",
-    "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug"})
+    "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug",
+    "alpha_mask"})
 # ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
 # made 16.7 MB of metadata. A1111 lists the most frequent tags, so each folder keeps its
 # MAX_FOLDER_TAGS most frequent ones, and a "tag" longer than MAX_TAG_CHARS (text without

@@ -133,10 +133,10 @@ def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int) -> 
     weights = torch.tensor([config.prior_loss_weight if i.subset.is_reg else 1.0 for i in batch],
                            device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    latents, flips = run.latents.batch_with_flips(batch, rng, gen)
+    latents, flips, masks = run.latents.batch_with_masks(batch, rng, gen)
     time_ids = size_ids(batch, flips, device) if run.models.sdxl else None
     with _autocast(config, device):
-        return diffusion_loss(run.models, latents, captions, weights, config, gen, time_ids)
+        return diffusion_loss(run.models, latents, captions, weights, config, gen, time_ids, masks)
 
 
 def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: int) -> float:

@@ -5,7 +5,8 @@ Reads a kohya-ss/sd-scripts git repository with `git show COMMIT:path` (no check
 imported) and cuts source text out of it with `ast`, so the tests can exec sd-scripts' own
 code on small inputs without sd-scripts (or its dependencies) installed:
 
-- apply_masked_loss (library/custom_train_functions.py): the alpha-mask loss;
+- apply_masked_loss (library/custom_train_functions.py): the alpha-mask loss; load_image
+  (library/train_util.py): how an image is read as RGB, or RGBA for an alpha_mask subset;
 - hashes (library/train_util.py): precalculate_safetensors_hashes, addnet_hash_legacy,
   addnet_hash_safetensors (sshs_model_hash / sshs_legacy_hash); model_hashes: model_hash and
   calculate_sha256 (ss_sd_model_hash / ss_new_sd_model_hash of the base model);
@@ -133,11 +134,13 @@ def extract(repo: str, commit: str = "HEAD") -> dict[str, Any]:
         "precalculate_safetensors_hashes", "addnet_hash_legacy", "addnet_hash_safetensors"))
     model_hashes = "".join(segment(train_util, [function(util_tree, name)]) + "\n" for name in (
         "model_hash", "calculate_sha256"))
+    load_image = segment(train_util, [function(util_tree, "load_image")])
     count, balance = reg_pieces(train_util)
     train = method(network_tree, "NetworkTrainer", "train")
     return {
         "commit": commit,
         "apply_masked_loss": segment(custom, [function(ast.parse(custom), "apply_masked_loss")]),
+        "load_image": load_image,
         "hashes": hashes,
         "model_hashes": model_hashes,
         "reg_count": count,
