@@ -86,7 +86,7 @@ def test_lora_values(model: Path, dataset: Path, tmp_path: Path) -> None:
     plan = kohya.plan(dataset, model, tmp_path / "out", LORA_CONV)
     args = sd_args(plan.command or [])
     assert (args.network_module, args.network_dim, args.network_alpha) == ("networks.lora", 16, 8.0)
-    assert args.network_args == ["conv_dim=4", "conv_alpha=4"]  # builtin: unset conv_alpha = conv_dim
+    assert args.network_args == ["conv_dim=4", "conv_alpha=1"]  # unset conv_alpha: 1.0 in both trainers
     assert (args.optimizer_type, args.optimizer_args) == ("AdamW8bit", ["betas=(0.9, 0.99)"])
     assert (args.unet_lr, args.text_encoder_lr, args.learning_rate) == (2e-4, [5e-5], 1e-4)
     assert (args.lr_scheduler, args.lr_warmup_steps, args.lr_scheduler_num_cycles) == ("cosine_with_restarts",
@@ -156,11 +156,12 @@ def test_folder_mode_writes_a_dataset_toml(model: Path, dataset: Path, tmp_path:
 
 def test_layout_dataset_toml_is_used_as_is(model: Path, tmp_path: Path) -> None:
     root = tmp_path / "lay"
-    layout_toml(root, str(root / "img" / "5_sks"), "  alpha_mask = true\n")
+    layout_toml(root, str(root / "img" / "5_sks"), "  alpha_mask = true\n  color_aug = true\n")
     plan = kohya.plan(root, model, tmp_path / "out", TrainConfig())
     assert sd_args(plan.command or []).dataset_config == str(root / "dataset.toml")
     assert plan.files == [] and not (tmp_path / "out" / "kohya-dataset.toml").exists()
-    assert any("alpha_mask" in note and "builtin" in note for note in plan.notes)
+    # the builtin trainer masks the loss too; color_aug it does not apply
+    assert any("color_aug" in note and "builtin" in note and "alpha_mask" not in note for note in plan.notes)
 
 
 def test_layout_dataset_toml_rewritten_for_overrides_and_relative_dirs(model: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from curate.errors import CurateError
 from curate.trainer.config import TrainConfig
 from curate.trainer.data import Dataset, bucket_info
 from curate.trainer.formats import as_metadata, modelspec, save_dtype, save_network
+from curate.trainer.metadata import dataset_fields
 from curate.trainer.networks import AdapterNetwork
 from curate.trainer.optim import OPTIMIZER_NAMES
 
@@ -52,17 +53,20 @@ def epoch_name(name: str, epoch: int) -> str:
 
 def training_metadata(config: TrainConfig, dataset: Dataset, network: AdapterNetwork, model: Path,
                       started_at: float, total_steps: int, *, v2: bool = False,
-                      v_parameterization: bool = False, sdxl: bool = False) -> dict[str, Any]:
-    """The ss_* fields sd-scripts' train_network.py records, from this run's values."""
+                      v_parameterization: bool = False, sdxl: bool = False,
+                      processes: int = 1) -> dict[str, Any]:
+    """The ss_* fields sd-scripts' train_network.py records, from this run's values (a value
+    left unset, None, is left out of the file, where sd-scripts writes "None")."""
     resolution, buckets = dataset.buckets.resolution, dataset.buckets
     # sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1, sd_v2, sd_v2_v; sdxl_train_network's constant
     version = SDXL_VERSION if sdxl else ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
     run = {
+        **dataset_fields(dataset, model, total_steps, config.gradient_accumulation_steps, processes),
         "output_name": config.output_name, "training_started_at": started_at, "base_model_version": version,
         "v2": v2, "v_parameterization": v_parameterization, "sd_model_name": model.name,
         "resolution": f"({resolution[0]}, {resolution[1]})",
-        "clip_skip": config.clip_skip, "num_train_images": len(dataset.repeated()),
-        "num_reg_images": len(dataset.items) - len(dataset.train_items),
+        "clip_skip": config.clip_skip, "num_train_images": dataset.num_train_images,
+        "num_reg_images": dataset.num_reg_images,
         "batch_size_per_device": dataset.batch_size, "max_train_steps": total_steps, "seed": config.seed,
         "learning_rate": config.learning_rate, "unet_lr": config.unet_lr,
         "text_encoder_lr": config.text_encoder_lr, "optimizer": OPTIMIZER_NAMES[config.optimizer],

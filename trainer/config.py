@@ -35,7 +35,8 @@ class TrainConfig:
         "Dropout on the LoRA down output."))
     conv_dim: int | None = option(None, ge=1, le=1024, example=4, help=(
         "Rank of LoRA on the 3x3 convolutions (LoCon); unset: linear layers and 1x1 convolutions only."))
-    conv_alpha: float | None = option(None, ge=0, example=1.0, help="Alpha of the convolution LoRA.")
+    conv_alpha: float | None = option(None, ge=0, example=1.0, help=(
+        "Alpha of the convolution LoRA; unset: 1.0 (sd-scripts' default), 0: conv_dim (scale 1)."))
     ia3_train_on_input: bool = option(True, help=(
         "iA3: scale the feed-forward layers' inputs (as the iA3 paper)."))
     train_unet: bool = option(True, help="Train the adapter on the UNet.")

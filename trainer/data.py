@@ -11,8 +11,9 @@ empty caption file is an error (sd-scripts asserts). Folder names, extensions an
 are read by `curate.kohya`, pinned against sd-scripts. Unlike sd-scripts, a caption symlink
 leaving the dataset, a caption over 1 MiB and a FIFO or device are refused with the reason
 (never opened: a FIFO would hang the run). Buckets come from the `buckets` package, which reproduces
-sd-scripts' BucketManager. Regularisation images are repeated until they are as many as the
-training images, as sd-scripts' DreamBoothDataset does.
+sd-scripts' BucketManager. Regularisation images count as many as the training images (with
+repeats), as sd-scripts' DreamBoothDataset registers them: capped when there are more, repeated
+when there are fewer (`balance_reg`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ BUILTIN_SUBSET_KEYS = frozenset({
     "image_dir", "num_repeats", "class_tokens", "is_reg", "caption_extension", "shuffle_caption",
     "caption_separator", "keep_tokens", "keep_tokens_separator", "caption_dropout_rate",
     "caption_tag_dropout_rate", "caption_prefix", "caption_suffix", "enable_wildcard", "flip_aug",
-    "caption_dropout_every_n_epochs"})
+    "caption_dropout_every_n_epochs", "alpha_mask"})
 # ss_tag_frequency bounds. sd-scripts stores every distinct tag of every folder; one huge caption
 # made 16.7 MB of metadata. A1111 lists the most frequent tags, so each folder keeps its
 # MAX_FOLDER_TAGS most frequent ones, and a "tag" longer than MAX_TAG_CHARS (text without
@@ -89,6 +90,16 @@ class Dataset:
         out = [item for item in self.train_items for _ in range(item.subset.num_repeats)]
         return out + balance_reg([i for i in self.items if i.subset.is_reg], len(out))
 
+    @property
+    def num_train_images(self) -> int:
+        """sd-scripts' num_train_images (ss_num_train_images): training images x repeats."""
+        return sum(item.subset.num_repeats for item in self.train_items)
+
+    @property
+    def num_reg_images(self) -> int:
+        """sd-scripts' num_reg_images (ss_num_reg_images): reg images x repeats, before the cap."""
+        return sum(item.subset.num_repeats for item in self.items if item.subset.is_reg)
+
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """ss_tag_frequency: per training folder, in how many captions each tag appears (bounded:
         see MAX_FOLDER_TAGS)."""
@@ -107,11 +118,15 @@ class Dataset:
 
 
 def balance_reg(reg: list[Item], train_count: int) -> list[Item]:
-    """sd-scripts: every reg image once per repeat, then one more at a time, until there are as many."""
-    if not reg:
-        return []
-    out = [item for item in reg for _ in range(item.subset.num_repeats)]
-    while len(out) < train_count:
+    """sd-scripts' DreamBoothDataset: reg images are registered in order, each with its repeats,
+    until they reach the train count (the rest are not used: 15 reg items against 6 train items
+    register 6); when all of them fall short, each gets one more repeat in turn until they match."""
+    out: list[Item] = []
+    for item in reg:
+        if len(out) >= train_count:
+            break
+        out += [item] * item.subset.num_repeats
+    while reg and len(out) < train_count:
         out += reg[: train_count - len(out)]
     return out
 

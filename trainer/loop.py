@@ -126,17 +126,17 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=WEIGHT_DTYPES[config.mixed_precision])
 
 
-def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int, epoch: int) -> torch.Tensor:
+def _batch_loss(run: Run, batch: list[Item], config: TrainConfig, seed: int, epoch: int = 1) -> torch.Tensor:
     device = run.device
     rng = random.Random(seed)
     captions = [process_caption(item.caption, item.subset, rng, epoch) for item in batch]
     weights = torch.tensor([config.prior_loss_weight if i.subset.is_reg else 1.0 for i in batch],
                            device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    latents, flips = run.latents.batch_with_flips(batch, rng, gen)
+    latents, flips, masks = run.latents.batch_with_masks(batch, rng, gen)
     time_ids = size_ids(batch, flips, device) if run.models.sdxl else None
     with _autocast(config, device):
-        return diffusion_loss(run.models, latents, captions, weights, config, gen, time_ids)
+        return diffusion_loss(run.models, latents, captions, weights, config, gen, time_ids, masks)
 
 
 def train_step(run: Run, batches: list[list[Item]], config: TrainConfig, step: int) -> float:
@@ -229,7 +229,8 @@ def prepare(dataset_path: Path, model_path: Path, config: TrainConfig, device: t
     # SD 2.x's OpenCLIP text encoder is 1024 wide, SD 1.x's CLIP-L 768
     v2 = not models.sdxl and getattr(models.text_encoder.config, "hidden_size", 768) == 1024
     metadata = checkpoint.training_metadata(config, dataset, network, model_path, time.time(), total, v2=v2,
-                                            v_parameterization=models.v_parameterization, sdxl=models.sdxl)
+                                            v_parameterization=models.v_parameterization, sdxl=models.sdxl,
+                                            processes=dist.world)
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
     latents = LatentSource(models, config.cache_latents_to_disk, config.seed, write=dist.is_main)
     return Run(dataset, models, network, optimizer, make_lr_scheduler(config, optimizer, total), total,

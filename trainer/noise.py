@@ -3,9 +3,10 @@
 Noise: Gaussian, plus noise_offset (x per-channel N(0,1); x U(0,1) per batch with
 noise_offset_random_strength), adaptive to the latents' mean when
 adaptive_noise_scale is set, then multires (pyramid) noise, in sd-scripts' order. Timesteps are
-uniform in [0, 1000). Loss: MSE per sample over C,H,W against the noise (or v), x
-prior_loss_weight for regularisation images, x the min-SNR weight (and the other v-prediction
-factors, in sd-scripts' order), then the batch mean.
+uniform in [0, 1000). Loss: MSE per element against the noise (or v), times the alpha mask
+where a subset sets alpha_mask, averaged per sample over C,H,W, x prior_loss_weight for
+regularisation images, x the min-SNR weight (and the other v-prediction factors, in
+sd-scripts' order), then the batch mean.
 """
 
 from __future__ import annotations
@@ -123,11 +124,19 @@ def predict(models: Models, noisy: torch.Tensor, timesteps: torch.Tensor, contex
     return out
 
 
+def masked_loss(loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """sd-scripts' apply_masked_loss: the per-element loss (B, C, h, w) times the alpha masks
+    (B, H, W, 0..1 at pixel size) averaged down to the latents' size (area interpolation)."""
+    mask = F.interpolate(masks.to(loss.dtype).unsqueeze(1), size=loss.shape[2:], mode="area")
+    return loss * mask
+
+
 def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], weights: torch.Tensor,
                    config: TrainConfig, gen: torch.Generator,
-                   time_ids: torch.Tensor | None = None) -> torch.Tensor:
+                   time_ids: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """sd-scripts' loss for one batch of (scaled) latents. `time_ids` (B, 6) are SDXL's size
-    numbers (curate.trainer.data.size_conditioning); None means uncropped images of the latents' size."""
+    numbers (curate.trainer.data.size_conditioning); None means uncropped images of the latents' size.
+    `masks` (B, H, W) are alpha masks (subsets with alpha_mask) that weight the loss per pixel."""
     scheduler = models.noise_scheduler
     noise = make_noise(latents, config, gen)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen,
@@ -138,7 +147,10 @@ def diffusion_loss(models: Models, latents: torch.Tensor, captions: list[str], w
                                               max_token_length=config.max_token_length)
     pred = predict(models, noisy, timesteps, context, pooled, time_ids)
     target = scheduler.get_velocity(latents, noise, timesteps) if models.v_parameterization else noise
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if masks is not None:
+        loss = masked_loss(loss, masks)
+    loss = loss.mean(dim=(1, 2, 3)) * weights
     factors = loss_weights(models, timesteps, config)
     if factors is not None:
         loss = loss * factors

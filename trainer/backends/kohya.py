@@ -250,8 +250,9 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False,
                 *only]
     extra: dict[str, Any] = {}
     if config.conv_dim:
-        # the builtin trainer reads an unset conv_alpha as conv_dim (scale 1); sd-scripts as 1.0
-        extra = {"conv_dim": config.conv_dim, "conv_alpha": config.conv_alpha or float(config.conv_dim)}
+        # written out although sd-scripts reads an unset conv_alpha as 1.0 too, as the builtin does
+        extra = {"conv_dim": config.conv_dim,
+                 "conv_alpha": 1.0 if config.conv_alpha is None else config.conv_alpha}
     args = ["--network_module", "networks.lora", "--network_dim", str(config.network_dim),
             "--network_alpha", _number(float(config.network_alpha))]
     args += _option("network_dropout", config.network_dropout)

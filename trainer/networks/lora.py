@@ -7,7 +7,8 @@ Transformer2DModel blocks and the text encoder's CLIPAttention / CLIPMLP (SD 1.5
 72 text-encoder modules; SDXL: 722 UNet, 72 `lora_te1_` and 192 `lora_te2_`). With conv_dim,
 every layer inside ResnetBlock2D, Downsample2D and Upsample2D joins too: 3x3 convs at conv_dim /
 conv_alpha, their Linear and 1x1 layers (time_emb_proj, conv_shortcut) at network_dim, as
-sd-scripts does.
+sd-scripts does. Unset alphas read as sd-scripts reads them: network_alpha and conv_alpha 1.0,
+an alpha of 0 the layer's rank (scale 1).
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ class LoRAConfig:
     rank_dropout: float | None = None
     module_dropout: float | None = None
     conv_dim: int | None = None  # LoCon: also adapt the ResNet / resampling 3x3 convs
-    conv_alpha: float | None = None
+    conv_alpha: float | None = None  # unset: 1.0, as sd-scripts' create_network reads it
     train_unet: bool = True
     train_text_encoder: bool = True
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        """sd-scripts' create_network: conv_alpha unset with a conv_dim is 1.0 (so a guide's
+        `conv_dim = 8` alone trains at scale 1/8); 0 then means conv_dim, as for any alpha."""
+        return 1.0 if self.conv_alpha is None else float(self.conv_alpha)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or (self.conv_dim is not None and self.conv_dim < 1):
@@ -140,14 +147,14 @@ class LoRANetwork(AdapterNetwork):
             if is_1x1(layer):
                 modules.append(LoRAModule(name, layer, c.dim, c.alpha, c))
             else:
-                modules.append(LoRAModule(name, layer, c.conv_dim or c.dim, c.conv_alpha, c))
+                modules.append(LoRAModule(name, layer, c.conv_dim or c.dim, c.effective_conv_alpha, c))
         return modules
 
     def metadata(self) -> dict[str, str]:
         c = self.config
         args: dict[str, str] = {}
         if c.conv_dim is not None:
-            args |= {"conv_dim": str(c.conv_dim), "conv_alpha": str(c.conv_alpha or c.conv_dim)}
+            args |= {"conv_dim": str(c.conv_dim), "conv_alpha": str(c.effective_conv_alpha or c.conv_dim)}
         for name in ("rank_dropout", "module_dropout"):
             if getattr(c, name) is not None:
                 args[name] = str(getattr(c, name))

@@ -48,11 +48,13 @@ TRAINING_FIELDS = (
     "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_network_dropout",
     "ss_optimizer", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr", "ss_lr_scheduler",
     "ss_lr_warmup_steps", "ss_steps", "ss_max_train_steps", "ss_epoch", "ss_num_epochs",
-    "ss_batch_size_per_device", "ss_total_batch_size", "ss_gradient_accumulation_steps",
+    "ss_num_batches_per_epoch", "ss_batch_size_per_device", "ss_total_batch_size",
+    "ss_gradient_accumulation_steps",
     "ss_num_train_images", "ss_num_reg_images", "ss_resolution", "ss_clip_skip", "ss_max_token_length",
     "ss_mixed_precision", "ss_seed", "ss_min_snr_gamma", "ss_noise_offset", "ss_adaptive_noise_scale",
-    "ss_multires_noise_iterations", "ss_max_grad_norm", "ss_scale_weight_norms", "ss_output_name",
-    "ss_training_comment", "ss_training_started_at", "ss_training_finished_at",
+    "ss_multires_noise_iterations", "ss_max_grad_norm", "ss_scale_weight_norms",
+    "ss_caption_dropout_rate", "ss_caption_dropout_every_n_epochs", "ss_caption_tag_dropout_rate",
+    "ss_output_name", "ss_training_comment", "ss_training_started_at", "ss_training_finished_at",
 )
 EMPTY_VALUES = ("", "None", "null")
 
