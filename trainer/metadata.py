@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from curate.paths import display
 from curate.trainer.data import Dataset, bucket_info, steps_per_epoch
 
 LEGACY_OFFSET, LEGACY_SIZE = 0x100000, 0x10000
@@ -80,8 +81,10 @@ def datasets_json(dataset: Dataset) -> list[dict[str, Any]]:
     for subset in dataset.subsets:
         entry: dict[str, Any] = {"img_count": sum(1 for i in dataset.items if i.subset is subset)}
         entry |= {key: getattr(subset, key) for key in SUBSET_KEYS}
-        entry |= {"resize_interpolation": None, "image_dir": subset.image_dir.name,
-                  "class_tokens": subset.class_tokens, "is_reg": subset.is_reg}
+        # display: a folder name that is not UTF-8 (surrogates) cannot go into the file's JSON header
+        tokens = subset.class_tokens
+        entry |= {"resize_interpolation": None, "image_dir": display(subset.image_dir.name),
+                  "class_tokens": display(tokens) if tokens else tokens, "is_reg": subset.is_reg}
         entry |= {key: getattr(subset, key) for key in DROPOUT_KEYS}
         subsets.append(entry)
     buckets = dataset.buckets

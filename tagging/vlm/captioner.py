@@ -59,6 +59,7 @@ class LocalCaptioner:
         self.name, self.revision, self.family = name, revision, family
         self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.positions = position_limit(model.config)
         if not self.encoder_decoder:  # decoder-only models continue the prompt: pad on the left
             processor.tokenizer.padding_side = "left"
         self._chat_texts: dict[str, str] = {}
@@ -191,13 +192,33 @@ class LocalCaptioner:
         inputs = batch.inputs.to(self.device)
         if "pixel_values" in inputs:  # the processor makes float32; the weights may be bf16
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, do_sample=False, num_beams=1,
-                                         max_new_tokens=self.max_new_tokens)
+        # past its last position a model with learned positions (Florence-2's BART) fails and
+        # a rotary one rambles: the answer stops there
+        used = 1 if self.encoder_decoder else inputs["input_ids"].shape[1]
+        room = min(self.max_new_tokens, self.positions - used) if self.positions else self.max_new_tokens
+        if room < 1:
+            return [Result(index, None, f"the prompt fills the model's {self.positions} positions; use a "
+                                        "shorter prompt") for index in batch.indices]
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=room)
+        except (RuntimeError, IndexError, ValueError) as exc:  # CUDA out of memory, a bad batch
+            reason = (f"generation failed ({first_line(exc)}); try a smaller --batch-size or --max-tokens, "
+                      "or another model")
+            return [Result(index, None, reason) for index in batch.indices]
         # encoder-decoder models (Florence-2) return the answer only; decoder-only ones continue
         new = output if self.encoder_decoder else output[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         return [Result(index, text.strip()) for index, text in zip(batch.indices, texts, strict=True)]
+
+
+def position_limit(config: Any) -> int | None:
+    """The positions the text model has (its decoder's for an encoder-decoder), if it says."""
+    for part in (getattr(config, "text_config", None), config):
+        limit = getattr(part, "max_position_embeddings", None) if part is not None else None
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
 
 
 def load_image(request: Request) -> Image.Image | str:
