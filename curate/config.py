@@ -242,9 +242,8 @@ def build(cls: type[T], section: str, values: Mapping[str, Any], *, source: str 
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise CurateError(
-            f"[{section}] has unknown option(s) {', '.join(unknown)}; valid: {', '.join(fields)}"
-        )
+        raise CurateError(f"[{section}] has unknown option(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(fields)}{_elsewhere(section, unknown)}")
     from_flags = set(flags)
     kwargs = {}
     for key, value in values.items():
@@ -343,7 +342,18 @@ def check_names(data: Mapping[str, Any], overrides: Iterable[str], where: str) -
         valid = section_keys(section.strip())
         if key not in valid:
             raise CurateError(f"--set {item!r}: [{section.strip()}] has unknown option(s) {key}; "
-                              f"valid: {', '.join(valid)}")
+                              f"valid: {', '.join(valid)}{_elsewhere(section.strip(), [key])}")
+
+
+def _elsewhere(section: str, keys: Iterable[str]) -> str:
+    """Where misplaced keys belong: [caption] (the captioner) and [captions] (the caption format
+    layout compiles) differ by one letter, and a key in the wrong one is the likely mistake."""
+    hints = []
+    for key in keys:
+        tables = [name for name in SECTIONS if name != section and key in section_keys(name)]
+        if tables:
+            hints.append(f"{key} is an option of " + " and ".join(f"[{t}]" for t in tables))
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def stage_config(

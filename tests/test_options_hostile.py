@@ -89,7 +89,7 @@ def test_library_configs_are_held_to_the_same_ranges() -> None:
 def test_unknown_sections_and_keys_are_errors(imported: tuple[Path, ImportResult], tmp_path: Path) -> None:
     code, output = run("dedupe", str(imported[0]), "--set", "nosuchsection.k=1")
     assert code == 2
-    assert "unknown section(s) nosuchsection; known: bg, captions, check, crop, dedupe" in output
+    assert "unknown section(s) nosuchsection; known: bg, caption, captions, check, crop, dedupe" in output
     # a key of another section given to this command is checked too, with that section's keys
     code, output = run("dedupe", str(imported[0]), "--set", "tag.treshold=0.4")
     assert code == 2 and "[tag] has unknown option(s) treshold; valid: model, threshold" in output
@@ -270,3 +270,10 @@ def test_readme_tour_moves_only_a_copy() -> None:
     text = README.read_text(encoding="utf-8")
     assert "curate dedupe ./raw --move-to" not in text
     assert "--move-to" in text and "moves" in text
+
+
+def test_a_key_in_the_neighbouring_table_is_pointed_to(tmp_path: Path) -> None:
+    """[caption] (the captioner) and [captions] (the caption format) differ by one letter."""
+    out = CliRunner().invoke(cli, ["layout", str(tmp_path), "--out", str(tmp_path / "d"),
+                                   "--set", "caption.format=nl"])
+    assert out.exit_code == 2 and "format is an option of [crop] and [captions]" in out.output
