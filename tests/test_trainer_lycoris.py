@@ -2,9 +2,7 @@
 its kohya wrapper adapts, files its own loader reads back to the same outputs, merges equal to
 base + its own dW, and training, info, merge and export from the trainer and the CLI.
 
-LyCORIS names text-encoder layers from the module it is handed; transformers 5's CLIPTextModel
-no longer has the `text_model` level that sd-scripts' (transformers 4) one has, so LyCORIS gets
-the encoder inside a `text_model` attribute here, as sd-scripts would hand it over.
+LyCORIS gets the text encoder nested as sd-scripts hands it over (lycoris_helpers.TextModel).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
-from torch import nn  # noqa: E402
+from lycoris_helpers import TextModel, randomise, sd_full_preset  # noqa: E402
 
 from curate.trainer.formats import save_network  # noqa: E402
 from curate.trainer.networks import LycorisModule, create_network  # noqa: E402
@@ -38,17 +36,6 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
 IDS = ["loha", "loha-conv", "lokr-full", "lokr-factor"]
 
 
-class TextModel(nn.Module):
-    """A CLIPTextModel under `text_model`, as transformers 4 (and so sd-scripts) nests it."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.text_model = encoder
-
-    def forward(self, ids: torch.Tensor) -> Any:
-        return self.text_model(ids)
-
-
 @pytest.fixture()
 def tiny() -> dict[str, Any]:
     return build_components()
@@ -56,25 +43,11 @@ def tiny() -> dict[str, Any]:
 
 @pytest.fixture()
 def lycoris_full(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """LyCORIS' default preset "full", less the class TimestepEmbedding that 4.1.3 added for Anima:
-    on an SD UNet that class holds exactly the time_embedding.linear_1/2 the preset also names,
-    so LyCORIS 4.1.3 adapts them twice and stops on "duplicated lora name". Its module set is
-    the same without the class."""
-    full = dict(lycoris_kohya.PRESET["full"])
-    assert "TimestepEmbedding" in full["unet_target_module"]
-    full["unet_target_module"] = [m for m in full["unet_target_module"] if m != "TimestepEmbedding"]
-    monkeypatch.setitem(lycoris_kohya.PRESET, "full", full)
+    sd_full_preset(monkeypatch)
     yield
 
 
-def _randomise(net: nn.Module, seed: int = 1, std: float = 0.2) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in net.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * std)
-
-
-def _outputs(unet: nn.Module, text: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(unet: Any, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, 8, 8, generator=gen)
     ids = torch.randint(0, 250, (2, 77), generator=gen)
@@ -109,6 +82,7 @@ def test_same_modules_shapes_and_alphas_as_lycoris(tiny: dict[str, Any], algo: s
     assert all(isinstance(m, LycorisModule) for m in ours.adapters())
 
 
+@pytest.mark.usefixtures("lycoris_full")
 @pytest.mark.parametrize(("algo", "options", "args"), CASES, ids=IDS)
 def test_lycoris_loads_our_file_to_the_same_outputs(tiny: dict[str, Any], tmp_path: Path, algo: str,
                                                     options: dict[str, Any], args: dict[str, str]) -> None:
@@ -116,7 +90,7 @@ def test_lycoris_loads_our_file_to_the_same_outputs(tiny: dict[str, Any], tmp_pa
     text = TextModel(encoder)
     base = _outputs(unet, text)
     ours = create_network(algo, unet, [encoder], **options)
-    _randomise(ours)
+    randomise(ours)
     ours.set_multiplier(0.7)
     ours.apply_to()
     ours.eval()
