@@ -161,3 +161,30 @@ def test_refusals() -> None:
                              ({"network": "lokr", "factor": 0}, "factor = 0")):
         with pytest.raises(CurateError, match=message):
             TrainConfig(**options).check()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "network_args"), [
+    ({"network": "loha", "network_dim": 8, "network_alpha": 4.0},
+     ["algo=loha", "conv_dim=8", "conv_alpha=4"]),
+    ({"network": "lokr", "network_dim": 16, "conv_dim": 4, "conv_alpha": 1.0, "factor": 8},
+     ["algo=lokr", "conv_dim=4", "conv_alpha=1", "factor=8"]),
+])
+def test_kohya_backend_passes_them_to_lycoris(tmp_path: Path, options: dict[str, Any],
+                                              network_args: list[str]) -> None:
+    """--backend kohya: sd-scripts' own parser reads the command; LyCORIS gets the conv settings the
+    builtin trainer reads (an unset conv_dim is network_dim in both)."""
+    from dataclasses import replace
+
+    from backend_helpers import fake_model, folder_dataset, sd_args
+
+    from curate.trainer.backends import kohya
+    from curate.trainer.config import TrainConfig
+
+    config = replace(TrainConfig(resolution=64, min_bucket_reso=64), **options)
+    dataset, model = folder_dataset(tmp_path / "ds"), fake_model(tmp_path / "model")
+    plan = kohya.plan(dataset, model, tmp_path / "out", config)
+    args = sd_args(plan.command or [])
+    assert args.network_module == "lycoris.kohya" and args.network_args == network_args
+    assert args.network_dim == options["network_dim"]
+    assert args.network_alpha == options.get("network_alpha", 1.0)
+    assert any("lycoris_lora" in note for note in plan.notes)

@@ -218,7 +218,7 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> l
                              python=False),
                 *only]
     if config.network in ("loha", "lokr"):
-        return lycoris_args(config, notes) + only
+        return lycoris_args(config, notes, sdxl) + only
     extra: dict[str, Any] = {}
     if config.conv_dim:
         # the builtin trainer reads an unset conv_alpha as conv_dim (scale 1); sd-scripts as 1.0
@@ -232,11 +232,16 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> l
     return args + _option("scale_weight_norms", config.scale_weight_norms) + only
 
 
-def lycoris_args(config: TrainConfig, notes: list[str]) -> list[str]:
+def lycoris_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> list[str]:
     """LoHa / LoKr through LyCORIS' kohya wrapper, with the conv settings the builtin trainer reads
     (an unset conv_dim / conv_alpha is network_dim / network_alpha in both)."""
     notes.append(f"{config.network} trains with LyCORIS (network_module lycoris.kohya): `pip install "
                  "lycoris_lora` in sd-scripts' environment first")
+    if not sdxl:
+        # its preset "full" lists the class TimestepEmbedding beside time_embedding.linear_1/2
+        notes.append("LyCORIS 4.1.3 stops with 'duplicated lora name: lora_unet_time_embedding_linear_1' "
+                     "on SD 1.x/2.x UNets (seen on diffusers' UNet, whose classes sd-scripts' SD UNet "
+                     "shares); use another LyCORIS release or --backend builtin")
     if any(getattr(config, k) is not None for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight",
                                                     "block_lr_weights")):
         notes.append("LyCORIS reads no block learning rates (down/mid/up_lr_weight); they are left out")
