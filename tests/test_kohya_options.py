@@ -124,11 +124,12 @@ def test_network_args_and_module(tmp_path: Path) -> None:
         train_config(None, ["network_module=networks.dylora"])
 
 
-def test_loha_and_lokr_are_not_yet_here() -> None:
-    """Flipped when the LoHa/LoKr networks (a parallel branch) are merged."""
+def test_lycoris_algos_by_network_args() -> None:
+    """sd-scripts' spelling of a LyCORIS network: lycoris.kohya with algo= in network_args."""
     for algo in ("loha", "lokr"):
-        with pytest.raises(CurateError, match=f"network '{algo}' is not trained by this curate yet"):
-            train_config(None, ["network_module=lycoris.kohya", f'network_args=["algo={algo}"]'])
+        args = f'network_args=["algo={algo}", "conv_dim=4"]'
+        config = train_config(None, ["network_module=lycoris.kohya", args])
+        assert (config.network, config.conv_dim) == (algo, 4)
 
 
 def test_set_spellings_win_over_the_file(tmp_path: Path) -> None:
@@ -225,13 +226,10 @@ def test_recipe_prodigy_ia3_2023_07_with_its_trailing_comma() -> None:
 
 
 def test_recipe_loha_dadaptation_2023_04(tmp_path: Path) -> None:
-    with pytest.raises(CurateError, match=r"LyCORIS/LoHa'.*not trained by this curate yet"):
-        _recipe("loha_dadaptation_2023-04.json")
-    # everything but the network, read with LoHa swapped for LoCon (same rank keys)
-    data = json.loads((RECIPES / "loha_dadaptation_2023-04.json").read_text(encoding="utf-8"))
-    (tmp_path / "locon.json").write_text(json.dumps({**data, "LoRA_type": "LyCORIS/LoCon"}), encoding="utf-8")
+    """Guide 002's recipe: LoHa for a character, as the guide describes it."""
     messages: list[tuple[str, str]] = []
-    config = train_config(tmp_path / "locon.json", messages=messages)
+    config = train_config(RECIPES / "loha_dadaptation_2023-04.json", messages=messages)
+    assert config.network == "loha"
     assert (config.optimizer, config.learning_rate, config.unet_lr, config.text_encoder_lr) == (
         "dadaptadam", 1.0, 1.0, 1.0,
     )

@@ -154,7 +154,8 @@ def test_kohya_tokenizer_cache_loads_as_sd_scripts_loads_it(tiny_sd: Path, tmp_p
 def test_seed_recipes_train_a_few_steps(tiny_sd: Path, photos_dataset: Path, tmp_path: Path) -> None:
     from curate.trainer.formats import load_network
 
-    for name in ("ia3_prodigy_2023-09.json", "ia3_prodigy_2023-07.json"):
+    for name, algo in (("ia3_prodigy_2023-09.json", "ia3"), ("ia3_prodigy_2023-07.json", "ia3"),
+                       ("loha_dadaptation_2023-04.json", "loha")):
         data = tmp_path / name / "data"
         shutil.copytree(photos_dataset, data)  # cache_latents_to_disk writes beside the images
         out = tmp_path / name / "out"
@@ -176,5 +177,5 @@ def test_seed_recipes_train_a_few_steps(tiny_sd: Path, photos_dataset: Path, tmp
         )
         assert result.exit_code == 0, result.output
         tensors, meta = load_network(out / "last.safetensors")
-        assert meta["ss_network_module"] == "lycoris.kohya" and "ia3" in meta.get("ss_network_args", "")
+        assert meta["ss_network_module"] == "lycoris.kohya" and algo in meta.get("ss_network_args", ""), name
         assert any(float(t.abs().sum()) > 0 for t in tensors.values() if t.dtype.is_floating_point)

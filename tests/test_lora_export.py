@@ -227,6 +227,9 @@ def test_non_ia3_inputs_are_refused(model: Path, tmp_path: Path) -> None:
         export_ia3_to_lora(lora, model, tmp_path / "out.safetensors")
     other = tmp_path / "other.safetensors"
     save_network(other, {"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, {})
+    with pytest.raises(CurateError, match=r"a LoHa \(LyCORIS\) file; export turns iA3 into LoRA only"):
+        export_ia3_to_lora(other, model, tmp_path / "out.safetensors")
+    save_network(other, {"lora_unet_x.diff": torch.zeros(2, 2)}, {})
     with pytest.raises(CurateError, match="not an iA3 file"):
         export_ia3_to_lora(other, model, tmp_path / "out.safetensors")
     text = tmp_path / "notes.safetensors"

@@ -166,7 +166,7 @@ def test_dropout_only_while_training(tiny: dict[str, Any]) -> None:
 
 
 def test_unknown_network_and_option() -> None:
-    with pytest.raises(ValueError, match="lora, ia3"):
-        create_network("loha", None, [])
+    with pytest.raises(ValueError, match="lora, ia3, loha, lokr"):
+        create_network("dora", None, [])
     with pytest.raises(ValueError, match="valid: "):
         create_network("lora", None, [], rank=4)

@@ -31,8 +31,8 @@ from curate.trainer.networks import AdapterNetwork
 from curate.trainer.optim import OPTIMIZER_NAMES
 
 # settings a resumed run must share with the run that saved the state
-RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "ia3_train_on_input",
-               "train_unet", "train_text_encoder", "optimizer", "lr_scheduler", "seed",
+RESUME_KEYS = ("network", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "factor",
+               "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "lr_scheduler", "seed",
                "gradient_accumulation_steps")
 
 

@@ -28,15 +28,22 @@ class TrainConfig:
     """Options of `curate train` (and the train stage of `curate run`), with sd-scripts' names."""
 
     version: int = option(VERSION, help="The format of this table; older ones are migrated when read.")
-    network: Literal["lora", "ia3"] = option("lora", help="The adapter trained: lora or ia3.")
-    network_dim: int = option(8, ge=1, le=1024, help="LoRA rank.")
-    network_alpha: float = option(1.0, ge=0, help="LoRA alpha: the update is scaled by alpha / dim.")
+    network: Literal["lora", "ia3", "loha", "lokr"] = option("lora", help=(
+        "The adapter trained: lora (LoCon with conv_dim), ia3, or LyCORIS' loha / lokr."))
+    network_dim: int = option(8, ge=1, le=100000, help=(
+        "Rank of LoRA / LoHa / LoKr (LoKr: of its second factor, stored whole when dim >= half its size)."))
+    network_alpha: float = option(1.0, ge=0, help=(
+        "Alpha: the update is scaled by alpha / dim (0: alpha = dim, scale 1)."))
     network_dropout: float | None = option(None, ge=0, lt=1, example=0.1, help=(
-        "Dropout on the LoRA down output."))
-    conv_dim: int | None = option(None, ge=1, le=1024, example=4, help=(
-        "Rank of LoRA on the 3x3 convolutions (LoCon); unset: linear layers and 1x1 convolutions only."))
+        "Dropout on the LoRA down output (LoRA only: LyCORIS' LoHa/LoKr have none)."))
+    conv_dim: int | None = option(None, ge=1, le=100000, example=4, help=(
+        "Rank on the 3x3 convolutions; unset: none for lora (linear layers and 1x1 convolutions "
+        "only), network_dim for loha / lokr (as LyCORIS reads it)."))
     conv_alpha: float | None = option(None, ge=0, example=1.0, help=(
-        "Alpha of the convolution LoRA; unset: 1.0 (sd-scripts' default), 0: conv_dim (scale 1)."))
+        "Alpha of the convolutions; unset: 1.0 for lora (sd-scripts' default; 0: conv_dim, scale 1), "
+        "network_alpha for loha / lokr (as LyCORIS reads it)."))
+    factor: int = option(-1, ge=-1, le=100000, help=(
+        "LoKr: split each size into two factors, the smaller at most this; -1: the most square split."))
     ia3_train_on_input: bool = option(True, help=(
         "iA3: scale the feed-forward layers' inputs (as the iA3 paper)."))
     train_unet: bool = option(True, help="Train the adapter on the UNet.")
@@ -183,13 +190,31 @@ class TrainConfig:
         if not (self.train_unet or self.train_text_encoder):
             raise CurateError("train.train_unet and train.train_text_encoder are both false: "
                               "nothing to train")
+        self._check_network()
         # the saves are OUT/NAME.safetensors, NAME-step00000010.safetensors, ...
         check_name(self.output_name, "train.output_name")
+
+    def _check_network(self) -> None:
+        if self.network in ("loha", "lokr") and self.network_dropout is not None:
+            raise CurateError(f"train.network_dropout is set but {self.network} has no neuron dropout "
+                              "(LyCORIS warns and ignores it); unset it")
+        if self.network in ("loha", "lokr") and self.scale_weight_norms is not None:
+            raise CurateError(f"train.scale_weight_norms: the built-in trainer scales LoRA weight norms "
+                              f"only, not {self.network}; unset it or train with --backend kohya")
+        if self.factor == 0:
+            raise CurateError("train.factor = 0: give -1 (the most square split) or a positive number")
+        if self.factor != -1 and self.network != "lokr":
+            raise CurateError(f"train.factor = {self.factor} applies to network lokr only, "
+                              f"not {self.network}")
 
     def network_options(self) -> dict[str, Any]:
         common = {"train_unet": self.train_unet, "train_text_encoder": self.train_text_encoder}
         if self.network == "ia3":
             return {**common, "train_on_input": self.ia3_train_on_input}
+        if self.network in ("loha", "lokr"):
+            lycoris = {**common, "dim": self.network_dim, "alpha": self.network_alpha,
+                       "conv_dim": self.conv_dim, "conv_alpha": self.conv_alpha}
+            return lycoris | ({"factor": self.factor} if self.network == "lokr" else {})
         return {**common, "dim": self.network_dim, "alpha": self.network_alpha,
                 "dropout": self.network_dropout, "conv_dim": self.conv_dim, "conv_alpha": self.conv_alpha}
 

@@ -99,6 +99,12 @@ def read_ia3(path: Path) -> tuple[dict[str, tuple[torch.Tensor, bool]], dict[str
     tensors, metadata = load_network(path)
     if any(".lora_down." in key or ".lora_up." in key for key in tensors):
         raise CurateError(f"{path}: already a LoRA (lora_down/lora_up keys); only iA3 files need exporting")
+    lycoris = {"LoHa" if ".hada_" in key else "LoKr" for key in tensors if ".hada_" in key or ".lokr_" in key}
+    if lycoris:
+        # a LoHa's dW has rank up to dim^2, a LoKr's up to rank(w1) * rank(w2): no small exact LoRA
+        raise CurateError(f"{path}: a {'+'.join(sorted(lycoris))} (LyCORIS) file; export turns iA3 into LoRA "
+                          "only. A1111, ComfyUI and Forge load it as it is; for a LoRA, bake it in with "
+                          "`curate lora merge` and take the difference with `curate lora extract`")
     layers: dict[str, tuple[torch.Tensor, bool]] = {}
     for key in sorted(tensors):
         name, _, kind = key.rpartition(".")

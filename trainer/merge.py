@@ -8,9 +8,14 @@ block weight b of the layer's block (curate.trainer.blocks), m = s * b:
   alpha = r, as sd-scripts reads it;
 - iA3 (REFERENCE §6): W *= 1 + m*w on the output rows (on_input 0) or input columns (1); the bias
   is not scaled, as A1111 merges it.
+- LoHa / LoKr (LyCORIS, REFERENCE §7): W += m * dW with LyCORIS' dense update
+  (curate.trainer.networks.loha / lokr): (alpha / dim) * (w1_a @ w1_b) * (w2_a @ w2_b) for LoHa,
+  (alpha / dim) * kron(w1, w2) for LoKr, each half whole or a rank-dim product (or Tucker, with
+  hada_t1/t2, lokr_t2), dim read from the `_b` factors; no `.alpha`, or a LoKr with both halves
+  whole, means scale 1, as A1111 and LyCORIS read them.
 iA3 multiplies what LoRAs before it added, so order matters when both kinds are merged.
 
-Keys of a kind this does not know (LoHa, LoKr, DoRA's dora_scale, full `.diff`) and modules the
+Keys of a kind this does not know (DoRA's dora_scale, full `.diff`, ...) and modules the
 base lacks are reported in `MergeResult.unknown`, never dropped silently: a module with any
 unknown key is left unmerged as a whole (merging half of it would be wrong), and `strict` turns
 any unknown key into an error. A network none of whose modules fit the base is an error.
@@ -39,14 +44,20 @@ from torch import nn
 
 from curate.atomic import TMP_PREFIX, UMASK
 from curate.errors import CurateError
+from curate.paths import first_line
 from curate.trainer.blocks import block_weight, parse_block_weights
 from curate.trainer.formats import load_network, save_dtype
 from curate.trainer.model import Models, load_models
 from curate.trainer.networks.base import UNET_PREFIX, kohya_name, te_prefixes, te_root_path, unet_renamer
+from curate.trainer.networks.loha import loha_diff
+from curate.trainer.networks.lokr import lokr_diff, tucker_w2
 from curate.trainer.single_file import CONFIGS
 
 LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
 IA3_SUFFIXES = ("weight", "on_input")
+LOHA_KEYS = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"})
+LOKR_KEYS = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+                       "alpha"})
 WRITTEN = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 # SDXL's UNet layers outside the down / mid / up blocks, under their SGM names (sd-scripts' SDXL UNet)
 SGM_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
@@ -60,6 +71,8 @@ class NetworkMerge:
     strength: float
     lora_layers: int = 0
     ia3_layers: int = 0
+    loha_layers: int = 0
+    lokr_layers: int = 0
     unknown: list[str] = field(default_factory=list)  # keys not merged: unknown kinds or layers
 
 
@@ -127,13 +140,71 @@ def ia3_scaled(parts: dict[str, torch.Tensor], weight: torch.Tensor, m: float) -
     return weight * (1 + m * w).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
+def _scale(parts: dict[str, torch.Tensor], dim: int | None) -> float:
+    """alpha / dim; 1 without an alpha or a dim (both LoKr halves whole), as A1111 and LyCORIS read
+    it; an alpha of 0 is dim, as LyCORIS reads it."""
+    if dim is None or "alpha" not in parts or float(parts["alpha"]) == 0:
+        return 1.0
+    return float(parts["alpha"]) / dim
+
+
+def loha_delta(parts: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """LyCORIS' LoHa dW from a file's tensors (plain or Tucker), shaped like the base weight."""
+    p = {k: v.float() for k, v in parts.items()}
+    scale = _scale(parts, p["hada_w1_b"].shape[0])
+    out_axis = 1 if "hada_t1" in p else 0  # Tucker stores the out factors as [dim, out]
+    if p["hada_w1_a"].shape[out_axis] != shape[0]:
+        raise ValueError(f"hada_w1_a is {tuple(p['hada_w1_a'].shape)}")
+    return loha_diff(p["hada_w1_a"], p["hada_w1_b"], p["hada_w2_a"], p["hada_w2_b"], scale, tuple(shape),
+                     p.get("hada_t1"), p.get("hada_t2"))
+
+
+def lokr_delta(parts: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """LyCORIS' LoKr dW from a file's tensors (each half whole, a product or Tucker)."""
+    p = {k: v.float() for k, v in parts.items()}
+    w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+    if "lokr_w2" in p:
+        w2 = p["lokr_w2"]
+    elif "lokr_t2" in p:
+        w2 = tucker_w2(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+    else:
+        w2 = p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)
+    # LyCORIS takes dim from the first factored half: w1's, else w2's
+    dim = next((p[k].shape[0] for k in ("lokr_w1_b", "lokr_w2_b") if k in p), None)
+    w1_rows, w2_rows = w1.shape[0], w2.shape[0]
+    if w1_rows * w2_rows != shape[0] or w1.numel() * w2.numel() != shape.numel():
+        raise ValueError(f"kron of {tuple(w1.shape)} and {tuple(w2.shape)}")
+    return lokr_diff(w1, w2, _scale(parts, dim), tuple(shape))
+
+
 def _kind(parts: dict[str, torch.Tensor]) -> str | None:
     keys = set(parts)
     if keys in ({"lora_down.weight", "lora_up.weight", "alpha"}, {"lora_down.weight", "lora_up.weight"}):
         return "lora"
     if keys == {"weight", "on_input"} and parts["weight"].dim() == 1:
         return "ia3"
+    if keys <= LOHA_KEYS and {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= keys \
+            and ("hada_t1" in keys) == ("hada_t2" in keys):
+        return "loha"
+    halves = [{f"lokr_w{i}"} <= keys or {f"lokr_w{i}_a", f"lokr_w{i}_b"} <= keys for i in (1, 2)]
+    if keys <= LOKR_KEYS and all(halves):
+        return "lokr"
     return None
+
+
+DELTAS = {"loha": loha_delta, "lokr": lokr_delta}
+
+
+def _lycoris_delta(path: Path, name: str, kind: str, parts: dict[str, torch.Tensor],
+                   weight: torch.Tensor) -> torch.Tensor:
+    """A LoHa / LoKr module's dW for this base layer; factors that cannot make its shape are an error."""
+    try:
+        delta = DELTAS[kind](parts, weight.shape)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise CurateError(f"{path}: {name} does not fit the base layer of shape {tuple(weight.shape)} "
+                          f"({first_line(exc)}); merge networks trained on this base model's architecture"
+                          ) from None
+    return delta
 
 
 def _check_shape(path: Path, name: str, kind: str, parts: dict[str, torch.Tensor],
@@ -160,20 +231,23 @@ def apply_network(layers: dict[str, nn.Module], path: Path, strength: float,
             report.unknown += [f"{name}.{suffix}" for suffix in sorted(parts)]
             continue
         weight = layer.weight
-        _check_shape(path, name, kind, parts, weight)
         m = strength * block_weight(weights, name)
         with torch.no_grad():
             base = weight.float()
-            if kind == "lora":
+            if kind in DELTAS:
+                merged = base + m * _lycoris_delta(path, name, kind, parts, weight)
+            elif kind == "lora":
+                _check_shape(path, name, kind, parts, weight)
                 merged = base + m * lora_delta(parts, weight.shape)
             else:
+                _check_shape(path, name, kind, parts, weight)
                 merged = ia3_scaled(parts, base, m)
             weight.copy_(merged.to(weight.dtype))
-        report.lora_layers += kind == "lora"
-        report.ia3_layers += kind == "ia3"
-    if not (report.lora_layers or report.ia3_layers):
+        setattr(report, f"{kind}_layers", getattr(report, f"{kind}_layers") + 1)
+    if not (report.lora_layers or report.ia3_layers or report.loha_layers or report.lokr_layers):
         raise CurateError(f"{path}: none of its {len(tensors)} keys fit the base model (LoRA lora_down/"
-                          "lora_up/alpha or iA3 weight/on_input on its layers); is it for another model?")
+                          "lora_up/alpha, iA3 weight/on_input, LoHa hada_* or LoKr lokr_* on its layers); "
+                          "is it for another model?")
     return report
 
 
@@ -298,6 +372,8 @@ def parse_network_arg(text: str) -> tuple[Path, float]:
 def describe(result: MergeResult) -> str:
     """One line per network for people; unknown keys are counted (the JSON lists them)."""
     lines = [f"{n.path.name} x{n.strength:g}: {n.lora_layers} LoRA + {n.ia3_layers} iA3 layers"
+             + "".join(f" + {count} {label} layers" for count, label in ((n.loha_layers, "LoHa"),
+                                                                          (n.lokr_layers, "LoKr")) if count)
              + (f", {len(n.unknown)} keys NOT merged (first: {n.unknown[0]})" if n.unknown else "")
              for n in result.networks]
     return "\n".join([*lines, f"wrote {result.output} ({result.format}, {result.precision})"])

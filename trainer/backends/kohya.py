@@ -69,7 +69,7 @@ SAME: tuple[str, ...] = (
 # read by the helpers below (their sd-scripts spelling differs, or depends on other keys)
 TRANSLATED: frozenset[str] = frozenset({
     "network", "network_dim", "network_alpha", "network_dropout", "conv_dim", "conv_alpha",
-    "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
+    "factor", "ia3_train_on_input", "train_unet", "train_text_encoder", "optimizer", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "T_0", "T_mult",
     "eta_min", "max_train_steps", "max_train_epochs", "noise_offset", "adaptive_noise_scale",
     "cache_text_encoder_outputs", "noise_offset_random_strength",
@@ -248,6 +248,8 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False,
                 *_key_values("--network_args", {"algo": "ia3", **({"preset": preset} if preset else {}),
                                                 "train_on_input": config.ia3_train_on_input}, python=False),
                 *only]
+    if config.network in ("loha", "lokr"):
+        return lycoris_args(config, notes, sdxl) + only
     extra: dict[str, Any] = {}
     if config.conv_dim:
         # written out although sd-scripts reads an unset conv_alpha as 1.0 too, as the builtin does
@@ -260,6 +262,29 @@ def network_args(config: TrainConfig, notes: list[str], sdxl: bool = False,
     args += _key_values("--network_args", extra, python=False)
     # the builtin trainer scales LoRA weight norms only; iA3 has no up/down pair to scale
     return args + _option("scale_weight_norms", config.scale_weight_norms) + only
+
+
+def lycoris_args(config: TrainConfig, notes: list[str], sdxl: bool = False) -> list[str]:
+    """LoHa / LoKr through LyCORIS' kohya wrapper, with the conv settings the builtin trainer reads
+    (an unset conv_dim / conv_alpha is network_dim / network_alpha in both)."""
+    notes.append(f"{config.network} trains with LyCORIS (network_module lycoris.kohya): `pip install "
+                 "lycoris_lora` in sd-scripts' environment first")
+    if not sdxl:
+        # its preset "full" lists the class TimestepEmbedding beside time_embedding.linear_1/2
+        notes.append("LyCORIS 4.1.3 stops with 'duplicated lora name: lora_unet_time_embedding_linear_1' "
+                     "on SD 1.x/2.x UNets (seen on diffusers' UNet, whose classes sd-scripts' SD UNet "
+                     "shares); use another LyCORIS release or --backend builtin")
+    if any(getattr(config, k) is not None for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                                                    "block_lr_weights")):
+        notes.append("LyCORIS reads no block learning rates (down/mid/up_lr_weight); they are left out")
+    pairs: dict[str, Any] = {"algo": config.network, "conv_dim": config.conv_dim or config.network_dim,
+                             "conv_alpha": float(config.conv_alpha if config.conv_alpha is not None
+                                                 else config.network_alpha)}
+    if config.network == "lokr" and config.factor != -1:
+        pairs["factor"] = config.factor
+    return ["--network_module", "lycoris.kohya", "--network_dim", str(config.network_dim),
+            "--network_alpha", _number(float(config.network_alpha)),
+            *_key_values("--network_args", pairs, python=False)]
 
 
 def optimizer_args(config: TrainConfig) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ TRAINING_FIELDS = (
     "ss_output_name", "ss_training_comment", "ss_training_started_at", "ss_training_finished_at",
 )
 EMPTY_VALUES = ("", "None", "null")
+# the 3x3 convolutions of SD UNets by kohya name (diffusers and sd-scripts' SDXL layouts): LyCORIS
+# stores a LoHa's or a decomposed LoKr's conv factors flattened, so their shapes cannot tell
+CONV_NAME = re.compile(r"lora_unet_(.*_(conv[12]?|in_layers_2|out_layers_3|op)|conv_in|conv_out|"
+                       r"input_blocks_0_0|out_2)$")
 
 
 @dataclass
@@ -179,7 +184,7 @@ def _modules(fh: Any, shapes: dict[str, tuple[int, ...]], info: LoraInfo) -> Non
         rank_key = next((name + s for s in RANK_KEYS if s in found), None)
         if rank_key is not None:
             shape = shapes[rank_key]
-            conv = (len(shape) == 4 and shape[2:] != (1, 1)) or ".hada_t1" in found
+            conv = _is_conv(name, found, shapes, shape)
             (conv_ranks if conv else ranks).append(shape[0])
         if ".alpha" in found:
             alphas[round(float(fh.get_tensor(name + ".alpha").float()), 6)] += 1
@@ -187,6 +192,19 @@ def _modules(fh: Any, shapes: dict[str, tuple[int, ...]], info: LoraInfo) -> Non
     info.modules = dict(sorted(parts.items()))
     info.dims, info.conv_dims = RankSummary.of(ranks), RankSummary.of(conv_ranks)
     info.alphas = alphas.most_common()
+
+
+def _is_conv(name: str, found: set[str], shapes: dict[str, tuple[int, ...]],
+             rank_shape: tuple[int, ...]) -> bool:
+    """A module on a convolution larger than 1x1: by a 4-D factor's kernel, a Tucker core, else (LoHa and
+    LoKr store conv factors flattened) by the layer's name."""
+    if (len(rank_shape) == 4 and rank_shape[2:] != (1, 1)) or ".hada_t1" in found or ".lokr_t2" in found:
+        return True
+    whole = shapes.get(name + ".lokr_w2", ())
+    if len(whole) == 4 and whole[2:] != (1, 1):
+        return True
+    lycoris = any(s.startswith((".hada_", ".lokr_")) for s in found)
+    return lycoris and CONV_NAME.match(name) is not None
 
 
 def _timestamp(value: str) -> str:
