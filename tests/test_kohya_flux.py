@@ -94,7 +94,8 @@ def test_flux_values_and_warnings(dataset: Path, flux: dict[str, Path], tmp_path
     plan = kohya.plan(dataset, flux["model"], tmp_path / "out", LORA_CONV)
     args = args_of(plan, FLUX)
     assert (args.network_dim, args.network_alpha, args.network_dropout) == (16, 8.0, 0.1)
-    assert args.network_args == ["conv_dim=4", "conv_alpha=4"] and args.network_train_unet_only
+    # lora_flux.create_network reads an unset conv_alpha as 1.0, and so is it written
+    assert args.network_args == ["conv_dim=4", "conv_alpha=1"] and args.network_train_unet_only
     assert (args.optimizer_type, args.max_train_epochs, args.mixed_precision) == ("AdamW8bit", 10, "bf16")
     assert args.cache_latents_to_disk and args.gradient_checkpointing and args.save_state
     warned = " ".join(plan.warnings)

@@ -148,7 +148,8 @@ class TrainConfig:
         "FLUX.1 with --backend kohya: the autoencoder (BFL's ae.safetensors); SD3: a VAE file used "
         "instead of the checkpoint's (--vae). Unset: a file beside the model."))
     backend: Literal["builtin", "kohya", "aitoolkit"] = option("builtin", help=(
-        "Who trains: curate's own loop (builtin), sd-scripts' train_network.py (kohya), or "
+        "Who trains: curate's own loop (builtin), sd-scripts' train_network.py (kohya; its SDXL, FLUX.1 "
+        "and SD3 scripts for those models), or "
         "ostris/ai-toolkit (aitoolkit: FLUX, Qwen-Image, Z-Image, Wan, SD3 from a job file)."))
     save_precision: Literal["fp16", "bf16", "float"] = option("fp16", help="Precision of saved weights.")
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help=(

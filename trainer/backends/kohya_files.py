@@ -11,7 +11,8 @@
 - The tokenizers. sd-scripts loads its CLIP tokenizers from the Hub by id unless
   --tokenizer_cache_dir names a folder holding `ID.replace("/", "_")` (library/strategy_base.py
   `_load_tokenizer`); the plan fills OUT/tokenizer-cache from the base model's own tokenizer
-  folders, so the command runs on a machine without Hub access.
+  folders, so the command runs on a machine without Hub access (FLUX.1 and SD3 add T5-XXL's,
+  `google/t5-v1_1-xxl`, from a diffusers folder's tokenizer_2/ or tokenizer_3/).
 """
 
 from __future__ import annotations

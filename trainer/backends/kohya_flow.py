@@ -284,9 +284,9 @@ def flow_args(base: BaseModel, config: TrainConfig, files: dict[str, Path], note
              "--network_alpha", _number(float(config.network_alpha))]
     if config.network_dropout:
         args += ["--network_dropout", _number(config.network_dropout)]
-    if config.conv_dim:  # both modules read conv_dim / conv_alpha from network_args
-        args += ["--network_args", f"conv_dim={config.conv_dim}",
-                 f"conv_alpha={_number(config.conv_alpha or float(config.conv_dim))}"]
+    if config.conv_dim:  # both modules read conv_dim / conv_alpha from network_args; unset alpha: 1.0
+        alpha = 1.0 if config.conv_alpha is None else config.conv_alpha
+        args += ["--network_args", f"conv_dim={config.conv_dim}", f"conv_alpha={_number(alpha)}"]
     if config.scale_weight_norms:
         args += ["--scale_weight_norms", _number(config.scale_weight_norms)]
     if not config.train_text_encoder:
