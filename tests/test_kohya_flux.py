@@ -144,6 +144,8 @@ def test_explicit_files_win_and_are_checked(dataset: Path, flux: dict[str, Path]
 
 def test_comfyui_tree_and_prefixed_model(dataset: Path, tmp_path: Path) -> None:
     files = build_tiny_flux(tmp_path / "comfy", comfy=True, prefix="model.diffusion_model.")
+    # a broken download beside them is not taken for one of them, nor refuses the plan
+    (tmp_path / "comfy" / "models" / "vae" / "partial.safetensors").write_bytes(b"\xff" * 12)
     plan = kohya.plan(dataset, tmp_path / "comfy" / "models", tmp_path / "o", TrainConfig())
     args = args_of(plan, FLUX)
     assert args.pretrained_model_name_or_path == str(files["model"])

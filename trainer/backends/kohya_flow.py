@@ -161,6 +161,14 @@ def component_file(folder: Path, key: str) -> tuple[Path | None, str]:
     return None, ""
 
 
+def _kind_or_none(path: Path) -> str | None:
+    """A neighbour's kind; an unreadable file beside the model is not one of its files."""
+    try:
+        return file_kind(path, safetensors_header(path))
+    except CurateError:
+        return None
+
+
 def side_files(model: Path) -> list[Path]:
     """.safetensors files beside a single-file model, and in a ComfyUI tree's sibling folders."""
     folders = [model.parent]
@@ -197,7 +205,7 @@ def model_files(base: BaseModel, config: TrainConfig, notes: list[str],
                 del chosen[key]
     why: dict[str, str] = {}
     candidates = side_files(base.path) if base.path.is_file() else []
-    kinds = {path: file_kind(path, safetensors_header(path)) for path in candidates}
+    kinds = {path: _kind_or_none(path) for path in candidates}
     for key in needs:
         if key in chosen:
             continue

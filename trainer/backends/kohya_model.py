@@ -140,6 +140,13 @@ def file_family(model: Path, allow_pickle: bool) -> Family | None:
     return detect_family(read_checkpoint(model, allow_pickle=True), model)
 
 
+def _flow_or_none(path: Path) -> Family | None:
+    try:
+        return flow_family(safetensors_header(path))
+    except CurateError:  # an unreadable file in the folder is not the model
+        return None
+
+
 def folder_transformer(folder: Path) -> Path | None:
     """The one FLUX.1 / SD3 single file in a folder of single files (ComfyUI's models/ or one of its
     diffusion_models/, unet/, checkpoints/): a folder with neither model_index.json nor unet/."""
@@ -148,7 +155,7 @@ def folder_transformer(folder: Path) -> Path | None:
     places = [folder, *(folder / name for name in ("diffusion_models", "unet", "checkpoints"))]
     files = sorted(p for place in places if place.is_dir()
                    for p in place.glob("*.safetensors") if p.is_file())
-    found = [p for p in files if flow_family(safetensors_header(p)) is not None]
+    found = [p for p in files if _flow_or_none(p) is not None]
     if len(found) > 1:
         raise CurateError(f"{folder}: several FLUX.1/SD3 models ({', '.join(p.name for p in found)}); pass "
                           "the one to train as --model")
