@@ -42,11 +42,20 @@ DADAPT_POLY = TrainConfig(optimizer="dadaptadam", learning_rate=1.0, lr_schedule
 RICH = {"lora_conv": LORA_CONV, "ia3_prodigy_cawr": IA3_PRODIGY, "dadapt_polynomial": DADAPT_POLY}
 
 
-def sd_scripts_parser(sdxl: bool = False) -> argparse.ArgumentParser:
+# each script -> its option list in SPEC (tests/data/extract_sd_scripts_args.py)
+OPTION_LISTS = {"train_network.py": "options", "sdxl_train_network.py": "sdxl_options",
+                "flux_train_network.py": "flux_options", "sd3_train_network.py": "sd3_options"}
+
+
+def _script(sdxl: bool, script: str | None) -> str:
+    return script or ("sdxl_train_network.py" if sdxl else "train_network.py")
+
+
+def sd_scripts_parser(sdxl: bool = False, script: str | None = None) -> argparse.ArgumentParser:
     """argparse from the extracted spec: names, flags, arity, types and choices as sd-scripts has them."""
     parser = argparse.ArgumentParser(allow_abbrev=False)
     types = {"int": int, "float": float, "int_or_float": float}
-    for name, option in SPEC["sdxl_options" if sdxl else "options"].items():
+    for name, option in SPEC[OPTION_LISTS[_script(sdxl, script)]].items():
         if option["action"] != "store":
             parser.add_argument(name, action=option["action"])
             continue
@@ -57,15 +66,16 @@ def sd_scripts_parser(sdxl: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def sd_args(command: list[str], sdxl: bool = False) -> argparse.Namespace:
+def sd_args(command: list[str], sdxl: bool = False, script: str | None = None) -> argparse.Namespace:
     """The command parsed as its sd-scripts script would; every flag must be one the script has."""
+    script = _script(sdxl, script)
     assert command[:4] == ["accelerate", "launch", "--num_cpu_threads_per_process", "1"]
-    assert Path(command[4]).name == ("sdxl_train_network.py" if sdxl else "train_network.py")
-    known = set(SPEC["sdxl_options" if sdxl else "options"])
+    assert Path(command[4]).name == script
+    known = set(SPEC[OPTION_LISTS[script]])
     flags = [a for a in command[5:] if a.startswith("--")]
     assert not set(flags) - known, set(flags) - known
     assert len(flags) == len(set(flags)), "an option given twice"
-    return sd_scripts_parser(sdxl).parse_args(command[5:])
+    return sd_scripts_parser(script=script).parse_args(command[5:])
 
 
 def fake_model(root: Path, cross_attention_dim: int = 768, prediction: str = "epsilon",

@@ -141,8 +141,23 @@ class TrainConfig:
     allow_pickle: bool = option(False, help=(
         "Read a .ckpt/.pt base model (a pickle; loaded with weights_only, still only from sources "
         "you trust)."))
+    # FLUX.1 / SD3 keep their text encoders and autoencoder in separate files, which sd-scripts'
+    # flux_train_network.py / sd3_train_network.py take as --clip_l, --clip_g, --t5xxl, --ae / --vae
+    clip_l: str | None = option(None, example="models/clip/clip_l.safetensors", help=(
+        "FLUX.1/SD3 with --backend kohya: the CLIP-L text encoder (.safetensors); unset: the base "
+        "model's own, or a file beside it."))
+    clip_g: str | None = option(None, example="models/clip/clip_g.safetensors", help=(
+        "SD3 with --backend kohya: the CLIP-G text encoder (.safetensors); unset: the checkpoint's own, "
+        "or a file beside it."))
+    t5xxl: str | None = option(None, example="models/clip/t5xxl_fp16.safetensors", help=(
+        "FLUX.1/SD3 with --backend kohya: the T5-XXL text encoder, one .safetensors file; unset: the "
+        "base model's own, or a file beside it."))
+    ae: str | None = option(None, example="models/vae/ae.safetensors", help=(
+        "FLUX.1 with --backend kohya: the autoencoder (BFL's ae.safetensors); SD3: a VAE file used "
+        "instead of the checkpoint's (--vae). Unset: a file beside the model."))
     backend: Literal["builtin", "kohya", "aitoolkit"] = option("builtin", help=(
-        "Who trains: curate's own loop (builtin), sd-scripts' train_network.py (kohya), or "
+        "Who trains: curate's own loop (builtin), sd-scripts' train_network.py (kohya; its SDXL, FLUX.1 "
+        "and SD3 scripts for those models), or "
         "ostris/ai-toolkit (aitoolkit: FLUX, Qwen-Image, Z-Image, Wan, SD3 from a job file)."))
     save_precision: Literal["fp16", "bf16", "float"] = option("fp16", help="Precision of saved weights.")
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help=(

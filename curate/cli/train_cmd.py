@@ -39,6 +39,7 @@ def status(loss: float, info: dict[str, float]) -> str:
 @click.option("--model", type=click.Path(path_type=Path),
               help="Base model: a diffusers folder (model_index.json, unet/, ...) or a single-file SD1.x/2.x "
               ".safetensors checkpoint (configs shipped; --set model_config=DIR for others); with "
+              "--backend kohya also a FLUX.1 or SD3 file or a ComfyUI models/ folder; with "
               "--backend aitoolkit also a Hub repo id it downloads (black-forest-labs/FLUX.1-dev).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.safetensors, intermediate saves and state folders.")

@@ -12,6 +12,9 @@ imported or run) and walks the source with `ast`:
 - sdxl_options: the same for sdxl_train_network.py, whose `setup_parser()` starts from
   `parser = train_network.setup_parser()` (an assignment the walker follows too) and adds
   sdxl_train_util.add_sdxl_training_arguments (--cache_text_encoder_outputs, ...).
+- flux_options / sd3_options: the same for flux_train_network.py and sd3_train_network.py (both
+  start from train_network.setup_parser() and add train_util.add_dit_training_arguments and
+  their own flux_train_utils.add_flux_train_arguments / sd3_train_utils.add_sd3_training_arguments).
 - dataset_schema: the key names of `ConfigSanitizer`'s voluptuous schemas in config_util.py,
   composed as train_network.py builds it (`ConfigSanitizer(True, True, masked_loss, True)`:
   DreamBooth subsets with caption dropout; the ControlNet keys only come with masked_loss).
@@ -34,6 +37,8 @@ from typing import Any
 OUT = Path(__file__).with_name("sd_scripts_train_network_args.json")
 ENTRY = "train_network.py"
 SDXL_ENTRY = "sdxl_train_network.py"
+FLUX_ENTRY = "flux_train_network.py"
+SD3_ENTRY = "sd3_train_network.py"
 
 
 def show(repo: str, commit: str, path: str) -> ast.Module:
@@ -189,12 +194,14 @@ def extract(repo: str, commit: str) -> dict[str, Any]:
     full = subprocess.run(["git", "--git-dir", repo, "rev-parse", commit], check=True, capture_output=True,
                           text=True).stdout.strip()
     options: dict[str, dict[str, Any]] = {}
-    for entry in (ENTRY, SDXL_ENTRY):
+    for entry in (ENTRY, SDXL_ENTRY, FLUX_ENTRY, SD3_ENTRY):
         walker = Walker(repo, full)
         walker.walk(entry, walker.function(entry, "setup_parser"), {})
         options[entry] = dict(sorted(walker.options.items()))
     return {"source": "https://github.com/kohya-ss/sd-scripts", "commit": full, "script": ENTRY,
             "options": options[ENTRY], "sdxl_script": SDXL_ENTRY, "sdxl_options": options[SDXL_ENTRY],
+            "flux_script": FLUX_ENTRY, "flux_options": options[FLUX_ENTRY],
+            "sd3_script": SD3_ENTRY, "sd3_options": options[SD3_ENTRY],
             "dataset_schema": dataset_schema(repo, full)}
 
 

@@ -4,9 +4,10 @@
 
 - `builtin` (builtin.py): curate's own loop, `curate.trainer.loop.train`, in this process.
 - `kohya` (kohya.py): kohya-ss/sd-scripts' `train_network.py` (`sdxl_train_network.py` for an
-  SDXL base model, kohya_model.py), launched with accelerate. Its plan writes the dataset TOML
-  (kohya_toml.py) and builds the command; `--print-command` shows it, and `--sd-scripts PATH`
-  runs it.
+  SDXL base model, kohya_model.py; `flux_train_network.py` / `sd3_train_network.py` for FLUX.1
+  and SD3, with their text encoder and autoencoder files, kohya_flow.py), launched with
+  accelerate. Its plan writes the dataset TOML (kohya_toml.py) and builds the command;
+  `--print-command` shows it, and `--sd-scripts PATH` runs it.
 
 The interface is two functions, so that a backend is a plain module:
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 from dataclasses import fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from curate import kohya
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
 from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends.captions import tag_captions
 from curate.trainer.config import TrainConfig
 
 NAME = "aitoolkit"
@@ -255,19 +255,6 @@ def unknown_settings(config: TrainConfig) -> list[str]:
             warnings.append(f"train.{f.name} = {getattr(config, f.name)!r} has no ai-toolkit setting: "
                             "ai-toolkit trains without it")
     return warnings
-
-
-def tag_captions(data: kohya.DatasetConfig, sample: int = 20) -> bool:
-    """Whether the dataset's captions read as booru tags (short comma-separated parts)."""
-    parts = []
-    for subset in data.subsets:
-        for caption in sorted(subset.image_dir.glob("*" + subset.read_extension(".txt")))[:sample]:
-            try:
-                parts += [p.strip() for p in caption.read_text(encoding="utf-8").split(",")]
-            except (OSError, UnicodeDecodeError):
-                continue
-    words = [len(re.findall(r"\w+", p)) for p in parts if p]
-    return len(words) >= 6 and sum(words) / len(words) < 3
 
 
 def dump(data: dict[str, Any]) -> str:

@@ -22,6 +22,9 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     if tool is not None:
         result.warnings.append(f"{tool}: the builtin backend trains in this process; the external "
                                "trainer's folder is not used (pick --backend kohya to run sd-scripts)")
+    result.warnings += [f"train.{key} = {getattr(config, key)}: the builtin trainer trains SD 1.x/2.x/SDXL "
+                        "and does not read it (FLUX.1/SD3 files are for --backend kohya)"
+                        for key in ("clip_l", "clip_g", "t5xxl", "ae") if getattr(config, key) is not None]
     return result
 
 

@@ -26,6 +26,11 @@ the config caches them (curate keeps them in memory only, so never
 in float32 under mixed precision (SDXL's VAE overflows in fp16) and sd-scripts casts it to
 the mixed-precision type without that flag. The dataset is checked as sdxl_train_network.py
 checks it (kohya_toml.check_sdxl) before anything is written.
+
+FLUX.1 and SD3/3.5 run `flux_train_network.py` / `sd3_train_network.py`: kohya_flow.py finds
+their text encoder and autoencoder files and writes the model, network and family options; the
+optimiser, schedule, length, saving and sample options are the ones above, and the dataset is
+checked as for SDXL (both scripts assert the same).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 from curate.atomic import atomic_write_bytes, atomic_write_text
 from curate.errors import CurateError
 from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends.captions import tag_captions_in
 from curate.trainer.backends.kohya_files import (
     CACHE_NAME,
     PRESET_NAME,
@@ -48,6 +54,7 @@ from curate.trainer.backends.kohya_files import (
     tokenizer_files,
     tokenizer_folders,
 )
+from curate.trainer.backends.kohya_flow import SCRIPTS, UNREAD, flow_args, flow_only_settings, model_files
 from curate.trainer.backends.kohya_model import BaseModel, base_model, model_args
 from curate.trainer.backends.kohya_toml import check_sdxl, dataset_config
 from curate.trainer.config import TrainConfig
@@ -76,7 +83,7 @@ TRANSLATED: frozenset[str] = frozenset({
     "multires_noise_iterations", "multires_noise_discount", "v_parameterization", "max_token_length",
     "scale_weight_norms", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs",
     "sample_sampler", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_weights",
-    "block_lr_zero_threshold"})
+    "block_lr_zero_threshold", "clip_l", "clip_g", "t5xxl", "ae"})
 # dataset settings: they go into the dataset TOML (kohya_toml.py), not the command line
 DATASET: frozenset[str] = frozenset({
     "resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
@@ -94,15 +101,25 @@ def plan(dataset: Path, model: Path, out: Path, config: TrainConfig, *, resume: 
     if not model.exists():
         raise CurateError(f"{model}: no such base model (a diffusers folder or a .safetensors file)")
     base = base_model(model, config)
-    name = SDXL_SCRIPT if base.sdxl else SCRIPT
+    name = SCRIPTS[str(base.family)] if base.flow else SDXL_SCRIPT if base.sdxl else SCRIPT
     if tool is not None:
         tool = check_sd_scripts(tool, name)
     result = Plan(NAME, dataset, model, out, config, resume=resume, tool=tool)
     data = dataset_config(dataset, out, config)
-    if base.sdxl:
-        check_sdxl(data, config)
+    if base.sdxl or base.flow:
+        check_sdxl(data, config, "SDXL" if base.sdxl else name)
+    if base.flow:
+        files = model_files(base, config, result.notes, result.warnings)
+        head = flow_args(base, config, files, result.notes, result.warnings)
+        if tag_captions_in(data.data, data.source):
+            result.warnings.append(f"{base.family} trains on sentences, and these captions read as tags: set "
+                                   "[captions] format = \"nl\" or \"hybrid\" (after `curate caption`) and "
+                                   "run `curate layout`")
+    else:
+        head = model_args(base, config, result.warnings)
+        result.warnings += flow_only_settings(config, name)
     extra = side_files(base, config, out, result.warnings)
-    args = [*model_args(base, config, result.warnings), "--dataset_config", str(data.path),
+    args = [*head, "--dataset_config", str(data.path),
             "--output_dir", str(out), *arguments(config, base, result.notes, result.warnings, out),
             *resume_args(resume)]
     if any(path.parent.parent.name == CACHE_NAME for path in extra):
@@ -151,8 +168,11 @@ def arguments(config: TrainConfig, base: BaseModel, notes: list[str], warnings: 
     sdxl = base.sdxl
     out: list[str] = []
     for name in SAME:
-        if not (sdxl and name == "clip_skip"):
+        if not ((sdxl and name == "clip_skip") or (base.flow and name in UNREAD)):
             out += _option(name, getattr(config, name))
+    if base.flow:  # the network and model options: kohya_flow.flow_args; the SD noise settings unread
+        return [*optimizer_args(config), *schedule_args(config), *length_args(config, flow=True), *out,
+                *sample_args(config)]
     if sdxl:
         out += sdxl_args(config, warnings)
     elif config.cache_text_encoder_outputs:
@@ -308,11 +328,11 @@ def schedule_args(config: TrainConfig) -> list[str]:
     return args
 
 
-def length_args(config: TrainConfig) -> list[str]:
+def length_args(config: TrainConfig, flow: bool = False) -> list[str]:
     steps = (_option("max_train_epochs", config.max_train_epochs) if config.max_train_epochs
              else _option("max_train_steps", config.max_train_steps))
-    # 75 is sd-scripts' default and not one of its choices (None, 150, 225)
-    if config.max_token_length != 75:
+    # 75 is sd-scripts' default and not one of its choices (None, 150, 225); FLUX/SD3 ignore it
+    if config.max_token_length != 75 and not flow:
         steps += _option("max_token_length", config.max_token_length)
     return steps
 

@@ -11,7 +11,8 @@
 - The tokenizers. sd-scripts loads its CLIP tokenizers from the Hub by id unless
   --tokenizer_cache_dir names a folder holding `ID.replace("/", "_")` (library/strategy_base.py
   `_load_tokenizer`); the plan fills OUT/tokenizer-cache from the base model's own tokenizer
-  folders, so the command runs on a machine without Hub access.
+  folders, so the command runs on a machine without Hub access (FLUX.1 and SD3 add T5-XXL's,
+  `google/t5-v1_1-xxl`, from a diffusers folder's tokenizer_2/ or tokenizer_3/).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ SD2_IDS = {"stabilityai/stable-diffusion-2": "tokenizer"}
 SDXL_IDS = {
     "openai/clip-vit-large-patch14": "tokenizer", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "tokenizer_2",
 }
+# strategy_flux.py / strategy_sd3.py: CLIP-L, (CLIP-G,) T5-XXL from a diffusers folder's tokenizer*/
+T5_ID = "google/t5-v1_1-xxl"
+FLUX_IDS = {"openai/clip-vit-large-patch14": "tokenizer", T5_ID: "tokenizer_2"}
+SD3_IDS = {**SDXL_IDS, T5_ID: "tokenizer_3"}
 MAX_FILE = 64 * 1024 * 1024  # a tokenizer file is a few MB; anything larger is not one
 
 
@@ -64,7 +69,7 @@ def ia3_preset(config: TrainConfig) -> str:
 def tokenizer_folders(base: BaseModel, config: TrainConfig) -> tuple[dict[str, Path], list[str]]:
     """sd-scripts' tokenizer id -> the model's tokenizer folder holding it, and a warning for
     each one the model cannot supply (the command then needs the Hub for it)."""
-    ids = SDXL_IDS if base.sdxl else SD2_IDS if base.family == "sd2" else SD1_IDS
+    ids = {"sdxl": SDXL_IDS, "sd2": SD2_IDS, "flux": FLUX_IDS, "sd3": SD3_IDS}.get(str(base.family), SD1_IDS)
     root = (
         base.path
         if base.path.is_dir()

@@ -1,5 +1,13 @@
 """The base model as sd-scripts needs to be told about it: which script, --v2, --v_parameterization.
 
+FLUX.1 and SD3/3.5 (flux_train_network.py, sd3_train_network.py) are told apart here too and
+then handled by kohya_flow.py: a diffusers folder by model_index.json's `_class_name`
+(FluxPipeline, StableDiffusion3Pipeline), a single .safetensors file by its tensor names as
+sd-scripts reads them (flux_utils.analyze_checkpoint_state: BFL `double_blocks.*` /
+`single_blocks.*`, or diffusers' `transformer_blocks.*` with `single_transformer_blocks.*`, with
+or without the `model.diffusion_model.` prefix; sd3_utils.load_mmdit: `joint_blocks.*` under
+`model.diffusion_model.`).
+
 sd-scripts cannot tell the model family by itself: SD 1.x/2.x train with `train_network.py`
 (`--v2` for SD 2.x's OpenCLIP text encoder), SDXL with `sdxl_train_network.py`, and a v-model
 needs `--v_parameterization`. This module reads what curate's builtin trainer reads, without
@@ -33,7 +41,10 @@ if TYPE_CHECKING:
 
     from curate.trainer.config import TrainConfig
 
-Family = Literal["sd1", "sd2", "sdxl"]
+Family = Literal["sd1", "sd2", "sdxl", "flux", "sd3"]
+FLOW_FAMILIES = ("flux", "sd3")  # flow-matching DiTs: kohya_flow.py
+FLOW_PIPELINES: dict[str, Family] = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+PREFIX = "model.diffusion_model."  # the original (ComfyUI / SAI) checkpoints' prefix
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                   "StableDiffusionXLInpaintPipeline")
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
@@ -51,6 +62,10 @@ class BaseModel:
     def sdxl(self) -> bool:
         return self.family == "sdxl"
 
+    @property
+    def flow(self) -> bool:
+        return self.family in FLOW_FAMILIES
+
 
 def _json(path: Path) -> dict[str, Any]:
     try:
@@ -62,6 +77,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 def folder_family(model: Path) -> Family:
     index = _json(model / "model_index.json")
+    if index.get("_class_name") in FLOW_PIPELINES:
+        return FLOW_PIPELINES[index["_class_name"]]
     width = _json(model / "unet" / "config.json").get("cross_attention_dim")
     if index.get("_class_name") in SDXL_PIPELINES or (model / "text_encoder_2").is_dir() or width == 2048:
         if (index.get("text_encoder") or [None])[0] is None and "text_encoder" in index:
@@ -73,6 +90,11 @@ def folder_family(model: Path) -> Family:
 
 def safetensors_keys(path: Path) -> list[str]:
     """The tensor names of a .safetensors file, from its JSON header alone (no weights read)."""
+    return list(safetensors_header(path))
+
+
+def safetensors_header(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the file's JSON header alone (no weights read)."""
     try:
         with path.open("rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
@@ -84,22 +106,65 @@ def safetensors_keys(path: Path) -> list[str]:
                           "or a Stable Diffusion checkpoint") from exc
     if not isinstance(header, dict):
         raise CurateError(f"{path}: not a readable .safetensors file (its header is not a table)")
-    return [k for k in header if k != "__metadata__"]
+    return {k: list(v.get("shape", [])) if isinstance(v, dict) else [] for k, v in header.items()
+            if k != "__metadata__"}
+
+
+def flow_family(keys: list[str] | dict[str, list[int]]) -> Family | None:
+    """FLUX.1 or SD3 from a single file's tensor names, as sd-scripts' loaders read them."""
+    names = {k.removeprefix(PREFIX) for k in keys}
+    if any(k.startswith("double_blocks.") for k in names) and any(
+            k.startswith("single_blocks.") for k in names):
+        return "flux"
+    if "transformer_blocks.0.attn.add_k_proj.bias" in names and any(
+            k.startswith("single_transformer_blocks.") for k in names):
+        return "flux"  # a diffusers-layout FLUX transformer in one file: sd-scripts converts it
+    if any(k.startswith("joint_blocks.") for k in names):
+        return "sd3"
+    return None
 
 
 def file_family(model: Path, allow_pickle: bool) -> Family | None:
     from curate.trainer.single_file import detect_family, read_checkpoint
 
     if model.suffix.lower() == ".safetensors":
+        keys = safetensors_keys(model)
+        flow = flow_family(keys)
+        if flow is not None:
+            return flow
         # detect_family only asks which names are present, so the values can stay unread
-        names = cast("dict[str, torch.Tensor]", dict.fromkeys(safetensors_keys(model)))
+        names = cast("dict[str, torch.Tensor]", dict.fromkeys(keys))
         return detect_family(names, model)
     if not allow_pickle:
         return None
     return detect_family(read_checkpoint(model, allow_pickle=True), model)
 
 
+def _flow_or_none(path: Path) -> Family | None:
+    try:
+        return flow_family(safetensors_header(path))
+    except CurateError:  # an unreadable file in the folder is not the model
+        return None
+
+
+def folder_transformer(folder: Path) -> Path | None:
+    """The one FLUX.1 / SD3 single file in a folder of single files (ComfyUI's models/ or one of its
+    diffusion_models/, unet/, checkpoints/): a folder with neither model_index.json nor unet/."""
+    if (folder / "model_index.json").is_file() or (folder / "unet").is_dir():
+        return None
+    places = [folder, *(folder / name for name in ("diffusion_models", "unet", "checkpoints"))]
+    files = sorted(p for place in places if place.is_dir()
+                   for p in place.glob("*.safetensors") if p.is_file())
+    found = [p for p in files if _flow_or_none(p) is not None]
+    if len(found) > 1:
+        raise CurateError(f"{folder}: several FLUX.1/SD3 models ({', '.join(p.name for p in found)}); pass "
+                          "the one to train as --model")
+    return found[0] if found else None
+
+
 def base_model(model: Path, config: TrainConfig) -> BaseModel:
+    if model.is_dir() and (single := folder_transformer(model)) is not None:
+        return BaseModel(single, flow_family(safetensors_header(single)), None)
     if model.is_dir():
         prediction = _json(model / "scheduler" / "scheduler_config.json").get("prediction_type")
         return BaseModel(model, folder_family(model), prediction == "v_prediction")

@@ -77,16 +77,17 @@ def dataset_config(dataset: Path, out: Path, config: TrainConfig) -> DatasetConf
     return DatasetConfig(target, data, dataset, text, [reason])
 
 
-def check_sdxl(dataset: DatasetConfig, config: TrainConfig) -> None:
-    """What sdxl_train_network.py asserts about the dataset (see the module docstring)."""
+def check_sdxl(dataset: DatasetConfig, config: TrainConfig, family: str = "SDXL") -> None:
+    """What sdxl_train_network.py asserts about the dataset (see the module docstring); FLUX.1's and
+    SD3's scripts assert the same (verify_bucket_reso_steps(32), is_text_encoder_output_cacheable)."""
     where = dataset.source
     general = dataset.data.get("general", {})
     for table in dataset.data["datasets"]:
         steps = _effective("bucket_reso_steps", table, general)
         steps = 64 if steps is MISSING else steps  # sd-scripts' --bucket_reso_steps default
         if not isinstance(steps, int) or steps % 32:
-            raise CurateError(f"{where}: bucket_reso_steps = {steps}, but SDXL needs a multiple of 32 "
-                              "(sdxl_train_network.py refuses it); set bucket_reso_steps to 32 or 64")
+            raise CurateError(f"{where}: bucket_reso_steps = {steps}, but {family} needs a multiple of 32 "
+                              "(sd-scripts refuses it); set bucket_reso_steps to 32 or 64")
         if not config.cache_text_encoder_outputs:
             continue
         for subset in table.get("subsets", []):
