@@ -137,7 +137,7 @@ def test_curate_filter_reads_filter_and_tags_filter_reads_tags_filter(tmp_path: 
 # without import-linter installed (function-level imports count) ----
 
 BASE = ("curate.errors", "curate.atomic", "curate.paths", "curate.config", "curate.manifest",
-        "curate.record", "curate.kohya", "curate.workspace")
+        "curate.record", "curate.kohya", "curate.workspace", "curate.executor")
 ABOVE_BASE = ("curate.stages", "curate.check", "curate.folder", "curate.cli", "curate.pipeline",
               "curate.report", "curate.status", "curate.tagging", "curate.buckets", "curate.trainer")
 # installed as curate.tagging & co. (setup.py), kept as top-level folders of the repository
