@@ -47,7 +47,7 @@ class RunConfig:
         "Where the per-image work of import, dedupe, filter, bg, crop and tag runs: \"local\" (this "
         "machine's cores) or \"ray\" (a Ray cluster; pip install 'curate[ray]'; docs/ray.md)."))
     ray_address: str | None = option(None, example="ray://head:10001", help=(
-        "executor = \"ray\": the cluster's address; unset: RAY_ADDRESS, else a local Ray instance."))
+        "The Ray cluster's address (executor \"ray\"); unset: RAY_ADDRESS, else a local Ray instance."))
 
     def check(self) -> None:
         unknown = [s for s in self.stages if s not in ORDER]
