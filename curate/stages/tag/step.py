@@ -59,6 +59,6 @@ def tagged(executor: Executor, model: TagModel, items: Sequence[Item], result: T
     for done, (item, out) in enumerate(zip(items, outs, strict=True), 1):
         if not result.providers:
             result.providers, result.provider_note = list(out.providers), out.provider_note
-        if on_progress:
-            on_progress(done, len(items))
         yield item, out.tagged
+        if on_progress:  # after the caller has written it: done means done
+            on_progress(done, len(items))
