@@ -20,6 +20,7 @@ pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from curate.cli import cli
+from curate.errors import CurateError
 from curate.executor import LOCAL, Executor, RayExecutor
 from curate.stages.background import BgConfig, remove_backgrounds
 from curate.stages.crop.config import CropConfig
@@ -207,3 +208,17 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path: Path, monkeypatch
     out = CliRunner().invoke(cli, ["dedupe", str(tmp_path), "--executor", "ray"])
     assert out.exit_code != 0 and "pip install 'curate[ray]'" in out.output
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_a_model_that_will_not_load_on_the_actors_is_one_line(tmp_path: Path, raw: Path, model: Path,
+                                                               ray_executor: Executor) -> None:
+    """The actor's CurateError reaches the driver as itself, not as Ray's wrapped traceback."""
+    broken = tmp_path / "wd-broken"
+    broken.mkdir()
+    (broken / "selected_tags.csv").write_bytes((model / "selected_tags.csv").read_bytes())
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(CurateError) as local:
+        tag(raw, TagConfig(model=str(broken)))
+    with pytest.raises(CurateError) as remote:
+        tag(raw, TagConfig(model=str(broken)), executor=ray_executor)
+    assert str(remote.value) == str(local.value) and "\n" not in str(remote.value)
