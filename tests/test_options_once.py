@@ -18,6 +18,7 @@ from curate.cli import cli as main
 from curate.cli._flags import ConfigOption, flag_help
 from curate.config import SECTIONS, build, default_text, section_class, stage_config
 from curate.errors import CurateError
+from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.captions.filter import FilterStageConfig
 from curate.stages.quality.config import QualityConfig
 from curate.workspace import default_config
@@ -45,6 +46,8 @@ def _command(path: tuple[str, ...]) -> click.Command:
 def test_every_flag_of_a_stage_option_comes_from_its_field(path: tuple[str, ...]) -> None:
     section = COMMANDS[path]
     fields = {f.name: f for f in dataclasses.fields(section_class(section))}
+    # where the per-image work runs is [run]'s (declared once there), a flag of dedupe too
+    fields.update({f.name: f for f in dataclasses.fields(RunConfig) if f.name in EXECUTOR_FIELDS})
     made = [p for p in _command(path).params if isinstance(p, ConfigOption)]
     assert made, path
     for param in _command(path).params:
@@ -137,7 +140,7 @@ def test_curate_filter_reads_filter_and_tags_filter_reads_tags_filter(tmp_path: 
 # without import-linter installed (function-level imports count) ----
 
 BASE = ("curate.errors", "curate.atomic", "curate.paths", "curate.config", "curate.manifest",
-        "curate.record", "curate.kohya", "curate.workspace")
+        "curate.record", "curate.kohya", "curate.workspace", "curate.executor")
 ABOVE_BASE = ("curate.stages", "curate.check", "curate.folder", "curate.cli", "curate.pipeline",
               "curate.report", "curate.status", "curate.tagging", "curate.buckets", "curate.trainer")
 # installed as curate.tagging & co. (setup.py), kept as top-level folders of the repository

@@ -85,7 +85,7 @@ def _here(value: Any) -> Any:
               help="Run this stage even if nothing it depends on changed (repeatable; 'all': every stage).")
 @config_flags(RunConfig, Flag("sources", multiple=True, metavar="FOLDER", convert=_here, note=HERE),
               "trigger", "class_token", Flag("model", convert=_here, note=HERE),
-              Flag("stages", metavar="NAME,..."))
+              Flag("stages", metavar="NAME,..."), "executor", "ray_address")
 @config_options
 @output_options
 def command(workspace: Path, only: str | None, start: str | None, force: tuple[str, ...],
@@ -107,6 +107,7 @@ def command(workspace: Path, only: str | None, start: str | None, force: tuple[s
       curate run ws --sources ./raw --trigger sks --class-token woman
       curate run ws --only tag --force tag
       curate run ws --from layout --json
+      curate run ws --executor ray                  # per-image work on Ray (RAY_ADDRESS or local)
     """
     from curate.pipeline import run_pipeline
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from curate.config import option
 from curate.errors import CurateError
+from curate.executor import Executor, get_executor
 from curate.pipeline.stages import STAGES
 
 # The pipeline's order (stages.STAGES); `[run] stages` picks from these and may not reorder them.
@@ -20,6 +22,7 @@ ORDER = tuple(stage.name for stage in STAGES)
 # caption runs only when [caption] names a model or a server (else it notes that it skipped)
 DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions", "caption", "layout",
                   "check")
+EXECUTOR_FIELDS = ("executor", "ray_address")  # the [run] options `curate dedupe` takes as flags too
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,21 @@ class RunConfig:
     model: str | None = option(None, example="../models/sd15", help=(
         "train: the base model (a diffusers folder or a single-file checkpoint)."))
     train_out: str = option("lora", help="train: the output folder (relative to the workspace).")
+    executor: Literal["local", "ray"] = option("local", help=(
+        "Where the per-image work of import, dedupe, filter, bg, crop and tag runs: \"local\" (this "
+        "machine's cores) or \"ray\" (a Ray cluster; pip install 'curate[ray]'; docs/ray.md)."))
+    ray_address: str | None = option(None, example="ray://head:10001", help=(
+        "The Ray cluster's address (executor \"ray\"); unset: RAY_ADDRESS, else a local Ray instance."))
 
     def check(self) -> None:
         unknown = [s for s in self.stages if s not in ORDER]
         if unknown:
             raise CurateError(f"run.stages: unknown stage(s) {', '.join(unknown)}; "
                               f"stages: {', '.join(ORDER)}")
+
+    def make_executor(self) -> Executor:
+        """The executor `executor` and `ray_address` name (Ray is imported only for "ray")."""
+        return get_executor(self.executor, self.ray_address)
 
     def path(self, root: Path, value: str) -> Path:
         path = Path(value).expanduser()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from curate.errors import CurateError
 from curate.paths import display
 
 if TYPE_CHECKING:
+    from curate.executor import Executor
     from curate.pipeline.config import RunConfig
 
 Progress = Callable[[int, int], None] | None
@@ -39,6 +41,11 @@ class Context:
 
     def options(self, cls: type, section: str) -> Any:
         return stage_config(cls, section, self.config_file, self.overrides)
+
+    @cached_property
+    def executor(self) -> Executor:
+        """One per run: a Ray connection is made once, when the first stage needs it."""
+        return self.run.make_executor()
 
     @property
     def dataset(self) -> Path:
@@ -74,7 +81,8 @@ def _import(ctx: Context, config: Any) -> dict[str, Any]:
         sources = _recorded_sources(ctx.root)
         note = (f"run.sources is empty: importing again from the {len(sources)} source(s) this "
                 f"workspace recorded ({', '.join(display(s) for s in sources)})")
-    result = import_sources(ctx.root, sources, config, on_progress=ctx.progress).as_dict()
+    result = import_sources(ctx.root, sources, config, on_progress=ctx.progress,
+                            executor=ctx.executor).as_dict()
     return {**result, "note": note} if note else result
 
 
@@ -97,31 +105,31 @@ def _recorded_sources(root: Path) -> list[Path]:
 def _dedupe(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.dedupe.run import dedupe
 
-    return dedupe(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return dedupe(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 def _filter(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.quality.run import quality_filter
 
-    return quality_filter(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return quality_filter(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 def _bg(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.background import remove_backgrounds
 
-    return remove_backgrounds(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return remove_backgrounds(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 def _crop(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.crop.run import crop_images
 
-    return crop_images(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return crop_images(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 def _tag(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.tag import tag
 
-    return tag(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return tag(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 def _tags_filter(ctx: Context, config: Any) -> dict[str, Any]:

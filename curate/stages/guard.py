@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from curate.executor import LOCAL, Executor
 from curate.paths import first_line, printable
 
 A = TypeVar("A")
@@ -53,8 +54,8 @@ def attempt(fn: Callable[[A], R], job: A, what: str, todo: str) -> R | Failed:
 
 
 def per_image_map(fn: Callable[[A], R], jobs: Sequence[A], workers: int | None, what: str,
-                  todo: str) -> Iterator[R | Failed]:
-    """fn over jobs on all cores, in order; each job's exception becomes its Failed."""
-    from curate.stages.dedupe.hashing import pool_map
-
-    yield from pool_map(PerImage(fn, what, todo), jobs, workers)
+                  todo: str, executor: Executor = LOCAL) -> Iterator[R | Failed]:
+    """fn over jobs on all cores (or a Ray cluster), in order; each job's exception becomes
+    its Failed."""
+    yield from executor.map(PerImage(fn, what, todo), jobs, pool="process", workers=workers,
+                            preload=["curate.stages.dedupe.hashing"])

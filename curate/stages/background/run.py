@@ -9,7 +9,7 @@ again; a cut-out that changed drops the crop made from the old one (crop runs ag
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from PIL import Image
 
 from curate.atomic import atomic_write_bytes
 from curate.errors import CurateError
+from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target, walk_images
 from curate.record import Record
 from curate.stage_run import StageRun, shown
@@ -78,8 +79,9 @@ class BgResult:
 
 
 def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = None,
-                       on_progress: ProgressFn | None = None) -> BgResult:
-    """Cut the background out of every image of a folder or workspace (see module doc)."""
+                       on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> BgResult:
+    """Cut the background out of every image of a folder or workspace (see module doc); the
+    model runs on `executor` (loaded once here, or once per Ray actor)."""
     config.check()
     target, mode = resolve_target(target)
     result = BgResult(str(target), mode, config)
@@ -90,14 +92,14 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
         with Workspace.open(target) as ws, ws.lock(), ws.run(STAGE, config, derives="cutout") as run:
             records = {r.sha256: r for r in run.records()}  # the originals: bg cuts from them
             result.items = [Item(shown(r), r.path, r.sha256) for r in records.values()]
-            _run(result, Segmenter(config), on_progress)
+            _run(result, executor, on_progress)
             _store(run, result, records)
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
     result.skipped, result.ignored = found.skipped, found.ignored
     result.items = [Item(rel, target / rel) for rel in found.relpaths]
-    _run(result, Segmenter(config), on_progress)
+    _run(result, executor, on_progress)
     if out is not None:
         result.out = str(out)
         for it in result.done:
@@ -108,26 +110,64 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
 MIN_SUBJECT = 0.01  # a mask keeping less than this share of the image found no subject
 
 
-def _run(result: BgResult, segmenter: Segmenter, on_progress: ProgressFn | None) -> None:
-    result.device = segmenter.device
-    fill = parse_fill(result.config.fill)
-    for done, it in enumerate(result.items, 1):
-        cut = attempt(lambda path: _cut_file(segmenter, path), it.path, "cannot read or cut it",
-                      "replace the file, try the other --method, or leave it out")
-        if isinstance(cut, Failed):
-            it.error = cut.reason
-            result.skipped.append((it.shown, cut.reason))
-        elif (share := coverage(cut.mask)) < MIN_SUBJECT:
-            # an all-transparent "cut-out" would train as an empty picture (or, with alpha_mask,
-            # not at all): the original stays in the dataset, and the user is told
-            it.error = (f"no subject found (the mask keeps {share:.1%} of the image): the original is "
-                        "kept; try the other --method, another model, or crop it by hand")
-            result.skipped.append((it.shown, it.error))
+@dataclass(frozen=True)
+class Cutout:
+    """What the per-image step gives: the encoded cut-out with its size and subject share, or
+    why there is none; and where it ran (the segmenter's one-line device)."""
+
+    device: str
+    data: bytes | None = None
+    size: tuple[int, int] = (0, 0)
+    subject: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BgModel:
+    """The stage's model for an executor: `load` makes the segmenter once (per process or Ray
+    actor); what it returns cuts each image path given, in order."""
+
+    config: BgConfig
+
+    def load(self) -> Callable[[Sequence[str]], Iterator[Cutout]]:
+        segmenter, fill = Segmenter(self.config), parse_fill(self.config.fill)
+
+        def run(paths: Sequence[str]) -> Iterator[Cutout]:
+            for path in paths:
+                yield cut_one(segmenter, fill, self.config.mask_only, Path(path))
+        return run
+
+
+def cut_one(segmenter: Segmenter, fill: tuple[int, int, int] | None, mask_only: bool, path: Path) -> Cutout:
+    """The per-image step: read, cut, and encode one image (never raises for a bad image)."""
+    cut = attempt(lambda p: _cut_file(segmenter, p), path, "cannot read or cut it",
+                  "replace the file, try the other --method, or leave it out")
+    if isinstance(cut, Failed):
+        return Cutout(segmenter.device, error=cut.reason)
+    share = coverage(cut.mask)
+    if share < MIN_SUBJECT:
+        # an all-transparent "cut-out" would train as an empty picture (or, with alpha_mask,
+        # not at all): the original stays in the dataset, and the user is told
+        return Cutout(segmenter.device, error=(
+            f"no subject found (the mask keeps {share:.1%} of the image): the original is kept; try "
+            "the other --method, another model, or crop it by hand"))
+    data, shown = encode(cut, fill, mask_only)
+    return Cutout(segmenter.device, data, shown.size, share)
+
+
+def _run(result: BgResult, executor: Executor, on_progress: ProgressFn | None) -> None:
+    cutouts = executor.map_model(BgModel(result.config), [str(it.path) for it in result.items])
+    for done, (it, cutout) in enumerate(zip(result.items, cutouts, strict=True), 1):
+        result.device = cutout.device
+        if cutout.error:
+            it.error = cutout.error
+            result.skipped.append((it.shown, cutout.error))
         else:
-            it.data, shown = encode(cut, fill, result.config.mask_only)
-            it.size, it.subject = shown.size, share
+            it.data, it.size, it.subject = cutout.data, cutout.size, cutout.subject
         if on_progress:
             on_progress(done, len(result.items))
+    if not result.items and result.config.method == "grabcut":
+        result.device = Segmenter(result.config).device  # no model: says where it would have run
 
 
 def _cut_file(segmenter: Segmenter, path: Path) -> Cut:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target, walk_images
 from curate.record import Record
 from curate.stage_run import StageRun, shown
@@ -95,8 +96,10 @@ def _item_dict(it: Item) -> dict[str, Any]:
 
 
 def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, crops_file: Path | None = None,
-                dry_run: bool = False, on_progress: ProgressFn | None = None) -> CropResult:
-    """Crop every image of a folder or workspace to its subject (see module doc)."""
+                dry_run: bool = False, on_progress: ProgressFn | None = None,
+                executor: Executor = LOCAL) -> CropResult:
+    """Crop every image of a folder or workspace to its subject (see module doc); each image is
+    cropped on `executor` (this machine's cores, or a Ray cluster)."""
     config.check()
     target, mode = resolve_target(target)
     result = CropResult(str(target), mode, dry_run, config)
@@ -110,7 +113,7 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
               ws.run(STAGE, _params(config), derives="crop", dry_run=dry_run) as run):
             records = {r.sha256: r for r in run.records()}  # each the cut-out when bg ran
             result.items = [_ws_item(r) for r in records.values()]
-            _run(result, boxes, crops_file, on_progress, render=not dry_run)
+            _run(result, boxes, crops_file, on_progress, executor, render=not dry_run)
             if not dry_run:
                 _store(run, result, records)
         return result
@@ -120,7 +123,7 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
     result.items = [Item(rel, target / rel, (rel, Path(rel).name, str(target / rel)))
                     for rel in found.relpaths]
     # with --out the crops are encoded even on a dry run: their names depend on the format
-    _run(result, boxes, crops_file, on_progress, render=out is not None)
+    _run(result, boxes, crops_file, on_progress, executor, render=out is not None)
     if out is not None:
         result.out = str(out)
         for it in result.done:
@@ -151,14 +154,14 @@ def _stored_names(path: Path) -> list[str]:
 
 
 def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
-         on_progress: ProgressFn | None, render: bool) -> None:
+         on_progress: ProgressFn | None, executor: Executor, render: bool) -> None:
     used, jobs = set(), []
     for it in result.items:
         hit = match(boxes, it.names)
         used.update(listed(boxes, it.names))  # two lines for one image: neither is unknown
         jobs.append((str(it.path), hit[1] if hit else None, result.config, render))
     outcomes = per_image_map(crop_file, jobs, result.config.workers or None, "cannot crop it",
-                             "give its box in crops.csv, replace the file, or leave it out")
+                             "give its box in crops.csv, replace the file, or leave it out", executor)
     for done, (it, outcome) in enumerate(zip(result.items, outcomes, strict=True), 1):
         it.outcome = Outcome(error=outcome.reason) if isinstance(outcome, Failed) else outcome
         if outcome.error:

@@ -26,10 +26,7 @@ of whatever colour its transparent pixels happen to hold.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -39,13 +36,12 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from curate import executor
 from curate.paths import first_line
 
 DECODE_MODES = ("draft", "full")
 # The smallest side draft decoding keeps, per unit of hash_size (phash itself resizes to 4x).
 DRAFT_FACTOR = 8
-# Below this many files per worker a pool costs more to start than it saves.
-MIN_FILES_PER_WORKER = 32
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -224,14 +220,7 @@ def iter_hashes(
 
 def pool_map(fn: Callable[[A], R], items: Sequence[A], workers: int | None = None) -> Iterator[R]:
     """fn over items, results in order, on a process pool over all cores (inline when few)."""
-    workers = min(workers or os.cpu_count() or 1, max(1, len(items) // MIN_FILES_PER_WORKER))
-    if workers == 1:
-        yield from map(fn, items)
-        return
-    chunksize = max(1, min(64, len(items) // (workers * 8)))
-    # forkserver: forking a process that already runs threads (a progress bar's) can deadlock.
-    with _context().Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=chunksize)
+    yield from executor.pool_map(fn, items, workers, preload=[__name__])
 
 
 def hash_files(
@@ -244,19 +233,3 @@ def hash_files(
 ) -> list[FileHash]:
     """`hash_file` for every path, in order, using a process pool over all cores."""
     return list(iter_hashes(paths, method, hash_size, decode, flip_invariant, workers))
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    # A process with one thread forks safely, and its workers start with everything it has
-    # imported (no second import of numpy, scipy and Pillow: about half a second per run).
-    # With another thread alive (a progress bar's), a fork could copy a lock that thread holds;
-    # macOS system libraries are not fork-safe at all (Python's own default there is spawn).
-    if threading.active_count() == 1 and sys.platform == "linux":
-        return multiprocessing.get_context("fork")
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # Workers fork from a server that has imported this module once, instead of each
-    # importing numpy, Pillow and imagehash again (seconds per pool on a slow disk).
-    context.set_forkserver_preload([__name__])
-    return context

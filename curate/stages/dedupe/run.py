@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
@@ -87,8 +88,9 @@ class DedupeResult:
 
 def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
            move_to: Path | None = None, report: Path | None = None, dry_run: bool = False,
-           on_progress: ProgressFn | None = None) -> DedupeResult:
-    """Find duplicate groups in a folder or workspace and act on them (see module doc)."""
+           on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> DedupeResult:
+    """Find duplicate groups in a folder or workspace and act on them (see module doc); the
+    hashing runs on `executor` (this machine's cores, or a Ray cluster)."""
     target, mode = resolve_target(target)
     result = DedupeResult(str(target), mode, dry_run,
                           config.effective_threshold(),
@@ -98,7 +100,8 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
             raise CurateError("--move-to is for plain folders: in a workspace duplicates are "
                               "marked in the manifest and left out of later stages")
         with Workspace.open(target) as ws, ws.lock():
-            scan = scan_workspace(ws, config, save=not dry_run, on_progress=on_progress)
+            scan = scan_workspace(ws, config, save=not dry_run, on_progress=on_progress,
+                                  executor=executor)
             _group(result, scan, config, keep_list, target)
             if not dry_run:
                 _record(ws, result, config)
@@ -107,7 +110,8 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
             raise CurateError("--move-to must be another folder than the one deduplicated")
         dest = Path(move_to).absolute() if move_to is not None and not dry_run else None
         with move_lock(dest) if dest is not None else nullcontext():
-            scan = scan_folder(target, config, [move_to] if move_to else [], on_progress=on_progress)
+            scan = scan_folder(target, config, [move_to] if move_to else [], on_progress=on_progress,
+                               executor=executor)
             _group(result, scan, config, keep_list, target)
             if move_to is not None:
                 _move(result, target, Path(move_to).absolute(), dry_run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,15 +20,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.executor import LOCAL, Executor
 from curate.folder import walk_images
 from curate.stages.dedupe.cache import FolderCache, Hash
 from curate.stages.dedupe.config import DedupeConfig
-from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, pool_map
+from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened
 from curate.stages.ingest.sources import display, read_capped
 from curate.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
 MAX_FILE_BYTES = 256 << 20
+COMMIT_EVERY_S = 0.5  # new workspace hashes are committed this often: a killed run keeps them
+PRELOAD = ["curate.stages.dedupe.hashing"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ def probe_file(path: str, method: str, hash_size: int, decode: str, flip: bool) 
 
 
 def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
-                cache: FolderCache | None = None, on_progress: ProgressFn | None = None) -> Scan:
+                cache: FolderCache | None = None, on_progress: ProgressFn | None = None,
+                executor: Executor = LOCAL) -> Scan:
     """Every image under root (recursively), hashed, with cached facts reused."""
     listing = walk_images(root, exclude)
     scan = Scan(skipped=listing.skipped, ignored=listing.ignored)
@@ -104,7 +109,8 @@ def scan_folder(root: Path, config: DedupeConfig, exclude: Sequence[Path] = (),
     cached = cache.hashes((v[1] for v in known.values()), key, config.flip_invariant)
     todo = [rel for rel, (stamp, _) in stats.items()
             if known.get(paths[rel], ("",))[0] != stamp or known[paths[rel]][1] not in cached]
-    probes = dict(zip(todo, _probe_all([paths[r] for r in todo], config, on_progress), strict=True))
+    probes = dict(zip(todo, _probe_all([paths[r] for r in todo], config, on_progress, executor),
+                      strict=True))
     new_files, new_hashes = [], []
     for order, (rel, (stamp, st)) in enumerate(stats.items()):
         absolute = paths[rel]
@@ -140,10 +146,12 @@ def _stat_all(paths: dict[str, str], scan: Scan) -> dict[str, tuple[str, os.stat
     return out
 
 
-def _probe_all(paths: list[str], config: DedupeConfig, on_progress: ProgressFn | None) -> list[Probe]:
+def _probe_all(paths: list[str], config: DedupeConfig, on_progress: ProgressFn | None,
+               executor: Executor) -> list[Probe]:
     one = partial(probe_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip=config.flip_invariant)
-    return _collect(pool_map(one, paths, config.workers or None), len(paths), on_progress)
+    found = executor.map(one, paths, workers=config.workers or None, preload=PRELOAD)
+    return _collect(found, len(paths), on_progress)
 
 
 def _collect(results, total: int, on_progress: ProgressFn | None) -> list:  # type: ignore[no-untyped-def]
@@ -156,8 +164,9 @@ def _collect(results, total: int, on_progress: ProgressFn | None) -> list:  # ty
 
 
 def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
-                   on_progress: ProgressFn | None = None) -> Scan:
-    """Every image of the workspace with its hash; new hashes are stored in the manifest."""
+                   on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> Scan:
+    """Every image of the workspace with its hash; new hashes are stored in the manifest as they
+    come (in short transactions: a killed run keeps them, and the next one hashes the rest)."""
     m = ws.manifest
     firsts = m.first_origins()
     rows = m.image_rows()
@@ -167,15 +176,21 @@ def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
     one = partial(hash_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip_invariant=config.flip_invariant)
     paths = [str(ws.root / r.stored_path) for r in missing]
-    computed = _collect(pool_map(one, paths, config.workers or None), len(paths), on_progress)
+    computed = executor.map(one, paths, workers=config.workers or None, preload=PRELOAD)
     scan = Scan(hashed=len(missing))
-    fresh = []
-    for row, fh in zip(missing, computed, strict=True):
+    fresh: list[tuple[str, int, int | None]] = []
+    last = time.monotonic()
+    for done, (row, fh) in enumerate(zip(missing, computed, strict=True), 1):
         if fh.value is None:
             scan.skipped.append((firsts.get(row.sha256, row.stored_path), fh.error or "no hash"))
         else:
             cached[row.sha256] = (fh.value, fh.mirrored)
             fresh.append((row.sha256, fh.value, fh.mirrored))
+        if save and fresh and time.monotonic() - last > COMMIT_EVERY_S:
+            m.save_hashes(key, fresh)
+            fresh, last = [], time.monotonic()
+        if on_progress is not None and (done % 64 == 0 or done == len(missing)):
+            on_progress(done, len(missing))
     if save and fresh:
         m.save_hashes(key, fresh)
     aliases = m.origin_aliases()

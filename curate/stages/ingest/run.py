@@ -1,39 +1,37 @@
 """Second half of an import: read, decode and store each planned file, then record it.
 
-Worker threads read and normalise files and write the stored copy (atomically, named by
-content hash); the main thread records results in the manifest in discovery order, a batch
-per transaction. A file is always on disk before the row that names it is committed, so a
-run killed at any point leaves a state that a re-run completes to exactly what an
-uninterrupted run gives.
+Each file is read and normalised by `load.load` (a pure function: on this machine's threads,
+or on Ray workers with `--executor ray`); threads of this process read its sidecars and write
+the stored copy (atomically, named by content hash); the main thread records results in the
+manifest in discovery order, a batch per transaction. This process is the only writer. A file
+is always on disk before the row that names it is committed, so a run killed at any point
+leaves a state that a re-run completes to exactly what an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image
 
 from curate.atomic import atomic_write_bytes
+from curate.executor import LOCAL, Executor, thread_map
 from curate.record import IMPORTED, MERGED, REPAIRED, SKIPPED, WARNING
 from curate.stages.ingest.config import ImportConfig
-from curate.stages.ingest.decode import Normalised, Rejected, normalise
+from curate.stages.ingest.decode import Normalised
 from curate.stages.ingest.identity import migrate_origins
+from curate.stages.ingest.load import Loaded, LoadJob, container, load, register, unlimited_pil
 from curate.stages.ingest.plan import Plan, Work, make_plan, open_trees
 from curate.stages.ingest.sidecars import Sidecars, read_sidecars
-from curate.stages.ingest.sources import TooLarge
 from curate.workspace import Workspace, is_workspace
 
 STAGE = "import"
 BATCH_SECONDS = 0.5
-T = TypeVar("T")
-R = TypeVar("R")
 ProgressFn = Callable[[int, int], None]
 
 
@@ -76,14 +74,16 @@ def import_sources(
     *,
     dry_run: bool = False,
     on_progress: ProgressFn | None = None,
+    executor: Executor = LOCAL,
 ) -> ImportResult:
-    """Import images (with sidecar tags and captions) from folders, zips or files into `root`."""
+    """Import images (with sidecar tags and captions) from folders, zips or files into `root`;
+    files are read and decoded on `executor` (this machine's threads, or a Ray cluster)."""
     root = Path(root).absolute()
     trees = open_trees(sources, root)
     result = ImportResult(str(root), dry_run)
     if dry_run:
         known, firsts = _known(root)
-        _run(None, make_plan(trees, known), firsts, config, result, on_progress)
+        _run(None, make_plan(trees, known), firsts, config, result, on_progress, executor)
         return result
     with Workspace.open(root, create=True) as ws, ws.lock():
         run_id = ws.manifest.start_run(STAGE, {"sources": [t.label for t in trees],
@@ -91,7 +91,7 @@ def import_sources(
         migrate_origins(ws, Path.cwd())  # older imports recorded sources as typed
         plan = make_plan(trees, ws.manifest.origin_fingerprints())
         firsts = ws.manifest.first_origins()
-        _run(ws, plan, firsts, config, result, on_progress, run_id)
+        _run(ws, plan, firsts, config, result, on_progress, executor, run_id)
         ws.manifest.finish_run(run_id, result.counts)
     return result
 
@@ -104,7 +104,8 @@ def _known(root: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _run(ws: Workspace | None, plan: Plan, firsts: dict[str, str], config: ImportConfig,
-         result: ImportResult, on_progress: ProgressFn | None, run_id: int | None = None) -> None:
+         result: ImportResult, on_progress: ProgressFn | None, executor: Executor,
+         run_id: int | None = None) -> None:
     """`firsts` maps each known image hash to the first file it came from (grows as we go)."""
     counts = dict.fromkeys((IMPORTED, REPAIRED, MERGED, SKIPPED, "unchanged", "ignored"), 0)
     counts["unchanged"], counts["ignored"] = plan.unchanged, len(plan.ignored)
@@ -116,12 +117,10 @@ def _run(ws: Workspace | None, plan: Plan, firsts: dict[str, str], config: Impor
         result.skipped.append((problem.subject, problem.reason))
         if recorder:
             recorder.skip(problem.subject, fingerprint, tree.label, tree.kind, problem.reason)
-    workers = config.workers or os.cpu_count() or 1
-    process = _processor(ws, config)
     total = len(plan.work)
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check it ourselves
     try:
-        for done, outcome in enumerate(_ordered_map(process, plan.work, workers), 1):
+        for done, outcome in enumerate(_outcomes(ws, plan.work, config, executor), 1):
             verdict, reason = _verdict(outcome, result, firsts)
             counts[verdict] += 1
             if recorder:
@@ -150,49 +149,39 @@ def _verdict(outcome: Outcome, result: ImportResult, firsts: dict[str, str]) -> 
     return IMPORTED, _describe(sc)
 
 
-def _processor(ws: Workspace | None, config: ImportConfig) -> Callable[[Work], Outcome]:
-    limit = config.max_file_mb * 1024 * 1024
-
-    def process(work: Work) -> Outcome:
-        entry = work.entry
-        try:
-            data = entry.tree.read(entry.relpath, limit)
-            image = normalise(data, max_pixels=config.max_pixels, animated=config.animated)
-        except TooLarge:
-            return Outcome(work, reason=f"file is over the {config.max_file_mb} MiB limit: "
-                           "raise import.max_file_mb if it is really an image")
-        except PermissionError:
-            return Outcome(work, reason="cannot read (permission denied): fix the file's "
-                           "permissions, e.g. chmod u+r")
-        except OSError as exc:
-            return Outcome(work, reason=f"cannot read ({exc.strerror or exc}): check the file")
-        except Rejected as exc:
-            return Outcome(work, reason=str(exc))
-        sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars),
-                                 config.max_sidecar_kb * 1024)
-        if ws is not None:
-            target = ws.stored_file(image.sha256, image.ext)
-            if not target.exists():
-                atomic_write_bytes(target, image.data)
-        image.data = b""  # stored; do not keep every image in memory until it is recorded
-        return Outcome(work, image, None, sidecars)
-
-    return process
+def _job(work: Work, config: ImportConfig) -> LoadJob:
+    tree = work.entry.tree
+    return LoadJob(tree.kind, container(tree), work.entry.relpath, config.max_file_mb,
+                   config.max_pixels, config.animated)
 
 
-def _ordered_map(fn: Callable[[T], R], items: list[T], workers: int) -> Iterator[R]:
-    """Like Executor.map, but with a bounded window so memory stays flat on huge imports."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    window: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(workers) as pool:
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= workers * 4:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+def _outcomes(ws: Workspace | None, works: list[Work], config: ImportConfig,
+              executor: Executor) -> Iterator[Outcome]:
+    """Each file loaded (`load.load`), then finished here, in discovery order. Locally one thread
+    does both for a file; remotely the workers load and this process's threads finish."""
+    workers = config.workers or os.cpu_count() or 1
+    for tree in {id(w.entry.tree): w.entry.tree for w in works}.values():
+        register(tree)  # `load` in this process reads through the trees the plan opened
+    if not executor.remote:
+        return thread_map(lambda w: _finish(ws, config, w, load(_job(w, config))), works, workers)
+    loaded = executor.map(load, [_job(w, config) for w in works], pool="thread", workers=workers,
+                          setup=unlimited_pil)
+    return thread_map(lambda pair: _finish(ws, config, *pair), zip(works, loaded, strict=True), workers)
+
+
+def _finish(ws: Workspace | None, config: ImportConfig, work: Work, loaded: Loaded) -> Outcome:
+    """The file's sidecars read, and its normalised copy stored (before the row naming it)."""
+    image = loaded.image
+    if image is None:
+        return Outcome(work, reason=loaded.reason)
+    entry = work.entry
+    sidecars = read_sidecars(entry.tree, entry.relpath, list(work.sidecars), config.max_sidecar_kb * 1024)
+    if ws is not None:
+        target = ws.stored_file(image.sha256, image.ext)
+        if not target.exists():
+            atomic_write_bytes(target, image.data)
+    image.data = b""  # stored; do not keep every image in memory until it is recorded
+    return Outcome(work, image, None, sidecars)
 
 
 class _Recorder:

@@ -10,12 +10,14 @@ of the images that pass (with their caption sidecars); the folder itself is neve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target, walk_images
 from curate.record import EXCLUDING, REJECTED, Record
 from curate.stages.guard import FAILED, Failed, per_image_map
@@ -28,6 +30,8 @@ from curate.workspace import Workspace, is_workspace
 
 STAGE = "quality"
 ProgressFn = Callable[[int, int], None]
+SaveFn = Callable[[dict[str, Scores]], None]
+COMMIT_EVERY_S = 0.5  # new scores are committed this often: a killed run keeps them
 
 
 @dataclass
@@ -78,8 +82,9 @@ class QualityResult:
 
 
 def quality_filter(target: Path, config: QualityConfig, *, out: Path | None = None, dry_run: bool = False,
-                   on_progress: ProgressFn | None = None) -> QualityResult:
-    """Measure and judge every image of a folder or workspace (see module doc)."""
+                   on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> QualityResult:
+    """Measure and judge every image of a folder or workspace (see module doc); images are
+    measured on `executor` (this machine's cores, or a Ray cluster)."""
     config.check()
     target, mode = resolve_target(target)
     mode = "workspace" if is_workspace(target) else "folder"
@@ -89,13 +94,13 @@ def quality_filter(target: Path, config: QualityConfig, *, out: Path | None = No
             raise CurateError("--out is for plain folders: in a workspace rejected images are marked "
                               "in the manifest and left out of later stages (then `curate layout`)")
         with Workspace.open(target) as ws, ws.lock():
-            _workspace(ws, result, on_progress)
+            _workspace(ws, result, on_progress, executor)
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
     result.skipped, result.ignored = found.skipped, found.ignored
     result.items = [Item(rel, target / rel, rel) for rel in found.relpaths]
-    _measure(result, config.detector, on_progress)
+    _measure(result, config.detector, on_progress, executor)
     if out is not None:
         result.out = str(out)
         passing = [it for it in result.items if it.scores is not None and not it.failures]
@@ -118,35 +123,48 @@ def _shown(record: Record) -> str:
     return record.origins[0].source_path if record.origins else str(record.path)
 
 
-def _workspace(ws: Workspace, result: QualityResult, on_progress: ProgressFn | None) -> None:
+def _workspace(ws: Workspace, result: QualityResult, on_progress: ProgressFn | None,
+               executor: Executor) -> None:
     records = [r for r in ws.records() if not _excluded_elsewhere(r)]
     result.items = [Item(_shown(r), r.path, content_key(r), r.sha256) for r in records]
     key = scores_key(detector_key(result.config.detector))
     stored = ws.manifest.quality_scores(key)
     for it in result.items:
         it.scores = stored.get(it.key)
-    fresh = _measure(result, result.config.detector, on_progress)
-    if result.dry_run:
-        return
-    ws.manifest.save_quality_scores(key, {it.key: it.scores or {} for it in fresh})
-    _record(ws, result)
+    def save(scores: dict[str, Scores]) -> None:
+        ws.manifest.save_quality_scores(key, scores)
+
+    _measure(result, result.config.detector, on_progress, executor, None if result.dry_run else save)
+    if not result.dry_run:
+        _record(ws, result)
 
 
-def _measure(result: QualityResult, detector: str, on_progress: ProgressFn | None) -> list[Item]:
-    """Scores for items without them (on all cores), then every item judged; returns the
-    items measured in this run. An image that cannot be read is skipped with the reason."""
+def _measure(result: QualityResult, detector: str, on_progress: ProgressFn | None, executor: Executor,
+             save: SaveFn | None = None) -> list[Item]:
+    """Scores for items without them (on `executor`), then every item judged; returns the
+    items measured in this run. An image that cannot be read is skipped with the reason.
+    `save` gets the new scores every COMMIT_EVERY_S and at the end (a killed run keeps them)."""
     todo = [it for it in result.items if it.scores is None]
     jobs = [(str(it.path), detector) for it in todo]
     measured = per_image_map(measure_file, jobs, result.config.workers or None, "cannot measure it",
-                             "replace the file or leave it out")
+                             "replace the file or leave it out", executor)
+    fresh: dict[str, Scores] = {}
+    last = time.monotonic()
     for done, (it, outcome) in enumerate(zip(todo, measured, strict=True), 1):
         scores, error = (None, outcome.reason) if isinstance(outcome, Failed) else outcome
         it.scores = scores
         if error:
             result.skipped.append((it.shown, error))
             result.failed.append((it, error))
+        elif save is not None:
+            fresh[it.key] = scores or {}
+            if time.monotonic() - last > COMMIT_EVERY_S:
+                save(fresh)
+                fresh, last = {}, time.monotonic()
         if on_progress:
             on_progress(done, len(todo))
+    if save is not None and fresh:
+        save(fresh)
     result.measured = len(todo)
     result.items = [it for it in result.items if it.scores is not None]
     for it in result.items:

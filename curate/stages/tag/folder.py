@@ -13,23 +13,23 @@ import os
 from pathlib import Path
 
 from curate.atomic import atomic_write_text
+from curate.executor import LOCAL, Executor
 from curate.folder import walk_images
 from curate.kohya import CAPTION_LIMIT
 from curate.paths import read_user_text, unreadable_caption
 from curate.stages.ingest.sources import display
-from curate.stages.tag.compose import Item, parse, render, tag_items
+from curate.stages.tag.compose import Item, parse, render
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
-from curate.tagging.engine import Tagger
-from curate.tagging.model import TagInfo
+from curate.stages.tag.step import TagModel, tagged
 
 
 def caption_path(root: Path, rel: str, ext: str) -> Path:
     return root / (rel.rsplit(".", 1)[0] + ext)
 
 
-def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo], result: TagResult,
-               *, dry_run: bool = False, on_progress: ProgressFn | None = None) -> None:
+def tag_folder(root: Path, config: TagConfig, model: TagModel, result: TagResult, *, dry_run: bool = False,
+               on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> None:
     listing = walk_images(root)
     result.skipped += listing.skipped
     result.ignored += listing.ignored
@@ -41,15 +41,14 @@ def tag_folder(root: Path, config: TagConfig, tagger: Tagger, tags: list[TagInfo
         if existing is not False:
             items.append(Item(rel, root / rel, existing))
             had.append(path.exists())
-    for done in tag_items(tagger, tags, items, config, on_progress):
-        item = items[done.index]
+    for index, (item, done) in enumerate(tagged(executor, model, items, result, on_progress)):
         if done.probs is None:
             result.skipped.append((display(item.path), done.error or "cannot tag"))
             continue
         if done.caption is None:
             continue
         text = render(done.caption, config)
-        result.count(("appended" if item.existing else "overwritten") if had[done.index] else "written")
+        result.count(("appended" if item.existing else "overwritten") if had[index] else "written")
         result.captions.append((item.shown, text))
         if not dry_run:
             atomic_write_text(caption_path(root, item.shown, config.caption_ext), text + "\n")

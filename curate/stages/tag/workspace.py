@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from curate.executor import LOCAL, Executor
 from curate.record import Record
 from curate.stages.tag.compose import (
     REPLACED,
@@ -32,11 +33,10 @@ from curate.stages.tag.compose import (
     placement,
     render,
     stored_rows,
-    tag_items,
 )
 from curate.stages.tag.config import TagConfig
 from curate.stages.tag.result import ProgressFn, TagResult
-from curate.tagging.engine import Tagger
+from curate.stages.tag.step import TagModel, tagged
 from curate.tagging.model import TagInfo
 from curate.workspace import Workspace
 
@@ -84,10 +84,11 @@ def stale(ws: Workspace, source: str, records: Sequence[Record]) -> list[Record]
     return [r for r in records if r.sha256 in inputs and inputs[r.sha256] != input_sha(r)]
 
 
-def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tagger | None,
+def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, model: TagModel | None,
                   tags: Sequence[TagInfo], result: TagResult, *, dry_run: bool = False,
-                  on_progress: ProgressFn | None = None) -> None:
-    """Tag the active images not yet tagged by this model (all of them when tagger is given)."""
+                  on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> None:
+    """Tag the active images not yet tagged by this model, the model running on `executor`
+    (this process, or Ray actors); results are committed as they come."""
     source = tagger_source(model_name)
     records = ws.active_records()
     done = tagged_by(ws, source)
@@ -105,18 +106,18 @@ def tag_workspace(ws: Workspace, config: TagConfig, model_name: str, tagger: Tag
                             f"(threshold {config.threshold}): {', '.join(changes)}")
     if not dry_run:
         remember_selection(ws, source, config)
-    if not todo or tagger is None:
+    if not todo or model is None:
         return
     writer = _Writer(ws, source, dry_run)
     items = [Item(_shown(r), r.path, imported_names(r), bool(r.texts)) for r in todo]
-    for done in tag_items(tagger, tags, items, config, on_progress):
-        record = todo[done.index]
+    for index, (item, done) in enumerate(tagged(executor, model, items, result, on_progress)):
+        record = todo[index]
         if done.probs is None:
             result.skipped.append((_shown(record), done.error or "cannot tag"))
             writer.decision(record, "skipped", done.error or "cannot tag")
             continue
         # None: "skip" kept the tags the image came with, which its caption goes on spelling
-        caption = done.caption if done.caption is not None else items[done.index].existing
+        caption = done.caption if done.caption is not None else item.existing
         result.count("tagged")
         result.captions.append((_shown(record), render(caption, config)))
         writer.add(record, stored_rows(done.probs, tags), caption, f"{len(caption)} tags, model {model_name}")
