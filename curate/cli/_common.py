@@ -139,7 +139,8 @@ class Out:
 
         table = Table(title=shown(title), title_justify="left")
         for i, header in enumerate(headers):
-            table.add_column(header, justify="right" if i else "left")
+            # fold, not "…": a 64-digit model hash or a path is read whole, over two lines if need be
+            table.add_column(header, justify="right" if i else "left", overflow="fold")
         for row in rows:
             table.add_row(*(shown(cell) for cell in row))
         self.console().print(table)
