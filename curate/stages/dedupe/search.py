@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from curate.stages.dedupe.chunkjoin import chunk_pairs, item_bits
+
 # Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
 BATCH = 1 << 22
 # Variants of one chunk held at once; beyond that a plan is refused (memory).
@@ -216,7 +218,7 @@ def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | No
     if plan is None:
         return pairs_bruteforce(words, t)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pairs = _sorted_pairs([_chunk_pairs(words, chunk, t, pool) for chunk in plan])
+        pairs = _sorted_pairs([chunk_pairs(words, c.start, c.width, c.radius, t, pool) for c in plan])
     code = pairs.i * n + pairs.j
     first = np.ones(len(code), dtype=bool)
     first[1:] = code[1:] != code[:-1]  # a pair near on several chunks is found by each
@@ -245,13 +247,12 @@ def _plan(n: int, bits: int, t: int, n_words: int = 1) -> tuple[Chunk, ...] | No
 
 
 def _key_width(n: int, width: int, radius: int) -> int:
-    """Bits of a chunk actually keyed on: key, hash number and variant share one uint64.
+    """Bits of a chunk actually keyed on: key and hash number share one uint64.
 
     Keying on fewer bits than the chunk has only adds candidates (a pair within 2r on the
     chunk is within 2r on any part of it), and beyond ~40 bits there are almost none anyway.
     """
-    n_flips = sum(comb(width, k) for k in range(radius + 1))
-    return min(width, 64 - (n - 1).bit_length() - (n_flips - 1).bit_length())
+    return min(width, 64 - item_bits(n))
 
 
 def _chunk_cost(n: int, width: int, radius: int) -> float:
@@ -260,77 +261,6 @@ def _chunk_cost(n: int, width: int, radius: int) -> float:
         return float("inf")
     candidates = variants * variants / 2 ** (width + 1)  # pairs sharing a value, uniform hashes
     return COST_VARIANT * variants + COST_CANDIDATE * candidates
-
-
-def _extract(words: np.ndarray, start: int, width: int) -> np.ndarray:
-    word, offset = divmod(start, 64)
-    out = words[:, word] >> np.uint64(offset)
-    if offset + width > 64:
-        out |= words[:, word + 1] << np.uint64(64 - offset)
-    return out & np.uint64((1 << width) - 1)
-
-
-def _flip_masks(width: int, radius: int) -> np.ndarray:
-    masks = [
-        sum(1 << b for b in bits)
-        for k in range(radius + 1)
-        for bits in itertools.combinations(range(width), k)
-    ]
-    return np.array(masks, dtype=np.uint64)
-
-
-def _chunk_pairs(words: np.ndarray, chunk: Chunk, t: int, pool: ThreadPoolExecutor) -> Pairs:
-    """Verified pairs among those whose chunk values are within 2 * radius."""
-    flips = _flip_masks(chunk.width, chunk.radius)
-    v_bits = (len(flips) - 1).bit_length()
-    shift = np.uint64(64 - chunk.width)
-    values = _extract(words, chunk.start, chunk.width)
-    # Sorting key << shift | item << v_bits | variant groups equal keys, and inside a group
-    # orders entries by item, so each generated pair already has a < b.
-    packed = (values[:, None] ^ flips[None, :]) << shift
-    packed |= (np.arange(len(values), dtype=np.uint64) << np.uint64(v_bits))[:, None]
-    packed |= np.arange(len(flips), dtype=np.uint64)[None, :]
-    packed = packed.ravel()
-    packed.sort()
-    boundary = np.empty(len(packed), dtype=bool)
-    boundary[0] = True
-    np.not_equal(packed[1:] >> shift, packed[:-1] >> shift, out=boundary[1:])
-    entry = packed & np.uint64((1 << int(shift)) - 1)
-    del packed
-    starts = np.flatnonzero(boundary)
-    sizes = np.diff(np.append(starts, len(entry)))
-    canonical = _canonical(flips[:, None], flips[None, :], chunk.radius).ravel()
-
-    def verify(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
-        left, right = _batch_positions(*batch)
-        ea, eb = entry[left], entry[right]
-        if chunk.radius:
-            v_mask = np.uint64((1 << v_bits) - 1)
-            ok = canonical[(ea & v_mask) * np.uint64(len(flips)) + (eb & v_mask)]
-            ea, eb = ea[ok], eb[ok]
-        a = (ea >> np.uint64(v_bits)).astype(np.int64)
-        b = (eb >> np.uint64(v_bits)).astype(np.int64)
-        d = distances(words, a, b)
-        near = d <= t
-        return a[near], b[near], d[near]
-
-    return _sorted_pairs(list(pool.map(verify, _group_batches(starts[sizes > 1], sizes[sizes > 1]))))
-
-
-def _canonical(fa: np.ndarray, fb: np.ndarray, radius: int) -> np.ndarray:
-    """True for the one variant pair that stands for a pair of hashes (a < b) on this chunk.
-
-    Two hashes whose chunk values differ in the bits D meet at every split of D into flips
-    fa ^ fb with at most `radius` bits each. The canonical split gives a the lowest
-    min(radius, |D|) bits of D and b the rest, so it is disjoint and a's bits are all lower.
-    """
-    both = fa | fb
-    lowest_b = fb & (~fb + np.uint64(1))
-    return (
-        ((fa & fb) == 0)
-        & (popcount(fa) == np.minimum(radius, popcount(both)))
-        & ((fb == 0) | (fa < lowest_b))
-    )
 
 
 def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
