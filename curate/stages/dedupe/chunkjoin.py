@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 # Entries per partition (~8 bytes each, a few temporaries): bounds the memory of one worker.
-PARTITION = 1 << 22
+PARTITION = 1 << 20
 
 
 class ChunkIndex(NamedTuple):
@@ -163,16 +163,16 @@ def _partition_pairs(words: np.ndarray, index: ChunkIndex, rows: Rows | None, fl
     entries = _partition_entries(index, flips, q)
     pb = np.uint64(index.payload_bits)
     keys = entries >> pb
-    same = keys[1:] == keys[:-1]
-    if not same.any():
+    pairs_at = np.flatnonzero(keys[1:] == keys[:-1])
+    if not len(pairs_at):
         return _none()
     # only the entries of groups of two or more take part
     member = np.zeros(len(entries), dtype=bool)
-    member[:-1] = same
-    member[1:] |= same
-    entries, keys = entries[member], keys[member]
-    payload = entries & _mask(index.payload_bits)
-    del entries, member, same
+    member[pairs_at] = True
+    member[pairs_at + 1] = True
+    taken = np.flatnonzero(member)
+    keys, payload = keys[taken], entries[taken] & _mask(index.payload_bits)
+    del entries, member, taken
     if rows is not None:  # one word: compare the other bits, then find the rows of the hits
         p, r, _ = _compare_groups(keys, payload, t)
         return _resolve(words, index, rows, keys[p], payload[p], payload[r], radius, t)
@@ -190,34 +190,28 @@ def _compare_groups(keys: np.ndarray, rows: np.ndarray, t: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions p < r of entries in one group (equal keys) whose rows are within t.
 
-    Groups are laid out by size (a radix sort of small ints), so the groups of size s form an
-    (s, groups) matrix of rows, and row c meets row c + k for k = 1 .. s - 1: two contiguous
-    slices, an XOR, a popcount and a compare per pair, no pair index arrays.
+    The groups of each size s are gathered into an (s, groups) matrix of rows (member c of
+    every group in one contiguous row), and row c meets row c + k for k = 1 .. s - 1: an XOR,
+    a popcount and a compare per pair, with the inner loops running over the groups.
     """
     n = len(keys)
     first = np.empty(n, dtype=bool)
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
-    sizes = np.diff(np.append(np.flatnonzero(first), n)).astype(np.uint16)
-    entries = np.argsort(sizes[np.cumsum(first) - 1], kind="stable")  # a radix sort: uint16
-    rows = rows[entries]
-    counts = np.bincount(sizes)
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, n))
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    at = 0
-    for size in np.flatnonzero(counts).tolist():
-        span, groups = int(counts[size]) * size, int(counts[size])
-        # (size, groups): member c of every group in one contiguous row, so the inner loops
-        # run over the groups, not over a handful of members
-        block = np.moveaxis(rows[at:at + span].reshape(groups, size, *rows.shape[1:]), 0, 1).copy()
+    for size in np.flatnonzero(np.bincount(sizes)).tolist():
+        at = starts[sizes == size]
+        where = at[None, :] + np.arange(size)[:, None]
+        block = rows[where]
         for k in range(1, size):
             xor = block[k:] ^ block[:-k]
             dist = popcount(xor) if xor.ndim == 2 else popcount(xor).sum(axis=2, dtype=np.uint16)
             hit = np.flatnonzero(dist <= t)
             if len(hit):
-                c, g = np.divmod(hit, groups)
-                p = entries[at + g * size + c]
+                p = where.reshape(-1)[hit]
                 found.append((p, p + k, dist.reshape(-1)[hit].astype(np.uint16)))
-        at += span
     if not found:
         return _none()
     return tuple(np.concatenate(col) for col in zip(*found, strict=True))  # type: ignore[return-value]
