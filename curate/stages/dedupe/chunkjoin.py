@@ -31,6 +31,7 @@ import numpy as np
 
 # Entries per partition (~8 bytes each, a few temporaries): bounds the memory of one worker.
 PARTITION = 1 << 20
+_POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
 
 
 class ChunkIndex(NamedTuple):
@@ -59,7 +60,11 @@ class Rows(NamedTuple):
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x)
+    """Set bits per element of an unsigned array (numpy < 2 has no `bitwise_count`)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    per_byte = _POPCOUNT8[x[..., None].view(np.uint8)]
+    return per_byte.sum(axis=-1, dtype=np.uint8)
 
 
 def extract(words: np.ndarray, start: int, width: int) -> np.ndarray:

@@ -17,14 +17,19 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
   (otherwise its distance would be >= sum(2 r_i + 1) > t). A chunk with radius r finds the
   pairs within 2 r on it by giving each hash all its variants with <= r bits flipped and
   grouping equal variants (one sort). At 1M and t=8 that is three 21-bit chunks of radius 1:
-  22 variants per hash and ~1e8 candidates per chunk, verified in batches on all cores:
-  ~12 s at 1M, 0.5 s at 100k.
+  22 variants per hash and ~1e8 candidates per chunk; how a chunk is built and its candidates
+  compared, in bounded memory, is `chunkjoin.py`: ~3 s at 1M, ~2 min at 10M.
+* What no chunking avoids at t=8 on 64 bits: nine pigeonhole units in 64 bits allow chunks of
+  ~21 bits at radius 1, or of 32 bits at radius 2 (529 variants a hash). The first keeps the
+  candidates of a chunk at N^2 * 232 / 2^22 (quadratic; 1.1e10 at 10M), the second pays ~16x
+  the variants (linear; ~1e10 at 10M). With this machine's costs the first stays cheaper up to
+  10M, so the search grows ~N^1.6 there, not linearly (docs/benchmarks.md, "Search to 10M").
 * `_plan` picks m and the radii from a cost model calibrated on this machine (brute force is
   still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
   per chunk, so duplicates only come from pairs found by several chunks.
 * Identical hashes (every blank white image has the same phash) are collapsed before the
-  search and expanded after it, so they cannot form one giant bucket; buckets that are large
-  anyway are verified in fixed-size batches, so memory stays bounded whatever the data.
+  search and expanded after it, so they cannot form one giant bucket; chunk partitions hold
+  ~1M variants each, so memory stays bounded whatever the data.
 """
 
 from __future__ import annotations
@@ -39,19 +44,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from curate.stages.dedupe.chunkjoin import chunk_pairs, item_bits
+from curate.stages.dedupe.chunkjoin import chunk_pairs, item_bits, popcount
+
+__all__ = ["Chunk", "Pairs", "pairs_bruteforce", "pairs_within", "popcount", "search_unique"]
 
 # Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
 BATCH = 1 << 22
-# Variants of one chunk held at once; beyond that a plan is refused (memory).
-MAX_VARIANTS = 120_000_000
+# Variants of one chunk; they are built a partition at a time, so this bounds time, not memory.
+MAX_VARIANTS = 1 << 35
 # More chunks than this only pays off at thresholds where brute force wins anyway.
 MAX_CHUNKS = 24
-# Cost model, seconds per unit, measured with bench/dedupe_bench.py on 2 cores.
-COST_VARIANT = 6e-8  # build, sort and scan one variant
-COST_CANDIDATE = 1.8e-8  # generate, filter and verify one candidate pair (2 threads)
+# Cost model, seconds per unit, measured with bench/search_scale.py on 2 cores (busy machine).
+COST_VARIANT = 1.5e-8  # build, sort and scan one variant
+COST_CANDIDATE = 3.5e-9  # compare one pair of entries sharing a key, per hash word
 COST_BRUTE = 4.0e-9  # one pair of one word in the blocked all-pairs comparison
-_POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
+COST_CHUNK = 2e-3  # a chunk's fixed work (its index, a Python loop per partition)
 
 
 class Pairs(NamedTuple):
@@ -69,14 +76,6 @@ class Chunk:
     start: int
     width: int
     radius: int
-
-
-def popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per element of an unsigned array (numpy < 2 has no `bitwise_count`)."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    per_byte = _POPCOUNT8[x[..., None].view(np.uint8)]
-    return per_byte.sum(axis=-1, dtype=np.uint8)
 
 
 def pack_hashes(values: Sequence[int], bits: int = 64) -> np.ndarray:
@@ -240,7 +239,7 @@ def _plan(n: int, bits: int, t: int, n_words: int = 1) -> tuple[Chunk, ...] | No
                 for s, w, r in zip(starts, widths, radii, strict=True)
                 if r >= 0
             )
-            cost = sum(_chunk_cost(n, c.width, c.radius) for c in chunks)
+            cost = sum(_chunk_cost(n, c.width, c.radius, n_words) for c in chunks)
             if cost < best_cost:
                 best_cost, best = cost, chunks
     return best
@@ -255,12 +254,12 @@ def _key_width(n: int, width: int, radius: int) -> int:
     return min(width, 64 - item_bits(n))
 
 
-def _chunk_cost(n: int, width: int, radius: int) -> float:
+def _chunk_cost(n: int, width: int, radius: int, n_words: int = 1) -> float:
     variants = n * sum(comb(width, k) for k in range(radius + 1))
     if variants > MAX_VARIANTS or width < 1:
         return float("inf")
     candidates = variants * variants / 2 ** (width + 1)  # pairs sharing a value, uniform hashes
-    return COST_VARIANT * variants + COST_CANDIDATE * candidates
+    return COST_CHUNK + COST_VARIANT * variants + COST_CANDIDATE * n_words * candidates
 
 
 def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
