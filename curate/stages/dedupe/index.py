@@ -1,0 +1,209 @@
+"""The dedupe search kept between runs, so a re-run searches only the hashes it has not seen.
+
+The index (`.curate/dedupe-index.npz`, beside the manifest) holds every distinct hash searched
+so far, in the order first seen, every pair of them within its threshold, and for each chunk
+of a fixed layout the hashes sorted by chunk value. A run then needs:
+
+* new x old: each new hash probes the sorted chunks with its chunk values, <= a_i bits flipped,
+  where sum(a_i + 1) >= t + 1: a pair within t is within a_i on some chunk (pigeonhole), and
+  there the flipped value equals the old hash's exactly. Old hashes are never flipped, so each
+  pair is met once per chunk that finds it, and the work is the new hashes' probes only.
+* new x new: the ordinary search (`search.search_unique`) over the new hashes.
+* old x old: the stored pairs.
+
+The result is the same pairs `search_unique` returns for the current hashes (tests compare the
+two). The index is rebuilt when the hash settings change, when the threshold rises above the
+one it was built for, when it holds more than twice the hashes in use, and when reading it
+fails; it is written atomically (one file, `curate.atomic`), and never unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+from curate.atomic import atomic_write_bytes
+from curate.stages.dedupe.chunkjoin import extract, flip_masks, item_bits, popcount
+from curate.stages.dedupe.search import Pairs, search_unique
+
+INDEX_NAME = "dedupe-index.npz"
+VERSION = 1
+# Widest chunk: each chunk's offsets table has 2^width entries at load.
+MAX_WIDTH = 22
+# Probes (a table lookup and a compare) one new hash may cost before a full search is cheaper.
+COST_PROBE = 3e-8
+COST_FULL = 2e-6  # seconds per hash of a full search at t <= 8 near 1M (bench/search_scale.py)
+
+
+@dataclass
+class SearchIndex:
+    key: str  # hash settings the hashes come from
+    t: int  # threshold of the stored pairs
+    words: np.ndarray  # (M, words) uint64, distinct
+    pairs: Pairs  # row pairs i < j within t
+    layout: tuple[tuple[int, int], ...]  # (start, width) of each probed chunk
+    sorted_chunks: list[np.ndarray]  # per chunk: sorted `value << item_bits(M) | row`
+
+    @classmethod
+    def build(cls, key: str, t: int, words: np.ndarray, pairs: Pairs) -> SearchIndex:
+        bits = 64 * words.shape[1]
+        m = -(-bits // MAX_WIDTH)
+        widths = [bits // m + (1 if k < bits % m else 0) for k in range(m)]
+        starts = np.cumsum([0, *widths[:-1]]).tolist()
+        layout = tuple(zip(starts, widths, strict=True))
+        return cls(key, t, words, pairs, layout, [_sorted_chunk(words, s, w) for s, w in layout])
+
+    def save(self, path: Path) -> None:
+        arrays = {"words": self.words, "i": self.pairs.i, "j": self.pairs.j, "d": self.pairs.distance,
+                  "meta": np.array(json.dumps({"version": VERSION, "key": self.key, "t": self.t,
+                                               "layout": self.layout}))}
+        arrays |= {f"chunk{k}": c for k, c in enumerate(self.sorted_chunks)}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue(), durable=False)
+
+    @classmethod
+    def load(cls, path: Path, key: str, t: int) -> SearchIndex | None:
+        """The index at path if it was built for these hash settings and a threshold >= t."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("version") != VERSION or meta.get("key") != key or meta.get("t", -1) < t:
+                    return None
+                layout = tuple((int(s), int(w)) for s, w in meta["layout"])
+                chunks = [z[f"chunk{k}"] for k in range(len(layout))]
+                return cls(key, int(meta["t"]), z["words"], Pairs(z["i"], z["j"], z["d"]), layout, chunks)
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            return None  # missing, partial or from another version: rebuilt by the caller
+
+    def query_cost(self, n_new: int, t: int) -> float:
+        probes = sum(comb(w, k) for (_, w), a in zip(self.layout, _flips(self.layout, t), strict=True)
+                     for k in range(a + 1))
+        per_probe = len(self.words) / 2 ** min(w for _, w in self.layout)
+        return n_new * probes * COST_PROBE * (1 + per_probe)
+
+    def query(self, new: np.ndarray, t: int) -> Pairs:
+        """Pairs (new row, index row) within t: i indexes `new`, j the index's words."""
+        found: list[tuple[np.ndarray, ...]] = []
+        ib = np.uint64(item_bits(len(self.words)))
+        for (start, width), a, chunk in zip(self.layout, _flips(self.layout, t), self.sorted_chunks,
+                                            strict=True):
+            if a < 0:
+                continue
+            offsets = np.zeros((1 << width) + 1, dtype=np.int64)
+            np.cumsum(np.bincount((chunk >> ib).astype(np.int64), minlength=1 << width),
+                      out=offsets[1:])
+            rows = (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64)
+            for lo in range(0, len(new), 4096):  # bounded memory: a block of new hashes at a time
+                found.append(_probe(new, lo, min(len(new), lo + 4096), start, width, a, offsets, rows,
+                                    self.words, t))
+        i, j, d = (np.concatenate(col) for col in zip(*found, strict=True)) if found else _empty()
+        code = np.unique(i * len(self.words) + j, return_index=True)[1]  # met on several chunks
+        return Pairs(i[code], j[code], d[code])
+
+    def add(self, new: np.ndarray, pairs: Pairs) -> None:
+        """Append new distinct hashes and pairs (already in index row numbers)."""
+        self.words = np.concatenate([self.words, new])
+        self.pairs = _sorted(Pairs(*(np.concatenate(c) for c in zip(self.pairs, pairs, strict=True))))
+        self.sorted_chunks = [_sorted_chunk(self.words, s, w) for s, w in self.layout]
+
+
+def _flips(layout: tuple[tuple[int, int], ...], t: int) -> list[int]:
+    """Bits a_i flipped per chunk with sum(a_i + 1) >= t + 1 (-1: chunk not probed)."""
+    m, units = len(layout), t + 1
+    return [units // m - 1 + (1 if k < units % m else 0) for k in range(m)]
+
+
+def _sorted_chunk(words: np.ndarray, start: int, width: int) -> np.ndarray:
+    packed = extract(words, start, width) << np.uint64(item_bits(len(words)))
+    packed |= np.arange(len(words), dtype=np.uint64)
+    packed.sort()
+    return packed
+
+
+def _probe(new: np.ndarray, lo: int, hi: int, start: int, width: int, a: int, offsets: np.ndarray,
+           rows: np.ndarray, words: np.ndarray, t: int) -> tuple[np.ndarray, ...]:
+    """Pairs (new row, old row, distance) within t among the old rows whose chunk value is a new
+    hash's with <= a bits flipped."""
+    block = new[lo:hi]
+    keys = (extract(block, start, width)[:, None] ^ flip_masks(width, a)[None, :]).astype(np.int64)
+    first, last = offsets[keys], offsets[keys + 1]
+    count = (last - first).ravel()
+    probe = np.repeat(np.arange(count.size), count)
+    at = np.repeat(first.ravel(), count) + np.arange(len(probe)) - np.repeat(np.cumsum(count) - count, count)
+    i = probe // keys.shape[1]
+    j = rows[at]
+    xor = block[i] ^ words[j]
+    d = popcount(xor).sum(axis=1, dtype=np.uint16)
+    near = d <= t
+    return i[near] + lo, j[near], d[near]
+
+
+def _sorted(p: Pairs) -> Pairs:
+    order = np.lexsort((p.j, p.i))
+    i, j, d = p.i[order], p.j[order], p.distance[order]
+    return Pairs(i.astype(np.int64), j.astype(np.int64), d.astype(np.uint16))
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint16)
+
+
+def _row_ids(words: np.ndarray) -> np.ndarray:
+    """One comparable value per row (a void view: equal rows, equal values)."""
+    return np.ascontiguousarray(words).view(np.dtype((np.void, 8 * words.shape[1]))).ravel()
+
+
+def indexed_search(path: Path, key: str, unique: np.ndarray, t: int, bits: int | None,
+                   workers: int | None, save: bool = True) -> Pairs:
+    """`search_unique(unique, t)`, answered from the index at path where it can be (see module doc);
+    the index is brought up to date with `unique` and saved unless `save` is False."""
+    index = SearchIndex.load(path, key, t)
+    stale = index is not None and (index.words.shape[1] != unique.shape[1]
+                                   or len(index.words) > 2 * len(unique) + 1024)
+    if index is None or stale:  # stale: another hash length, or mostly hashes no longer in use
+        index = None
+    if index is None:
+        found = search_unique(unique, t, bits, workers)
+        if save:
+            SearchIndex.build(key, t, unique, found).save(path)
+        return found
+    ids, known = _row_ids(index.words), _row_ids(unique)
+    order = np.argsort(ids)
+    at = np.minimum(np.searchsorted(ids[order], known), len(ids) - 1)
+    present = ids[order][at] == known
+    to_index = np.where(present, order[at], -1)  # unique row -> index row
+    new_rows = np.flatnonzero(~present)
+    if len(new_rows):
+        new = unique[new_rows]
+        if index.query_cost(len(new), index.t) > COST_FULL * len(unique):
+            found = search_unique(unique, t, bits, workers)  # so many new hashes: search them all
+            if save:
+                SearchIndex.build(key, t, unique, found).save(path)
+            return found
+        old = index.query(new, index.t)
+        among = search_unique(new, index.t, bits, workers)
+        base = len(index.words)
+        added = Pairs(np.concatenate([old.j, among.i + base]), np.concatenate([old.i + base, among.j + base]),
+                      np.concatenate([old.distance, among.distance]))
+        index.add(new, added)
+        to_index[new_rows] = base + np.arange(len(new_rows))
+        if save:
+            index.save(path)
+    return _current(index, to_index, t)
+
+
+def _current(index: SearchIndex, to_index: np.ndarray, t: int) -> Pairs:
+    """The index's pairs within t between hashes in use, in the caller's row numbers."""
+    back = np.full(len(index.words), -1, dtype=np.int64)
+    back[to_index] = np.arange(len(to_index))
+    p = index.pairs
+    i, j = back[p.i], back[p.j]
+    keep = (i >= 0) & (j >= 0) & (p.distance <= t)
+    i, j, d = i[keep], j[keep], p.distance[keep]
+    return _sorted(Pairs(np.minimum(i, j), np.maximum(i, j), d))
