@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
@@ -78,7 +79,7 @@ class SearchIndex:
                 layout = tuple((int(s), int(w)) for s, w in meta["layout"])
                 chunks = [z[f"chunk{k}"] for k in range(len(layout))]
                 return cls(key, int(meta["t"]), z["words"], Pairs(z["i"], z["j"], z["d"]), layout, chunks)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             return None  # missing, partial or from another version: rebuilt by the caller
 
     def query_cost(self, n_new: int, t: int) -> float:
