@@ -96,12 +96,12 @@ class SearchIndex:
                                             strict=True):
             if a < 0:
                 continue
-            offsets = np.zeros((1 << width) + 1, dtype=np.int64)
-            np.cumsum(np.bincount((chunk >> ib).astype(np.int64), minlength=1 << width),
+            offsets = np.zeros((1 << width) + 1, dtype=np.int32)  # int32: half the cache misses
+            np.cumsum(np.bincount((chunk >> ib).astype(np.intp), minlength=1 << width),
                       out=offsets[1:])
             rows = (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64)
-            for lo in range(0, len(new), 4096):  # bounded memory: a block of new hashes at a time
-                found.append(_probe(new, lo, min(len(new), lo + 4096), start, width, a, offsets, rows,
+            for lo in range(0, len(new), 8192):  # bounded memory: a block of new hashes at a time
+                found.append(_probe(new, lo, min(len(new), lo + 8192), start, width, a, offsets, rows,
                                     self.words, t))
         i, j, d = (np.concatenate(col) for col in zip(*found, strict=True)) if found else _empty()
         code = np.unique(i * len(self.words) + j, return_index=True)[1]  # met on several chunks
@@ -111,7 +111,16 @@ class SearchIndex:
         """Append new distinct hashes and pairs (already in index row numbers)."""
         self.words = np.concatenate([self.words, new])
         self.pairs = _sorted(Pairs(*(np.concatenate(c) for c in zip(self.pairs, pairs, strict=True))))
-        self.sorted_chunks = [_sorted_chunk(self.words, s, w) for s, w in self.layout]
+        if item_bits(len(self.words)) != item_bits(len(self.words) - len(new)):
+            self.sorted_chunks = [_sorted_chunk(self.words, s, w) for s, w in self.layout]
+            return
+        base = len(self.words) - len(new)  # same packing: merge the new entries in
+        for k, (start, width) in enumerate(self.layout):
+            packed = extract(new, start, width) << np.uint64(item_bits(len(self.words)))
+            packed |= np.arange(base, len(self.words), dtype=np.uint64)
+            packed.sort()
+            chunk = self.sorted_chunks[k]
+            self.sorted_chunks[k] = np.insert(chunk, np.searchsorted(chunk, packed), packed)
 
 
 def _flips(layout: tuple[tuple[int, int], ...], t: int) -> list[int]:
@@ -132,15 +141,18 @@ def _probe(new: np.ndarray, lo: int, hi: int, start: int, width: int, a: int, of
     """Pairs (new row, old row, distance) within t among the old rows whose chunk value is a new
     hash's with <= a bits flipped."""
     block = new[lo:hi]
-    keys = (extract(block, start, width)[:, None] ^ flip_masks(width, a)[None, :]).astype(np.int64)
-    first, last = offsets[keys], offsets[keys + 1]
-    count = (last - first).ravel()
-    probe = np.repeat(np.arange(count.size), count)
-    at = np.repeat(first.ravel(), count) + np.arange(len(probe)) - np.repeat(np.cumsum(count) - count, count)
-    i = probe // keys.shape[1]
-    j = rows[at]
-    xor = block[i] ^ words[j]
-    d = popcount(xor).sum(axis=1, dtype=np.uint16)
+    flips = flip_masks(width, a)
+    keys = (extract(block, start, width)[:, None] ^ flips[None, :]).ravel().astype(np.int64)
+    first = offsets[keys]
+    count = offsets[keys + 1] - first
+    hit = np.flatnonzero(count)  # most probes find nothing, nearly all the others one row
+    first, count = first[hit], count[hit]
+    if len(count) and count.max() > 1:
+        extra = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        hit, first = np.repeat(hit, count), np.repeat(first, count) + extra
+    i = hit // len(flips)
+    j = rows[first]
+    d = popcount(block[i] ^ words[j]).sum(axis=1, dtype=np.uint16)
     near = d <= t
     return i[near] + lo, j[near], d[near]
 
@@ -156,7 +168,9 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _row_ids(words: np.ndarray) -> np.ndarray:
-    """One comparable value per row (a void view: equal rows, equal values)."""
+    """One comparable value per row: the word itself, or a void view (equal rows, equal values)."""
+    if words.shape[1] == 1:
+        return words[:, 0]
     return np.ascontiguousarray(words).view(np.dtype((np.void, 8 * words.shape[1]))).ravel()
 
 
@@ -174,11 +188,8 @@ def indexed_search(path: Path, key: str, unique: np.ndarray, t: int, bits: int |
         if save:
             SearchIndex.build(key, t, unique, found).save(path)
         return found
-    ids, known = _row_ids(index.words), _row_ids(unique)
-    order = np.argsort(ids)
-    at = np.minimum(np.searchsorted(ids[order], known), len(ids) - 1)
-    present = ids[order][at] == known
-    to_index = np.where(present, order[at], -1)  # unique row -> index row
+    to_index = _find(_row_ids(index.words), _row_ids(unique))  # unique row -> index row, or -1
+    present = to_index >= 0
     new_rows = np.flatnonzero(~present)
     if len(new_rows):
         new = unique[new_rows]
@@ -197,6 +208,19 @@ def indexed_search(path: Path, key: str, unique: np.ndarray, t: int, bits: int |
         if save:
             index.save(path)
     return _current(index, to_index, t)
+
+
+def _find(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted value, its position in ids (distinct values), or -1."""
+    out = np.full(len(wanted), -1, dtype=np.int64)
+    if not len(ids) or not len(wanted):
+        return out
+    order = None if bool((wanted[1:] > wanted[:-1]).all()) else np.argsort(wanted)
+    ranked = wanted if order is None else wanted[order]
+    at = np.minimum(np.searchsorted(ranked, ids), len(ranked) - 1)
+    hit = ranked[at] == ids
+    out[at[hit] if order is None else order[at[hit]]] = np.flatnonzero(hit)
+    return out
 
 
 def _current(index: SearchIndex, to_index: np.ndarray, t: int) -> Pairs:
