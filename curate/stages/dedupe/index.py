@@ -215,7 +215,8 @@ def _find(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     out = np.full(len(wanted), -1, dtype=np.int64)
     if not len(ids) or not len(wanted):
         return out
-    order = None if bool((wanted[1:] > wanted[:-1]).all()) else np.argsort(wanted)
+    ordered = wanted.dtype.kind == "u" and bool((wanted[1:] > wanted[:-1]).all())
+    order = None if ordered else np.argsort(wanted)  # a void view (several words) has no `>`
     ranked = wanted if order is None else wanted[order]
     at = np.minimum(np.searchsorted(ranked, ids), len(ranked) - 1)
     hit = ranked[at] == ids
