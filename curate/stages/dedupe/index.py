@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,24 +91,24 @@ class SearchIndex:
         per_probe = len(self.words) / 2 ** min(w for _, w in self.layout)
         return n_new * probes * COST_PROBE * (1 + per_probe)
 
-    def query(self, new: np.ndarray, t: int) -> Pairs:
+    def query(self, new: np.ndarray, t: int, workers: int | None = None) -> Pairs:
         """Pairs (new row, index row) within t: i indexes `new`, j the index's words."""
-        found: list[tuple[np.ndarray, ...]] = []
-        ib = np.uint64(item_bits(len(self.words)))
-        for (start, width), a, chunk in zip(self.layout, _flips(self.layout, t), self.sorted_chunks,
-                                            strict=True):
-            if a < 0:
-                continue
-            offsets = np.zeros((1 << width) + 1, dtype=np.int32)  # int32: half the cache misses
-            np.cumsum(np.bincount((chunk >> ib).astype(np.intp), minlength=1 << width),
-                      out=offsets[1:])
-            rows = (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64)
-            for lo in range(0, len(new), 8192):  # bounded memory: a block of new hashes at a time
-                found.append(_probe(new, lo, min(len(new), lo + 8192), start, width, a, offsets, rows,
-                                    self.words, t))
+        jobs = [(c, a) for c, a in enumerate(_flips(self.layout, t)) if a >= 0]
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            found = [p for part in pool.map(lambda job: self._query_chunk(new, t, *job), jobs) for p in part]
         i, j, d = (np.concatenate(col) for col in zip(*found, strict=True)) if found else _empty()
         code = np.unique(i * len(self.words) + j, return_index=True)[1]  # met on several chunks
         return Pairs(i[code], j[code], d[code])
+
+    def _query_chunk(self, new: np.ndarray, t: int, k: int, a: int) -> list[tuple[np.ndarray, ...]]:
+        (start, width), chunk = self.layout[k], self.sorted_chunks[k]
+        ib = np.uint64(item_bits(len(self.words)))
+        counts = np.bincount((chunk >> ib).astype(np.intp), minlength=1 << width)
+        offsets = (np.cumsum(counts) - counts).astype(np.int32)
+        small = counts.astype(np.uint8) if counts.max(initial=0) < 256 else counts.astype(np.int32)
+        table = Table(small, offsets, (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64))
+        return [_probe(new, lo, min(len(new), lo + 8192), start, width, a, table, self.words, t)
+                for lo in range(0, len(new), 8192)]  # a block of new hashes at a time: bounded memory
 
     def add(self, new: np.ndarray, pairs: Pairs) -> None:
         """Append new distinct hashes and pairs (already in index row numbers)."""
@@ -136,23 +139,39 @@ def _sorted_chunk(words: np.ndarray, start: int, width: int) -> np.ndarray:
     return packed
 
 
-def _probe(new: np.ndarray, lo: int, hi: int, start: int, width: int, a: int, offsets: np.ndarray,
-           rows: np.ndarray, words: np.ndarray, t: int) -> tuple[np.ndarray, ...]:
+class Table(NamedTuple):
+    """A chunk's old rows by value: how many have each value (uint8 where it fits: a table that
+    stays in cache, so the many probes that find nothing cost one cached read), where each
+    value's rows start, and the rows."""
+
+    counts: np.ndarray  # (2^width,) uint8 or int32
+    offsets: np.ndarray  # (2^width,) int32
+    rows: np.ndarray  # int64, the rows sorted by value
+
+
+def _probe(new: np.ndarray, lo: int, hi: int, start: int, width: int, a: int, table: Table,
+           words: np.ndarray, t: int) -> tuple[np.ndarray, ...]:
     """Pairs (new row, old row, distance) within t among the old rows whose chunk value is a new
     hash's with <= a bits flipped."""
     block = new[lo:hi]
     flips = flip_masks(width, a)
-    keys = (extract(block, start, width)[:, None] ^ flips[None, :]).ravel().astype(np.int64)
-    first = offsets[keys]
-    count = offsets[keys + 1] - first
-    hit = np.flatnonzero(count)  # most probes find nothing, nearly all the others one row
-    first, count = first[hit], count[hit]
-    if len(count) and count.max() > 1:
-        extra = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        hit, first = np.repeat(hit, count), np.repeat(first, count) + extra
-    i = hit // len(flips)
-    j = rows[first]
-    d = popcount(block[i] ^ words[j]).sum(axis=1, dtype=np.uint16)
+    # flip-major over the block sorted by value: each flip's keys then run almost in order
+    # through the table, instead of jumping at random
+    values = extract(block, start, width)
+    order = np.argsort(values)
+    keys = (flips[:, None] ^ values[order][None, :]).ravel()
+    count = table.counts[keys]
+    hit = np.flatnonzero(count)  # most probes find nothing: only the others touch the offsets
+    first, count = table.offsets[keys[hit]], count[hit]
+    i, j = order[hit % len(block)], table.rows[first]
+    for more in range(1, int(count.max(initial=1))):  # a value held by several old rows
+        again = np.flatnonzero(count > more)
+        i = np.concatenate([i, order[hit[again] % len(block)]])
+        j = np.concatenate([j, table.rows[first[again] + more]])
+    if words.shape[1] == 1:  # 1-D gathers are several times faster than row gathers
+        d = popcount(block[:, 0][i] ^ words[:, 0][j]).astype(np.uint16)
+    else:
+        d = popcount(block[i] ^ words[j]).sum(axis=1, dtype=np.uint16)
     near = d <= t
     return i[near] + lo, j[near], d[near]
 
@@ -198,7 +217,7 @@ def indexed_search(path: Path, key: str, unique: np.ndarray, t: int, bits: int |
             if save:
                 SearchIndex.build(key, t, unique, found).save(path)
             return found
-        old = index.query(new, index.t)
+        old = index.query(new, index.t, workers)
         among = search_unique(new, index.t, bits, workers)
         base = len(index.words)
         added = Pairs(np.concatenate([old.j, among.i + base]), np.concatenate([old.i + base, among.j + base]),
