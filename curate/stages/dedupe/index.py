@@ -41,6 +41,8 @@ VERSION = 1
 MAX_WIDTH = 22
 # Probes (a table lookup and a compare) one new hash may cost before a full search is cheaper.
 COST_PROBE = 3e-8
+# Probes made at once: their arrays (~20 bytes a probe) stay in the processor's cache.
+PROBES = 1 << 16
 COST_FULL = 2e-6  # seconds per hash of a full search at t <= 8 near 1M (bench/search_scale.py)
 
 
@@ -104,11 +106,12 @@ class SearchIndex:
         (start, width), chunk = self.layout[k], self.sorted_chunks[k]
         ib = np.uint64(item_bits(len(self.words)))
         counts = np.bincount((chunk >> ib).astype(np.intp), minlength=1 << width)
-        offsets = (np.cumsum(counts) - counts).astype(np.int32)
+        ends = np.cumsum(counts, dtype=np.int32)  # where each value's rows end
         small = counts.astype(np.uint8) if counts.max(initial=0) < 256 else counts.astype(np.int32)
-        table = Table(small, offsets, (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64))
-        return [_probe(new, lo, min(len(new), lo + 8192), start, width, a, table, self.words, t)
-                for lo in range(0, len(new), 8192)]  # a block of new hashes at a time: bounded memory
+        table = Table(small, ends, (chunk & np.uint64((1 << int(ib)) - 1)).astype(np.int64))
+        step = max(64, PROBES // len(flip_masks(width, a)))  # a block of new hashes at a time
+        return [_probe(new, lo, min(len(new), lo + step), start, width, a, table, self.words, t)
+                for lo in range(0, len(new), step)]
 
     def add(self, new: np.ndarray, pairs: Pairs) -> None:
         """Append new distinct hashes and pairs (already in index row numbers)."""
@@ -142,10 +145,10 @@ def _sorted_chunk(words: np.ndarray, start: int, width: int) -> np.ndarray:
 class Table(NamedTuple):
     """A chunk's old rows by value: how many have each value (uint8 where it fits: a table that
     stays in cache, so the many probes that find nothing cost one cached read), where each
-    value's rows start, and the rows."""
+    value's rows end, and the rows."""
 
     counts: np.ndarray  # (2^width,) uint8 or int32
-    offsets: np.ndarray  # (2^width,) int32
+    ends: np.ndarray  # (2^width,) int32: where the rows of each value end
     rows: np.ndarray  # int64, the rows sorted by value
 
 
@@ -157,12 +160,13 @@ def _probe(new: np.ndarray, lo: int, hi: int, start: int, width: int, a: int, ta
     flips = flip_masks(width, a)
     # flip-major over the block sorted by value: each flip's keys then run almost in order
     # through the table, instead of jumping at random
-    values = extract(block, start, width)
+    values = extract(block, start, width).astype(np.intp)  # intp: indexes without a conversion
     order = np.argsort(values)
-    keys = (flips[:, None] ^ values[order][None, :]).ravel()
+    keys = (flips.astype(np.intp)[:, None] ^ values[order][None, :]).ravel()
     count = table.counts[keys]
-    hit = np.flatnonzero(count)  # most probes find nothing: only the others touch the offsets
-    first, count = table.offsets[keys[hit]], count[hit]
+    hit = np.flatnonzero(count)  # most probes find nothing: only the others read the ends
+    count = count[hit].astype(np.int32)
+    first = table.ends[keys[hit]] - count
     i, j = order[hit % len(block)], table.rows[first]
     for more in range(1, int(count.max(initial=1))):  # a value held by several old rows
         again = np.flatnonzero(count > more)
