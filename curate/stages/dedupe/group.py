@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -19,6 +20,8 @@ from PIL import Image, ImageOps
 from curate.stages.dedupe.cache import Hash
 from curate.stages.dedupe.clusters import UnionFind, component_labels, groups_from_labels
 from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.hashing import hash_key
+from curate.stages.dedupe.index import indexed_search
 from curate.stages.dedupe.keep import choose
 from curate.stages.dedupe.scan import Item
 from curate.stages.dedupe.search import collapse, pack_hashes, popcount, search_unique
@@ -55,10 +58,13 @@ Confirm = Callable[[Sequence[Item], list[tuple[int, int]]], list[tuple[int, int]
 
 def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeConfig,
                 keep: set[int] | None = None, confirm: Confirm | None = None,
-                unverified: list[int] | None = None) -> list[Group]:
+                unverified: list[int] | None = None, index: Path | None = None,
+                save_index: bool = True) -> list[Group]:
     """Duplicate groups (two or more images), each with the member to keep.
 
     `unverified` receives the number of candidate pairs left unverified by the cap, if any.
+    `index`: where the search index lives (`index.py`): the threshold search then looks only at
+    hashes it has not seen, with the same result; it is updated unless `save_index` is False.
     """
     n = len(items)
     if n < 2:
@@ -68,7 +74,12 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
     if config.flip_invariant:
         words = np.concatenate([words, pack_hashes([h[1] or 0 for h in hashes], bits)])
     unique, inverse = collapse(words)
-    found = search_unique(unique, config.effective_threshold(), bits, config.workers or None)
+    t, workers = config.effective_threshold(), config.workers or None
+    if index is None:
+        found = search_unique(unique, t, bits, workers)
+    else:
+        key = f"{hash_key(config.hash, config.hash_size, config.decode)}/{bits}"
+        found = indexed_search(index, key, unique, t, bits, workers, save_index)
     i, j = [found.i], [found.j]
     if config.flip_invariant:  # each image is the same picture as its own mirror
         i.append(inverse[:n])

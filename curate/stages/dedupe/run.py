@@ -3,7 +3,9 @@
 On a plain folder the default is a report; `move_to` moves the duplicates aside (never
 deletes). In a workspace every duplicate gets a `duplicate` decision naming the image kept
 in its place, and later stages leave it out; each run replaces the previous run's decisions,
-atomically with the run's end, so a killed run changes nothing.
+atomically with the run's end, so a killed run changes nothing. A workspace also keeps the
+search index (`.curate/dedupe-index.npz`, see index.py), so a re-run after an import of new
+images searches only their hashes against it; the groups are the same as without it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.group import Group, find_groups
 from curate.stages.dedupe.hashing import hash_key
+from curate.stages.dedupe.index import INDEX_NAME
 from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
 from curate.stages.dedupe.move import apply_moves, move_lock, plan_moves
 from curate.stages.dedupe.report import write_report
@@ -102,7 +105,7 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
         with Workspace.open(target) as ws, ws.lock():
             scan = scan_workspace(ws, config, save=not dry_run, on_progress=on_progress,
                                   executor=executor)
-            _group(result, scan, config, keep_list, target)
+            _group(result, scan, config, keep_list, target, ws.state_dir / INDEX_NAME, not dry_run)
             if not dry_run:
                 _record(ws, result, config)
     else:
@@ -123,7 +126,7 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
 
 
 def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Path | None,
-           root: Path) -> None:
+           root: Path, index: Path | None = None, save_index: bool = False) -> None:
     result.items, result.hashed = scan.items, scan.hashed
     result.skipped, result.ignored = scan.skipped, scan.ignored
     if keep_list is None and (root / KEEP_FILE).is_file():
@@ -134,7 +137,8 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
         result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
     confirm = _confirm_fn(config) if config.verify else None
     unverified: list[int] = []
-    result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified)
+    result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified, index,
+                                save_index)
     if unverified:
         result.warnings.append((str(root), f"verified the {config.verify_max_pairs} closest candidate "
                                 f"pairs, not the {unverified[0]} further apart: crops among those may be "

@@ -17,14 +17,19 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
   (otherwise its distance would be >= sum(2 r_i + 1) > t). A chunk with radius r finds the
   pairs within 2 r on it by giving each hash all its variants with <= r bits flipped and
   grouping equal variants (one sort). At 1M and t=8 that is three 21-bit chunks of radius 1:
-  22 variants per hash and ~1e8 candidates per chunk, verified in batches on all cores:
-  ~12 s at 1M, 0.5 s at 100k.
+  22 variants per hash and ~1e8 candidates per chunk; how a chunk is built and its candidates
+  compared, in bounded memory, is `chunkjoin.py`: ~3 s at 1M, ~2 min at 10M.
+* What no chunking avoids at t=8 on 64 bits: nine pigeonhole units in 64 bits allow chunks of
+  ~21 bits at radius 1, or of 32 bits at radius 2 (529 variants a hash). The first keeps the
+  candidates of a chunk at N^2 * 232 / 2^22 (quadratic; 1.1e10 at 10M), the second pays ~16x
+  the variants (linear; ~1e10 at 10M). With this machine's costs the first stays cheaper up to
+  10M, so the search grows ~N^1.6 there, not linearly (docs/benchmarks.md, "Search to 10M").
 * `_plan` picks m and the radii from a cost model calibrated on this machine (brute force is
   still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
   per chunk, so duplicates only come from pairs found by several chunks.
 * Identical hashes (every blank white image has the same phash) are collapsed before the
-  search and expanded after it, so they cannot form one giant bucket; buckets that are large
-  anyway are verified in fixed-size batches, so memory stays bounded whatever the data.
+  search and expanded after it, so they cannot form one giant bucket; chunk partitions hold
+  ~1M variants each, so memory stays bounded whatever the data.
 """
 
 from __future__ import annotations
@@ -39,17 +44,21 @@ from typing import NamedTuple
 
 import numpy as np
 
+from curate.stages.dedupe.chunkjoin import chunk_pairs, item_bits, popcount
+
+__all__ = ["Chunk", "Pairs", "pairs_bruteforce", "pairs_within", "popcount", "search_unique"]
+
 # Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
 BATCH = 1 << 22
-# Variants of one chunk held at once; beyond that a plan is refused (memory).
-MAX_VARIANTS = 120_000_000
+# Variants of one chunk; they are built a partition at a time, so this bounds time, not memory.
+MAX_VARIANTS = 1 << 35
 # More chunks than this only pays off at thresholds where brute force wins anyway.
 MAX_CHUNKS = 24
-# Cost model, seconds per unit, measured with bench/dedupe_bench.py on 2 cores.
-COST_VARIANT = 6e-8  # build, sort and scan one variant
-COST_CANDIDATE = 1.8e-8  # generate, filter and verify one candidate pair (2 threads)
+# Cost model, seconds per unit, measured with bench/search_scale.py on 2 cores (busy machine).
+COST_VARIANT = 1.5e-8  # build, sort and scan one variant
+COST_CANDIDATE = 3.5e-9  # compare one pair of entries sharing a key, per hash word
 COST_BRUTE = 4.0e-9  # one pair of one word in the blocked all-pairs comparison
-_POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
+COST_CHUNK = 2e-3  # a chunk's fixed work (its index, a Python loop per partition)
 
 
 class Pairs(NamedTuple):
@@ -67,14 +76,6 @@ class Chunk:
     start: int
     width: int
     radius: int
-
-
-def popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per element of an unsigned array (numpy < 2 has no `bitwise_count`)."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    per_byte = _POPCOUNT8[x[..., None].view(np.uint8)]
-    return per_byte.sum(axis=-1, dtype=np.uint8)
 
 
 def pack_hashes(values: Sequence[int], bits: int = 64) -> np.ndarray:
@@ -216,7 +217,7 @@ def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | No
     if plan is None:
         return pairs_bruteforce(words, t)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pairs = _sorted_pairs([_chunk_pairs(words, chunk, t, pool) for chunk in plan])
+        pairs = _sorted_pairs([chunk_pairs(words, c.start, c.width, c.radius, t, pool) for c in plan])
     code = pairs.i * n + pairs.j
     first = np.ones(len(code), dtype=bool)
     first[1:] = code[1:] != code[:-1]  # a pair near on several chunks is found by each
@@ -238,99 +239,27 @@ def _plan(n: int, bits: int, t: int, n_words: int = 1) -> tuple[Chunk, ...] | No
                 for s, w, r in zip(starts, widths, radii, strict=True)
                 if r >= 0
             )
-            cost = sum(_chunk_cost(n, c.width, c.radius) for c in chunks)
+            cost = sum(_chunk_cost(n, c.width, c.radius, n_words) for c in chunks)
             if cost < best_cost:
                 best_cost, best = cost, chunks
     return best
 
 
 def _key_width(n: int, width: int, radius: int) -> int:
-    """Bits of a chunk actually keyed on: key, hash number and variant share one uint64.
+    """Bits of a chunk actually keyed on: key and hash number share one uint64.
 
     Keying on fewer bits than the chunk has only adds candidates (a pair within 2r on the
     chunk is within 2r on any part of it), and beyond ~40 bits there are almost none anyway.
     """
-    n_flips = sum(comb(width, k) for k in range(radius + 1))
-    return min(width, 64 - (n - 1).bit_length() - (n_flips - 1).bit_length())
+    return min(width, 64 - item_bits(n))
 
 
-def _chunk_cost(n: int, width: int, radius: int) -> float:
+def _chunk_cost(n: int, width: int, radius: int, n_words: int = 1) -> float:
     variants = n * sum(comb(width, k) for k in range(radius + 1))
     if variants > MAX_VARIANTS or width < 1:
         return float("inf")
     candidates = variants * variants / 2 ** (width + 1)  # pairs sharing a value, uniform hashes
-    return COST_VARIANT * variants + COST_CANDIDATE * candidates
-
-
-def _extract(words: np.ndarray, start: int, width: int) -> np.ndarray:
-    word, offset = divmod(start, 64)
-    out = words[:, word] >> np.uint64(offset)
-    if offset + width > 64:
-        out |= words[:, word + 1] << np.uint64(64 - offset)
-    return out & np.uint64((1 << width) - 1)
-
-
-def _flip_masks(width: int, radius: int) -> np.ndarray:
-    masks = [
-        sum(1 << b for b in bits)
-        for k in range(radius + 1)
-        for bits in itertools.combinations(range(width), k)
-    ]
-    return np.array(masks, dtype=np.uint64)
-
-
-def _chunk_pairs(words: np.ndarray, chunk: Chunk, t: int, pool: ThreadPoolExecutor) -> Pairs:
-    """Verified pairs among those whose chunk values are within 2 * radius."""
-    flips = _flip_masks(chunk.width, chunk.radius)
-    v_bits = (len(flips) - 1).bit_length()
-    shift = np.uint64(64 - chunk.width)
-    values = _extract(words, chunk.start, chunk.width)
-    # Sorting key << shift | item << v_bits | variant groups equal keys, and inside a group
-    # orders entries by item, so each generated pair already has a < b.
-    packed = (values[:, None] ^ flips[None, :]) << shift
-    packed |= (np.arange(len(values), dtype=np.uint64) << np.uint64(v_bits))[:, None]
-    packed |= np.arange(len(flips), dtype=np.uint64)[None, :]
-    packed = packed.ravel()
-    packed.sort()
-    boundary = np.empty(len(packed), dtype=bool)
-    boundary[0] = True
-    np.not_equal(packed[1:] >> shift, packed[:-1] >> shift, out=boundary[1:])
-    entry = packed & np.uint64((1 << int(shift)) - 1)
-    del packed
-    starts = np.flatnonzero(boundary)
-    sizes = np.diff(np.append(starts, len(entry)))
-    canonical = _canonical(flips[:, None], flips[None, :], chunk.radius).ravel()
-
-    def verify(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
-        left, right = _batch_positions(*batch)
-        ea, eb = entry[left], entry[right]
-        if chunk.radius:
-            v_mask = np.uint64((1 << v_bits) - 1)
-            ok = canonical[(ea & v_mask) * np.uint64(len(flips)) + (eb & v_mask)]
-            ea, eb = ea[ok], eb[ok]
-        a = (ea >> np.uint64(v_bits)).astype(np.int64)
-        b = (eb >> np.uint64(v_bits)).astype(np.int64)
-        d = distances(words, a, b)
-        near = d <= t
-        return a[near], b[near], d[near]
-
-    return _sorted_pairs(list(pool.map(verify, _group_batches(starts[sizes > 1], sizes[sizes > 1]))))
-
-
-def _canonical(fa: np.ndarray, fb: np.ndarray, radius: int) -> np.ndarray:
-    """True for the one variant pair that stands for a pair of hashes (a < b) on this chunk.
-
-    Two hashes whose chunk values differ in the bits D meet at every split of D into flips
-    fa ^ fb with at most `radius` bits each. The canonical split gives a the lowest
-    min(radius, |D|) bits of D and b the rest, so it is disjoint and a's bits are all lower.
-    """
-    both = fa | fb
-    lowest_b = fb & (~fb + np.uint64(1))
-    return (
-        ((fa & fb) == 0)
-        & (popcount(fa) == np.minimum(radius, popcount(both)))
-        & ((fb == 0) | (fa < lowest_b))
-    )
+    return COST_CHUNK + COST_VARIANT * variants + COST_CANDIDATE * n_words * candidates
 
 
 def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
