@@ -49,5 +49,8 @@ def test_lock_sweeps_temp_files(tmp_path: Path) -> None:
         leftover = ws.images_dir / "ab" / ".curate-tmp-123"
         leftover.parent.mkdir(parents=True)
         leftover.write_bytes(b"half")
+        index = ws.state_dir / ".curate-tmp-dedupe-index"  # a killed index write, beside the manifest
+        index.write_bytes(b"half")
         with ws.lock():
-            assert not leftover.exists()
+            assert not leftover.exists() and not index.exists()
+            assert (ws.state_dir / "lock").exists()
