@@ -51,7 +51,7 @@ demo: venv
 LAYERS := build/installed
 lint: venv
 	$(BIN)/ruff check .
-	rm -rf $(LAYERS)
+	rm -rf $(LAYERS) && mkdir -p $(dir $(LAYERS))
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --no-compile --target $(LAYERS) . \
 		>$(LAYERS).log 2>&1 || { cat $(LAYERS).log; exit 1; }
 	cd $(LAYERS) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
