@@ -214,7 +214,7 @@ def feeder_core(device: str) -> Iterator[None]:
     the feeder thread decodes, restored after. With as many torch threads as cores, the feeder's
     thread is one too many: torch's OpenMP threads spin at their barriers waiting for a thread the
     feeder pushed off its core, and a generate step takes several times as long (measured on the
-    2-core CI machine: tiny Qwen2.5-VL 0.32 s for 16 images with one thread, 1.2-1.6 s with two;
+    2-core CI machine: tiny Qwen2.5-VL 0.32 s for 16 images with one thread, 1.2-1.7 s with two;
     docs/benchmarks.md, Captions). A GPU generates on the GPU: nothing to share there."""
     if not device.startswith("cpu"):
         yield
