@@ -157,3 +157,79 @@ def test_qwen_loads_in_a_fresh_process(vlm_models: dict[str, Path], photos: list
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "qwen2_5_vl"
+
+
+def bare_loop(folder: Path, family: str, ask: str, paths: list[Path], batch_size: int) -> list[str]:
+    """A user's own script, loaded on its own: per batch open + convert, processor, greedy
+    generate, decode (bench/caption_bench.py times the same loop against the captioner)."""
+    import torch
+    import transformers
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from curate.tagging.vlm.local import video_stand_in
+
+    # transformers' Qwen2-VL processors need torchvision for their video half, which CPU test
+    # machines lack: the same stand-in as the loader's (captions use images only)
+    extra = {"video_processor": video_stand_in(transformers)} if family.startswith("qwen") else {}
+    processor = AutoProcessor.from_pretrained(folder, **extra)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    if family == "florence2":
+        prompt = ask
+    else:
+        processor.tokenizer.padding_side = "left"
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ask}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    texts = []
+    for start in range(0, len(paths), batch_size):
+        images = [Image.open(path).convert("RGB") for path in paths[start:start + batch_size]]
+        inputs = processor(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=12)
+        new = ids if family == "florence2" else ids[:, inputs["input_ids"].shape[1]:]
+        texts += [text.strip() for text in processor.batch_decode(new, skip_special_tokens=True)]
+    return texts
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_captioner_gives_the_bare_loops_text(family: str, vlm_models: dict[str, Path],
+                                             photos: list[Path]) -> None:
+    ask = "<DETAILED_CAPTION>" if family == "florence2" else "Describe this image in detail."
+    expected = bare_loop(vlm_models[family], family, ask, photos, batch_size=2)
+    captioner = load_local(str(vlm_models[family]), max_new_tokens=12)
+    try:
+        found = list(captioner.caption([Request(path, ask) for path in photos], batch_size=2))
+    finally:
+        captioner.close()
+    assert [result.text for result in found] == expected
+    assert len(set(expected)) > 1  # the photos really differ to the model
+
+
+def test_feeder_gets_a_core_on_cpu(vlm_models: dict[str, Path], photos: list[Path]) -> None:
+    """While captioning on the CPU torch runs one thread fewer than the cores, so the feeder
+    thread does not push an OpenMP thread off its core; the setting is restored afterwards."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    captioner = load_local(str(vlm_models["llava"]), max_new_tokens=4)
+    seen: list[int] = []
+    torch.set_num_threads(2)
+    try:
+        results = list(captioner.caption([Request(path, "Describe it.") for path in photos], batch_size=2,
+                                         on_progress=lambda *_: seen.append(torch.get_num_threads())))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert all(result.text for result in results)
+    assert seen and set(seen) == {max(1, min(2, cores - 1))}
+
+
+def test_generation_stops_at_the_last_position(vlm_models: dict[str, Path], photos: list[Path]) -> None:
+    """Random weights never say "end": asked for more tokens than Florence-2's learned positions,
+    the answer stops at the last one instead of an IndexError ending the run."""
+    captioner = load_local(str(vlm_models["florence2"]), max_new_tokens=100_000)
+    assert captioner.positions is not None and captioner.positions < 100_000
+    [result] = list(captioner.caption([Request(photos[0], "<CAPTION>")]))
+    assert result.error is None and result.text is not None

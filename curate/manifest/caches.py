@@ -84,6 +84,10 @@ def _open_cache(path: Path, schema: str) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
+        # a cache is rebuilt from its files: a commit need not wait for the disk (WAL + NORMAL
+        # survives a killed process, may lose the last commits on power loss). `curate caption`
+        # commits each answer, and a full sync cost ~5 ms of every tiny-model caption (13%)
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(schema)
         return db
     except sqlite3.DatabaseError:
@@ -92,6 +96,7 @@ def _open_cache(path: Path, schema: str) -> sqlite3.Connection:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(schema)
         return db
 

@@ -2,14 +2,17 @@
 
 A feeder thread decodes and preprocesses batch k+1 (PIL decode, resize, tokenise: the
 processor's work, which releases the GIL in PIL and torch) while the model generates batch k;
-the queue between them holds two batches, so memory stays flat. Prompts are built per family:
-Florence-2 takes its task token as the whole prompt; chat models get one user message with the
-image and the prompt through the processor's chat template. Only the new tokens are decoded.
+the queue between them holds two batches, so memory stays flat. On the CPU the feeder needs a
+core of its own: torch's intra-op threads are held to one fewer than the cores while captioning
+(`feeder_core`). Prompts are built per family: Florence-2 takes its task token as the whole
+prompt; chat models get one user message with the image and the prompt through the processor's
+chat template. Only the new tokens are decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -115,6 +118,11 @@ class LocalCaptioner:
         if self.model is None:
             raise CurateError(f"{self.name}: the captioner was closed")
         texts = [self.prompt_text(request.prompt) for request in requests]  # a bad prompt fails first
+        with feeder_core(self.device):
+            yield from self._run(requests, texts, batch_size, on_progress)
+
+    def _run(self, requests: Sequence[Request], texts: list[str], batch_size: int,
+             on_progress: Progress | None) -> Iterator[Result]:
         batches: queue.Queue[_Batch | BaseException | None] = queue.Queue(QUEUE_BATCHES)
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(requests, texts, batch_size, batches, stop),
@@ -219,6 +227,28 @@ def position_limit(config: Any) -> int | None:
         if isinstance(limit, int) and limit > 0:
             return limit
     return None
+
+
+@contextlib.contextmanager
+def feeder_core(device: str) -> Iterator[None]:
+    """On the CPU, torch's intra-op threads held to one fewer than the cores (at least one) while
+    the feeder thread decodes, restored after. With as many torch threads as cores, the feeder's
+    thread is one too many: torch's OpenMP threads spin at their barriers waiting for a thread the
+    feeder pushed off its core, and a generate step takes several times as long (measured on the
+    2-core CI machine: tiny Qwen2.5-VL 0.32 s for 16 images with one thread, 1.2-1.7 s with two;
+    docs/benchmarks.md, Captions). A GPU generates on the GPU: nothing to share there."""
+    if not device.startswith("cpu"):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_image(request: Request) -> Image.Image | str:
