@@ -168,20 +168,20 @@ def test_pool_forks_when_single_threaded_and_uses_the_forkserver_beside_a_thread
     thread alive the pool starts from the forkserver, which cannot copy a held lock."""
     import threading
 
-    from curate.stages.dedupe.hashing import MIN_FILES_PER_WORKER, _context, pool_map
+    from curate.executor import MIN_ITEMS_PER_WORKER, _context, pool_map
 
     if sys.platform != "linux":
         pytest.skip("curate forks on Linux only")
-    items = list(range(MIN_FILES_PER_WORKER * 4))
+    items = list(range(MIN_ITEMS_PER_WORKER * 4))
     expected = [abs(x - 7) for x in items]
     if threading.active_count() == 1:
-        assert _context().get_start_method() == "fork"
+        assert _context(()).get_start_method() == "fork"
     assert list(pool_map(abs, [x - 7 for x in items], workers=2)) == expected
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert _context().get_start_method() == "forkserver"
+        assert _context(()).get_start_method() == "forkserver"
         assert list(pool_map(abs, [x - 7 for x in items], workers=2)) == expected
     finally:
         stop.set()
