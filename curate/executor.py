@@ -124,6 +124,10 @@ class Executor:
             return iter(())
         return iter(model.load()(items))
 
+    def gpus(self) -> int:
+        """GPUs a model actor gets one of (remote executors; locally the model finds its own)."""
+        return 0
+
     def describe(self) -> str:
         return "local"
 
@@ -264,12 +268,15 @@ class RayExecutor(Executor):
             return iter(())
         import ray.data
 
-        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        gpus = self.gpus()
         size = actors or gpus or self.nodes()
         ds = self._dataset(items, batch_size).map_batches(
             _Actor, fn_constructor_args=(model,), batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpus else 0)
         return self._stream(ds)
+
+    def gpus(self) -> int:
+        return int(self.ray.cluster_resources().get("GPU", 0))
 
     def nodes(self) -> int:
         """Alive nodes: one CPU model actor each by default (a model uses all of its node's cores)."""

@@ -11,12 +11,21 @@ its files, its decisions and its end are committed in one transaction when the `
 ends without an exception, so a killed or failed run leaves the previous state in force. A
 stage in manifest.REPLACING_STAGES decides about every image afresh: only its latest finished
 run's decisions count, and files its earlier runs made and this one did not are dropped.
+
+A streaming run (`ws.run(..., stream=True)`: bg and crop, whose per-image results stream back
+from an executor) commits its files and decisions as it goes instead: `checkpoint()` after each
+image writes them in a short transaction every COMMIT_EVERY_S (and what is pending is written
+when the block ends with an exception too), and the end marks the run finished (only then do
+its decisions count and earlier runs' files go). A run stopped part-way is continued by the
+next run of the stage with the same options (see Manifest.open_run): `resumed` holds the
+images it already decided, which the stage leaves out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
     from curate.workspace import Workspace
 
 EXTS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+COMMIT_EVERY_S = 0.5  # a streaming run's commits: at most this often (a transaction per image is slow)
 
 
 def shown(record: Record) -> str:
@@ -48,8 +58,10 @@ class StageRun:
     stage makes: its records then show the chain below that place (crop sees the cut-out)."""
 
     def __init__(self, ws: Workspace, stage: str, params: Any, *, derives: str | None = None,
-                 dry_run: bool = False) -> None:
-        self.ws, self.stage, self.dry_run = ws, stage, dry_run
+                 dry_run: bool = False, stream: bool = False) -> None:
+        self.ws, self.stage, self.dry_run, self.stream = ws, stage, dry_run, stream and not dry_run
+        self.resumed: set[str] = set()  # images a stopped run of the same options already decided
+        self._last = time.monotonic()
         dataclass_value = is_dataclass(params) and not isinstance(params, type)
         self.params = asdict(params) if dataclass_value else dict(params)
         self.below = rank(derives) if derives else None
@@ -59,14 +71,42 @@ class StageRun:
         self._decisions: list[NewDecision] = []
 
     def __enter__(self) -> StageRun:
+        if self.stream:
+            self.run_id, self.resumed = self.ws.manifest.open_run(self.stage, self.params)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if kind is None and not self.dry_run:
+        if self.dry_run:
+            return
+        replacing = self.stage in REPLACING_STAGES
+        if self.stream and self.run_id is not None:
+            if kind is not None:  # stopped: keep what was finished (the next run continues it)
+                self.checkpoint(force=True)
+                return
+            if self.resumed:
+                self.summary = {**self.summary, "resumed": len(self.resumed)}
+            files, decisions = self._take()
+            self.ws.manifest.end_run(self.run_id, self.stage, self.summary, files, decisions,
+                                     replacing=replacing)
+        elif kind is None:
             self.run_id = self.ws.manifest.commit_run(self.stage, self.params, self.summary, self._files,
-                                                      self._decisions,
-                                                      replacing=self.stage in REPLACING_STAGES)
+                                                      self._decisions, replacing=replacing)
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """A streaming run: commit the files and decisions made so far, at most every
+        COMMIT_EVERY_S unless forced (call it between images: an image's file before its decision)."""
+        if not self.stream or self.run_id is None or not (self._files or self._decisions):
+            return
+        if force or time.monotonic() - self._last > COMMIT_EVERY_S:
+            files, decisions = self._take()
+            self.ws.manifest.commit_part(self.run_id, self.stage, files, decisions)
+            self._last = time.monotonic()
+
+    def _take(self) -> tuple[list[Derived], list[NewDecision]]:
+        files, decisions = self._files, self._decisions
+        self._files, self._decisions = [], []
+        return files, decisions
 
     def records(self, *, active: bool = True) -> list[Record]:
         """The images (active ones: no stage excluded them), each standing for its leaf file."""

@@ -104,12 +104,14 @@ class Workspace:
                 tmp.unlink(missing_ok=True)
             yield
 
-    def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False) -> StageRun:
-        """A stage's run: `with ws.run(stage, config) as run:` (see curate/stage_run.py). Hold
-        `lock()` around it: the run reads records, then commits what it made."""
+    def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False,
+            stream: bool = False) -> StageRun:
+        """A stage's run: `with ws.run(stage, config) as run:` (see curate/stage_run.py; `stream`:
+        committed as it goes, and continued after a stop). Hold `lock()` around it: the run reads
+        records, then commits what it made."""
         from curate.stage_run import StageRun
 
-        return StageRun(self, stage, params, derives=derives, dry_run=dry_run)
+        return StageRun(self, stage, params, derives=derives, dry_run=dry_run, stream=stream)
 
     def stored_file(self, sha256: str, ext: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}{ext}"

@@ -10,6 +10,8 @@ import click
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
+from curate.executor import LOCAL
+from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.caption.config import CaptionConfig
 
 
@@ -34,6 +36,7 @@ class Rate:
               Flag("existing", ("--append",), sets="append"),
               Flag("existing", ("--overwrite",), sets="overwrite"),
               Flag("existing", note="--append / --overwrite for short."), "caption_ext")
+@config_flags(RunConfig, *EXECUTOR_FIELDS)
 @click.option("--dry-run", is_flag=True, help="List the images that would be captioned, with their prompt.")
 @click.option("--show", "show_image", type=click.Path(dir_okay=False, path_type=Path), metavar="IMAGE",
               help="Caption this one image with the current prompt and print it; nothing is stored.")
@@ -61,16 +64,22 @@ def command(target: Path, flags: dict[str, Any], dry_run: bool, show_image: Path
       curate caption ws --preset no-names --trigger sks --budget clip-225
       curate caption ./dataset/10_sks --model ~/models/joycaption --prompt "Describe {class} in one sentence."
       curate caption ws --show ws/raw/001.jpg --preset hybrid
+      curate caption ws --model ~/models/florence-2-large --executor ray   # one model per Ray actor
     """
     out = Out(as_json, quiet, verbose)
-    config = stage_config(CaptionConfig, "caption", config_file or target / CONFIG_NAME, overrides, flags)
+    config_file = config_file or target / CONFIG_NAME
+    where = {name: flags.pop(name) for name in EXECUTOR_FIELDS}  # [run]'s, not [caption]'s
+    config = stage_config(CaptionConfig, "caption", config_file, overrides, flags)
     if show_image is not None:
         _show(out, target, show_image, config)
         return
+    from curate.pipeline import run_config
     from curate.stages.caption import caption
 
+    # a dry run loads no model: no cluster to start for it
+    executor = LOCAL if dry_run else run_config(config_file, overrides, where).make_executor()
     with out.progress("captioning") as progress:
-        result = caption(target, config, dry_run=dry_run, on_progress=Rate(progress))
+        result = caption(target, config, dry_run=dry_run, on_progress=Rate(progress), executor=executor)
     _print(out, result)
 
 

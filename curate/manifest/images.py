@@ -54,6 +54,31 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _params_json(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _new_run(db: sqlite3.Connection, stage: str, params: dict[str, Any]) -> int:
+    return int(db.execute("INSERT INTO runs (command, params, started_at) VALUES (?, ?, ?)",
+                          (stage, _params_json(params), _now())).lastrowid or 0)
+
+
+def _decide(db: sqlite3.Connection, run_id: int, stage: str, decisions: Sequence[NewDecision]) -> None:
+    db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
+                   "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [(d.image, d.subject, stage, d.verdict, d.reason, run_id, _now()) for d in decisions])
+
+
+def _finish(db: sqlite3.Connection, run_id: int, stage: str, summary: dict[str, Any],
+            files: Sequence[Derived], decisions: Sequence[NewDecision], replacing: bool) -> None:
+    write_derived(db, run_id, files)
+    if replacing:
+        drop_earlier_runs(db, stage, run_id)
+    _decide(db, run_id, stage, decisions)
+    db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
+               (json.dumps(summary, sort_keys=True, default=str), _now(), run_id))
+
+
 class ImageQueries:
     """Mixed into Manifest (which gives `db` and `transaction`)."""
 
@@ -66,19 +91,40 @@ class ImageQueries:
         """A finished stage run in one transaction: its row, its derived files (a replacing
         stage's earlier files it did not make again are dropped), its decisions and its end."""
         with self.transaction() as db:
-            params_json = json.dumps(params, sort_keys=True, default=str)
-            run_id = int(db.execute("INSERT INTO runs (command, params, started_at) VALUES (?, ?, ?)",
-                                    (stage, params_json, _now())).lastrowid or 0)
-            write_derived(db, run_id, files)
-            if replacing:
-                drop_earlier_runs(db, stage, run_id)
-            db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
-                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(d.image, d.subject, stage, d.verdict, d.reason, run_id, _now())
-                            for d in decisions])
-            db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
-                       (json.dumps(summary, sort_keys=True, default=str), _now(), run_id))
+            run_id = _new_run(db, stage, params)
+            _finish(db, run_id, stage, summary, files, decisions, replacing)
         return run_id
+
+    # A streaming run (stages whose per-image results are committed as they come back): its row
+    # first, then its files and decisions in short transactions, then its end.
+    def open_run(self, stage: str, params: dict[str, Any]) -> tuple[int, set[str]]:
+        """The run's id and the images it already decided: the interrupted (unfinished) last run
+        of `stage` with the same params is continued when no run of any stage has finished since
+        it started (what it made still stands on the same inputs); else a new run."""
+        params_json = _params_json(params)
+        with self.transaction() as db:
+            last = db.execute("SELECT id, params, finished_at FROM runs WHERE command = ? ORDER BY id DESC "
+                              "LIMIT 1", (stage,)).fetchone()
+            later = last is not None and db.execute(
+                "SELECT 1 FROM runs WHERE id > ? AND finished_at IS NOT NULL", (last[0],)).fetchone()
+            if last is not None and last[2] is None and last[1] == params_json and later is None:
+                decided = db.execute("SELECT image_sha256 FROM decisions WHERE run_id = ? AND stage = ? "
+                                     "AND image_sha256 IS NOT NULL", (last[0], stage))
+                return int(last[0]), {row[0] for row in decided}
+            return _new_run(db, stage, params), set()
+
+    def commit_part(self, run_id: int, stage: str, files: Sequence[Derived],
+                    decisions: Sequence[NewDecision]) -> None:
+        """Some of an open run's files and decisions (each image's file before its decision)."""
+        with self.transaction() as db:
+            write_derived(db, run_id, files)
+            _decide(db, run_id, stage, decisions)
+
+    def end_run(self, run_id: int, stage: str, summary: dict[str, Any], files: Sequence[Derived],
+                   decisions: Sequence[NewDecision], *, replacing: bool) -> None:
+        """An open run's last files and decisions, and its end (see commit_run)."""
+        with self.transaction() as db:
+            _finish(db, run_id, stage, summary, files, decisions, replacing)
 
     # -- images and origins -------------------------------------------------------------
     def image_rows(self) -> list[ImageRow]:

@@ -22,7 +22,8 @@ ORDER = tuple(stage.name for stage in STAGES)
 # caption runs only when [caption] names a model or a server (else it notes that it skipped)
 DEFAULT_STAGES = ("import", "dedupe", "filter", "tag", "tags-filter", "captions", "caption", "layout",
                   "check")
-EXECUTOR_FIELDS = ("executor", "ray_address")  # the [run] options `curate dedupe` takes as flags too
+# the [run] options `curate dedupe` and `curate caption` take as flags too
+EXECUTOR_FIELDS = ("executor", "ray_address")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class RunConfig:
         "train: the base model (a diffusers folder or a single-file checkpoint)."))
     train_out: str = option("lora", help="train: the output folder (relative to the workspace).")
     executor: Literal["local", "ray"] = option("local", help=(
-        "Where the per-image work of import, dedupe, filter, bg, crop and tag runs: \"local\" (this "
-        "machine's cores) or \"ray\" (a Ray cluster; pip install 'curate[ray]'; docs/ray.md)."))
+        "Where the per-image work of import, dedupe, filter, bg, crop, tag and caption (a local model) "
+        "runs: \"local\" (this machine's cores) or \"ray\" (a Ray cluster; pip install 'curate[ray]'; "
+        "docs/ray.md)."))
     ray_address: str | None = option(None, example="ray://head:10001", help=(
         "The Ray cluster's address (executor \"ray\"); unset: RAY_ADDRESS, else a local Ray instance."))
 

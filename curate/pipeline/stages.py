@@ -166,7 +166,7 @@ def _caption(ctx: Context, config: Any) -> dict[str, Any]:
 
     if config.tokenizer is None and ctx.run.model:
         config = replace(config, tokenizer=str(ctx.run.path(ctx.root, ctx.run.model)))
-    return caption(ctx.root, config, on_progress=ctx.progress).as_dict()
+    return caption(ctx.root, config, on_progress=ctx.progress, executor=ctx.executor).as_dict()
 
 
 @dataclass(frozen=True)

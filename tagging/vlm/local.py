@@ -15,7 +15,7 @@ from typing import Any
 from curate.errors import CurateError
 from curate.paths import first_line
 from curate.tagging.vlm.captioner import LocalCaptioner
-from curate.tagging.vlm.files import read_json, resolve
+from curate.tagging.vlm.files import ModelFolder, read_json, resolve
 
 INSTALL_HINT = "pip install torch transformers (and huggingface_hub to name models by repo id)"
 # config.json's model_type -> (family, the model class when AutoModelForImageTextToText lacks it)
@@ -33,14 +33,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 def load_local(model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                max_new_tokens: int = 256, cache_dir: Path | None = None) -> LocalCaptioner:
     """A captioner for a local model folder or a Hub repo id (downloaded when online)."""
-    files = resolve(model, revision, cache_dir)
-    config = read_json(files.folder / "config.json")
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        remote = " (it needs trust_remote_code, which curate never enables)" if "auto_map" in config else ""
-        raise CurateError(f"{files.name}: model type {model_type!r} is not a caption family curate runs"
-                          f"{remote}; supported: {', '.join(sorted(FAMILIES))} (e.g. "
-                          "florence-community/Florence-2-base, Qwen/Qwen2.5-VL-3B-Instruct)")
+    files, model_type = identify(model, revision, cache_dir)
     family, class_name = FAMILIES[model_type]
     torch, transformers = _imports()
     where, torch_dtype = pick_device(torch, device, dtype)
@@ -55,6 +48,21 @@ def load_local(model: str, *, device: str = "auto", dtype: str = "auto", revisio
     return LocalCaptioner(network, processor, name=files.name, revision=files.revision, family=family,
                           device=where, dtype=str(torch_dtype).removeprefix("torch."),
                           max_new_tokens=max_new_tokens)
+
+
+def identify(model: str, revision: str | None = None,
+             cache_dir: Path | None = None) -> tuple[ModelFolder, str]:
+    """The model's files and its config.json model_type (a family curate runs), without torch:
+    what a driver keys captions on before workers load the weights."""
+    files = resolve(model, revision, cache_dir)
+    config = read_json(files.folder / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        remote = " (it needs trust_remote_code, which curate never enables)" if "auto_map" in config else ""
+        raise CurateError(f"{files.name}: model type {model_type!r} is not a caption family curate runs"
+                          f"{remote}; supported: {', '.join(sorted(FAMILIES))} (e.g. "
+                          "florence-community/Florence-2-base, Qwen/Qwen2.5-VL-3B-Instruct)")
+    return files, str(model_type)
 
 
 def _imports() -> tuple[Any, Any]:

@@ -61,14 +61,16 @@ class BgResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     out: str | None = None
+    resumed: int = 0  # images a stopped run of the same options had cut already (not in items)
 
     @property
     def done(self) -> list[Item]:
         return [it for it in self.items if it.data is not None]
 
     def counts(self) -> dict[str, int]:
-        return {"images": len(self.items), "cut": len(self.done), "skipped": len(self.skipped),
-                "no subject": sum(1 for it in self.items if (it.error or "").startswith("no subject"))}
+        counts = {"images": len(self.items), "cut": len(self.done), "skipped": len(self.skipped),
+                  "no subject": sum(1 for it in self.items if (it.error or "").startswith("no subject"))}
+        return {**counts, "resumed": self.resumed} if self.resumed else counts
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "mode": self.mode, "out": self.out, "device": self.device,
@@ -89,11 +91,14 @@ def remove_backgrounds(target: Path, config: BgConfig, *, out: Path | None = Non
         if out is not None or config.mask_only:
             raise CurateError("--out and --mask-only are for plain folders: in a workspace the cut-outs "
                               "(mask in their alpha) are stored beside the images for later stages")
-        with Workspace.open(target) as ws, ws.lock(), ws.run(STAGE, config, derives="cutout") as run:
-            records = {r.sha256: r for r in run.records()}  # the originals: bg cuts from them
+        with (Workspace.open(target) as ws, ws.lock(),
+              ws.run(STAGE, config, derives="cutout", stream=True) as run):
+            # the originals (bg cuts from them), but those a stopped run of these options cut
+            records = {r.sha256: r for r in run.records() if r.sha256 not in run.resumed}
+            result.resumed = len(run.resumed)
             result.items = [Item(shown(r), r.path, r.sha256) for r in records.values()]
-            _run(result, executor, on_progress)
-            _store(run, result, records)
+            _run(result, executor, on_progress, lambda it: _store(run, result, records[str(it.sha256)], it))
+            run.summary = result.counts()
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
@@ -155,7 +160,9 @@ def cut_one(segmenter: Segmenter, fill: tuple[int, int, int] | None, mask_only: 
     return Cutout(segmenter.device, data, shown.size, share)
 
 
-def _run(result: BgResult, executor: Executor, on_progress: ProgressFn | None) -> None:
+def _run(result: BgResult, executor: Executor, on_progress: ProgressFn | None,
+         store: Callable[[Item], None] | None = None) -> None:
+    """Each item cut on `executor`; `store` gets each as it comes back (the workspace commits it)."""
     cutouts = executor.map_model(BgModel(result.config), [str(it.path) for it in result.items])
     for done, (it, cutout) in enumerate(zip(result.items, cutouts, strict=True), 1):
         result.device = cutout.device
@@ -164,7 +171,9 @@ def _run(result: BgResult, executor: Executor, on_progress: ProgressFn | None) -
             result.skipped.append((it.shown, cutout.error))
         else:
             it.data, it.size, it.subject = cutout.data, cutout.size, cutout.subject
-        if on_progress:
+        if store is not None:
+            store(it)
+        if on_progress:  # after it was stored: done means done
             on_progress(done, len(result.items))
     if not result.items and result.config.method == "grabcut":
         result.device = Segmenter(result.config).device  # no model: says where it would have run
@@ -186,16 +195,13 @@ def _write_folder(root: Path, out: Path, it: Item, mask_only: bool) -> list[str]
     return copy_image(root, it.shown, out, it.data, name.name)
 
 
-def _store(run: StageRun, result: BgResult, records: dict[str, Record]) -> None:
-    """Each cut-out as the 'cutout' of its image's chain (made from the original), then the
-    decisions: the run commits them together (Workspace.run)."""
-    for it in result.done:
-        assert it.data is not None and it.sha256 is not None
-        record = records[it.sha256]
+def _store(run: StageRun, result: BgResult, record: Record, it: Item) -> None:
+    """An image's cut-out as the 'cutout' of its chain (made from the original) and its
+    decision, committed as the run goes (Workspace.run with stream)."""
+    if it.data is not None:
         run.derive(record, "cutout", it.data, method=result.config.method, fill=result.config.fill,
                    subject_share=round(it.subject, 4), settings=asdict(result.config))
         run.decide(record, CUT, f"{result.device}; subject {it.subject:.0%} of {it.size[0]}x{it.size[1]}")
-    for it in result.items:
-        if it.error:
-            run.decide(records[str(it.sha256)], FAILED, it.error)
-    run.summary = result.counts()
+    elif it.error:
+        run.decide(record, FAILED, it.error)
+    run.checkpoint()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from curate.stages.caption.config import CaptionConfig
 from curate.stages.caption.result import CaptionResult, ProgressFn
 from curate.tagging.tokens import TokenCounter
-from curate.tagging.vlm.backend import Captioner, Request
+from curate.tagging.vlm.backend import Request, Result
 from curate.tagging.vlm.checks import Context, clean, first_failure
 from curate.tagging.vlm.prompts import Values, prompt_for
 
@@ -39,6 +39,10 @@ class Item:
     existing: str | None = None  # folder, existing = append: the caption file's text
     prompt: str = ""
     key: str = ""
+
+
+# the model's answers to these requests (each index once), calling progress(done, total) as it goes
+Ask = Callable[[Sequence[Request], ProgressFn | None], Iterable[Result]]
 
 
 class Sink(Protocol):
@@ -82,10 +86,10 @@ def cache_key(sha256: str, model: str, revision: str, prompt: str, settings: dic
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_items(job: Job, items: Sequence[Item], captioner: Captioner | None, sink: Sink,
+def run_items(job: Job, items: Sequence[Item], ask: Ask | None, sink: Sink,
               result: CaptionResult, *, dry_run: bool = False, on_progress: ProgressFn | None = None) -> None:
-    """Cached answers judged, the rest asked of the model (none on a dry run) and judged as they
-    come; the sink is flushed even when the run stops early (an interrupt, a dead server)."""
+    """Cached answers judged, the rest asked of the model (`ask`; none on a dry run) and judged
+    as they come; the sink is flushed even when the run stops early (an interrupt, a dead server)."""
     cache = sink.cached([it.key for it in items])
     todo = []
     for item in items:
@@ -94,7 +98,7 @@ def run_items(job: Job, items: Sequence[Item], captioner: Captioner | None, sink
             todo.append(item)
         else:
             _judge(job, item, text, sink, result, cached=True)
-    if dry_run or captioner is None:
+    if dry_run or ask is None:
         result.planned = [(it.shown, it.prompt) for it in todo]
         result.count("would caption", len(todo))
         sink.flush()
@@ -102,7 +106,7 @@ def run_items(job: Job, items: Sequence[Item], captioner: Captioner | None, sink
     started = time.perf_counter()
     try:
         requests = [Request(it.path, it.prompt) for it in todo]
-        for answer in captioner.caption(requests, batch_size=job.config.batch_size, on_progress=on_progress):
+        for answer in ask(requests, on_progress):
             item = todo[answer.index]
             if answer.text is None:
                 reason = answer.error or "the model gave no answer"

@@ -11,7 +11,7 @@ their caption sidecars; the folder itself is never written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class CropResult:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     out: str | None = None
+    resumed: int = 0  # images a stopped run of the same options had cropped (not in items)
 
     @property
     def done(self) -> list[Item]:
@@ -73,7 +74,8 @@ class CropResult:
     def counts(self) -> dict[str, int]:
         done = [it.outcome for it in self.done if it.outcome]
         sources = [o.subject.source for o in done if o.subject]
-        return {"images": len(self.items), "cropped": len(done),
+        resumed = {"resumed": self.resumed} if self.resumed else {}
+        return {"images": len(self.items), **resumed, "cropped": len(done),
                 "small": sum(o.pieces[0].window.small for o in done),
                 "closeups": sum(len(o.pieces) - 1 for o in done), "skipped": len(self.skipped),
                 **{f"subject {s}": sources.count(s) for s in ("user", "alpha", "face", "saliency", "centre")}}
@@ -110,12 +112,19 @@ def crop_images(target: Path, config: CropConfig, *, out: Path | None = None, cr
             raise CurateError("--out is for plain folders: in a workspace crops are stored beside the "
                               "images and used by later stages (then `curate layout`)")
         with (Workspace.open(target) as ws, ws.lock(),
-              ws.run(STAGE, _params(config), derives="crop", dry_run=dry_run) as run):
+              ws.run(STAGE, _params(config), derives="crop", dry_run=dry_run, stream=True) as run):
             records = {r.sha256: r for r in run.records()}  # each the cut-out when bg ran
-            result.items = [_ws_item(r) for r in records.values()]
-            _run(result, boxes, crops_file, on_progress, executor, render=not dry_run)
-            if not dry_run:
-                _store(run, result, records)
+            items = [_ws_item(r) for r in records.values()]
+            # those a stopped run of these options cropped are left out (their crops.csv lines
+            # still count as used)
+            result.items = [it for it in items if it.sha256 not in run.resumed]
+            result.resumed = len(items) - len(result.items)
+
+            def store(it: Item) -> None:
+                _store(run, result, records[str(it.sha256)], it)
+            _run(result, boxes, crops_file, on_progress, executor, render=not dry_run,
+                 store=None if dry_run else store, listed_too=items)
+            run.summary = result.counts()
         return result
     out = check_out(target, out) if out is not None else None
     found = walk_images(target)
@@ -154,8 +163,13 @@ def _stored_names(path: Path) -> list[str]:
 
 
 def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
-         on_progress: ProgressFn | None, executor: Executor, render: bool) -> None:
+         on_progress: ProgressFn | None, executor: Executor, render: bool,
+         store: Callable[[Item], None] | None = None, listed_too: Sequence[Item] = ()) -> None:
+    """Each item cropped on `executor`; `store` gets each as it comes back (the workspace
+    commits it). crops.csv lines naming none of the items nor `listed_too` are warned about."""
     used, jobs = set(), []
+    for it in listed_too:
+        used.update(listed(boxes, it.names))
     for it in result.items:
         hit = match(boxes, it.names)
         used.update(listed(boxes, it.names))  # two lines for one image: neither is unknown
@@ -166,32 +180,32 @@ def _run(result: CropResult, boxes: dict[str, Box], crops_file: Path | None,
         it.outcome = Outcome(error=outcome.reason) if isinstance(outcome, Failed) else outcome
         if outcome.error:
             result.skipped.append((it.shown, outcome.error))
-        if on_progress:
+        if store is not None:
+            store(it)
+        if on_progress:  # after it was stored: done means done
             on_progress(done, len(jobs))
     result.warnings += [(str(crops_file), f"line for {name!r} names no image here")
                         for name in boxes if name not in used]
 
 
-def _store(run: StageRun, result: CropResult, records: dict[str, Record]) -> None:
-    """Each piece as a file of its image's chain, made from the file cropped (the cut-out when
-    bg ran, else the original), then the decisions: the run commits them together, replacing
-    the previous run's crops (Workspace.run)."""
-    for it in result.done:
-        assert it.outcome is not None and it.sha256 is not None
-        record = records[it.sha256]
-        subject = it.outcome.subject.source if it.outcome.subject else ""
-        for piece in it.outcome.pieces:
+def _store(run: StageRun, result: CropResult, record: Record, it: Item) -> None:
+    """An image's pieces as files of its chain, made from the file cropped (the cut-out when bg
+    ran, else the original), then its decision, committed as the run goes; the run's end
+    replaces the previous run's crops (Workspace.run with stream)."""
+    outcome = it.outcome
+    if outcome is not None and outcome.error:
+        run.decide(record, FAILED, outcome.error)
+    elif outcome is not None:  # done (CropResult.done)
+        subject = outcome.subject.source if outcome.subject else ""
+        for piece in outcome.pieces:
             assert piece.data is not None
             kind = "crop" if piece.kind == "main" else piece.kind
             run.derive(record, kind, piece.data, box=list(piece.window.box), subject=subject,
                        settings={**asdict(result.config), "sources": list(result.config.sources)})
-        main = it.outcome.pieces[0].window
-        reason = "; ".join([it.reason(result.config.max_upscale), *it.outcome.notes])
+        main = outcome.pieces[0].window
+        reason = "; ".join([it.reason(result.config.max_upscale), *outcome.notes])
         run.decide(record, SMALL if main.small else CROPPED, reason)
-    for it in result.items:
-        if it.outcome is not None and it.outcome.error:
-            run.decide(records[str(it.sha256)], FAILED, it.outcome.error)
-    run.summary = result.counts()
+    run.checkpoint()
 
 
 def _folder_names(it: Item) -> list[str]:
