@@ -69,6 +69,12 @@ def test_hint_tags_display_form_unique_and_capped() -> None:
     assert hints[:2] == ("long hair", "^_^") and len(hints) == 10
 
 
+def test_hint_tags_leave_out_the_trigger() -> None:
+    """A Kohya folder's class tokens ("sks cat") come in as a tag: the made-up word is no hint."""
+    hints = prompts.hint_tags(["sks cat", "cat", "SKS", "sksx", "orange_fur"], trigger="sks")
+    assert hints == ("cat", "sksx", "orange fur")
+
+
 def test_good_caption_passes_every_check() -> None:
     ctx = Context(budget="clip-225", no_names=True, trigger="sks", names=("hatsune_miku",))
     assert first_failure(GOOD, ctx) is None

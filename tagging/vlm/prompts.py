@@ -143,11 +143,15 @@ def uses_tags(preset: str, prompt: str | None) -> bool:
     return "{tags}" in template_of(preset, prompt)
 
 
-def hint_tags(names: Sequence[str], limit: int = 40) -> tuple[str, ...]:
-    """Tags as hints: display form, at most `limit` (more only dilutes the instruction)."""
+def hint_tags(names: Sequence[str], trigger: str | None = None, limit: int = 40) -> tuple[str, ...]:
+    """Tags as hints: display form, at most `limit` (more only dilutes the instruction). A tag
+    holding the trigger word ("sks", "sks cat" from a Kohya folder) is no hint: the word is made
+    up, the model would copy it into the sentence, and the compiled caption places it itself."""
+    bare = (trigger or "").strip()
+    word = re.compile(rf"(?<!\w){re.escape(bare)}(?!\w)", re.IGNORECASE) if bare else None
     out: list[str] = []
     for name in names:
         shown = format_tag(name)
-        if shown and shown not in out:
+        if shown and shown not in out and not (word and word.search(shown)):
             out.append(shown)
     return tuple(out[:limit])

@@ -60,7 +60,7 @@ def folder_items(root: Path, config: CaptionConfig, result: CaptionResult) -> li
 def image_item(root: Path, rel: str, config: CaptionConfig, sha: str, target: Path | None = None,
                existing: str | None = None) -> Item:
     """An image of a plain folder: tag hints from its .txt, trigger and class from the options."""
-    values = Values(hint_tags(_tags(root, rel, config)), config.trigger, config.class_word)
+    values = Values(hint_tags(_tags(root, rel, config), config.trigger), config.trigger, config.class_word)
     return Item(display(root / rel), root / rel, sha, values, tuple(config.names), target, existing)
 
 

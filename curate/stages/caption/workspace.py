@@ -38,8 +38,8 @@ def workspace_items(ws: Workspace, trigger: str | None, class_word: str | None, 
         if record.user_caption is not None or any(t.source == USER_TEXT for t in record.texts):
             result.count("kept (your own caption)")
             continue
-        values = Values(hint_tags(_caption_tags(record)), trigger or record.trigger,
-                        class_word or record.class_tokens)
+        word = trigger or record.trigger
+        values = Values(hint_tags(_caption_tags(record), word), word, class_word or record.class_tokens)
         characters = tuple(t.name for t in record.tags if t.category == CHARACTER)
         items.append(Item(shown(record), record.path, input_sha(record), values,
                           tuple(names) + characters, record))
