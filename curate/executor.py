@@ -39,10 +39,11 @@ EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'curate[ray]'"
 # Below this many items per worker a process pool costs more to start than it saves.
 MIN_ITEMS_PER_WORKER = 32
-# Items per Ray task: about 4 tasks per CPU, within these bounds. Below 64, the per-task cost
-# (scheduling, an Arrow block each way) shows: importing 2,000 JPEGs on 2 CPUs took 5.4 s in
-# tasks of 16 and 3.8 s in tasks of 64 (local: 4.0 s; bench/ray_bench.py).
-RAY_BATCH, RAY_BATCH_MAX = 16, 64
+# Items per Ray task: about 4 tasks per CPU, within these bounds. Small tasks pay the per-task
+# cost (scheduling, an Arrow block each way) too often: importing 2,000 JPEGs on 2 CPUs took
+# 5.4 s in tasks of 16 and 3.8 s in tasks of 64 (local: 4.0 s); at 10,000 images dedupe's
+# overhead over local fell from +34% in tasks of 64 to +7% in tasks of 256 (bench/ray_bench.py).
+RAY_BATCH, RAY_BATCH_MAX = 16, 256
 MAX_BLOCKS = 2000  # blocks of the input list (each several batches beyond 128k items)
 _preloaded: list[str] = []  # modules the forkserver imports once (pool_map's callers add theirs)
 
