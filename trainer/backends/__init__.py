@@ -38,9 +38,10 @@ unchanged, since the CLI only sees Plan and RunResult.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -114,6 +115,17 @@ class Backend(Protocol):
              resume: Path | None = None, tool: Path | None = None) -> Plan: ...
 
     def run(self, plan: Plan, *, on_step: StepCallback | None = None) -> RunResult: ...
+
+
+def changed_settings(config: TrainConfig, known: Collection[str]) -> list[tuple[str, Any]]:
+    """(name, value) of every TrainConfig key outside `known` that is not at its default: what a
+    backend that cannot pass such a key on must warn about (never drop in silence)."""
+    out = []
+    for f in dataclasses.fields(config):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if f.name not in known and getattr(config, f.name) != default:
+            out.append((f.name, getattr(config, f.name)))
+    return out
 
 
 def get_backend(name: str) -> Backend:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from curate import kohya
 from curate.atomic import atomic_write_text
 from curate.errors import CurateError
-from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends import Plan, RunResult, StepCallback, changed_settings
 from curate.trainer.backends.captions import tag_captions
 from curate.trainer.config import TrainConfig
 
@@ -248,13 +247,8 @@ def _prompts(path: Path) -> list[str]:
 
 
 def unknown_settings(config: TrainConfig) -> list[str]:
-    warnings = []
-    for f in fields(config):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if f.name not in HANDLED and getattr(config, f.name) != default:
-            warnings.append(f"train.{f.name} = {getattr(config, f.name)!r} has no ai-toolkit setting: "
-                            "ai-toolkit trains without it")
-    return warnings
+    return [f"train.{name} = {value!r} has no ai-toolkit setting: ai-toolkit trains without it"
+            for name, value in changed_settings(config, HANDLED)]
 
 
 def dump(data: dict[str, Any]) -> str:

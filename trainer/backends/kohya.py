@@ -36,13 +36,12 @@ checked as for SDXL (both scripts assert the same).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from curate.atomic import atomic_write_bytes, atomic_write_text
 from curate.errors import CurateError
-from curate.trainer.backends import Plan, RunResult, StepCallback
+from curate.trainer.backends import Plan, RunResult, StepCallback, changed_settings
 from curate.trainer.backends.captions import tag_captions_in
 from curate.trainer.backends.kohya_files import (
     CACHE_NAME,
@@ -366,16 +365,8 @@ def resume_args(resume: Path | None) -> list[str]:
 def unknown_settings(config: TrainConfig) -> list[str]:
     """A warning for every set TrainConfig key this backend cannot pass on."""
     known = set(SAME) | TRANSLATED | DATASET | SKIPPED
-    warnings = []
-    for f in fields(config):
-        if f.name in known:
-            continue
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        value = getattr(config, f.name)
-        if value != default:
-            warnings.append(f"train.{f.name} = {value!r} has no sd-scripts option in this backend: "
-                            "sd-scripts trains without it")
-    return warnings
+    return [f"train.{name} = {value!r} has no sd-scripts option in this backend: sd-scripts trains without it"
+            for name, value in changed_settings(config, known)]
 
 
 def run(plan: Plan, *, on_step: StepCallback | None = None,
