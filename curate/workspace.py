@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from curate.atomic import TMP_PREFIX, atomic_write_text, sweep_temp_files
+from curate.atomic import atomic_write_text, sweep_temp_files
 from curate.config import CONFIG_NAME, template
 from curate.errors import CurateError, WorkspaceBusy
 from curate.manifest import USER_CAPTION, Manifest
@@ -98,10 +98,9 @@ class Workspace:
                 raise WorkspaceBusy(
                     f"{self.root} is in use by another curate process; wait for it to finish"
                 ) from exc
-            sweep_temp_files(self.images_dir)
-            # and beside the manifest: a killed dedupe-index or cache write leaves its temp file there
-            for tmp in self.state_dir.glob(f"{TMP_PREFIX}*"):
-                tmp.unlink(missing_ok=True)
+            # and beside the manifest: a killed dedupe-index write leaves its temp file there
+            for folder in (self.images_dir, self.state_dir):
+                sweep_temp_files(folder)
             yield
 
     def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False,
