@@ -76,7 +76,7 @@ def download_hint(repo: str) -> str:
 
 def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
     try:
-        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import (
             EntryNotFoundError,
             LocalEntryNotFoundError,
@@ -87,7 +87,7 @@ def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
                           f"(pip install 'curate[tag]'), or {download_hint(repo)}") from None
     # huggingface_hub retries a refused connection for ~25 s before giving up: one quick probe
     # first, and then only the cache, when the Hub cannot be reached
-    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    offline = hub_offline()
     paths = []
     for name in (MODEL_FILE, TAGS_FILE):
         try:
@@ -105,6 +105,15 @@ def _download(repo: str, cache_dir: Path | None) -> ModelFiles:
         except OSError as exc:  # network errors after the probe: DNS, timeouts, a dropped connection
             raise _offline(repo, f"the Hugging Face Hub is unreachable ({first_line(exc, 200)})") from exc
     return ModelFiles(paths[0], paths[1], repo)
+
+
+def hub_offline() -> str | None:
+    """Why downloads must come from the Hugging Face cache only (HF_HUB_OFFLINE, or the Hub not
+    answering one quick request), or None when the Hub can be asked. huggingface_hub retries a
+    refused connection for ~25 s before giving up: every download here probes first."""
+    from huggingface_hub import constants
+
+    return "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
 
 
 def _unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:

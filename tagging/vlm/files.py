@@ -14,7 +14,7 @@ from pathlib import Path
 
 from curate.errors import CurateError
 from curate.paths import first_line
-from curate.tagging.model import REPO_ID, _unreachable
+from curate.tagging.model import REPO_ID, hub_offline
 
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # What a transformers model repo needs besides the weights: configs, tokenizer, chat template
@@ -84,7 +84,7 @@ def download_hint(repo: str) -> str:
 
 def _download(repo: str, revision: str | None, cache_dir: Path | None) -> ModelFolder:
     try:
-        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
@@ -94,7 +94,7 @@ def _download(repo: str, revision: str | None, cache_dir: Path | None) -> ModelF
         raise CurateError(f"cannot download {repo}: huggingface_hub is not installed "
                           f"(pip install huggingface_hub), or {download_hint(repo)}") from None
     # one quick probe, as the tagger does: huggingface_hub retries a refused connection for ~25 s
-    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    offline = hub_offline()
     try:
         folder = Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW,
                                         local_files_only=offline is not None))
