@@ -157,3 +157,13 @@ def regular_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -
         return stat.S_ISREG(os.stat(path).st_mode) and is_inside(root, path)
     except (OSError, ValueError):  # missing, broken link, loop, a NUL in the name
         return False
+
+
+# `scheme://`, or a chained fsspec URL (`zip://*::s3://...`); two letters at least, so that
+# `C:\raw` and `C:/raw` stay Windows paths.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://|::")
+
+
+def is_url(source: object) -> bool:
+    """True for a source an fsspec backend reads (s3://, https://, file://) rather than a path."""
+    return isinstance(source, str) and bool(_URL.search(source))

@@ -5,8 +5,6 @@ without it."""
 
 from __future__ import annotations
 
-import hashlib
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,12 @@ from curate.stages.quality import run as quality_run
 from curate.stages.quality.config import QualityConfig
 from curate.stages.tag import TagConfig, tag
 from curate.stages.tag import workspace as tag_ws
-from fixtures.scrape import jpeg, photo, png, write
+from fixtures.scrape import build_kohya, jpeg, photo, png, write
+from fixtures.scrapers import build_img2dataset
 from fixtures.tiny_tagger import build_tiny_tagger
+from tests.http_files import FileServer
+from tests.snapshots import snapshot
 
-# columns that say when or in which run, not what: they differ between any two runs
-WHEN = {"id", "imported_at", "created_at", "run_id"}
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse")
 # every image measured, none rejected: later stages then see all six
 LENIENT = QualityConfig(skip=("blur", "small", "aspect", "dark", "bright", "monochrome", "blocky", "text"))
@@ -71,21 +70,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_tagger(tmp_path_factory.mktemp("tagger") / "wd-tiny")
 
 
-def snapshot(ws: Path) -> dict[str, Any]:
-    """Every manifest table but `runs`, without its when/which-run columns, and the bytes of
-    every stored or derived file."""
-    db = sqlite3.connect(ws / ".curate" / "manifest.sqlite")
-    tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") if t != "runs"]
-    state: dict[str, Any] = {}
-    for table in tables:
-        columns = [c[1] for c in db.execute(f"PRAGMA table_info({table})") if c[1] not in WHEN]
-        state[table] = sorted(map(repr, db.execute(f"SELECT {', '.join(columns)} FROM {table}")))
-    db.close()
-    state["files"] = {p.relative_to(ws).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                      for p in sorted((ws / "images").rglob("*")) if p.is_file()}
-    return state
-
-
 def both(tmp_path: Path, raw: Path, ray_executor: Executor, *stages: Any) -> tuple[dict, dict]:
     """The same stages on the same images in two workspaces, local and ray; their snapshots."""
     out = []
@@ -103,6 +87,20 @@ def test_import_of_a_scrape_is_the_same(scrape: Path, tmp_path: Path, ray_execut
     local = import_sources(tmp_path / "local", [scrape], ImportConfig())
     remote = import_sources(tmp_path / "ray", [scrape], ImportConfig(), executor=ray_executor)
     assert remote.counts == local.counts and remote.counts["imported"] > 10 and remote.counts["skipped"]
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_import_from_a_url_is_the_same(tmp_path: Path, ray_executor: Executor) -> None:
+    """Workers read the source over HTTP themselves (by URL: nothing is shipped from the driver),
+    archives by byte ranges."""
+    pytest.importorskip("aiohttp", reason="fsspec's HTTP backend: pip install -e .[dev]")
+    site = tmp_path / "site"
+    build_img2dataset(site)
+    build_kohya(site)
+    with FileServer(site) as server:
+        local = import_sources(tmp_path / "local", [server.url], ImportConfig())
+        remote = import_sources(tmp_path / "ray", [server.url], ImportConfig(), executor=ray_executor)
+    assert remote.counts == local.counts and remote.counts["imported"] == 7
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
 
 

@@ -8,24 +8,27 @@ import click
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import config_flags
 from curate.config import stage_config
+from curate.executor import LOCAL
+from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.workspace import CONFIG_NAME
 
 
 @click.command("import")
-@click.argument("sources", nargs=-1, required=True,
-                type=click.Path(path_type=Path, exists=False))
+@click.argument("sources", nargs=-1, required=True)  # str: a Path would mangle s3://
 @click.option("--into", "workspace", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Workspace folder to import into (created if missing).")
 @config_flags(ImportConfig, "animated", "max_pixels", "max_file_mb", "max_sidecar_kb", "workers",
               "strict")
+@config_flags(RunConfig, *EXECUTOR_FIELDS)
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @config_options
 @output_options
-def command(sources: tuple[Path, ...], workspace: Path, flags: dict[str, Any], dry_run: bool,
+def command(sources: tuple[str, ...], workspace: Path, flags: dict[str, Any], dry_run: bool,
             config_file: Path | None,
             overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
-    """Import images from SOURCES (folders, .zip archives or single images) into a workspace.
+    """Import images from SOURCES (folders, .zip/.tar archives, single images or fsspec URLs
+    such as s3://bucket/scrape, with the backend installed) into a workspace.
 
     \b
     Reads what scrapers leave beside images: gallery-dl .json/.txt sidecars, Hydrus and
@@ -38,11 +41,18 @@ def command(sources: tuple[Path, ...], workspace: Path, flags: dict[str, Any], d
       curate import ~/gallery-dl/danbooru/my_character --into ws
       curate import scrape.zip old_dataset/img --into ws --animated skip
       curate import raw --into ws --dry-run --json
+      curate import s3://bucket/shards --into ws --executor ray   # pip install s3fs
     """
+    from curate.pipeline import run_config
+
     out = Out(as_json, quiet, verbose)
-    config = stage_config(ImportConfig, "import", config_file or workspace / CONFIG_NAME, overrides, flags)
+    config_file = config_file or workspace / CONFIG_NAME
+    where = {name: flags.pop(name) for name in EXECUTOR_FIELDS}  # [run]'s, not [import]'s
+    executor = LOCAL if dry_run else run_config(config_file, overrides, where).make_executor()
+    config = stage_config(ImportConfig, "import", config_file, overrides, flags)
     with out.progress("importing") as progress:
-        result = import_sources(workspace, sources, config, dry_run=dry_run, on_progress=progress)
+        result = import_sources(workspace, sources, config, dry_run=dry_run, on_progress=progress,
+                                executor=executor)
     report(out, result)
     if config.strict and result.skipped:
         raise SystemExit(1)

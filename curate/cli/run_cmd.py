@@ -10,6 +10,7 @@ import click
 
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import Flag, config_flags
+from curate.paths import is_url
 from curate.pipeline.config import RunConfig
 
 OnStage = Callable[[str, str, "dict[str, Any] | None"], None]
@@ -72,8 +73,8 @@ def _here(value: Any) -> Any:
     """Paths given as flags are the shell's (relative to the current folder); in curate.toml they
     are the workspace's, so make them absolute before they meet the file's."""
     if isinstance(value, tuple):
-        return tuple(str(Path(v).absolute()) for v in value)
-    return str(Path(value).absolute())
+        return tuple(_here(v) for v in value)
+    return value if is_url(value) else str(Path(value).absolute())  # s3://... stays a URL
 
 
 @click.command("run")
@@ -83,7 +84,7 @@ def _here(value: Any) -> Any:
               help="Start at this stage; the ones before it are not looked at.")
 @click.option("--force", multiple=True,
               help="Run this stage even if nothing it depends on changed (repeatable; 'all': every stage).")
-@config_flags(RunConfig, Flag("sources", multiple=True, metavar="FOLDER", convert=_here, note=HERE),
+@config_flags(RunConfig, Flag("sources", multiple=True, metavar="SRC", convert=_here, note=HERE),
               "trigger", "class_token", Flag("model", convert=_here, note=HERE),
               Flag("stages", metavar="NAME,..."), "executor", "ray_address")
 @config_options

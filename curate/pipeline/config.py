@@ -35,8 +35,8 @@ class RunConfig:
         "The stages `curate run` takes, in this order whatever the list's: import, dedupe, filter, "
         "bg, crop, tag, tags-filter, captions, caption, layout, check, train."))
     sources: tuple[str, ...] = option((), help=(
-        "import: scrape folders or .zip files (relative to the workspace); empty: the sources the "
-        "workspace recorded."))
+        "import: scrape folders, .zip/.tar files or fsspec URLs (s3://, gs://, https://; folders "
+        "relative to the workspace); empty: the sources the workspace recorded."))
     trigger: str | None = option(None, example="sks", help=(
         "captions: the trigger word put first in every caption."))
     class_token: str | None = option(None, example="woman", help=(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from curate.config import stage_config
 from curate.errors import CurateError
-from curate.paths import display
+from curate.paths import display, is_url
 
 if TYPE_CHECKING:
     from curate.executor import Executor
@@ -76,7 +76,8 @@ class Stage:
 def _import(ctx: Context, config: Any) -> dict[str, Any]:
     from curate.stages.ingest import import_sources
 
-    sources, note = [ctx.run.path(ctx.root, s) for s in ctx.run.sources], None
+    sources: list[Path | str] = [s if is_url(s) else ctx.run.path(ctx.root, s) for s in ctx.run.sources]
+    note = None
     if not sources:
         sources = _recorded_sources(ctx.root)
         note = (f"run.sources is empty: importing again from the {len(sources)} source(s) this "
@@ -86,12 +87,12 @@ def _import(ctx: Context, config: Any) -> dict[str, Any]:
     return {**result, "note": note} if note else result
 
 
-def _recorded_sources(root: Path) -> list[Path]:
+def _recorded_sources(root: Path) -> list[Path | str]:
     """The sources earlier imports into this workspace named (`curate import SRC --into WS`)."""
     from curate.stages.ingest.identity import recorded_sources
     from curate.workspace import Workspace, is_workspace
 
-    found: list[Path] = []
+    found: list[Path | str] = []
     if is_workspace(root):
         with Workspace.open(root) as ws:
             found = recorded_sources(ws, Path.cwd())

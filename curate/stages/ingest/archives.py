@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 from curate.errors import CurateError
 from curate.paths import display
+from curate.stages.ingest.remote import RemoteFile
 from curate.stages.ingest.sources import (
     ARCHIVE_EXTS,
     IMAGE_EXTS,
@@ -23,6 +24,7 @@ from curate.stages.ingest.sources import (
     TooLarge,
     ZipTree,
     classify_file,
+    location,
 )
 
 
@@ -34,14 +36,17 @@ class TarTree(SourceTree):
 
     kind = "tar"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(display(path))
+    def __init__(self, path: Path | RemoteFile) -> None:
+        super().__init__(location(path))
         self.path = path
         try:
-            self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - kept open while the import reads it
+            if isinstance(path, RemoteFile):  # a tar in a bucket: read by ranges, not downloaded
+                self.tf = tarfile.open(fileobj=path.open(), mode="r:*")  # noqa: SIM115
+            else:
+                self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - kept open while the import reads it
             members = self.tf.getmembers()
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise CurateError(f"{display(path)}: not a readable tar archive ({exc}); "
+            raise CurateError(f"{location(path)}: not a readable tar archive ({exc}); "
                               "re-download or re-create it") from exc
         self.members = {m.name.removeprefix("./"): m for m in members}
         for name in self.members:
@@ -51,7 +56,7 @@ class TarTree(SourceTree):
         self.table = path.with_suffix(".parquet")
 
     def shown(self, relpath: str) -> str:
-        return display(self.table) if relpath == self.table.name else f"{self.label}!/{relpath}"
+        return location(self.table) if relpath == self.table.name else f"{self.label}!/{relpath}"
 
     def entries(self) -> Iterator[Entry | Problem | Archive]:
         for name in sorted(self.members):
@@ -71,6 +76,8 @@ class TarTree(SourceTree):
 
     def read(self, relpath: str, limit: int) -> bytes:
         if relpath == self.table.name:
+            if isinstance(self.table, RemoteFile):
+                return self.table.read(limit)
             return FolderTree(self.table.parent).read(relpath, limit)
         member = self.members[relpath]
         problem = _unsafe_tar_member(relpath, member)
@@ -87,6 +94,8 @@ class TarTree(SourceTree):
 
     def stamp(self, relpath: str) -> str:
         if relpath == self.table.name:
+            if isinstance(self.table, RemoteFile):
+                return self.table.stamp()
             st = os.stat(self.table)
             return f"{st.st_size}:{st.st_mtime_ns}"
         member = self.members[relpath]
@@ -107,8 +116,8 @@ def _unsafe_tar_member(name: str, member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def open_archive(path: Path) -> SourceTree:
-    """The tree of a .zip or .tar archive (CurateError when it cannot be read)."""
+def open_archive(path: Path | RemoteFile) -> SourceTree:
+    """The tree of a .zip or .tar archive, on disk or at a URL (CurateError when it cannot be read)."""
     return TarTree(path) if path.suffix.lower() == ".tar" else ZipTree(path)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from curate.paths import display
+from curate.paths import display, is_url
 from curate.workspace import Workspace
 
 
@@ -67,16 +67,21 @@ def migrate_origins(ws: Workspace, cwd: Path) -> int:
     return len(forms)
 
 
-def recorded_sources(ws: Workspace, cwd: Path) -> list[Path]:
+def recorded_sources(ws: Workspace, cwd: Path) -> list[Path | str]:
     """The SRC arguments earlier imports into this workspace named, canonical, that still
-    exist, in the order first imported."""
-    found: list[Path] = []
+    exist (URLs as they were: whether they still answer is the import's to say), in the order
+    first imported."""
+    found: list[Path | str] = []
     for params in ws.manifest.import_params():
         try:
             sources = json.loads(params).get("sources", [])
         except (ValueError, AttributeError):
             continue
         for source in sources if isinstance(sources, list) else []:
+            if is_url(source):
+                if source not in found:
+                    found.append(source)
+                continue
             bases = [Path(source)] if os.path.isabs(source) else [cwd / source, ws.root / source]
             path = next((canonical_source(p) for p in bases if os.path.lexists(p)), None)
             if path is not None and path not in found:

@@ -26,8 +26,7 @@ def kohya_subset(tree: SourceTree, folder: str) -> dict[str, Any] | None:
 
 
 def _folder_subset(tree: SourceTree, folder: str) -> dict[str, Any] | None:
-    root_name = tree.root.name if isinstance(tree, FolderTree) else ""
-    found = import_subset(folder, tree.names, root_name) if folder else None
+    found = import_subset(folder, tree.names, tree.root_name) if folder else None
     return found.as_metadata() if found else None
 
 

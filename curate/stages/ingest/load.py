@@ -16,15 +16,17 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.paths import is_url
 from curate.stages.ingest.archives import open_archive
 from curate.stages.ingest.decode import Normalised, Rejected, normalise
+from curate.stages.ingest.remote import RemoteFile, UrlTree, remote_file
 from curate.stages.ingest.sources import FolderTree, SourceTree, TooLarge
 
 
 @dataclass(frozen=True)
 class LoadJob:
-    kind: str  # the tree's kind: "folder", "zip" or "tar"
-    container: str  # the folder tree's root, or the archive file (a path every worker can read)
+    kind: str  # the tree's kind: "folder", "url", "zip" or "tar"
+    container: str  # the tree's root or archive: a path or URL every worker can read
     relpath: str  # the file inside it
     max_file_mb: int
     max_pixels: int
@@ -48,7 +50,19 @@ def register(tree: SourceTree) -> None:
 
 
 def container(tree: SourceTree) -> str:
-    return str(Path(getattr(tree, "root", None) or tree.path).absolute())
+    """Where a worker finds the tree: a folder or archive path, or its URL."""
+    if isinstance(tree, UrlTree):
+        return tree.url
+    where = getattr(tree, "root", None) or tree.path
+    return where.url if isinstance(where, RemoteFile) else str(Path(where).absolute())
+
+
+def _open(kind: str, where: str) -> SourceTree:
+    if kind == "url":
+        return UrlTree(where)
+    if kind == "folder":
+        return FolderTree(Path(where))
+    return open_archive(remote_file(where) if is_url(where) else Path(where))
 
 
 def _tree(job: LoadJob) -> SourceTree:
@@ -56,8 +70,7 @@ def _tree(job: LoadJob) -> SourceTree:
     with _trees_lock:
         tree = _trees.get(key)
         if tree is None:  # a worker that has not opened it yet: once per process
-            path = Path(job.container)
-            tree = _trees[key] = FolderTree(path) if job.kind == "folder" else open_archive(path)
+            tree = _trees[key] = _open(job.kind, job.container)
     return tree
 
 

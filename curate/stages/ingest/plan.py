@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.paths import is_url
 from curate.stages.ingest.archives import open_archive, open_source
 from curate.stages.ingest.identity import canonical_source
-from curate.stages.ingest.sources import METADATA_DIR, Archive, Entry, Problem, SourceTree, display
+from curate.stages.ingest.remote import open_url
+from curate.stages.ingest.sources import METADATA_DIR, Archive, Entry, Problem, SourceTree, location
 
 
 def candidates(tree: SourceTree, relpath: str) -> list[str]:
@@ -67,11 +69,12 @@ class Plan:
     unchanged: int
 
 
-def open_trees(sources: Iterable[Path], workspace: Path) -> list[SourceTree]:
+def open_trees(sources: Iterable[Path | str], workspace: Path) -> list[SourceTree]:
     """Open every SRC up front, so a typo fails before anything is read."""
     exclude = frozenset({os.path.realpath(workspace)})
     # canonical: `../raw` from curate run and `./raw` from the cwd are one source (identity.py)
-    trees = [open_source(canonical_source(Path(src)), exclude) for src in sources]
+    trees = [open_url(src, exclude) if is_url(src) else open_source(canonical_source(Path(src)), exclude)
+             for src in sources]
     if not trees:
         raise CurateError("nothing to import: name at least one folder, image or .zip")
     return trees
@@ -100,8 +103,8 @@ def make_plan(trees: list[SourceTree], known: dict[str, str]) -> Plan:
         try:
             fingerprint = "|".join(tree.stamp(p) for p in (item.relpath, *found))
         except OSError as exc:
-            plan.skipped.append((Problem(shown, f"cannot read ({exc.strerror}): check the file "
-                                 "and its permissions"), "problem:stat", tree))
+            plan.skipped.append((Problem(shown, f"cannot read ({exc.strerror or exc}): check the "
+                                 "file and its permissions (or the server)"), "problem:stat", tree))
             continue
         if known.get(shown) == fingerprint:
             plan.unchanged += 1
@@ -123,7 +126,7 @@ def _walk_archive(parent: SourceTree, archive: Archive) -> Iterator[tuple[Source
     try:
         tree = open_archive(archive.path)
     except CurateError as exc:
-        yield parent, Problem(display(archive.path), str(exc).split(": ", 1)[-1])
+        yield parent, Problem(location(archive.path), str(exc).split(": ", 1)[-1])
         return
     for item in tree.entries():
         if not isinstance(item, Archive):

@@ -69,15 +69,16 @@ class ImportResult:
 
 def import_sources(
     root: Path,
-    sources: Iterable[Path],
+    sources: Iterable[Path | str],
     config: ImportConfig,
     *,
     dry_run: bool = False,
     on_progress: ProgressFn | None = None,
     executor: Executor = LOCAL,
 ) -> ImportResult:
-    """Import images (with sidecar tags and captions) from folders, zips or files into `root`;
-    files are read and decoded on `executor` (this machine's threads, or a Ray cluster)."""
+    """Import images (with sidecar tags and captions) from folders, zips, tars, files or fsspec
+    URLs into `root`; files are read and decoded on `executor` (this machine's threads, or a
+    Ray cluster whose workers read the same paths or URLs)."""
     root = Path(root).absolute()
     trees = open_trees(sources, root)
     result = ImportResult(str(root), dry_run)

@@ -30,7 +30,7 @@ from curate.tagging.normalize import category_for, has_namespace, parse_tag, rat
 GALLERY_DL_KEYS = frozenset({"category", "subcategory", "extension", "filename"})
 METADATA_LIMIT = 64 * 1024  # larger JSON is summarised, not stored whole
 TABLE_LIMIT = 256 * 1024 * 1024  # an img2dataset shard table (10k rows are a few MiB)
-GENERIC_KINDS = frozenset({"folder", "zip", "tar"})
+GENERIC_KINDS = frozenset({"folder", "url", "zip", "tar"})
 
 
 @dataclass(frozen=True)

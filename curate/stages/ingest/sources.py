@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from curate.errors import CurateError
 from curate.paths import display, special_file_reason  # display: stages import it from here
@@ -56,7 +57,7 @@ class Problem:
 class Archive:
     """A zip or tar archive found while walking a folder; the importer opens it as its own tree."""
 
-    path: Path
+    path: Path | Any  # a remote.RemoteFile when the folder is at a URL
 
 
 class SourceTree:
@@ -105,6 +106,11 @@ class SourceTree:
         """The img2dataset parquet of the shard the image at `relpath` is in, if any."""
         return None
 
+    @property
+    def root_name(self) -> str:
+        """The name of the folder the user pointed at (a Kohya `N_name` folder says repeats)."""
+        return ""
+
     def shown(self, relpath: str) -> str:
         raise NotImplementedError
 
@@ -142,6 +148,10 @@ class FolderTree(SourceTree):
         self.real_root = os.path.realpath(self.root)
         # sidecar names (relpath -> reason) that are never opened; the image reports them
         self.refused: dict[str, str] = {}
+
+    @property
+    def root_name(self) -> str:
+        return self.root.name
 
     def shown(self, relpath: str) -> str:
         return display(self.root / relpath) if relpath else self.label
@@ -240,13 +250,17 @@ class FolderTree(SourceTree):
         return f"{st.st_size}:{st.st_mtime_ns}"
 
     def shard_table(self, relpath: str) -> str | None:
-        """img2dataset's `files` output: `00000/key.jpg` with `00000.parquet` beside the folder."""
-        folder = relpath.rpartition("/")[0]
-        parent, _, shard = folder.rpartition("/")
-        name = f"{shard}.parquet"
-        if shard.isdigit() and self.has(f"{parent}/{name}" if parent else name):
-            return f"{parent}/{name}" if parent else name
-        return None
+        return files_shard_table(self, relpath)
+
+
+def files_shard_table(tree: SourceTree, relpath: str) -> str | None:
+    """img2dataset's `files` output: `00000/key.jpg` with `00000.parquet` beside the folder."""
+    folder = relpath.rpartition("/")[0]
+    parent, _, shard = folder.rpartition("/")
+    name = f"{shard}.parquet"
+    if shard.isdigit() and tree.has(f"{parent}/{name}" if parent else name):
+        return f"{parent}/{name}" if parent else name
+    return None
 
 
 def _is_sidecar_name(name: str) -> bool:
@@ -258,8 +272,10 @@ def _is_sidecar_name(name: str) -> bool:
 
 
 def classify_file(
-    tree: SourceTree, name: str, rel: str, shown: str, path: Path | None
+    tree: SourceTree, name: str, rel: str, shown: str, path: Path | Any | None
 ) -> Entry | Problem | Archive | None:
+    """What the file `rel` is; `path` is where an archive can be opened from (a Path, or a
+    remote.RemoteFile), None inside an archive."""
     ext = os.path.splitext(name)[1].lower()
     if name.startswith("._"):
         return Problem(shown, "macOS resource-fork file, not an image", "ignored")
@@ -276,16 +292,26 @@ def classify_file(
     return Problem(shown, f"not an image ({what} are not imported)", "ignored")
 
 
+def location(path: Path | Any) -> str:
+    """How a file is named to the user: its path, or its URL (remote.RemoteFile)."""
+    return str(path.url) if hasattr(path, "url") else display(path)
+
+
+def binary(path: Path | Any) -> Any:
+    """What zipfile and tarfile open: the path itself, or a seekable fsspec file for a URL."""
+    return path.open() if hasattr(path, "url") else path
+
+
 class ZipTree(SourceTree):
     kind = "zip"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(display(path))
+    def __init__(self, path: Path | Any) -> None:
+        super().__init__(location(path))
         self.path = path
         try:
-            self.zf = zipfile.ZipFile(path)
+            self.zf = zipfile.ZipFile(binary(path))
         except (zipfile.BadZipFile, OSError) as exc:
-            raise CurateError(f"{display(path)}: not a readable zip archive ({exc}); "
+            raise CurateError(f"{location(path)}: not a readable zip archive ({exc}); "
                               "re-download or re-create it") from exc
         self.infos = {i.filename: i for i in self.zf.infolist()}
         for name in self.infos:
