@@ -3,12 +3,16 @@
     python bench/search_scale.py --part search --sizes 1000000 3000000 10000000
     python bench/search_scale.py --part search --hash-size 16 --t 32 --sizes 100000 1000000
     python bench/search_scale.py --part incremental --base 1000000 --new 10000
+    python bench/search_scale.py --part search --plan halves --sizes 1000000 3000000 10000000
 
 Hashes are random with planted pairs at distance 0..10 (`--planted` per distance), written to a
 .npy and memory-mapped, so the search reads them from the page cache in blocks. Each size runs
 in a fresh process, which reports its own peak RSS. Checks, every run: every planted pair
 within t is found and none beyond it, and the pairs found among a random subset of rows (plus
 every planted row) equal numpy all-pairs on that subset. Prints markdown tables.
+
+`--plan halves` fixes the chunking to two 32-bit halves at radius 2 (the plan whose cost is
+linear in N) instead of the cost model's choice, to measure what the N^1.2 target would cost.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ except ImportError:
 
 from curate.stages.dedupe.clusters import component_labels
 from curate.stages.dedupe.index import SearchIndex, indexed_search
-from curate.stages.dedupe.search import _plan, collapse, pairs_bruteforce, pairs_within, search_unique
+from curate.stages.dedupe.search import (
+    Chunk,
+    _plan,
+    collapse,
+    pairs_bruteforce,
+    pairs_within,
+    search_unique,
+)
 
 CHECK_ROWS = 20_000  # random rows brute-forced against the search's answer
 
@@ -69,11 +80,15 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
 
 
-def run_one(path: Path, planted_path: Path, t: int, seed: int) -> dict[str, object]:
+PLANS = {"auto": None, "halves": (Chunk(0, 32, 2), Chunk(32, 32, 2))}
+
+
+def run_one(path: Path, planted_path: Path, t: int, seed: int, plan_name: str = "auto") -> dict[str, object]:
     """One search in this process: the hashes memory-mapped, checks after the clock stops."""
     hashes = np.load(path, mmap_mode="r")
+    chunks = PLANS[plan_name]
     cpu, start = _cpu(), time.perf_counter()
-    found = pairs_within(hashes if hashes.shape[1] > 1 else hashes[:, 0], t)
+    found = pairs_within(hashes if hashes.shape[1] > 1 else hashes[:, 0], t, chunks=chunks)
     elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     start = time.perf_counter()
     component_labels(len(hashes), found.i, found.j)
@@ -95,12 +110,13 @@ def run_one(path: Path, planted_path: Path, t: int, seed: int) -> dict[str, obje
     assert np.array_equal(np.sort(inside[found.i[keep]] * len(rows) + inside[found.j[keep]]),
                           np.sort(brute.i * len(rows) + brute.j)), "pairs differ from brute force"
     unique, _ = collapse(np.asarray(hashes))
-    plan = _plan(len(unique), 64 * hashes.shape[1], t, hashes.shape[1])
+    plan = chunks or _plan(len(unique), 64 * hashes.shape[1], t, hashes.shape[1])
     return {"n": len(hashes), "seconds": elapsed, "cpu": cpu, "grouping": grouping, "peak_gb": peak,
             "pairs": len(found.i), "checked_rows": len(rows), "plan": str(plan)}
 
 
-def bench_search(sizes: list[int], words: int, t: int, planted: int, brute_n: int) -> str:
+def bench_search(sizes: list[int], words: int, t: int, planted: int, brute_n: int,
+                 plan: str = "auto") -> str:
     rows, times, cpus = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="search-scale-") as tmp:
         for n in sizes:
@@ -109,14 +125,15 @@ def bench_search(sizes: list[int], words: int, t: int, planted: int, brute_n: in
             np.save(path, hashes)
             np.save(ppath, pairs)
             del hashes
-            out = subprocess.run([sys.executable, __file__, "--one", str(path), str(ppath), str(t)],
+            out = subprocess.run([sys.executable, __file__, "--one", str(path), str(ppath), str(t), plan],
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             times[n], cpus[n] = r["seconds"], r["cpu"]
             rows.append([f"{n:,}", f"{r['seconds']:.1f} s", f"{r['cpu']:.1f} s", f"{r['grouping']:.2f} s",
                          f"{r['peak_gb']:.2f} GB", f"{r['pairs']:,}", f"{r['checked_rows']:,}"])
             print(f"n={n:,}: {r}", file=sys.stderr, flush=True)
-    lines = [f"### Search, t={t}, {64 * words}-bit hashes, {11 * planted:,} planted pairs at 0..10\n",
+    lines = [f"### Search, t={t}, {64 * words}-bit hashes, {11 * planted:,} planted pairs at 0..10, "
+             f"plan {plan}\n",
              _table(["hashes", "pairs_within (wall)", "CPU", "grouping (labels)", "peak RSS", "pairs found",
                      "rows checked vs brute force"], rows), ""]
     if brute_n > 0:  # --brute 0 leaves the all-pairs timing out
@@ -187,7 +204,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         path, planted, t = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(run_one(path, planted, t, seed=3)))
+        print(json.dumps(run_one(path, planted, t, seed=3, plan_name=sys.argv[5])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("search", "incremental", "all"), default="all")
@@ -198,10 +215,12 @@ def main() -> None:
     parser.add_argument("--brute", type=int, default=100_000, help="N for the numpy all-pairs timing")
     parser.add_argument("--base", type=int, default=1_000_000)
     parser.add_argument("--new", type=int, default=10_000)
+    parser.add_argument("--plan", choices=sorted(PLANS), default="auto",
+                        help="auto: the cost model's chunking; halves: two 32-bit halves at radius 2")
     args = parser.parse_args()
     words = max(1, args.hash_size**2 // 64)
     if args.part in ("search", "all"):
-        print(bench_search(args.sizes, words, args.t, args.planted, args.brute), "\n")
+        print(bench_search(args.sizes, words, args.t, args.planted, args.brute, args.plan), "\n")
     if args.part in ("incremental", "all"):
         print(bench_incremental(args.base, args.new, args.t, args.planted), "\n")
 

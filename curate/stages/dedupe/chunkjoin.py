@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from curate.stages.dedupe.lookup import SortedLookup, left, right, sorted_lookup
+
 # Entries per partition (~8 bytes each, a few temporaries): bounds the memory of one worker.
 PARTITION = 1 << 20
 _POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
@@ -54,8 +56,8 @@ class ChunkIndex(NamedTuple):
 class Rows(NamedTuple):
     """For one-word hashes: rows by (other bits, chunk value), and the row of a hash value."""
 
-    by_rest: np.ndarray  # sorted `rest << width | value`
-    values: np.ndarray  # the hash values, sorted
+    by_rest: SortedLookup  # sorted `rest << width | value`
+    values: SortedLookup  # the hash values, sorted
     order: np.ndarray | None  # row of each sorted value; None when the rows are sorted already
 
 
@@ -127,10 +129,11 @@ def build_index(words: np.ndarray, start: int, width: int, entries_per_value: in
 def row_lookup(words: np.ndarray, start: int, width: int) -> Rows:
     x = words[:, 0]
     by_rest = np.sort(rest_bits(x, start, width) << np.uint64(width) | extract(words, start, width))
+    table = sorted_lookup(by_rest)
     if len(x) < 2 or bool((x[1:] > x[:-1]).all()):
-        return Rows(by_rest, x, None)
+        return Rows(table, sorted_lookup(np.ascontiguousarray(x)), None)
     order = np.argsort(x)
-    return Rows(by_rest, x[order], order)
+    return Rows(table, sorted_lookup(x[order]), order)
 
 
 def chunk_pairs(words: np.ndarray, start: int, width: int, radius: int, t: int,
@@ -251,15 +254,15 @@ def _rows_of(index: ChunkIndex, rows: Rows, key: np.ndarray, rest: np.ndarray, r
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(entry number, row, chunk value) of each row that the entries (key, rest) stand for."""
     w = np.uint64(index.width)
-    lo = np.searchsorted(rows.by_rest, rest << w)
-    hi = np.searchsorted(rows.by_rest, (rest << w) | _mask(index.width), side="right")
+    lo = left(rows.by_rest, rest << w)
+    hi = right(rows.by_rest, (rest << w) | _mask(index.width))
     count = hi - lo
     entry = np.repeat(np.arange(len(key)), count)
     at = np.repeat(lo, count) + np.arange(len(entry)) - np.repeat(np.cumsum(count) - count, count)
-    value = rows.by_rest[at] & _mask(index.width)
+    value = rows.by_rest.values[at] & _mask(index.width)
     near = popcount(value ^ key[entry]) <= radius
     entry, value = entry[near], value[near]
-    row = np.searchsorted(rows.values, rebuild(value, rest[entry], index.start, index.width))
+    row = left(rows.values, rebuild(value, rest[entry], index.start, index.width))
     if rows.order is not None:
         row = rows.order[row]
     return entry, row.astype(np.int64), value

@@ -18,14 +18,15 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
   pairs within 2 r on it by giving each hash all its variants with <= r bits flipped and
   grouping equal variants (one sort). At 1M and t=8 that is three 21-bit chunks of radius 1:
   22 variants per hash and ~1e8 candidates per chunk; how a chunk is built and its candidates
-  compared, in bounded memory, is `chunkjoin.py`: ~3 s at 1M, ~2 min at 10M.
+  compared, in bounded memory, is `chunkjoin.py`: 1.3 s at 1M, 44 s at 10M (2 cores).
 * What no chunking avoids at t=8 on 64 bits: nine pigeonhole units in 64 bits allow chunks of
   ~21 bits at radius 1, or of 32 bits at radius 2 (529 variants a hash). The first keeps the
   candidates of a chunk at N^2 * 232 / 2^22 (quadratic; 1.1e10 at 10M), the second pays ~16x
-  the variants (linear; ~1e10 at 10M). With this machine's costs the first stays cheaper up to
-  10M, so the search grows ~N^1.6 there, not linearly (docs/benchmarks.md, "Search to 10M").
-* `_plan` picks m and the radii from a cost model calibrated on this machine (brute force is
-  still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
+  the variants (linear up to a few million; measured 6.3x slower at 1M, 2.7x at 10M). So the
+  search grows ~N^1.5 from 1M to 10M; `bench/search_plans.py` prices every other chunking and
+  finds none both faster and flatter (docs/benchmarks.md, "Search to 10M").
+* `_plan` picks m and the radii from a cost model fitted to measured runs of both plans (brute
+  force is still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
   per chunk, so duplicates only come from pairs found by several chunks.
 * Identical hashes (every blank white image has the same phash) are collapsed before the
   search and expanded after it, so they cannot form one giant bucket; chunk partitions hold
@@ -35,6 +36,7 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,12 +53,17 @@ __all__ = ["Chunk", "Pairs", "pairs_bruteforce", "pairs_within", "popcount", "se
 # Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
 BATCH = 1 << 22
 # Variants of one chunk; they are built a partition at a time, so this bounds time, not memory.
-MAX_VARIANTS = 1 << 35
+# High enough that past ~15M hashes the two 32-bit halves (529 variants a hash, linear) stay
+# eligible: at 2^35 they dropped out at 65M and the quadratic plan came back (3 h at 100M).
+MAX_VARIANTS = 1 << 40
 # More chunks than this only pays off at thresholds where brute force wins anyway.
 MAX_CHUNKS = 24
-# Cost model, seconds per unit, measured with bench/search_scale.py on 2 cores (busy machine).
-COST_VARIANT = 1.5e-8  # build, sort and scan one variant
-COST_CANDIDATE = 3.5e-9  # compare one pair of entries sharing a key, per hash word
+# Cost model, CPU seconds per unit, fitted to bench/search_scale.py at 1M and 10M hashes for
+# the two plans that matter at t=8 (3 x 21 bits at radius 1, 2 x 32 bits at radius 2):
+# within 10% of all four measured times (docs/benchmarks.md, "Search to 10M").
+COST_VARIANT = 1.3e-8  # build, sort and scan one variant
+COST_GROUPED = 7.7e-9  # a variant sharing its key with another: gathered into a group matrix
+COST_CANDIDATE = 1.6e-9  # compare one pair of entries sharing a key, per hash word
 COST_BRUTE = 4.0e-9  # one pair of one word in the blocked all-pairs comparison
 COST_CHUNK = 2e-3  # a chunk's fixed work (its index, a Python loop per partition)
 
@@ -140,6 +147,7 @@ def pairs_within(
     mirrored: np.ndarray | Sequence[int] | None = None,
     bits: int | None = None,
     workers: int | None = None,
+    chunks: Sequence[Chunk] | None = None,
 ) -> Pairs:
     """Every pair i < j within Hamming distance t; equals `pairs_bruteforce`, sub-quadratically.
 
@@ -148,12 +156,13 @@ def pairs_within(
     bits: hash length when it is not a multiple of 64 (e.g. 144 for hash_size 12); the
     default is the highest bit set in the data.
     workers: threads verifying candidates (numpy releases the GIL); default all cores.
+    chunks: a fixed chunking instead of the cost model's choice (benchmarks).
     """
     words = as_words(hashes)
     if mirrored is None:
-        return _search_collapsed(words, t, bits, workers)
+        return _search_collapsed(words, t, bits, workers, chunks)
     both = np.concatenate([words, as_words(mirrored)])
-    found = _search_collapsed(both, t, bits, workers)
+    found = _search_collapsed(both, t, bits, workers, chunks)
     n = len(words)
     i, j = found.i % n, found.j % n
     keep = i != j
@@ -174,9 +183,10 @@ def collapse(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, inverse.ravel()
 
 
-def _search_collapsed(words: np.ndarray, t: int, bits: int | None, workers: int | None) -> Pairs:
+def _search_collapsed(words: np.ndarray, t: int, bits: int | None, workers: int | None,
+                      chunks: Sequence[Chunk] | None = None) -> Pairs:
     unique, inverse = collapse(words)
-    found = search_unique(unique, t, bits, workers)
+    found = search_unique(unique, t, bits, workers, chunks)
     if len(unique) == len(words):
         order = np.argsort(inverse)  # unique row u is input row order[u]
         i, j = order[found.i], order[found.j]
@@ -206,14 +216,21 @@ def _expand(found: Pairs, inverse: np.ndarray, n_unique: int) -> Pairs:
     return _sorted_pairs(parts)
 
 
-def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | None) -> Pairs:
-    """`pairs_within` for rows known to be distinct (as `collapse` returns them)."""
+def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | None,
+                  chunks: Sequence[Chunk] | None = None) -> Pairs:
+    """`pairs_within` for rows known to be distinct (as `collapse` returns them).
+
+    chunks: a fixed chunking instead of the cost model's (benchmarks compare plans with it);
+    it must satisfy the pigeonhole rule for t, or some pairs could be missed.
+    """
     n = len(words)
     if t <= 0:
         return Pairs(*_empty())  # distinct hashes are at least 1 apart
     if bits is None:
         bits = 64 * (words.shape[1] - 1) + max(1, int(words[:, -1].max(initial=0)).bit_length())
-    plan = _plan(n, bits, t, words.shape[1])
+    if chunks is not None:
+        _check_chunks(chunks, t, 64 * words.shape[1])
+    plan = tuple(chunks) if chunks is not None else _plan(n, bits, t, words.shape[1])
     if plan is None:
         return pairs_bruteforce(words, t)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
@@ -222,6 +239,18 @@ def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | No
     first = np.ones(len(code), dtype=bool)
     first[1:] = code[1:] != code[:-1]  # a pair near on several chunks is found by each
     return Pairs(pairs.i[first], pairs.j[first], pairs.distance[first])
+
+
+def _check_chunks(chunks: Sequence[Chunk], t: int, bits: int) -> None:
+    """A given chunking finds every pair within t only if its chunks are disjoint and their
+    units add up (the pigeonhole rule in the module docstring)."""
+    ends = 0
+    for c in sorted(chunks, key=lambda c: c.start):
+        if c.start < ends or c.start + c.width > bits or c.width < 1 or c.radius < 0:
+            raise ValueError(f"chunks {list(chunks)} overlap or leave the {bits} bits")
+        ends = c.start + c.width
+    if sum(2 * c.radius + 1 for c in chunks) < t + 1:
+        raise ValueError(f"chunks {list(chunks)} do not cover t={t}: need sum(2 r + 1) >= {t + 1}")
 
 
 def _plan(n: int, bits: int, t: int, n_words: int = 1) -> tuple[Chunk, ...] | None:
@@ -255,11 +284,18 @@ def _key_width(n: int, width: int, radius: int) -> int:
 
 
 def _chunk_cost(n: int, width: int, radius: int, n_words: int = 1) -> float:
+    """Modelled CPU seconds of one chunk for uniform hashes: its variants are spread over 2^width
+    keys, `per_key` a key (Poisson), so a share 1 - e^-per_key of them are in groups of two or
+    more, and the pairs sharing a key number variants * per_key / 2. Small groups cost more a
+    pair than large ones (gathering the group is per variant), hence the grouped term."""
     variants = n * sum(comb(width, k) for k in range(radius + 1))
     if variants > MAX_VARIANTS or width < 1:
         return float("inf")
-    candidates = variants * variants / 2 ** (width + 1)  # pairs sharing a value, uniform hashes
-    return COST_CHUNK + COST_VARIANT * variants + COST_CANDIDATE * n_words * candidates
+    per_key = variants / 2**width
+    grouped = variants * -math.expm1(-per_key)
+    candidates = variants * per_key / 2
+    return (COST_CHUNK + COST_VARIANT * variants + COST_GROUPED * grouped
+            + COST_CANDIDATE * n_words * candidates)
 
 
 def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
