@@ -178,3 +178,18 @@ def test_cluster_hashes_with_mirrors() -> None:
     hashes[20] = hashes[3]
     assert cluster_hashes(hashes, 0) == [[3, 20]]
     assert cluster_hashes(hashes, 0, mirrored=mirrored) == [[3, 9, 20]]
+
+
+def test_bucket_lookup_equals_searchsorted() -> None:
+    """lookup.left/right answer as np.searchsorted does: duplicates, empty buckets, both ends."""
+    from curate.stages.dedupe.lookup import left, right, sorted_lookup
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 1_000, 50_000):
+        values = rng.integers(0, 2**64, n, dtype=np.uint64)
+        values = np.sort(np.concatenate([values, values[: n // 3], np.full(n // 10, 2**63, np.uint64)]))
+        queries = np.concatenate([rng.integers(0, 2**64, 2_000, dtype=np.uint64), values[::5],
+                                  np.array([0, 2**63, 2**64 - 1], dtype=np.uint64)])
+        table = sorted_lookup(values)
+        assert np.array_equal(left(table, queries), np.searchsorted(values, queries))
+        assert np.array_equal(right(table, queries), np.searchsorted(values, queries, side="right"))
