@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from curate.stages.dedupe import group as group_module
+from curate.stages.dedupe import search as search_module
+from curate.stages.dedupe import verify as verify_module
 from curate.stages.dedupe.clusters import clusters_from_pairs
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import hash_files
 from curate.stages.dedupe.run import dedupe
 from curate.stages.dedupe.search import pack_hashes, pairs_within
 from curate.stages.dedupe.verify import VerifyConfig, candidate_threshold, confirm_pairs
+from curate.stages.ingest import ImportConfig, import_sources
 from fixtures.dupes import build_dupe_set, load_truth
 
 # The default direct threshold (of 64 bits) chosen in docs/benchmarks.md (Dedupe accuracy): the stereo
@@ -178,3 +183,68 @@ def test_verification_cap_is_reported(dupes: Path, tmp_path: Path, monkeypatch: 
     assert not full.warnings
     assert any("verified the 5 closest candidate pairs" in reason for _f, reason in capped.warnings)
     assert capped.duplicates < full.duplicates
+
+
+def test_the_capped_candidate_search_stops_at_the_band_it_needs(
+    dupes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of 5 the closest candidates lie in the first band above the threshold, so
+    the search never goes to the candidate threshold (18 of 64 bits)."""
+    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path / "cache"))
+    searched: list[int] = []
+    real = search_module.search_unique
+
+    def spy(unique, t, *args, **kwargs):  # type: ignore[no-untyped-def]
+        searched.append(t)
+        return real(unique, t, *args, **kwargs)
+
+    monkeypatch.setattr(group_module, "search_unique", spy)
+    capped = dedupe(dupes, DedupeConfig(workers=2, verify_max_pairs=5))
+    loose = candidate_threshold("phash", 8)
+    assert searched[0] == THRESHOLD and max(searched) < loose
+    (reason,) = [r for _f, r in capped.warnings if "closest candidate pairs" in r]
+    assert f"(hash distance <= {max(searched)})" in reason
+
+
+def test_a_workspace_rerun_verifies_only_pairs_it_has_not_scored(
+    dupes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores live in the manifest by the images' content and the settings: a re-run scores
+    nothing and groups the same; new images bring only their own pairs; other settings rescore."""
+    scored: list[int] = []
+    real = verify_module.score_pairs
+
+    def spy(paths, pairs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        scored.append(len(pairs))
+        return real(paths, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "score_pairs", spy)
+    names = sorted(load_truth(dupes))
+    first_half = tmp_path / "a"
+    first_half.mkdir()
+    for name in names[: len(names) // 2]:
+        (first_half / name).write_bytes((dupes / name).read_bytes())
+    ws = tmp_path / "ws"
+    import_sources(ws, [first_half], ImportConfig(workers=1))
+    first = dedupe(ws, DedupeConfig(workers=2))
+    assert sum(scored) > 0
+    scored.clear()
+    again = dedupe(ws, DedupeConfig(workers=2))
+    assert sum(scored) == 0 and groups_of(again) == groups_of(first)
+    import_sources(ws, [dupes], ImportConfig(workers=1))  # the other half comes in
+    grown = dedupe(ws, DedupeConfig(workers=2))
+    fresh_pairs = sum(scored)
+    scored.clear()
+    (ws / ".curate" / "dedupe-index.npz").unlink()
+    with sqlite3.connect(ws / ".curate" / "manifest.sqlite") as db:
+        db.execute("DELETE FROM pair_scores")
+    reference = dedupe(ws, DedupeConfig(workers=2))
+    assert groups_of(grown) == groups_of(reference)
+    assert 0 < fresh_pairs < sum(scored)  # the grown run scored only pairs with a new image
+    scored.clear()
+    dedupe(ws, DedupeConfig(workers=2, flip_invariant=True))  # other settings: scored again
+    assert sum(scored) > 0
+
+
+def groups_of(result) -> set[frozenset[str]]:  # type: ignore[no-untyped-def]
+    return {frozenset(result.items[i].sha256 for i in g.members) for g in result.groups}

@@ -45,6 +45,18 @@ CREATE TABLE IF NOT EXISTS caption_cache (
 );
 """
 
+# Feature-matching scores of dedupe's candidate pairs (workspace manifest, migration 10), by the
+# two images' content and the verification settings: an incremental run verifies new pairs only.
+PAIR_SCORES_TABLE = """
+CREATE TABLE IF NOT EXISTS pair_scores (
+    a     TEXT NOT NULL,  -- sha256 of the first image's content
+    b     TEXT NOT NULL,  -- of the second (order matters: only the second is tried mirrored)
+    key   TEXT NOT NULL,  -- the verification settings
+    score REAL NOT NULL,
+    PRIMARY KEY (a, b, key)
+);
+"""
+
 Hash = tuple[int, int | None]  # value, mirrored
 
 

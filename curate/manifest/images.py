@@ -175,6 +175,17 @@ class ImageQueries:
         with self.transaction() as db:
             write_hashes(db, key, rows)
 
+    def pair_scores(self, key: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """Remembered verification scores of these (sha256, sha256) pairs under `key`."""
+        wanted = set(pairs)
+        return {(a, b): score for a, b, score in self.db.execute(
+            "SELECT a, b, score FROM pair_scores WHERE key = ?", (key,)) if (a, b) in wanted}
+
+    def save_pair_scores(self, key: str, scores: dict[tuple[str, str], float]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO pair_scores (a, b, key, score) VALUES (?, ?, ?, ?)",
+                           [(a, b, key, s) for (a, b), s in scores.items()])
+
     # -- what `curate run` keys its stages on ----------------------------------------------
     def view_rows(self, part: str) -> Iterator[list[Any]]:
         if part not in VIEW_QUERIES:

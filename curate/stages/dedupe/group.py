@@ -24,7 +24,7 @@ from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import indexed_search
 from curate.stages.dedupe.keep import choose
 from curate.stages.dedupe.scan import Item
-from curate.stages.dedupe.search import collapse, pack_hashes, popcount, search_unique
+from curate.stages.dedupe.search import Pairs, collapse, pack_hashes, popcount, search_unique
 
 # How a duplicate relates to the image kept in its place.
 SAME_FILE = "same-file"
@@ -62,7 +62,8 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
                 save_index: bool = True) -> list[Group]:
     """Duplicate groups (two or more images), each with the member to keep.
 
-    `unverified` receives the number of candidate pairs left unverified by the cap, if any.
+    `unverified` receives, when the verification cap stopped short, the number of candidate
+    pairs of groups still apart left in the band it reached, and the distance it searched to.
     `index`: where the search index lives (`index.py`): the threshold search then looks only at
     hashes it has not seen, with the same result; it is updated unless `save_index` is False.
     """
@@ -75,11 +76,14 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
         words = np.concatenate([words, pack_hashes([h[1] or 0 for h in hashes], bits)])
     unique, inverse = collapse(words)
     t, workers = config.effective_threshold(), config.workers or None
-    if index is None:
-        found = search_unique(unique, t, bits, workers)
-    else:
-        key = f"{hash_key(config.hash, config.hash_size, config.decode)}/{bits}"
-        found = indexed_search(index, key, unique, t, bits, workers, save_index)
+    key = f"{hash_key(config.hash, config.hash_size, config.decode)}/{bits}"
+
+    def search(threshold: int) -> Pairs:  # through the index where there is one (index.py)
+        if index is None:
+            return search_unique(unique, threshold, bits, workers)
+        return indexed_search(index, key, unique, threshold, bits, workers, save_index)
+
+    found = search(t)
     i, j = [found.i], [found.j]
     if config.flip_invariant:  # each image is the same picture as its own mirror
         i.append(inverse[:n])
@@ -87,7 +91,7 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
     labels = component_labels(len(unique), np.concatenate(i), np.concatenate(j))
     if config.verify and confirm is not None:
         labels = _confirmed(items, unique, inverse, labels, config, confirm,
-                            unverified if unverified is not None else [])
+                            unverified if unverified is not None else [], search)
     labels = labels[inverse[:n]]
     values = np.asarray(words)
     return [_make_group(g, items, values, n, config, keep or set())
@@ -96,32 +100,35 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
 
 def _confirmed(
     items: Sequence[Item], unique: np.ndarray, inverse: np.ndarray, labels: np.ndarray,
-    config: DedupeConfig, confirm: Confirm, unverified: list[int],
+    config: DedupeConfig, confirm: Confirm, unverified: list[int], search: LevelSearch,
 ) -> np.ndarray:
     """Component labels after joining the candidate pairs (beyond the threshold, within the
     candidate one) that `confirm` accepts.
 
     Candidates go closest first, in batches, and a pair whose two sides are already joined is
     not looked at: grouping is single linkage, so that changes nothing but the work. In a set
-    of many copies of one picture this skips almost every pair.
+    of many copies of one picture this skips almost every pair. They are searched a distance
+    band at a time and only as far as the verification budget reaches: the whole candidate
+    threshold (18 of 64 bits) costs ~15 min of search at 1M hashes and grows ~N^2, while the
+    closest `verify_max_pairs` pairs usually lie within a few bits of the threshold.
     """
     from curate.stages.dedupe.verify import candidate_threshold
 
-    loose = candidate_threshold(config.hash, config.hash_size)
-    if loose <= config.effective_threshold():
-        return labels
-    cand = search_unique(unique, loose, config.bits(), config.workers or None)
-    order = np.argsort(cand.distance, kind="stable")
-    pending = [(a, b) for a, b in zip(cand.i[order].tolist(), cand.j[order].tolist(), strict=True)
-               if labels[a] != labels[b]]
+    loose, low = candidate_threshold(config.hash, config.hash_size), config.effective_threshold()
     uf = UnionFind(len(unique))
     uf.parent = labels.tolist()  # component labels are their smallest member: a valid forest
     rep = _representatives(unique, inverse, len(items))
     budget = config.verify_max_pairs
+    pending: list[tuple[int, int]] = []
     # Each round verifies one pair per pair of groups still apart; a pair that fails leaves the
     # next pair of the same two groups for a later round (dropping it split a group: a second
     # run over the kept images then joined them and moved one more).
-    while pending and budget > 0:
+    while budget > 0:
+        if not pending:
+            if low >= loose:
+                break
+            low, pending = _next_band(search, uf, low, loose)
+            continue
         batch, rest = _still_apart(uf, pending[:VERIFY_BATCH])
         if len(batch) > budget:
             rest = batch[budget:] + rest
@@ -132,9 +139,27 @@ def _confirmed(
         for a, b in batch:
             if (rep[a], rep[b]) in ok:
                 uf.union(a, b)
-    if pending and (left := len(_still_apart(uf, pending)[0])):
-        unverified.append(left)
+    left = len(_still_apart(uf, pending)[0]) if pending else 0
+    if left or (budget <= 0 and low < loose):
+        unverified += [left, low]
     return np.array([uf.find(x) for x in range(len(unique))], dtype=np.int64)
+
+
+# Bits a candidate band spans: a search at a larger threshold costs much more (the bands up to
+# 18 bits are ~20x the one to 4 at 1M), so the search stops at the first band that fills the budget.
+CANDIDATE_STEP = 2
+LevelSearch = Callable[[int], Pairs]
+
+
+def _next_band(search: LevelSearch, uf: UnionFind, low: int, loose: int
+               ) -> tuple[int, list[tuple[int, int]]]:
+    """The candidate pairs at distances (low, high] not yet in one group, closest first."""
+    high = min(loose, low + CANDIDATE_STEP)
+    found = search(high)
+    band = np.flatnonzero(found.distance > low)
+    band = band[np.argsort(found.distance[band], kind="stable")]
+    pairs = zip(found.i[band].tolist(), found.j[band].tolist(), strict=True)
+    return high, [(a, b) for a, b in pairs if uf.find(a) != uf.find(b)]
 
 
 def _representatives(unique: np.ndarray, inverse: np.ndarray, n: int) -> list[int]:

@@ -10,7 +10,6 @@ images searches only their hashes against it; the groups are the same as without
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.confirm import ScoreStore, confirm_fn
 from curate.stages.dedupe.group import Group, find_groups
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import INDEX_NAME
@@ -105,7 +105,8 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
         with Workspace.open(target) as ws, ws.lock():
             scan = scan_workspace(ws, config, save=not dry_run, on_progress=on_progress,
                                   executor=executor)
-            _group(result, scan, config, keep_list, target, ws.state_dir / INDEX_NAME, not dry_run)
+            _group(result, scan, config, keep_list, target, ws.state_dir / INDEX_NAME, not dry_run,
+                   ws.manifest)
             if not dry_run:
                 _record(ws, result, config)
     else:
@@ -126,7 +127,10 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
 
 
 def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Path | None,
-           root: Path, index: Path | None = None, save_index: bool = False) -> None:
+           root: Path, index: Path | None = None, save_index: bool = False,
+           store: ScoreStore | None = None) -> None:
+    """Groups from the scan. A workspace passes its search index and its store of verification
+    scores, written unless this is a dry run (`save_index`)."""
     result.items, result.hashed = scan.items, scan.hashed
     result.skipped, result.ignored = scan.skipped, scan.ignored
     if keep_list is None and (root / KEEP_FILE).is_file():
@@ -135,24 +139,17 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
     if keep_list is not None:
         chosen, unmatched = match_keep_list(scan.items, read_keep_list(keep_list), root)
         result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
-    confirm = _confirm_fn(config) if config.verify else None
+    confirm = confirm_fn(config, store, save_index) if config.verify else None
     unverified: list[int] = []
     result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified, index,
                                 save_index)
     if unverified:
+        left, reached = unverified
+        more = f"{left} more up to that distance and any" if left else "any"
         result.warnings.append((str(root), f"verified the {config.verify_max_pairs} closest candidate "
-                                f"pairs, not the {unverified[0]} further apart: crops among those may be "
-                                "missed; raise --set dedupe.verify_max_pairs=N to look at more"))
-
-
-def _confirm_fn(config: DedupeConfig):  # type: ignore[no-untyped-def]
-    def confirm(items: Sequence[Item], pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        from curate.stages.dedupe.verify import VerifyConfig, confirm_pairs
-
-        verify = VerifyConfig(mirrored=config.flip_invariant)  # mirrored candidates need it
-        found = confirm_pairs([str(it.path) for it in items], pairs, verify, workers=config.workers or None)
-        return [(a, b) for a, b, _score in found]
-    return confirm
+                                f"pairs (hash distance <= {reached}), not {more} further apart: crops "
+                                "among those may be missed; raise --set dedupe.verify_max_pairs=N to "
+                                "look at more"))
 
 
 def _record(ws: Workspace, result: DedupeResult, config: DedupeConfig) -> None:

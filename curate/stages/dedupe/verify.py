@@ -255,18 +255,30 @@ def confirm_pairs(
     raises). Each image is decoded once per batch of pairs, on `workers` threads (all cores).
     """
     todo = [(int(i), int(j)) for i, j in pairs if int(i) != int(j)]
-    found: list[tuple[int, int, float]] = []
+    scores = score_pairs(paths, todo, config, workers)
+    return [(i, j, s) for (i, j), s in zip(todo, scores, strict=True)
+            if s is not None and s >= config.min_score]
+
+
+def score_pairs(
+    paths: Sequence[str | os.PathLike[str]],
+    pairs: Sequence[tuple[int, int]],
+    config: VerifyConfig = VerifyConfig(),
+    workers: int | None = None,
+) -> list[float | None]:
+    """Each pair's score in [0, 1] (rounded to 4 places), None where a file cannot be decoded."""
+    out: list[float | None] = []
     cache: dict[int, Features | None] = {}
     with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
-        for start in range(0, len(todo), BATCH_PAIRS):
-            batch = todo[start:start + BATCH_PAIRS]
+        for start in range(0, len(pairs), BATCH_PAIRS):
+            batch = list(pairs[start:start + BATCH_PAIRS])
             cache = _load(pool, paths, {k for pair in batch for k in pair}, cache, config)
             scores = _scores(pool, batch, cache, cache, config)
             if config.mirrored:
                 scores = _with_mirrored(pool, paths, batch, scores, cache, config)
-            found += [(i, j, round(s, 4)) for (i, j), s in zip(batch, scores, strict=True)
-                      if s >= config.min_score]
-    return found
+            out += [None if cache[i] is None or cache[j] is None else round(s, 4)
+                    for (i, j), s in zip(batch, scores, strict=True)]
+    return out
 
 
 def _load(pool: ThreadPoolExecutor, paths: Sequence[str | os.PathLike[str]], needed: set[int],
