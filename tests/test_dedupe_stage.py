@@ -253,3 +253,40 @@ def test_same_pixels_across_formats_and_exact_jpeg_rewraps(tmp_path: Path) -> No
     result = dedupe(root, DedupeConfig(verify=False, workers=1, keep="first"))
     relations = {result.items[m.index].shown: m.relation for g in result.groups for m in g.duplicates}
     assert relations == {"b.png": "same-pixels", "c.jpg": "same-pixels", "d.jpg": "near"}
+
+
+def test_a_workspace_rerun_decodes_no_image_twice_for_same_pixels(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pixel digests are remembered by content in the manifest: the re-run tells same-pixels
+    from near without decoding, and says the same."""
+    import io
+
+    from curate.stages.dedupe import relation as relation_module
+
+    root = tmp_path / "raw"
+    original = jpeg(photo("coffee").convert("RGB"), quality=88)
+    write(root / "a.jpg", original)
+    with Image.open(io.BytesIO(original)) as im:
+        write(root / "b.png", png(im.convert("RGB")))
+    write(root / "c.jpg", original[:2] + b"\xff\xfe\x00\x08comment" + original[2:])
+    write(root / "d.jpg", jpeg(photo("coffee").convert("RGB"), quality=70))
+    ws = tmp_path / "ws"
+    import_sources(ws, [root], ImportConfig(workers=1))
+    decoded: list[str] = []
+    real = relation_module.pixel_digest
+
+    def spy(path: object, reduced: bool = False) -> str | None:
+        decoded.append(str(path))
+        return real.__wrapped__(path, reduced)  # past the in-process lru_cache
+
+    monkeypatch.setattr(relation_module, "pixel_digest", spy)
+    config = DedupeConfig(verify=False, workers=1, keep="first")
+
+    def relations() -> list[str]:
+        result = dedupe(ws, config)
+        return sorted(m.relation for g in result.groups for m in g.duplicates)
+
+    first = relations()
+    assert first.count("same-pixels") == 2 and decoded
+    decoded.clear()
+    assert relations() == first and decoded == []

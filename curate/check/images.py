@@ -23,8 +23,8 @@ from PIL import Image
 from curate.manifest.caches import DigestStore
 from curate.stages.dedupe.cache import FolderCache, Hash, cache_dir
 from curate.stages.dedupe.config import DedupeConfig
-from curate.stages.dedupe.group import pixel_digest
 from curate.stages.dedupe.hashing import decode_error, hash_key, pool_map
+from curate.stages.dedupe.relation import pixel_digest
 from curate.stages.dedupe.scan import Item, Probe, probe_file
 from curate.stages.dedupe.search import pairs_within
 

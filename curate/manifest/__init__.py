@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
-from curate.manifest.caches import CAPTION_CACHE_TABLE, HASHES_TABLE, PAIR_SCORES_TABLE
+from curate.manifest.caches import CAPTION_CACHE_TABLE, DIGESTS_TABLE, HASHES_TABLE, PAIR_SCORES_TABLE
 from curate.manifest.derived import MIGRATION_7, DerivedQueries
 from curate.manifest.images import ImageQueries
 from curate.manifest.origins import OriginQueries
@@ -166,6 +166,8 @@ MIGRATIONS[8] = _annotations_v8
 MIGRATIONS[9] = CAPTION_CACHE_TABLE
 # `curate dedupe`: feature-matching scores of candidate pairs, so a re-run verifies new pairs only.
 MIGRATIONS[10] = PAIR_SCORES_TABLE
+# `curate dedupe`: pixel digests by content (same-pixels or near), so a re-run decodes new images only.
+MIGRATIONS[11] = DIGESTS_TABLE
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS files (
     format  TEXT NOT NULL
 );
 """
+# Pixel digests by content: `curate check`'s cache, and a workspace manifest's (migration 11).
 DIGESTS_TABLE = "CREATE TABLE IF NOT EXISTS pixel_digests (sha256 TEXT PRIMARY KEY, digest TEXT);"
 # What a caption model answered, by everything that decides the answer: a workspace keeps it in
 # its manifest (migration 9), a plain folder in `caption-cache.sqlite` of the user cache folder.

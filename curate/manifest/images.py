@@ -186,6 +186,15 @@ class ImageQueries:
             db.executemany("INSERT OR REPLACE INTO pair_scores (a, b, key, score) VALUES (?, ?, ?, ?)",
                            [(a, b, key, s) for (a, b), s in scores.items()])
 
+    def pixel_digests(self) -> dict[str, str]:
+        """Remembered pixel digests (dedupe's same-pixels test) by content key."""
+        return dict(self.db.execute("SELECT sha256, digest FROM pixel_digests"))
+
+    def save_pixel_digests(self, digests: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO pixel_digests (sha256, digest) VALUES (?, ?)",
+                           list(digests.items()))
+
     # -- what `curate run` keys its stages on ----------------------------------------------
     def view_rows(self, part: str) -> Iterator[list[Any]]:
         if part not in VIEW_QUERIES:

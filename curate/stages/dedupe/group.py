@@ -8,14 +8,11 @@ search node. Pairs within the threshold join a group (union-find, single linkage
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from curate.stages.dedupe.cache import Hash
 from curate.stages.dedupe.clusters import UnionFind, component_labels, groups_from_labels
@@ -23,13 +20,10 @@ from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import indexed_search
 from curate.stages.dedupe.keep import choose
+from curate.stages.dedupe.relation import Digests, relation
 from curate.stages.dedupe.scan import Item
 from curate.stages.dedupe.search import Pairs, collapse, pack_hashes, popcount, search_unique
 
-# How a duplicate relates to the image kept in its place.
-SAME_FILE = "same-file"
-SAME_PIXELS = "same-pixels"
-NEAR = "near"
 # Candidate pairs verified per round; between rounds, pairs already joined are dropped.
 VERIFY_BATCH = 1024
 
@@ -37,7 +31,7 @@ VERIFY_BATCH = 1024
 @dataclass(frozen=True)
 class Member:
     index: int
-    relation: str  # SAME_FILE, SAME_PIXELS or NEAR (to the kept image)
+    relation: str  # relation.SAME_FILE, SAME_PIXELS or NEAR (to the kept image)
     distance: int  # Hamming distance of the hashes to the kept image's
 
 
@@ -59,7 +53,7 @@ Confirm = Callable[[Sequence[Item], list[tuple[int, int]]], list[tuple[int, int]
 def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeConfig,
                 keep: set[int] | None = None, confirm: Confirm | None = None,
                 unverified: list[int] | None = None, index: Path | None = None,
-                save_index: bool = True) -> list[Group]:
+                save_index: bool = True, digests: Digests | None = None) -> list[Group]:
     """Duplicate groups (two or more images), each with the member to keep.
 
     `unverified` receives, when the verification cap stopped short, the number of candidate
@@ -94,7 +88,8 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
                             unverified if unverified is not None else [], search)
     labels = labels[inverse[:n]]
     values = np.asarray(words)
-    return [_make_group(g, items, values, n, config, keep or set())
+    digests = digests if digests is not None else Digests()
+    return [_make_group(g, items, values, n, config, keep or set(), digests)
             for g in groups_from_labels(labels, 2)]
 
 
@@ -185,7 +180,7 @@ def _still_apart(uf: UnionFind, pairs: list[tuple[int, int]]
 
 
 def _make_group(members: list[int], items: Sequence[Item], words: np.ndarray, n: int,
-                config: DedupeConfig, keep: set[int]) -> Group:
+                config: DedupeConfig, keep: set[int], digests: Digests) -> Group:
     keeper, why = choose(members, items, config.keep, keep)
     also = tuple(m for m in members if m in keep and m != keeper)
     dups = []
@@ -193,41 +188,10 @@ def _make_group(members: list[int], items: Sequence[Item], words: np.ndarray, n:
         if m == keeper or m in also:
             continue
         distance = _distance(words, m, keeper, n, config.flip_invariant)
-        dups.append(Member(m, _relation(items[m], items[keeper], distance), distance))
+        dups.append(Member(m, relation(items[m], items[keeper], distance, digests), distance))
     return Group(keeper, why, tuple(dups), also)
 
 
 def _distance(words: np.ndarray, a: int, b: int, n: int, flip: bool) -> int:
     pairs = [(a, b)] + ([(a + n, b), (a, b + n)] if flip else [])
     return min(int(popcount(words[x] ^ words[y]).sum()) for x, y in pairs)
-
-
-def _relation(item: Item, keeper: Item, distance: int) -> str:
-    if item.sha256 == keeper.sha256:
-        return SAME_FILE
-    if distance == 0 and (item.width, item.height) == (keeper.width, keeper.height):
-        # two JPEGs: a reduced decode tells most different images apart for a tenth of the cost
-        both_jpeg = item.format == keeper.format == "JPEG"
-        small = pixel_digest(item.path, reduced=True) if both_jpeg else None
-        if not both_jpeg or (small is not None and small == pixel_digest(keeper.path, reduced=True)):
-            digest = pixel_digest(item.path)
-            if digest is not None and digest == pixel_digest(keeper.path):
-                return SAME_PIXELS
-    return NEAR
-
-
-@lru_cache(maxsize=4096)  # a group's kept image is compared with each of its members
-def pixel_digest(path: object, reduced: bool = False) -> str | None:
-    """sha256 of the upright RGBA pixels: equal for a PNG and its lossless re-encodings.
-
-    `reduced` digests a JPEG decoded at 1/8 scale: equal pixels give equal reduced digests, so
-    a differing one settles the question without the full decode.
-    """
-    try:
-        with Image.open(path) as image:  # type: ignore[arg-type]
-            if reduced:
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            upright = ImageOps.exif_transpose(image).convert("RGBA")
-            return hashlib.sha256(f"{upright.size}".encode() + upright.tobytes()).hexdigest()
-    except Exception:  # an unreadable file simply has no pixel identity
-        return None

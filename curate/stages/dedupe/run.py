@@ -13,22 +13,26 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError
 from curate.executor import LOCAL, Executor
 from curate.folder import resolve_target
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
-from curate.stages.dedupe.confirm import ScoreStore, confirm_fn
+from curate.stages.dedupe.confirm import confirm_fn
 from curate.stages.dedupe.group import Group, find_groups
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import INDEX_NAME
 from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
 from curate.stages.dedupe.move import apply_moves, move_lock, plan_moves
+from curate.stages.dedupe.relation import Digests
 from curate.stages.dedupe.report import write_report
 from curate.stages.dedupe.scan import Item, ProgressFn, Scan, scan_folder, scan_workspace
 from curate.workspace import Workspace
+
+if TYPE_CHECKING:
+    from curate.manifest import Manifest
 
 STAGE = "dedupe"
 RELATION_TEXT = {"same-file": "identical file", "same-pixels": "same pixels",
@@ -128,9 +132,9 @@ def dedupe(target: Path, config: DedupeConfig, *, keep_list: Path | None = None,
 
 def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Path | None,
            root: Path, index: Path | None = None, save_index: bool = False,
-           store: ScoreStore | None = None) -> None:
-    """Groups from the scan. A workspace passes its search index and its store of verification
-    scores, written unless this is a dry run (`save_index`)."""
+           store: Manifest | None = None) -> None:
+    """Groups from the scan. A workspace passes its search index and its manifest, which keeps
+    verification scores and pixel digests; all are written unless this is a dry run (`save_index`)."""
     result.items, result.hashed = scan.items, scan.hashed
     result.skipped, result.ignored = scan.skipped, scan.ignored
     if keep_list is None and (root / KEEP_FILE).is_file():
@@ -141,8 +145,11 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
         result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
     confirm = confirm_fn(config, store, save_index) if config.verify else None
     unverified: list[int] = []
+    digests = Digests(store)
     result.groups = find_groups(scan.items, scan.hashes, config, chosen, confirm, unverified, index,
-                                save_index)
+                                save_index, digests)
+    if save_index:
+        digests.save()
     if unverified:
         left, reached = unverified
         more = f"{left} more up to that distance and any" if left else "any"
