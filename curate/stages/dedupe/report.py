@@ -33,7 +33,7 @@ margin:auto;background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) 0 0/16px 
 """
 
 
-def thumbnail(path: Path) -> str:
+def thumbnail(path: str | Path) -> str:
     """A data URI of a small JPEG (PNG when the image has transparency)."""
     try:
         with Image.open(path) as image:

@@ -21,7 +21,7 @@ from curate.folder import resolve_target
 from curate.record import DUPLICATE, KEPT
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.confirm import confirm_fn
-from curate.stages.dedupe.group import Group, find_groups
+from curate.stages.dedupe.group import Group, Member, find_groups
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import INDEX_NAME
 from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
@@ -60,8 +60,7 @@ class DedupeResult:
     def duplicates(self) -> int:
         return sum(len(g.duplicates) for g in self.groups)
 
-    def reason(self, member_index: int, group: Group) -> str:
-        m = next(x for x in group.duplicates if x.index == member_index)
+    def reason(self, m: Member, group: Group) -> str:
         kept = self.items[group.keeper]
         return (f"duplicate-of {kept.sha256[:16]} ({kept.shown}): {RELATION_TEXT[m.relation]}, "
                 f"hash distance {m.distance}")
@@ -171,12 +170,12 @@ def _record(ws: Workspace, result: DedupeResult, config: DedupeConfig) -> None:
                 run.decide(also.sha256, KEPT, "listed in the keep list", subject=also.shown)
             for m in g.duplicates:
                 item = result.items[m.index]
-                run.decide(item.sha256, DUPLICATE, result.reason(m.index, g), subject=item.shown)
+                run.decide(item.sha256, DUPLICATE, result.reason(m, g), subject=item.shown)
         run.summary = result.counts
 
 
 def _move(result: DedupeResult, root: Path, dest: Path, dry_run: bool) -> None:
-    reasons = {m.index: result.reason(m.index, g) for g in result.groups for m in g.duplicates}
+    reasons = {m.index: result.reason(m, g) for g in result.groups for m in g.duplicates}
     moves = plan_moves(root, dest, result.items, result.groups, reasons)
     if dry_run:
         result.moved = [(m.source, m.target) for m in moves]
