@@ -149,3 +149,20 @@ def test_curate_run_takes_a_url_and_imports_it_again_from_the_record(site: Path,
         again = runner.invoke(cli, ["run", str(ws), "--stages", "import", "--json"])  # sources recorded
         assert again.exit_code == 0, again.output
         assert import_counts(again.output)["unchanged"] == 4
+
+
+def test_an_archive_from_a_server_without_ranges_is_copied_only_up_to_a_cap(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Range support a zip must be copied to a temporary file to be read; an answer
+    past the cap (an endless one) is a one-line skip, not a full disk."""
+    from curate.stages.ingest import remote
+
+    monkeypatch.setattr(remote, "SPOOL_MAX", 1_000)
+    with FileServer(site, ranges=False) as server:
+        result = import_sources(tmp_path / "ws", [f"{server.url}/scrapers"], ImportConfig())
+    reasons = dict(result.skipped)
+    for archive in ("archive.zip", "img2dataset/webdataset/00001.tar"):
+        assert "without byte ranges: download the archive and import the file" in \
+            reasons[f"{server.url}/scrapers/{archive}"]
+    assert result.counts["imported"] == 18  # everything else came in (22 less 2 x 2 archived)

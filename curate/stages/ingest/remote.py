@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +39,8 @@ from curate.stages.ingest.sources import (
     files_shard_table,
 )
 
+# Largest archive copied to a temporary file when its server ignores Range requests.
+SPOOL_MAX = 8 << 30
 # The fields backends use for "this object changed" (s3fs, gcsfs, adlfs, local, HTTP).
 _VERSION_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "mtime", "LastModified", "updated",
                    "last_modified", "Last-Modified", "generation")
@@ -145,7 +146,12 @@ class RemoteFile:
             fh.close()
         spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - the caller closes it
         with self._stream() as stream:
-            shutil.copyfileobj(stream, spool)
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                if spool.tell() + len(block) > SPOOL_MAX:  # an endless answer must not fill the disk
+                    spool.close()
+                    raise OSError(f"over {SPOOL_MAX / 2**30:g} GiB from a server without byte ranges: "
+                                  "download the archive and import the file")
+                spool.write(block)
         spool.seek(0)
         return spool  # type: ignore[return-value]
 
