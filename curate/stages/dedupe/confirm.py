@@ -23,6 +23,7 @@ from curate.stages.dedupe.scan import Item
 # Bump when the comparison itself changes, so remembered scores are not reused.
 SCORING_VERSION = 1
 
+
 class ScoreStore(Protocol):
     def pair_scores(self, key: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]: ...
 
@@ -41,10 +42,24 @@ def confirm_fn(config: DedupeConfig, store: ScoreStore | None = None, save: bool
         shas = {(a, b): (items[a].sha256, items[b].sha256) for a, b in todo}
         known = store.pair_scores(key, list(shas.values())) if store is not None else {}
         fresh = [(a, b) for a, b in todo if shas[(a, b)] not in known]
-        scores = score_pairs([str(it.path) for it in items], fresh, verify, workers=config.workers or None)
+        scores = score_pairs(_Paths(items), fresh, verify, workers=config.workers or None)
         new = {shas[p]: s for p, s in zip(fresh, scores, strict=True) if s is not None}
         if store is not None and save and new:
             store.save_pair_scores(key, new)
         score = {**known, **new}
         return [(a, b) for a, b in todo if score.get(shas[(a, b)], -1.0) >= verify.min_score]
     return confirm
+
+
+class _Paths(Sequence[str]):
+    """The items' paths by index, without a list of all of them per call (1M items, a few
+    pairs)."""
+
+    def __init__(self, items: Sequence[Item]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+        return self.items[k].path
