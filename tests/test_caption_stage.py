@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +227,17 @@ def test_cli_json_show_and_the_key_never_stored(tmp_path: Path, monkeypatch: pyt
     manifest = (ws / ".curate/manifest.sqlite").read_bytes() + (ws / "curate.toml").read_bytes()
     assert b"sk-secret" not in manifest
     assert all(b"sk-secret" not in p.read_bytes() for p in ws.rglob("*") if p.is_file())
+
+
+def test_a_folder_of_only_unreadable_images_says_so(tmp_path: Path, server: ChatServer) -> None:
+    root = tmp_path / "raw"
+    write(root / "broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = ["caption", str(root), "--api-base", server.api_base, "--api-model", "test-vlm"]
+    proc = CliRunner().invoke(cli, args)
+    assert proc.exit_code == 0, proc.output
+    assert "cannot read the image" in proc.output
+    assert re.search(r"skipped\s*│\s*1", proc.output), proc.output  # the summary is not empty
+    assert not server.chat_requests
 
 
 def test_show_names_the_problem(tmp_path: Path, server: ChatServer) -> None:

@@ -114,4 +114,6 @@ def _print(out: Out, result) -> None:  # type: ignore[no-untyped-def]
     if result.generated:
         out.line(f"{result.generated} captions in {result.seconds:.1f} s ({result.rate:.2f} captions/s)")
     verb = "would caption" if result.dry_run else "captions"
-    out.summary(f"{verb} for {result.target}", result.counts, "images")
+    # skipped images are not a caption outcome, but a run that skipped them all is not empty
+    counts = {**result.counts, **({"skipped": len(result.skipped)} if result.skipped else {})}
+    out.summary(f"{verb} for {result.target}", counts, "images")
