@@ -159,9 +159,10 @@ def regular_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -
         return False
 
 
-# `scheme://`, or a chained fsspec URL (`zip://*::s3://...`); two letters at least, so that
-# `C:\raw` and `C:/raw` stay Windows paths.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://|::")
+# `scheme://` at the start (a chained fsspec URL, `zip://*::s3://...`, starts so too); two
+# letters at least, so that `C:\raw` and `C:/raw` stay Windows paths, and a folder named
+# `a::b` stays a folder.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 def is_url(source: object) -> bool:

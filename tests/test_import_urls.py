@@ -166,3 +166,14 @@ def test_an_archive_from_a_server_without_ranges_is_copied_only_up_to_a_cap(
         assert "without byte ranges: download the archive and import the file" in \
             reasons[f"{server.url}/scrapers/{archive}"]
     assert result.counts["imported"] == 18  # everything else came in (22 less 2 x 2 archived)
+
+
+@pytest.mark.parametrize(("source", "url"), [
+    ("s3://bucket/scrape", True), ("https://host/raw", True), ("file:///mnt/raw", True),
+    ("zip://*::s3://bucket/a.zip", True), ("gs://b", True),
+    ("C:\\raw", False), ("C:/raw", False), ("a::b", False), ("./raw", False), ("/mnt/raw", False),
+])
+def test_what_counts_as_a_url(source: str, url: bool) -> None:
+    from curate.paths import is_url
+
+    assert is_url(source) is url
