@@ -89,6 +89,11 @@ def _protocols(fs: Any) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
+def is_http(fs: Any) -> bool:
+    """fsspec's HTTP backend: names percent-encoded in listings, Range not always answered."""
+    return bool({"http", "https"} & set(_protocols(fs)))
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -122,10 +127,6 @@ class RemoteFile:
         except OSError:
             return False
 
-    @property
-    def http(self) -> bool:
-        return bool(set(_protocols(self.fs)) & {"http", "https"})
-
     def open(self) -> IO[bytes]:
         """A seekable binary file: fsspec fetches the byte ranges zipfile and tarfile seek to,
         so a shard in a bucket is never downloaded whole. A web server that ignores Range
@@ -158,7 +159,7 @@ class RemoteFile:
     def _stream(self) -> IO[bytes]:
         """The object read once from its start (HTTP: no Range requests, which not every
         server supports, and no size, which not every listing gives)."""
-        if self.http:
+        if is_http(self.fs):
             return self.fs.open(self.path, "rb", block_size=0)  # type: ignore[no-any-return]
         return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
 
@@ -200,12 +201,11 @@ class UrlTree(SourceTree):
         self.root = root.rstrip("/") or root
         self.url = str(self.fs.unstrip_protocol(self.root))
         super().__init__(self.url)
-        protocols = _protocols(self.fs)
         # HTTP listings give names percent-encoded (`10_sks%20cat/`): the tree's names are the
         # decoded ones (a Kohya folder's repeats and class words), quoted again to fetch
-        self.quoted = any(p in ("http", "https") for p in protocols)
+        self.quoted = is_http(self.fs)
         # real paths of a local workspace inside a file:// source, never walked
-        self.exclude = exclude if "file" in protocols else frozenset()
+        self.exclude = exclude if "file" in _protocols(self.fs) else frozenset()
         self.only = only
         self.infos: dict[str, dict[str, Any]] = {}
 
