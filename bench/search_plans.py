@@ -28,7 +28,13 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.stages.dedupe.search import COST_CANDIDATE, COST_CHUNK, COST_GROUPED, COST_VARIANT
+from curate.stages.dedupe.search import (
+    COST_CANDIDATE,
+    COST_CHUNK,
+    COST_GROUPED,
+    COST_VARIANT,
+    _chunk_cost,
+)
 
 BITS, T = 64, 8
 
@@ -38,18 +44,19 @@ def ball(b: int, r: int) -> int:
     return sum(math.comb(b, k) for k in range(r + 1))
 
 
-def chunk_cost(n: float, b: int, radius: int) -> tuple[float, float]:
-    """(linear, quadratic) CPU seconds of one chunk of b bits that finds pairs within `radius`,
-    priced as `search._chunk_cost` prices the even radii it implements."""
+def chunk_cost(n: float, b: int, radius: int) -> float:
+    """CPU seconds of one chunk of b bits that finds pairs within `radius`: the search's own
+    price for even radii, the same model with two entry roles for odd ones."""
     low, high = radius // 2, (radius + 1) // 2
-    sides = (ball(b, low),) if low == high else (ball(b, low), ball(b, high))
+    if low == high:
+        return _chunk_cost(int(n), b, low)
+    sides = ball(b, low), ball(b, high)
     variants = n * sum(sides)
     per_key = variants / 2**b
     grouped = variants * -math.expm1(-per_key)
-    # pairs sharing a key (both roles of one entry set, or one entry of each role when odd)
-    candidates = n * n * (sides[0] ** 2 / 2 if low == high else sides[0] * sides[1]) / 2**b
-    return (COST_CHUNK + COST_VARIANT * variants + COST_GROUPED * grouped,
-            COST_CANDIDATE * candidates)
+    candidates = n * n * sides[0] * sides[1] / 2**b  # pairs of one entry of each role sharing a key
+    return (COST_CHUNK + COST_VARIANT * variants + COST_GROUPED * grouped
+            + COST_CANDIDATE * candidates)
 
 
 def plans() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -68,7 +75,7 @@ def plans() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 
 
 def cost(plan: tuple[tuple[int, ...], tuple[int, ...]], n: float) -> float:
-    return sum(sum(chunk_cost(n, b, r)) for b, r in zip(*plan, strict=True))
+    return sum(chunk_cost(n, b, r) for b, r in zip(*plan, strict=True))
 
 
 def show(plan: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
