@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
+from curate.cli import _executor
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import Flag, config_flags
 from curate.config import CONFIG_NAME, stage_config
-from curate.executor import LOCAL
-from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.caption.config import CaptionConfig
 
 
@@ -36,7 +35,7 @@ class Rate:
               Flag("existing", ("--append",), sets="append"),
               Flag("existing", ("--overwrite",), sets="overwrite"),
               Flag("existing", note="--append / --overwrite for short."), "caption_ext")
-@config_flags(RunConfig, *EXECUTOR_FIELDS)
+@_executor.executor_flags
 @click.option("--dry-run", is_flag=True, help="List the images that would be captioned, with their prompt.")
 @click.option("--show", "show_image", type=click.Path(dir_okay=False, path_type=Path), metavar="IMAGE",
               help="Caption this one image with the current prompt and print it; nothing is stored.")
@@ -68,16 +67,15 @@ def command(target: Path, flags: dict[str, Any], dry_run: bool, show_image: Path
     """
     out = Out(as_json, quiet, verbose)
     config_file = config_file or target / CONFIG_NAME
-    where = {name: flags.pop(name) for name in EXECUTOR_FIELDS}  # [run]'s, not [caption]'s
+    where = _executor.take(flags)
     config = stage_config(CaptionConfig, "caption", config_file, overrides, flags)
     if show_image is not None:
         _show(out, target, show_image, config)
         return
-    from curate.pipeline import run_config
     from curate.stages.caption import caption
 
     # a dry run loads no model: no cluster to start for it
-    executor = LOCAL if dry_run else run_config(config_file, overrides, where).make_executor()
+    executor = _executor.executor(config_file, overrides, where, dry_run=dry_run)
     with out.progress("captioning") as progress:
         result = caption(target, config, dry_run=dry_run, on_progress=Rate(progress), executor=executor)
     _print(out, result)

@@ -5,10 +5,10 @@ from typing import Any
 
 import click
 
+from curate.cli import _executor
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import config_flags
 from curate.config import CONFIG_NAME, stage_config
-from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.dedupe.config import DedupeConfig
 
 
@@ -18,7 +18,7 @@ from curate.stages.dedupe.config import DedupeConfig
 @click.option("--keep-list", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Images that always stay, one per line (default TARGET/keep.txt if present).")
 @config_flags(DedupeConfig, "flip_invariant", "decode", "verify", "workers")
-@config_flags(RunConfig, *EXECUTOR_FIELDS)
+@_executor.executor_flags
 @click.option("--move-to", type=click.Path(file_okay=False, path_type=Path),
               help="Plain folder: move duplicates (and their sidecars) here; never deletes.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
@@ -54,12 +54,11 @@ def command(target: Path | None, flags: dict[str, Any], keep_list: Path | None, 
         return
     if target is None:
         raise click.UsageError("name a folder or workspace to deduplicate (or --undo RECORD)")
-    from curate.pipeline import run_config
     from curate.stages.dedupe.run import dedupe
 
     config_file = config_file or target / CONFIG_NAME
-    where = {name: flags.pop(name) for name in EXECUTOR_FIELDS}  # [run]'s, not [dedupe]'s
-    executor = run_config(config_file, overrides, where).make_executor()
+    # a dry run still hashes every image: it runs on the executor too
+    executor = _executor.executor(config_file, overrides, _executor.take(flags))
     config = stage_config(DedupeConfig, "dedupe", config_file, overrides, flags)
     with out.progress("hashing") as progress:
         result = dedupe(target, config, keep_list=keep_list, move_to=move_to, report=report,

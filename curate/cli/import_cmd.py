@@ -5,11 +5,10 @@ from typing import Any
 
 import click
 
+from curate.cli import _executor
 from curate.cli._common import Out, config_options, output_options
 from curate.cli._flags import config_flags
 from curate.config import stage_config
-from curate.executor import LOCAL
-from curate.pipeline.config import EXECUTOR_FIELDS, RunConfig
 from curate.stages.ingest import ImportConfig, import_sources
 from curate.workspace import CONFIG_NAME
 
@@ -20,7 +19,7 @@ from curate.workspace import CONFIG_NAME
               help="Workspace folder to import into (created if missing).")
 @config_flags(ImportConfig, "animated", "max_pixels", "max_file_mb", "max_sidecar_kb", "workers",
               "strict")
-@config_flags(RunConfig, *EXECUTOR_FIELDS)
+@_executor.executor_flags
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @config_options
 @output_options
@@ -43,12 +42,9 @@ def command(sources: tuple[str, ...], workspace: Path, flags: dict[str, Any], dr
       curate import raw --into ws --dry-run --json
       curate import s3://bucket/shards --into ws --executor ray   # pip install s3fs
     """
-    from curate.pipeline import run_config
-
     out = Out(as_json, quiet, verbose)
     config_file = config_file or workspace / CONFIG_NAME
-    where = {name: flags.pop(name) for name in EXECUTOR_FIELDS}  # [run]'s, not [import]'s
-    executor = LOCAL if dry_run else run_config(config_file, overrides, where).make_executor()
+    executor = _executor.executor(config_file, overrides, _executor.take(flags), dry_run=dry_run)
     config = stage_config(ImportConfig, "import", config_file, overrides, flags)
     with out.progress("importing") as progress:
         result = import_sources(workspace, sources, config, dry_run=dry_run, on_progress=progress,
