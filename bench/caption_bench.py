@@ -49,7 +49,7 @@ from curate.tagging.vlm import Request, load_local
 from curate.tagging.vlm.captioner import LocalCaptioner
 from curate.tagging.vlm.checks import clean
 from curate.tagging.vlm.prompts import FLORENCE, Values, prompt_for
-from fixtures.scrape import PHOTOS, photo
+from fixtures.scrape import PHOTOS, photo, random_crop
 from fixtures.tiny_vlm import FAMILIES, SIZES, build_tiny_vlm
 
 PRESET = "detailed"
@@ -62,13 +62,7 @@ def make_photos(out: Path, count: int, seed: int = 0) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        src = sources[i % len(sources)]
-        w = int(rng.integers(src.width // 2, src.width + 1))
-        h = int(rng.integers(src.height // 2, src.height + 1))
-        x, y = int(rng.integers(0, src.width - w + 1)), int(rng.integers(0, src.height - h + 1))
-        scale = int(rng.integers(400, 1201)) / max(w, h)
-        image = src.crop((x, y, x + w, y + h)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                      Image.Resampling.BICUBIC)
+        image = random_crop(sources[i % len(sources)], rng, (400, 1200))
         path = out / f"{i:05d}.jpg"
         image.save(path, quality=int(rng.integers(85, 96)))
         paths.append(path)

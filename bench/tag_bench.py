@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate.tagging.engine import Tagger
 from curate.tagging.preprocess import preprocess
-from fixtures.scrape import PHOTOS, photo
+from fixtures.scrape import PHOTOS, photo, random_crop
 from fixtures.tiny_tagger import SIZES, build_tiny_tagger
 
 
@@ -47,14 +47,7 @@ def make_photos(out: Path, count: int, seed: int = 0) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        src = sources[i % len(sources)]
-        w = int(rng.integers(src.width // 2, src.width + 1))
-        h = int(rng.integers(src.height // 2, src.height + 1))
-        x, y = int(rng.integers(0, src.width - w + 1)), int(rng.integers(0, src.height - h + 1))
-        long_side = int(rng.integers(300, 1601))
-        scale = long_side / max(w, h)
-        im = src.crop((x, y, x + w, y + h)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                   Image.Resampling.BICUBIC)
+        im = random_crop(sources[i % len(sources)], rng, (300, 1600))
         path = out / (f"{i:05d}.png" if rng.random() < 0.15 else f"{i:05d}.jpg")
         im.save(path, quality=int(rng.integers(85, 96))) if path.suffix == ".jpg" else im.save(path)
         paths.append(path)
