@@ -19,6 +19,7 @@ pytest.importorskip("diffusers")
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 from lycoris_helpers import TextModel, randomise, sd_full_preset  # noqa: E402
+from trainer_helpers import unet_and_text_outputs  # noqa: E402
 
 from curate.trainer.formats import save_network  # noqa: E402
 from curate.trainer.networks import LycorisModule, create_network  # noqa: E402
@@ -45,15 +46,6 @@ def tiny() -> dict[str, Any]:
 def lycoris_full(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     sd_full_preset(monkeypatch)
     yield
-
-
-def _outputs(unet: Any, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 8, 8, generator=gen)
-    ids = torch.randint(0, 250, (2, 77), generator=gen)
-    with torch.no_grad():
-        context = text(ids).last_hidden_state
-        return context, unet(latents, torch.tensor([10, 700]), context).sample
 
 
 def _lycoris_modules(net: Any) -> dict[str, dict[str, torch.Tensor]]:
@@ -88,13 +80,13 @@ def test_lycoris_loads_our_file_to_the_same_outputs(tiny: dict[str, Any], tmp_pa
                                                     options: dict[str, Any], args: dict[str, str]) -> None:
     unet, encoder = tiny["unet"], tiny["text_encoder"]
     text = TextModel(encoder)
-    base = _outputs(unet, text)
+    base = unet_and_text_outputs(unet, text)
     ours = create_network(algo, unet, [encoder], **options)
     randomise(ours)
     ours.set_multiplier(0.7)
     ours.apply_to()
     ours.eval()
-    expected = _outputs(unet, text)
+    expected = unet_and_text_outputs(unet, text)
     ours.remove()
     assert not torch.allclose(expected[1], base[1], atol=1e-3)  # the network changes the output
     path = save_network(tmp_path / "net.safetensors", ours.kohya_state_dict(torch.float32), ours.metadata())
@@ -107,7 +99,7 @@ def test_lycoris_loads_our_file_to_the_same_outputs(tiny: dict[str, Any], tmp_pa
     assert len(theirs.unet_loras) == len(ours.unet_names)
     assert len(theirs.text_encoder_loras) == len(ours.te_names)
     theirs.eval()
-    got = _outputs(unet, text)
+    got = unet_and_text_outputs(unet, text)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
 
@@ -134,13 +126,13 @@ def test_lokr_factor_and_full_matrix_rules(tiny: dict[str, Any]) -> None:
 
 def test_starts_as_identity_and_metadata(tiny: dict[str, Any]) -> None:
     text = TextModel(tiny["text_encoder"])
-    base = _outputs(tiny["unet"], text)
+    base = unet_and_text_outputs(tiny["unet"], text)
     for algo, args in (("loha", {"algo": "loha", "conv_dim": "8", "conv_alpha": "1.0"}),
                        ("lokr", {"algo": "lokr", "conv_dim": "8", "conv_alpha": "1.0", "factor": "4"})):
         options = {"factor": 4} if algo == "lokr" else {}
         net = create_network(algo, tiny["unet"], [tiny["text_encoder"]], **options)
         net.apply_to()
-        assert torch.equal(_outputs(tiny["unet"], text)[1], base[1])  # one factor starts at zero
+        assert torch.equal(unet_and_text_outputs(tiny["unet"], text)[1], base[1])  # one factor starts at zero
         net.remove()
         meta = net.metadata()
         assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"]) == args
