@@ -19,7 +19,9 @@ SAME_PIXELS = "same-pixels"
 NEAR = "near"
 
 
-class DigestStore(Protocol):
+class DigestTable(Protocol):
+    """Where a workspace keeps digests (its manifest): read all, save new ones at the end."""
+
     def pixel_digests(self) -> dict[str, str]: ...
 
     def save_pixel_digests(self, digests: dict[str, str]) -> None: ...
@@ -29,7 +31,7 @@ class Digests:
     """Pixel digests by content sha256 ("r:" + sha for the reduced JPEG decode; "" when the
     image cannot be decoded), read from and saved to `store` when there is one."""
 
-    def __init__(self, store: DigestStore | None = None) -> None:
+    def __init__(self, store: DigestTable | None = None) -> None:
         self.store = store
         self.known = store.pixel_digests() if store is not None else {}
         self.new: dict[str, str] = {}
