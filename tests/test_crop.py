@@ -167,6 +167,9 @@ def test_workspace_crops_replace_originals_in_later_stages(tmp_path: Path) -> No
         sizes = sorted((r.width, r.height) for r in w.records())
         assert sizes == [(200, 200), (256, 256), (256, 256)]
         assert len(w.manifest.rows("SELECT * FROM derived")) == 3
+        # the first run's decisions went with it (they no longer count): one run's rows are left
+        assert len(w.manifest.rows("SELECT * FROM decisions WHERE stage = 'crop'")) == 3
+        assert len(w.manifest.decisions(stage="crop")) == 3
     out = tmp_path / "dataset"
     layout(ws, out, LayoutConfig(repeats=1))
     written = sorted(Image.open(p).size for p in (out / "img").rglob("*") if p.suffix in (".png", ".jpg"))

@@ -156,6 +156,18 @@ def test_clusters_from_pairs() -> None:
     assert uf.find(5) == 4
 
 
+def test_union_find_labels_are_each_elements_root() -> None:
+    rng = np.random.default_rng(3)
+    uf = UnionFind(5_000)
+    for a, b in rng.integers(0, 5_000, size=(3_000, 2)).tolist():  # long, unhalved chains too
+        uf.union(a, b)
+    parent = list(uf.parent)
+    labels = uf.labels()
+    uf.parent = parent
+    assert labels.tolist() == [uf.find(x) for x in range(5_000)]
+    assert uf.groups() == clusters_from_pairs(5_000, [(x, int(r)) for x, r in enumerate(labels)])
+
+
 def test_component_labels_on_a_long_chain() -> None:
     rng = np.random.default_rng(0)
     order = rng.permutation(10_000)  # a path through every node, in random order

@@ -14,6 +14,7 @@ from PIL import Image
 from curate.cli import cli
 from curate.record import DUPLICATE
 from curate.stages.dedupe.config import DedupeConfig
+from curate.stages.dedupe.hashing import hash_file
 from curate.stages.dedupe.move import undo_moves
 from curate.stages.dedupe.run import dedupe
 from curate.stages.ingest import ImportConfig, import_sources
@@ -82,10 +83,21 @@ def test_folder_report_groups_and_keeps_largest(tmp_path: Path) -> None:
     assert [i for i in result.ignored if i[0].endswith("notes.md")]
 
 
-def test_flip_invariant_groups_mirrored_copies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flip", [False, True])
+def test_flip_invariant_groups_mirrored_copies(tmp_path: Path, flip: bool) -> None:
     root = build_folder(tmp_path / "raw")
-    result = dedupe(root, DedupeConfig(verify=False, workers=1, flip_invariant=True))
-    assert groups_by_name(result)["coffee.jpg"] == {"coffee.jpg", "coffee_mirror.jpg"}
+    result = dedupe(root, DedupeConfig(verify=False, workers=1, flip_invariant=flip))
+    assert ("coffee.jpg" in groups_by_name(result)) == flip
+    if flip:
+        assert groups_by_name(result)["coffee.jpg"] == {"coffee.jpg", "coffee_mirror.jpg"}
+    # each duplicate's distance to its keeper: the least over either side mirrored
+    for g in result.groups:
+        kept = hash_file(result.items[g.keeper].path, flip_invariant=True)
+        for m in g.duplicates:
+            dup = hash_file(result.items[m.index].path, flip_invariant=True)
+            plain = [(dup.value, kept.value)]
+            sides = [*plain, (dup.mirrored, kept.value), (dup.value, kept.mirrored)] if flip else plain
+            assert m.distance == min(bin(a ^ b).count("1") for a, b in sides)
 
 
 @pytest.mark.parametrize(("policy", "kept"), [("largest", "b/astro_again.png"), ("first", "a/astro.png"),
@@ -219,6 +231,34 @@ def test_workspace_rerun_replaces_decisions_and_dry_run_writes_nothing(workspace
     dedupe(workspace, FAST, dry_run=True)
     with Workspace.open(workspace) as ws:
         assert ws.manifest.count("decisions") == total
+
+
+def test_a_rerun_keeps_the_rows_of_unchanged_decisions_and_drops_superseded_ones(workspace: Path) -> None:
+    """Each run decides about every image again: writing them all anew took most of an unchanged
+    re-run's time and grew the table by a run's decisions per run, for rows no query reads."""
+    def rows() -> dict[int, tuple[str, str, str]]:
+        with Workspace.open(workspace) as ws:
+            return {r["id"]: (r["image_sha256"], r["verdict"], r["reason"])
+                    for r in ws.manifest.rows("SELECT * FROM decisions WHERE stage = 'dedupe'")}
+
+    def current() -> dict[int, tuple[str, str, str]]:
+        with Workspace.open(workspace) as ws:
+            return {r["id"]: (r["image_sha256"], r["verdict"], r["reason"])
+                    for r in ws.manifest.decisions(stage="dedupe")}
+
+    dedupe(workspace, FAST)
+    first = rows()
+    assert len(first) == 5 and current() == first  # 2 kept, 3 duplicates
+    dedupe(workspace, FAST)
+    assert rows() == first and current() == first  # the same rows: nothing written again
+    dedupe(workspace, DedupeConfig(verify=False, workers=1, threshold=0))  # fewer duplicates
+    fewer = rows()
+    assert fewer == current() and len(fewer) < len(first)
+    assert fewer.items() <= first.items()  # what it decided again kept its row
+    dedupe(workspace, DedupeConfig(verify=False, workers=1, keep="first"))  # other keepers
+    after = rows()
+    assert after == current() and len(after) == len(first)
+    assert set(after) - set(fewer) and set(after.values()) != set(first.values())
 
 
 def test_workspace_refuses_move_to(workspace: Path, tmp_path: Path) -> None:

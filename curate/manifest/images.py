@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from curate.manifest.caches import Hash, read_hashes, write_hashes
 from curate.manifest.derived import Derived, drop_earlier_runs, write_derived
@@ -40,8 +40,7 @@ class NewDecision:
     reason: str
 
 
-@dataclass(frozen=True)
-class ImageRow:
+class ImageRow(NamedTuple):  # a tuple: read for every image on every dedupe run
     sha256: str
     stored_path: str
     width: int
@@ -64,9 +63,37 @@ def _new_run(db: sqlite3.Connection, stage: str, params: dict[str, Any]) -> int:
 
 
 def _decide(db: sqlite3.Connection, run_id: int, stage: str, decisions: Sequence[NewDecision]) -> None:
+    now = _now()
     db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   [(d.image, d.subject, stage, d.verdict, d.reason, run_id, _now()) for d in decisions])
+                   [(d.image, d.subject, stage, d.verdict, d.reason, run_id, now) for d in decisions])
+
+
+def _supersede(db: sqlite3.Connection, run_id: int, stage: str,
+               decisions: Sequence[NewDecision]) -> list[NewDecision]:
+    """A replacing stage's earlier decisions stop counting when this run finishes, so they go;
+    those this run makes again unchanged become this run's rows instead (keeping when they were
+    first made). Returns the decisions still to write.
+
+    Why: a re-run decides about every image again, and writing every one anew both cost most of
+    an unchanged `curate dedupe` re-run (17,700 rows at 30,000 images) and grew the table by that
+    much per run (136,000 rows after 8 runs), for rows no query reads (CURRENT_DECISION)."""
+    earlier: dict[tuple[str | None, str, str, str], list[int]] = {}
+    for row_id, *key in db.execute(
+            "SELECT id, image_sha256, subject, verdict, reason FROM decisions "
+            "WHERE stage = ? AND (run_id IS NULL OR run_id != ?)", (stage, run_id)):
+        earlier.setdefault(tuple(key), []).append(row_id)  # type: ignore[arg-type]
+    rest = []
+    for d in decisions:
+        same = earlier.get((d.image, d.subject, d.verdict, d.reason))
+        if same:
+            same.pop()  # that row stays
+        else:
+            rest.append(d)
+    db.executemany("DELETE FROM decisions WHERE id = ?", [(i,) for ids in earlier.values() for i in ids])
+    db.execute("UPDATE decisions SET run_id = ? WHERE stage = ? AND (run_id IS NULL OR run_id != ?)",
+               (run_id, stage, run_id))
+    return rest
 
 
 def _finish(db: sqlite3.Connection, run_id: int, stage: str, summary: dict[str, Any],
@@ -74,6 +101,7 @@ def _finish(db: sqlite3.Connection, run_id: int, stage: str, summary: dict[str, 
     write_derived(db, run_id, files)
     if replacing:
         drop_earlier_runs(db, stage, run_id)
+        decisions = _supersede(db, run_id, stage, decisions)
     _decide(db, run_id, stage, decisions)
     db.execute("UPDATE runs SET summary = ?, finished_at = ? WHERE id = ?",
                (json.dumps(summary, sort_keys=True, default=str), _now(), run_id))
@@ -129,11 +157,11 @@ class ImageQueries:
     # -- images and origins -------------------------------------------------------------
     def image_rows(self) -> list[ImageRow]:
         """Every stored image, in import order."""
-        return [ImageRow(*r) for r in self.db.execute(
-            "SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")]
+        return list(map(ImageRow._make, self.db.execute(
+            "SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")))
 
     def origin_aliases(self) -> dict[str, list[str]]:
-        """Image sha256 -> every source file it was imported from."""
+        """Image sha256 -> every source file it was imported from, the first one first."""
         out: dict[str, list[str]] = {}
         for sha, path in self.db.execute(
                 "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):

@@ -35,9 +35,18 @@ class UnionFind:
         self.parent[max(ra, rb)] = min(ra, rb)
         return True
 
+    def labels(self) -> np.ndarray:
+        """Each element's root, by pointer jumping in numpy (a find per element in Python cost
+        a tenth of an unchanged dedupe re-run at 30,000 images)."""
+        parent = np.array(self.parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
+
     def groups(self, min_size: int = 2) -> list[list[int]]:
-        labels = np.array([self.find(x) for x in range(len(self.parent))], dtype=np.int64)
-        return groups_from_labels(labels, min_size)
+        return groups_from_labels(self.labels(), min_size)
 
 
 def component_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
