@@ -1,6 +1,6 @@
 """`curate dedupe` on a workspace, then again after 1% more images: the whole stage, measured.
 
-    python bench/dedupe_incremental.py --count 30000 --new 300
+    python bench/dedupe_incremental.py --count 30000 --new 300 [--images DIR]
 
 Generates `count` distinct photos (crops of scikit-image's samples, gallery-dl sidecars) and
 `new` more (another seed: some are near copies of the first ones), imports the first set,
@@ -13,6 +13,7 @@ as the reference: its groups must equal the incremental run's. Prints a markdown
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.index import INDEX_NAME
 from curate.stages.dedupe.run import DedupeResult, dedupe
 from curate.stages.ingest import ImportConfig, import_sources
-from fixtures.scrape import build_bulk
+from fixtures.scrape import build_bulk, build_varied
 
 
 def groups(result: DedupeResult) -> set[tuple[str, frozenset[str]]]:
@@ -38,24 +39,41 @@ def timed(ws: Path) -> tuple[float, DedupeResult]:
     return time.perf_counter() - start, result
 
 
+def photos(folder: Path, count: int, size: int, seed: int, kind: str) -> Path:
+    """The generated set in `folder`, made there first if it is not (whole, or not at all)."""
+    if not folder.is_dir():
+        start = time.perf_counter()
+        part = folder.with_name(folder.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        (build_varied if kind == "varied" else build_bulk)(part, count, size, seed=seed)
+        part.rename(folder)
+        print(f"generated {folder.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=30_000)
     parser.add_argument("--new", type=int, default=300)
     parser.add_argument("--size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--kind", choices=("bulk", "varied"), default="bulk", help=(
+        "bulk: crops of 11 photos (60-75%% of them near copies, the worst case for a run's "
+        "decisions); varied: mosaics of crops, 5%% planted copies (closer to a real scrape)"))
+    parser.add_argument("--images", type=Path, help="keep the generated photos here and reuse them "
+                        "(100,000 take ~7 min to make); default: a temporary folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dedupe-incremental-") as tmp:
         root = Path(tmp)
-        start = time.perf_counter()
-        build_bulk(root / "raw", args.count, args.size, seed=0)
-        build_bulk(root / "new", args.new, args.size, seed=1)
-        print(f"generated in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        images = args.images or root
+        name = "" if args.kind == "bulk" else f"{args.kind}-"
+        raw = photos(images / f"{name}raw-{args.count}-{args.size}", args.count, args.size, 0, args.kind)
+        new = photos(images / f"{name}new-{args.new}-{args.size}", args.new, args.size, 1, args.kind)
         ws = root / "ws"
         start = time.perf_counter()
-        import_sources(ws, [root / "raw"], ImportConfig())
+        import_sources(ws, [raw], ImportConfig())
         print(f"imported in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         full, first = timed(ws)
-        import_sources(ws, [root / "new"], ImportConfig())
+        import_sources(ws, [new], ImportConfig())
         incremental, second = timed(ws)
         (ws / ".curate" / INDEX_NAME).unlink()
         reference_time, reference = timed(ws)
@@ -66,7 +84,7 @@ def main() -> None:
         ("reference: index deleted, hashes cached, whole search", reference, reference_time),
     ]
     print(f"### dedupe on a workspace: {args.count:,} images, then {args.new:,} more "
-          f"({args.size}x{args.size} JPEGs)\n")
+          f"({args.size}x{args.size} JPEGs, {args.kind})\n")
     print("| run | images | hashed | groups | time | of the full run |")
     print("|---|---|---|---|---|---|")
     for name, result, seconds in rows:

@@ -28,6 +28,51 @@ def test_newer_manifest_refused(tmp_path: Path) -> None:
         Manifest(path)
 
 
+def test_v12_drops_decisions_superseded_by_a_later_finished_run(tmp_path: Path) -> None:
+    """Before 12 every run of a replacing stage added its decisions and only the latest finished
+    run's counted; now a decision counts when its run has finished, so the rest must go."""
+    path = tmp_path / "m.sqlite"
+    m = Manifest(path)
+    with m.transaction() as db:
+        for run, (command, finished) in enumerate([("dedupe", "t"), ("dedupe", "t"), ("dedupe", None),
+                                                   ("import", "t"), ("crop", "t")], 1):
+            db.execute("INSERT INTO runs (id, command, params, started_at, finished_at) "
+                       "VALUES (?, ?, '{}', 't', ?)", (run, command, finished))
+        db.executemany("INSERT INTO decisions (image_sha256, subject, stage, verdict, reason, run_id, "
+                       "created_at) VALUES (?, ?, ?, ?, 'r', ?, 't')",
+                       [("a", "a.png", "dedupe", "kept", 1), ("b", "b.png", "dedupe", "duplicate", 1),
+                        ("a", "a.png", "dedupe", "kept", 2), ("c", "c.png", "dedupe", "duplicate", 3),
+                        ("a", "a.png", "import", "imported", 4), ("b", "b.png", "import", "imported", 4),
+                        ("a", "a.png", "crop", "cropped", 5)])
+        db.execute("PRAGMA user_version = 11")
+    m.close()
+    m = Manifest(path)
+    left = {(r["stage"], r["subject"], r["run_id"]) for r in m.rows("SELECT * FROM decisions")}
+    assert left == {("dedupe", "a.png", 2), ("dedupe", "c.png", 3), ("import", "a.png", 4),
+                    ("import", "b.png", 4), ("crop", "a.png", 5)}  # the stopped run 3 stays
+    assert [(r["stage"], r["subject"]) for r in m.decisions()] == [
+        ("dedupe", "a.png"), ("import", "a.png"), ("import", "b.png"), ("crop", "a.png")]
+    m.close()
+
+
+def test_a_finished_replacing_run_keeps_only_its_own_decisions(tmp_path: Path) -> None:
+    from curate.manifest.images import NewDecision
+
+    m = Manifest(tmp_path / "m.sqlite")
+    same, other = NewDecision("x", "x.png", "cropped", "r"), NewDecision("y", "y.png", "small", "r")
+    first = m.commit_run("crop", {"size": 1}, {}, [], [same, other], replacing=True)
+    stopped, _ = m.open_run("crop", {"size": 2})  # streams, then is stopped
+    m.commit_part(stopped, "crop", [], [NewDecision("y", "y.png", "cropped", "r")])
+    assert {r["subject"]: r["run_id"] for r in m.decisions(stage="crop")} == {"x.png": first, "y.png": first}
+    last = m.commit_run("crop", {"size": 3}, {}, [], [same, NewDecision("y", "y.png", "cropped", "r")],
+                        replacing=True)
+    rows = {(r["subject"], r["verdict"], r["run_id"]) for r in m.rows("SELECT * FROM decisions")}
+    # x's decision is the same: its row stays; y's changed; the stopped run's row counts never
+    assert rows == {("x.png", "cropped", first), ("y.png", "cropped", last)}
+    assert len(m.decisions(stage="crop")) == 2
+    m.close()
+
+
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     m = Manifest(tmp_path / "m.sqlite")
     with pytest.raises(RuntimeError), m.transaction() as db:

@@ -159,6 +159,18 @@ def _annotations_v8(db: sqlite3.Connection) -> None:
     convert_working_captions(db)
 
 
+# Stages whose every run decides about all images afresh (a dedupe at another threshold):
+# only the decisions of their latest finished run count. Import decisions accumulate. When such
+# a run finishes, the earlier runs' decisions go, but those it made again unchanged, which keep
+# their row and its (finished) run (images.py `_supersede`): so a decision of a replacing stage
+# counts exactly when its run has finished, and an unchanged re-run rewrites no row.
+REPLACING_STAGES = ("dedupe", "quality", "crop", "bg")
+_REPLACING = ", ".join(repr(s) for s in REPLACING_STAGES)
+CURRENT_DECISION = (
+    f"(decisions.stage NOT IN ({_REPLACING}) OR decisions.run_id IN "
+    "(SELECT runs.id FROM runs WHERE runs.finished_at IS NOT NULL))"
+)
+
 # Annotations as data (see curate/manifest/annotations.py): only tags, captions, settings.
 MIGRATIONS[8] = _annotations_v8
 # `curate caption`: what a caption model answered, by image content, model, prompt and settings,
@@ -168,17 +180,16 @@ MIGRATIONS[9] = CAPTION_CACHE_TABLE
 MIGRATIONS[10] = PAIR_SCORES_TABLE
 # `curate dedupe`: pixel digests by content (same-pixels or near), so a re-run decodes new images only.
 MIGRATIONS[11] = DIGESTS_TABLE
+# Replacing stages' decisions of finished runs other than the latest: they stopped counting when
+# it finished, and are what CURRENT_DECISION (above) no longer tells apart. A stopped run's stay.
+MIGRATIONS[12] = (
+    f"DELETE FROM decisions WHERE stage IN ({_REPLACING}) "
+    "AND run_id IN (SELECT id FROM runs WHERE finished_at IS NOT NULL) "
+    "AND run_id != (SELECT MAX(runs.id) FROM runs WHERE runs.command = decisions.stage "
+    "AND runs.finished_at IS NOT NULL);"
+)
 SCHEMA_VERSION = max(MIGRATIONS)
 
-
-# Stages whose every run decides about all images afresh (a dedupe at another threshold):
-# only the decisions of their latest finished run count. Import decisions accumulate.
-REPLACING_STAGES = ("dedupe", "quality", "crop", "bg")
-CURRENT_DECISION = (
-    f"(decisions.stage NOT IN ({', '.join(repr(s) for s in REPLACING_STAGES)}) OR decisions.run_id = "
-    "(SELECT MAX(runs.id) FROM runs WHERE runs.command = decisions.stage "
-    "AND runs.finished_at IS NOT NULL))"
-)
 
 
 # A write waits this long for another connection's transaction before "database is locked":

@@ -9,7 +9,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from curate.manifest.caches import Hash, read_hashes, write_hashes
@@ -30,9 +29,9 @@ VIEW_QUERIES = {
 }
 
 
-@dataclass(frozen=True)
-class NewDecision:
-    """A decision a stage run makes, written when the run commits."""
+class NewDecision(NamedTuple):
+    """A decision a stage run makes, written when the run commits (a tuple: a dedupe run makes
+    one per duplicate and keeper, and compares each with the last run's)."""
 
     image: str | None  # None: a source file that never became an image
     subject: str  # the file as the user knows it
@@ -72,17 +71,22 @@ def _decide(db: sqlite3.Connection, run_id: int, stage: str, decisions: Sequence
 def _supersede(db: sqlite3.Connection, run_id: int, stage: str,
                decisions: Sequence[NewDecision]) -> list[NewDecision]:
     """A replacing stage's earlier decisions stop counting when this run finishes, so they go;
-    those this run makes again unchanged become this run's rows instead (keeping when they were
-    first made). Returns the decisions still to write.
+    those this run makes again unchanged stay as they are (their finished run keeps them current:
+    CURRENT_DECISION). Returns the decisions still to write.
 
     Why: a re-run decides about every image again, and writing every one anew both cost most of
     an unchanged `curate dedupe` re-run (17,700 rows at 30,000 images) and grew the table by that
-    much per run (136,000 rows after 8 runs), for rows no query reads (CURRENT_DECISION)."""
+    much per run (136,000 rows after 8 runs). A stopped run's rows never count, so they go."""
     earlier: dict[tuple[str | None, str, str, str], list[int]] = {}
-    for row_id, *key in db.execute(
-            "SELECT id, image_sha256, subject, verdict, reason FROM decisions "
-            "WHERE stage = ? AND (run_id IS NULL OR run_id != ?)", (stage, run_id)):
-        earlier.setdefault(tuple(key), []).append(row_id)  # type: ignore[arg-type]
+    gone = []
+    for row_id, finished, *key in db.execute(
+            "SELECT d.id, r.finished_at IS NOT NULL, d.image_sha256, d.subject, d.verdict, d.reason "
+            "FROM decisions d LEFT JOIN runs r ON r.id = d.run_id "
+            "WHERE d.stage = ? AND (d.run_id IS NULL OR d.run_id != ?)", (stage, run_id)):
+        if finished:
+            earlier.setdefault(tuple(key), []).append(row_id)  # type: ignore[arg-type]
+        else:
+            gone.append(row_id)
     rest = []
     for d in decisions:
         same = earlier.get((d.image, d.subject, d.verdict, d.reason))
@@ -90,9 +94,8 @@ def _supersede(db: sqlite3.Connection, run_id: int, stage: str,
             same.pop()  # that row stays
         else:
             rest.append(d)
-    db.executemany("DELETE FROM decisions WHERE id = ?", [(i,) for ids in earlier.values() for i in ids])
-    db.execute("UPDATE decisions SET run_id = ? WHERE stage = ? AND (run_id IS NULL OR run_id != ?)",
-               (run_id, stage, run_id))
+    gone += [i for ids in earlier.values() for i in ids]
+    db.executemany("DELETE FROM decisions WHERE id = ?", [(i,) for i in gone])
     return rest
 
 

@@ -152,10 +152,10 @@ def _next_band(search: LevelSearch, uf: UnionFind, low: int, loose: int
     """The candidate pairs at distances (low, high] not yet in one group, closest first."""
     high = min(loose, low + CANDIDATE_STEP)
     found = search(high)
-    band = np.flatnonzero(found.distance > low)
+    label = uf.labels()  # in numpy: in a set of many near copies most pairs are joined already
+    band = np.flatnonzero((found.distance > low) & (label[found.i] != label[found.j]))
     band = band[np.argsort(found.distance[band], kind="stable")]
-    pairs = zip(found.i[band].tolist(), found.j[band].tolist(), strict=True)
-    return high, [(a, b) for a, b in pairs if uf.find(a) != uf.find(b)]
+    return high, list(zip(found.i[band].tolist(), found.j[band].tolist(), strict=True))
 
 
 def _representatives(unique: np.ndarray, inverse: np.ndarray, n: int) -> list[int]:
