@@ -10,6 +10,7 @@ images searches only their hashes against it; the groups are the same as without
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class DedupeResult:
     dry_run: bool
     threshold: int
     hash_key: str
-    items: list[Item] = field(default_factory=list)
+    items: Sequence[Item] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
