@@ -161,9 +161,9 @@ def _annotations_v8(db: sqlite3.Connection) -> None:
 
 # Stages whose every run decides about all images afresh (a dedupe at another threshold):
 # only the decisions of their latest finished run count. Import decisions accumulate. When such
-# a run finishes, the earlier runs' decisions go, but those it made again unchanged, which keep
-# their row and its (finished) run (images.py `_supersede`): so a decision of a replacing stage
-# counts exactly when its run has finished, and an unchanged re-run rewrites no row.
+# a run finishes, the earlier runs' decisions go, except those it made again unchanged, which
+# keep their row and their (finished) run (images.py `_supersede`): so a decision of a replacing
+# stage counts exactly when its run has finished, and an unchanged re-run rewrites no row.
 REPLACING_STAGES = ("dedupe", "quality", "crop", "bg")
 _REPLACING = ", ".join(repr(s) for s in REPLACING_STAGES)
 CURRENT_DECISION = (
