@@ -33,3 +33,25 @@ def _rename(text: str, names: dict[str, str]) -> str:
     for old, new in names.items():
         text = text.replace(old, new)
     return text
+
+
+def same_as_disk(ws_url: Path, ws_disk: Path, url: str, folder: Path) -> None:
+    """The two workspaces hold the same images, tags, captions and decisions; origins differ
+    only in the name of their source and its change stamp."""
+    names = {url: str(folder), "'url'": "'folder'"}
+    assert snapshot(ws_url, ignore=frozenset({"fingerprint"}), names=names) == \
+        snapshot(ws_disk, ignore=frozenset({"fingerprint"}))
+
+
+def remote_site(root: Path) -> Path:
+    """A folder to serve as a remote source: every scraper layout (sidecars, metadata folders,
+    img2dataset files and webdataset shards with their parquet tables), a Kohya dataset, a
+    gallery-dl zip and broken files, under root/scrapers; no links or FIFOs (a server has none)."""
+    from fixtures.scrape import build_bad, build_kohya, build_zip
+    from fixtures.scrapers import build_scrapers
+
+    scrapers = build_scrapers(root)
+    build_kohya(scrapers)
+    build_zip(scrapers)
+    build_bad(scrapers)
+    return scrapers.parent

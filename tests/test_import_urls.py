@@ -18,38 +18,22 @@ from click.testing import CliRunner
 from curate.cli import cli
 from curate.errors import CurateError
 from curate.stages.ingest import ImportConfig, import_sources
-from fixtures.scrape import build_bad, build_kohya, build_zip
-from fixtures.scrapers import build_scrapers
+from fixtures.scrape import build_kohya
 from tests.http_files import FileServer
-from tests.snapshots import snapshot
+from tests.snapshots import remote_site, same_as_disk
 
 pytest.importorskip("aiohttp", reason="fsspec's HTTP backend: pip install -e .[dev]")
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The served folder: every scraper layout (sidecars, metadata folders, img2dataset files
-    and webdataset shards with their parquet tables), a Kohya dataset, a gallery-dl zip and
-    broken files; no links or FIFOs (a web server has none)."""
-    root = build_scrapers(tmp_path_factory.mktemp("site"))
-    build_kohya(root)
-    build_zip(root)
-    build_bad(root)
-    return root.parent
+    return remote_site(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(params=[True, False], ids=["ranges", "no-ranges"])
 def server(site: Path, request: pytest.FixtureRequest) -> Iterator[FileServer]:
     with FileServer(site, ranges=request.param) as srv:
         yield srv
-
-
-def same_as_disk(ws_url: Path, ws_disk: Path, url: str, folder: Path) -> None:
-    """The two workspaces hold the same images, tags, captions and decisions; origins differ
-    only in the name of their source and its change stamp."""
-    names = {url: str(folder), "'url'": "'folder'"}
-    assert snapshot(ws_url, ignore=frozenset({"fingerprint"}), names=names) == \
-        snapshot(ws_disk, ignore=frozenset({"fingerprint"}))
 
 
 def test_a_scrape_over_http_imports_as_from_disk(site: Path, server: FileServer, tmp_path: Path) -> None:
