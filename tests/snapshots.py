@@ -1,4 +1,5 @@
-"""A workspace as comparable data: every manifest table and the bytes of every stored file."""
+"""A workspace as comparable data: every manifest table and the bytes of every stored file; and
+the folder the remote-source tests serve (over HTTP, from an S3 bucket) and compare with disk."""
 
 from __future__ import annotations
 
