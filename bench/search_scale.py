@@ -4,6 +4,7 @@
     python bench/search_scale.py --part search --hash-size 16 --t 32 --sizes 100000 1000000
     python bench/search_scale.py --part incremental --base 1000000 --new 10000
     python bench/search_scale.py --part search --plan halves --sizes 1000000 3000000 10000000
+    python bench/search_scale.py --part search --compare numpy --sizes 1000000 3000000 10000000
 
 Hashes are random with planted pairs at distance 0..10 (`--planted` per distance), written to a
 .npy and memory-mapped, so the search reads them from the page cache in blocks. Each size runs
@@ -46,6 +47,7 @@ from curate.stages.dedupe.search import (
     search_unique,
 )
 
+COMPARE = {"auto": None, "compiled": True, "numpy": False}  # pairs_within(compiled=...)
 CHECK_ROWS = 20_000  # random rows brute-forced against the search's answer
 
 
@@ -83,12 +85,15 @@ def peak_gb() -> float:
 PLANS = {"auto": None, "halves": (Chunk(0, 32, 2), Chunk(32, 32, 2))}
 
 
-def run_one(path: Path, planted_path: Path, t: int, seed: int, plan_name: str = "auto") -> dict[str, object]:
-    """One search in this process: the hashes memory-mapped, checks after the clock stops."""
+def run_one(path: Path, planted_path: Path, t: int, seed: int, plan_name: str = "auto",
+            compare: str = "auto") -> dict[str, object]:
+    """One search in this process: the hashes memory-mapped, checks after the clock stops.
+    The clock includes loading the compiled comparison (numba's import, the cached loop)."""
     hashes = np.load(path, mmap_mode="r")
     chunks = PLANS[plan_name]
     cpu, start = _cpu(), time.perf_counter()
-    found = pairs_within(hashes if hashes.shape[1] > 1 else hashes[:, 0], t, chunks=chunks)
+    found = pairs_within(hashes if hashes.shape[1] > 1 else hashes[:, 0], t, chunks=chunks,
+                         compiled=COMPARE[compare])
     elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     start = time.perf_counter()
     component_labels(len(hashes), found.i, found.j)
@@ -112,11 +117,12 @@ def run_one(path: Path, planted_path: Path, t: int, seed: int, plan_name: str = 
     unique, _ = collapse(np.asarray(hashes))
     plan = chunks or _plan(len(unique), 64 * hashes.shape[1], t, hashes.shape[1])
     return {"n": len(hashes), "seconds": elapsed, "cpu": cpu, "grouping": grouping, "peak_gb": peak,
-            "pairs": len(found.i), "checked_rows": len(rows), "plan": str(plan)}
+            "pairs": len(found.i), "checked_rows": len(rows), "plan": str(plan),
+            "compiled": "curate.stages.dedupe.kernel" in sys.modules}
 
 
 def bench_search(sizes: list[int], words: int, t: int, planted: int, brute_n: int,
-                 plan: str = "auto") -> str:
+                 plan: str = "auto", compare: str = "auto") -> str:
     rows, times, cpus = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="search-scale-") as tmp:
         for n in sizes:
@@ -125,17 +131,18 @@ def bench_search(sizes: list[int], words: int, t: int, planted: int, brute_n: in
             np.save(path, hashes)
             np.save(ppath, pairs)
             del hashes
-            out = subprocess.run([sys.executable, __file__, "--one", str(path), str(ppath), str(t), plan],
-                                 check=True, capture_output=True, text=True).stdout
+            command = [sys.executable, __file__, "--one", str(path), str(ppath), str(t), plan, compare]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             times[n], cpus[n] = r["seconds"], r["cpu"]
-            rows.append([f"{n:,}", f"{r['seconds']:.1f} s", f"{r['cpu']:.1f} s", f"{r['grouping']:.2f} s",
-                         f"{r['peak_gb']:.2f} GB", f"{r['pairs']:,}", f"{r['checked_rows']:,}"])
+            rows.append([f"{n:,}", "numba" if r["compiled"] else "numpy", f"{r['seconds']:.1f} s",
+                         f"{r['cpu']:.1f} s", f"{r['grouping']:.2f} s", f"{r['peak_gb']:.2f} GB",
+                         f"{r['pairs']:,}", f"{r['checked_rows']:,}"])
             print(f"n={n:,}: {r}", file=sys.stderr, flush=True)
     lines = [f"### Search, t={t}, {64 * words}-bit hashes, {11 * planted:,} planted pairs at 0..10, "
-             f"plan {plan}\n",
-             _table(["hashes", "pairs_within (wall)", "CPU", "grouping (labels)", "peak RSS", "pairs found",
-                     "rows checked vs brute force"], rows), ""]
+             f"plan {plan}, comparison {compare}\n",
+             _table(["hashes", "comparison", "pairs_within (wall)", "CPU", "grouping (labels)", "peak RSS",
+                     "pairs found", "rows checked vs brute force"], rows), ""]
     if brute_n > 0:  # --brute 0 leaves the all-pairs timing out
         brute = _brute_time(brute_n, words, t)
         lines.append(f"numpy all-pairs (`pairs_bruteforce`) at {brute_n:,}: {brute:.1f} s, so "
@@ -204,7 +211,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         path, planted, t = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(run_one(path, planted, t, seed=3, plan_name=sys.argv[5])))
+        print(json.dumps(run_one(path, planted, t, seed=3, plan_name=sys.argv[5], compare=sys.argv[6])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("search", "incremental", "all"), default="all")
@@ -217,10 +224,14 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=10_000)
     parser.add_argument("--plan", choices=sorted(PLANS), default="auto",
                         help="auto: the cost model's chunking; halves: two 32-bit halves at radius 2")
+    parser.add_argument("--compare", choices=sorted(COMPARE), default="auto",
+                        help="candidates compared by the numba loop (compiled), numpy, or as "
+                             "pairs_within chooses (auto: numba from ~1e9 candidates when installed)")
     args = parser.parse_args()
     words = max(1, args.hash_size**2 // 64)
     if args.part in ("search", "all"):
-        print(bench_search(args.sizes, words, args.t, args.planted, args.brute, args.plan), "\n")
+        table = bench_search(args.sizes, words, args.t, args.planted, args.brute, args.plan, args.compare)
+        print(table, "\n")
     if args.part in ("incremental", "all"):
         print(bench_incremental(args.base, args.new, args.t, args.planted), "\n")
 

@@ -13,9 +13,10 @@ Why it is done this way (figures: docs/benchmarks.md, "Search to 10M"):
   partition is built at a time. The hashes sorted by chunk value give, for each flip mask, the
   contiguous run of hashes whose variant falls in the partition, so a partition is a few slices
   XORed with their mask, then sorted. Partitions run on all cores (numpy releases the GIL).
-* Candidates are compared without pair index arrays: groups of equal size form a matrix of
-  hashes, and member c of every group is compared with member c + k (two slices: an XOR, a popcount and a
-  compare, a few ns a pair).
+* Candidates are compared by `kernel.py` when numba is installed and the search is large (one
+  compiled pass over each group, ~0.2 ns a pair), else in numpy without pair index arrays:
+  groups of equal size form a matrix of hashes, and member c of every group is compared with
+  member c + k (an XOR, a popcount and a compare over two slices, ~0.8 ns a pair).
 * A pair that meets in several groups (its chunk values differ in more than r bits, so the
   difference splits several ways) is kept only in the canonical one, decided from the few
   pairs that pass the distance test rather than stored per entry.
@@ -23,8 +24,10 @@ Why it is done this way (figures: docs/benchmarks.md, "Search to 10M"):
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -137,12 +140,17 @@ def row_lookup(words: np.ndarray, start: int, width: int) -> Rows:
 
 
 def chunk_pairs(words: np.ndarray, start: int, width: int, radius: int, t: int,
-                pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs a < b within t (over all words) whose bits [start, start + width) are within 2r."""
+                pool: ThreadPoolExecutor, compiled: ModuleType | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs a < b within t (over all words) whose bits [start, start + width) are within 2r.
+
+    compiled: `kernel` (as `compiled_kernel` returns it) compares the candidates in one
+    compiled loop; None compares them with numpy. Same answer either way.
+    """
     flips = flip_masks(width, radius)
     index = build_index(words, start, width, len(flips))
     rows = row_lookup(words, start, width) if index.rest else None
-    jobs = pool.map(lambda q: _partition_pairs(words, index, rows, flips, radius, t, q),
+    jobs = pool.map(lambda q: _partition_pairs(words, index, rows, flips, radius, t, q, compiled),
                     range(1 << index.prefix_bits))
     found = [p for p in jobs if len(p[0])]
     if not found:
@@ -167,31 +175,69 @@ def _partition_entries(index: ChunkIndex, flips: np.ndarray, q: int) -> np.ndarr
 
 
 def _partition_pairs(words: np.ndarray, index: ChunkIndex, rows: Rows | None, flips: np.ndarray,
-                     radius: int, t: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     radius: int, t: int, q: int, compiled: ModuleType | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     entries = _partition_entries(index, flips, q)
+    many = None if index.rest else words
+    if compiled is not None:
+        p, r, d = _compiled_candidates(compiled, entries, index.payload_bits, many, t)
+    else:
+        p, r, d = _numpy_candidates(entries, index.payload_bits, many, t)
+    if not len(p):
+        return _none()
     pb = np.uint64(index.payload_bits)
-    keys = entries >> pb
+    keys = entries[p] >> pb
+    payload_a, payload_b = entries[p] & _mask(index.payload_bits), entries[r] & _mask(index.payload_bits)
+    del entries
+    if rows is not None:  # one word: the rests passed, now find the rows of the hits
+        return _resolve(words, index, rows, keys, payload_a, payload_b, radius, t)
+    a, b = payload_a.astype(np.int64), payload_b.astype(np.int64)
+    if len(a) and radius:
+        ok = _canonical(extract(words[a], index.start, index.width) ^ keys,
+                        extract(words[b], index.start, index.width) ^ keys, radius)
+        a, b, d = a[ok], b[ok], d[ok]
+    return a, b, d
+
+
+def compiled_kernel() -> ModuleType | None:
+    """The numba-compiled comparison (`kernel.py`), or None when numba is not installed."""
+    try:
+        return importlib.import_module("curate.stages.dedupe.kernel")
+    except ImportError:
+        return None
+
+
+def _compiled_candidates(compiled: ModuleType, entries: np.ndarray, payload_bits: int,
+                         words: np.ndarray | None, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions p < r of sorted entries with equal keys within t, and their distances."""
+    size = 4096 + (len(entries) >> 8)  # hits are ~1 in 10^4 candidates for random hashes
+    while True:
+        p, r = np.empty(size, np.int64), np.empty(size, np.int64)
+        d = np.empty(size, np.uint16)
+        if words is None:
+            found = compiled.one_word_pairs(entries, payload_bits, t, p, r, d)
+        else:
+            found = compiled.row_pairs(entries, payload_bits, words, t, p, r, d)
+        if found <= size:
+            return p[:found], r[:found], d[:found]
+        size = found  # near-identical hashes by the thousand: count known, run again
+
+
+def _numpy_candidates(entries: np.ndarray, payload_bits: int, words: np.ndarray | None, t: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_compiled_candidates` in numpy: only the entries of groups of two or more take part."""
+    keys = entries >> np.uint64(payload_bits)
     pairs_at = np.flatnonzero(keys[1:] == keys[:-1])
     if not len(pairs_at):
         return _none()
-    # only the entries of groups of two or more take part
     member = np.zeros(len(entries), dtype=bool)
     member[pairs_at] = True
     member[pairs_at + 1] = True
     taken = np.flatnonzero(member)
-    keys, payload = keys[taken], entries[taken] & _mask(index.payload_bits)
-    del entries, member, taken
-    if rows is not None:  # one word: compare the other bits, then find the rows of the hits
-        p, r, _ = _compare_groups(keys, payload, t)
-        return _resolve(words, index, rows, keys[p], payload[p], payload[r], radius, t)
-    items = payload.astype(np.int64)
-    p, r, d = _compare_groups(keys, words[items], t)
-    a, b, k = items[p], items[r], keys[p]
-    if len(a) and radius:
-        ok = _canonical(extract(words[a], index.start, index.width) ^ k,
-                        extract(words[b], index.start, index.width) ^ k, radius)
-        a, b, d = a[ok], b[ok], d[ok]
-    return a, b, d
+    payload = entries[taken] & _mask(payload_bits)
+    rows = payload if words is None else words[payload.astype(np.int64)]
+    p, r, d = _compare_groups(keys[taken], rows, t)
+    return taken[p], taken[r], d
 
 
 def _compare_groups(keys: np.ndarray, rows: np.ndarray, t: int

@@ -18,13 +18,15 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
   pairs within 2 r on it by giving each hash all its variants with <= r bits flipped and
   grouping equal variants (one sort). At 1M and t=8 that is three 21-bit chunks of radius 1:
   22 variants per hash and ~1e8 candidates per chunk; how a chunk is built and its candidates
-  compared, in bounded memory, is `chunkjoin.py`: 1.3 s at 1M, 44 s at 10M (2 cores).
+  compared, in bounded memory, is `chunkjoin.py`: 1.1 s at 1M, 10 s at 10M (2 cores).
 * What no chunking avoids at t=8 on 64 bits: nine pigeonhole units in 64 bits allow chunks of
   ~21 bits at radius 1, or of 32 bits at radius 2 (529 variants a hash). The first keeps the
   candidates of a chunk at N^2 * 232 / 2^22 (quadratic; 1.1e10 at 10M), the second pays ~16x
-  the variants (linear up to a few million; measured 6.3x slower at 1M, 2.7x at 10M). So the
-  search grows ~N^1.5 from 1M to 10M; `bench/search_plans.py` prices every other chunking and
-  finds none both faster and flatter (docs/benchmarks.md, "Search to 10M").
+  the variants (linear up to a few million; measured 6.3x slower at 1M, 2.7x at 10M);
+  `bench/search_plans.py` prices every other chunking and finds none both faster and flatter.
+  So past a few million hashes the time is comparing candidates: numpy does it in four passes
+  over memory (~0.8 ns a pair, N^1.48 from 1M to 10M), numba's compiled loop (`kernel.py`, the
+  `fast` extra) in one (~0.2 ns, N^0.97); docs/benchmarks.md, "Search to 10M".
 * `_plan` picks m and the radii from a cost model fitted to measured runs of both plans (brute
   force is still cheaper below a few thousand hashes). Each pair is emitted by one canonical variant
   per chunk, so duplicates only come from pairs found by several chunks.
@@ -42,11 +44,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import comb
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
 
-from curate.stages.dedupe.chunkjoin import chunk_pairs, item_bits, popcount
+from curate.stages.dedupe.chunkjoin import chunk_pairs, compiled_kernel, item_bits, popcount
 
 __all__ = ["Chunk", "Pairs", "pairs_bruteforce", "pairs_within", "popcount", "search_unique"]
 
@@ -66,6 +69,10 @@ COST_GROUPED = 7.7e-9  # a variant sharing its key with another: gathered into a
 COST_CANDIDATE = 1.6e-9  # compare one pair of entries sharing a key, per hash word
 COST_BRUTE = 4.0e-9  # one pair of one word in the blocked all-pairs comparison
 COST_CHUNK = 2e-3  # a chunk's fixed work (its index, a Python loop per partition)
+# Candidate pairs past which the compiled comparison (`kernel.py`, with numba) is used: loading
+# it costs ~0.4 s (numba's import and the cached loop), so it loses at 300k hashes (0.6 s against
+# numpy's 0.4 s at t=8, 3e7 candidates) and wins at 1M (1.1 s against 1.3 s, 3.3e8).
+COMPILED_FROM = 1e8
 
 
 class Pairs(NamedTuple):
@@ -148,6 +155,7 @@ def pairs_within(
     bits: int | None = None,
     workers: int | None = None,
     chunks: Sequence[Chunk] | None = None,
+    compiled: bool | None = None,
 ) -> Pairs:
     """Every pair i < j within Hamming distance t; equals `pairs_bruteforce`, sub-quadratically.
 
@@ -157,12 +165,14 @@ def pairs_within(
     default is the highest bit set in the data.
     workers: threads verifying candidates (numpy releases the GIL); default all cores.
     chunks: a fixed chunking instead of the cost model's choice (benchmarks).
+    compiled: compare candidates with the numba loop (True), with numpy (False), or with the
+    loop when numba is installed and the search is large enough to repay loading it (None).
     """
     words = as_words(hashes)
     if mirrored is None:
-        return _search_collapsed(words, t, bits, workers, chunks)
+        return _search_collapsed(words, t, bits, workers, chunks, compiled)
     both = np.concatenate([words, as_words(mirrored)])
-    found = _search_collapsed(both, t, bits, workers, chunks)
+    found = _search_collapsed(both, t, bits, workers, chunks, compiled)
     n = len(words)
     i, j = found.i % n, found.j % n
     keep = i != j
@@ -184,9 +194,9 @@ def collapse(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _search_collapsed(words: np.ndarray, t: int, bits: int | None, workers: int | None,
-                      chunks: Sequence[Chunk] | None = None) -> Pairs:
+                      chunks: Sequence[Chunk] | None = None, compiled: bool | None = None) -> Pairs:
     unique, inverse = collapse(words)
-    found = search_unique(unique, t, bits, workers, chunks)
+    found = search_unique(unique, t, bits, workers, chunks, compiled)
     if len(unique) == len(words):
         order = np.argsort(inverse)  # unique row u is input row order[u]
         i, j = order[found.i], order[found.j]
@@ -217,11 +227,12 @@ def _expand(found: Pairs, inverse: np.ndarray, n_unique: int) -> Pairs:
 
 
 def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | None,
-                  chunks: Sequence[Chunk] | None = None) -> Pairs:
+                  chunks: Sequence[Chunk] | None = None, compiled: bool | None = None) -> Pairs:
     """`pairs_within` for rows known to be distinct (as `collapse` returns them).
 
     chunks: a fixed chunking instead of the cost model's (benchmarks compare plans with it);
     it must satisfy the pigeonhole rule for t, or some pairs could be missed.
+    compiled: as in `pairs_within`.
     """
     n = len(words)
     if t <= 0:
@@ -233,12 +244,28 @@ def search_unique(words: np.ndarray, t: int, bits: int | None, workers: int | No
     plan = tuple(chunks) if chunks is not None else _plan(n, bits, t, words.shape[1])
     if plan is None:
         return pairs_bruteforce(words, t)
+    kernel = _comparer(plan, n, words.shape[1], compiled)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pairs = _sorted_pairs([chunk_pairs(words, c.start, c.width, c.radius, t, pool) for c in plan])
+        pairs = _sorted_pairs([chunk_pairs(words, c.start, c.width, c.radius, t, pool, kernel)
+                               for c in plan])
     code = pairs.i * n + pairs.j
     first = np.ones(len(code), dtype=bool)
     first[1:] = code[1:] != code[:-1]  # a pair near on several chunks is found by each
     return Pairs(pairs.i[first], pairs.j[first], pairs.distance[first])
+
+
+def _comparer(plan: Sequence[Chunk], n: int, n_words: int, compiled: bool | None
+              ) -> ModuleType | None:
+    """The compiled comparison when asked for, or when numba is there and the plan's candidates
+    are enough to repay loading it; None for numpy."""
+    if compiled is False:
+        return None
+    if compiled is None and sum(_counts(n, c.width, c.radius)[2] for c in plan) * n_words < COMPILED_FROM:
+        return None
+    kernel = compiled_kernel()
+    if kernel is None and compiled:
+        raise ImportError("the compiled search needs numba: pip install 'curate[fast]'")
+    return kernel
 
 
 def _check_chunks(chunks: Sequence[Chunk], t: int, bits: int) -> None:
@@ -288,14 +315,18 @@ def _chunk_cost(n: int, width: int, radius: int, n_words: int = 1) -> float:
     keys, `per_key` a key (Poisson), so a share 1 - e^-per_key of them are in groups of two or
     more, and the pairs sharing a key number variants * per_key / 2. Small groups cost more a
     pair than large ones (gathering the group is per variant), hence the grouped term."""
-    variants = n * sum(comb(width, k) for k in range(radius + 1))
+    variants, grouped, candidates = _counts(n, width, radius)
     if variants > MAX_VARIANTS or width < 1:
         return float("inf")
-    per_key = variants / 2**width
-    grouped = variants * -math.expm1(-per_key)
-    candidates = variants * per_key / 2
     return (COST_CHUNK + COST_VARIANT * variants + COST_GROUPED * grouped
             + COST_CANDIDATE * n_words * candidates)
+
+
+def _counts(n: int, width: int, radius: int) -> tuple[float, float, float]:
+    """A chunk's variants, those sharing their key, and candidate pairs, for uniform hashes."""
+    variants = n * sum(comb(width, k) for k in range(radius + 1))
+    per_key = variants / 2**max(width, 0)
+    return variants, variants * -math.expm1(-per_key), variants * per_key / 2
 
 
 def _group_batches(starts: np.ndarray, sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
