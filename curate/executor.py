@@ -21,6 +21,7 @@ the same inputs, so they give the same results bit for bit.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -88,10 +89,13 @@ def pool_map(fn: Callable[[A], R], items: Sequence[A], workers: int | None = Non
 
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     # A process with one thread forks safely, and its workers start with everything it has
-    # imported (no second import of numpy, scipy and Pillow: about half a second per run).
+    # imported (no second import of numpy, scipy and Pillow: about half a second per run), so
+    # the preload is imported here first: once, rather than once in each worker.
     # With another thread alive (a progress bar's), a fork could copy a lock that thread holds;
     # macOS system libraries are not fork-safe at all (Python's own default there is spawn).
     if threading.active_count() == 1 and sys.platform == "linux":
+        for name in preload:
+            importlib.import_module(name)
         return multiprocessing.get_context("fork")
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")

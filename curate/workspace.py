@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ def is_workspace(path: Path) -> bool:
 class Workspace:
     root: Path
     manifest: Manifest
+    _swept: bool = field(default=False, init=False, repr=False)  # see lock()
 
     @property
     def images_dir(self) -> Path:
@@ -98,9 +99,13 @@ class Workspace:
                 raise WorkspaceBusy(
                     f"{self.root} is in use by another curate process; wait for it to finish"
                 ) from exc
-            # and beside the manifest: a killed dedupe-index write leaves its temp file there
-            for folder in (self.images_dir, self.state_dir):
-                sweep_temp_files(folder)
+            # and beside the manifest: a killed dedupe-index write leaves its temp file there.
+            # Once per Workspace: a run takes the lock more than once, and each sweep walks every
+            # stored image (55 ms at 100,000); a killed writer's leftovers wait for the next run.
+            if not self._swept:
+                for folder in (self.images_dir, self.state_dir):
+                    sweep_temp_files(folder)
+                self._swept = True
             yield
 
     def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import subprocess
 import sys
 from pathlib import Path
 
@@ -186,6 +187,27 @@ def test_pool_forks_when_single_threaded_and_uses_the_forkserver_beside_a_thread
     finally:
         stop.set()
         thread.join()
+
+
+def test_pool_workers_start_with_what_imagehash_imports_late() -> None:
+    """imagehash imports scipy.fftpack on its first phash; a forked pool's workers get it from
+    the parent (imported once, before the fork) instead of each importing it."""
+    if sys.platform != "linux":
+        pytest.skip("curate forks on Linux only")
+    code = (
+        "import sys\n"
+        "from curate.executor import MIN_ITEMS_PER_WORKER, pool_map\n"
+        "from curate.stages.dedupe.hashing import preload_modules\n"
+        "def imported(name):\n"
+        "    return name in sys.modules\n"
+        "names = ['scipy.fftpack'] * (MIN_ITEMS_PER_WORKER * 4)\n"
+        "assert not imported('scipy.fftpack')\n"
+        "print(set(pool_map(imported, names, 2, preload=preload_modules('dhash'))))\n"
+        "print(set(pool_map(imported, names, 2, preload=preload_modules('phash'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["{False}", "{True}"]  # dhash needs no scipy; phash's workers have it
 
 
 def test_grey_hashes_decode_colour_jpegs_to_luma_and_colorhash_keeps_colour(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from curate.stages.dedupe.clusters import (
     cluster_hashes,
     clusters_from_pairs,
     component_labels,
+    groups_from_labels,
 )
 from curate.stages.dedupe.search import Chunk, Pairs, pack_hashes, pairs_bruteforce, pairs_within
 
@@ -166,6 +167,19 @@ def test_union_find_labels_are_each_elements_root() -> None:
     uf.parent = parent
     assert labels.tolist() == [uf.find(x) for x in range(5_000)]
     assert uf.groups() == clusters_from_pairs(5_000, [(x, int(r)) for x, r in enumerate(labels)])
+
+
+@pytest.mark.parametrize("min_size", [1, 2, 3])
+def test_groups_from_labels_equal_a_plain_grouping(min_size: int) -> None:
+    """Singletons are left out before the split (most images are in no group); the groups and
+    their order stay those of grouping every label."""
+    labels = np.random.default_rng(min_size).integers(0, 400, 1_000)
+    by_label: dict[int, list[int]] = {}
+    for k, label in enumerate(labels.tolist()):
+        by_label.setdefault(label, []).append(k)
+    want = sorted((g for g in by_label.values() if len(g) >= min_size), key=lambda g: g[0])
+    assert groups_from_labels(labels, min_size) == want
+    assert groups_from_labels(np.empty(0, np.int64), min_size) == []
 
 
 def test_component_labels_on_a_long_chain() -> None:

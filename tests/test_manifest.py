@@ -99,3 +99,19 @@ def test_lock_sweeps_temp_files(tmp_path: Path) -> None:
         with ws.lock():
             assert not leftover.exists() and not index.exists()
             assert (ws.state_dir / "lock").exists()
+
+
+def test_the_sweep_runs_once_per_opened_workspace(tmp_path: Path) -> None:
+    """A run takes the lock several times; one walk over the stored images is enough, and a
+    writer killed in between leaves files that the next opened workspace sweeps."""
+    root = tmp_path / "ws"
+    with Workspace.open(root, create=True) as ws:
+        with ws.lock():
+            pass
+        later = ws.images_dir / "cd" / ".curate-tmp-456"
+        later.parent.mkdir(parents=True)
+        later.write_bytes(b"half")
+        with ws.lock():
+            assert later.exists()  # this workspace swept at its first lock
+    with Workspace.open(root) as ws, ws.lock():
+        assert not later.exists()

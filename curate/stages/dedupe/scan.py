@@ -25,7 +25,7 @@ from curate.executor import LOCAL, Executor
 from curate.folder import walk_images
 from curate.stages.dedupe.cache import FolderCache, Hash
 from curate.stages.dedupe.config import DedupeConfig
-from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened
+from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, preload_modules
 from curate.stages.ingest.sources import display, read_capped
 from curate.workspace import Workspace
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]
 MAX_FILE_BYTES = 256 << 20
 COMMIT_EVERY_S = 0.5  # new workspace hashes are committed this often: a killed run keeps them
-PRELOAD = ["curate.stages.dedupe.hashing"]
 
 
 class Item(NamedTuple):
@@ -182,7 +181,7 @@ def _probe_all(paths: list[str], config: DedupeConfig, on_progress: ProgressFn |
                executor: Executor) -> list[Probe]:
     one = partial(probe_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip=config.flip_invariant)
-    found = executor.map(one, paths, workers=config.workers or None, preload=PRELOAD)
+    found = executor.map(one, paths, workers=config.workers or None, preload=preload_modules(config.hash))
     return _collect(found, len(paths), on_progress)
 
 
@@ -208,7 +207,7 @@ def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
     one = partial(hash_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip_invariant=config.flip_invariant)
     paths = [str(ws.root / r.stored_path) for r in missing]
-    computed = executor.map(one, paths, workers=config.workers or None, preload=PRELOAD)
+    computed = executor.map(one, paths, workers=config.workers or None, preload=preload_modules(config.hash))
     scan = Scan(hashed=len(missing))
     fresh: list[tuple[str, int, int | None]] = []
     last = time.monotonic()
