@@ -163,3 +163,24 @@ def test_without_a_cache_folder_the_loop_is_compiled_per_process() -> None:
     assert compiled(21) == 42
     assert isinstance(compiled._cache, NullCache)  # not cached, but compiled
     assert isinstance(kernel.one_word_pairs._cache, FunctionCache)  # the package's file: cached
+
+
+def test_a_numba_that_cannot_compile_here_falls_back_to_numpy(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """numba installed but failing on this platform (its errors are not ImportError): one line
+    says so and the search compares with numpy, with the same pairs."""
+    def broken() -> None:
+        raise RuntimeError("LLVM ERROR: cannot select instruction\nmore detail")
+
+    monkeypatch.setattr(kernel, "warm_up", broken)
+    chunkjoin.compiled_kernel.cache_clear()
+    try:
+        assert chunkjoin.compiled_kernel() is None
+        assert "could not load (LLVM ERROR: cannot select instruction)" in caplog.text
+        big = search._plan(10_000_000, 64, 8)
+        assert big is not None
+        assert search._comparer(big, 10_000_000, 1, None) is None  # a 10M search takes numpy
+    finally:
+        chunkjoin.compiled_kernel.cache_clear()
+    monkeypatch.undo()
+    assert chunkjoin.compiled_kernel() is kernel

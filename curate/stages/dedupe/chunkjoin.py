@@ -24,16 +24,20 @@ Why it is done this way (figures: docs/benchmarks.md, "Search to 10M"):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
 
+from curate.paths import first_line
 from curate.stages.dedupe.lookup import SortedLookup, left, right, sorted_lookup
 
+log = logging.getLogger(__name__)
 # Entries per partition (~8 bytes each, a few temporaries): bounds the memory of one worker.
 PARTITION = 1 << 20
 _POPCOUNT8 = np.array([v.bit_count() for v in range(256)], dtype=np.uint8)
@@ -199,12 +203,20 @@ def _partition_pairs(words: np.ndarray, index: ChunkIndex, rows: Rows | None, fl
     return a, b, d
 
 
+@functools.cache
 def compiled_kernel() -> ModuleType | None:
-    """The numba-compiled comparison (`kernel.py`), or None when numba is not installed."""
+    """The numba-compiled comparison (`kernel.py`), loaded and run once on a tiny input; None
+    when numba is not installed or cannot compile here (the numpy path gives the same pairs)."""
     try:
-        return importlib.import_module("curate.stages.dedupe.kernel")
+        kernel = importlib.import_module("curate.stages.dedupe.kernel")
+        kernel.warm_up()
     except ImportError:
         return None
+    except Exception as exc:  # numba's own errors: LLVM, a broken cache, a platform
+        log.warning("the compiled search could not load (%s); comparing with numpy instead",
+                    first_line(exc))
+        return None
+    return kernel
 
 
 def _compiled_candidates(compiled: ModuleType, entries: np.ndarray, payload_bits: int,

@@ -126,3 +126,12 @@ def row_pairs(entries: np.ndarray, shift: int, words: np.ndarray, t: int, p: np.
                     m += 1
         i = j
     return m
+
+
+def warm_up() -> None:
+    """Compile both loops (or load them from the cache) on a few entries: a numba that cannot
+    compile here fails now, where the search can still choose numpy, not inside a worker."""
+    entries = np.arange(8, dtype=np.uint64)
+    p, r, d = np.empty(64, np.int64), np.empty(64, np.int64), np.empty(64, np.uint16)
+    one_word_pairs(entries, 2, 8, p, r, d)
+    row_pairs(entries, 2, np.zeros((8, 2), np.uint64), 8, p, r, d)
