@@ -1,6 +1,7 @@
 """`curate dedupe` on a workspace, then again after 1% more images: the whole stage, measured.
 
     python bench/dedupe_incremental.py --count 30000 --new 300 [--kind varied] [--images DIR]
+    python bench/dedupe_incremental.py --count 1000000 --new 10000 --size 128 --kind varied --jobs 2
 
 Generates `count` photos with gallery-dl sidecars (`--kind bulk`: crops of scikit-image's
 samples, most of them near copies of each other; `varied`: mosaics of crops with 5% planted
@@ -58,13 +59,21 @@ def timed(ws: Path) -> Run:
         return pool.submit(_run, ws).result()
 
 
-def photos(folder: Path, count: int, size: int, seed: int, kind: str) -> Path:
-    """The generated set in `folder`, made there first if it is not (whole, or not at all)."""
+def photos(folder: Path, count: int, size: int, seed: int, kind: str, jobs: int = 1) -> Path:
+    """The generated set in `folder`, made there first if it is not (whole, or not at all).
+    With jobs > 1 it is made as that many parts (subfolders, seeds 1000 + seed * 100 + part) at once."""
     if not folder.is_dir():
         start = time.perf_counter()
         part = folder.with_name(folder.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
-        (build_varied if kind == "varied" else build_bulk)(part, count, size, seed=seed)
+        build = build_varied if kind == "varied" else build_bulk
+        if jobs == 1:
+            build(part, count, size, seed=seed)
+        else:
+            sizes = [count // jobs + (k < count % jobs) for k in range(jobs)]
+            with ProcessPoolExecutor(jobs) as pool:
+                list(pool.map(build, [part / f"part-{k}" for k in range(jobs)], sizes, [size] * jobs,
+                              [1000 + seed * 100 + k for k in range(jobs)]))
         part.rename(folder)
         print(f"generated {folder.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return folder
@@ -80,12 +89,16 @@ def main() -> None:
         "decisions); varied: mosaics of crops, 5%% planted copies (closer to a real scrape)"))
     parser.add_argument("--images", type=Path, help="keep the generated photos here and reuse them "
                         "(100,000 take ~7 min to make); default: a temporary folder")
+    parser.add_argument("--jobs", type=int, default=1, help="make the first set as this many parts "
+                        "at once (other images than with 1: each part has its own seed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dedupe-incremental-") as tmp:
         root = Path(tmp)
         images = args.images or root
         name = "" if args.kind == "bulk" else f"{args.kind}-"
-        raw = photos(images / f"{name}raw-{args.count}-{args.size}", args.count, args.size, 0, args.kind)
+        parts = f"-j{args.jobs}" if args.jobs > 1 else ""
+        raw = photos(images / f"{name}raw-{args.count}-{args.size}{parts}", args.count, args.size, 0,
+                     args.kind, args.jobs)
         new = photos(images / f"{name}new-{args.new}-{args.size}", args.new, args.size, 1, args.kind)
         ws = root / "ws"
         start = time.perf_counter()
