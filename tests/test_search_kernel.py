@@ -117,7 +117,8 @@ def test_mirrored_search_with_the_kernel() -> None:
                 pairs_within(hashes, 3, mirrored=mirrored, chunks=plan, compiled=False))
 
 
-def test_the_kernel_is_chosen_for_large_searches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernel_is_chosen_for_large_searches_only(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     """Loading numba costs ~0.4 s, so the numpy path keeps small searches (300k hashes at t=8:
     3e7 candidates, 0.4 s) and the loop takes large ones (1M: 3.3e8, 1.1 s against 1.3 s)."""
     for n, compiled in ((300_000, False), (1_000_000, True), (10_000_000, True)):
@@ -129,6 +130,10 @@ def test_the_kernel_is_chosen_for_large_searches_only(monkeypatch: pytest.Monkey
     monkeypatch.setattr(search, "compiled_kernel", lambda: None)  # as without numba
     plan = search._plan(10_000_000, 64, 8)
     assert search._comparer(plan, 10_000_000, 1, None) is None
+    assert "pip install 'curate[fast]'" in caplog.text  # a 10M search says what would help
+    caplog.clear()
+    assert search._comparer(search._plan(1_000_000, 64, 8), 1_000_000, 1, None) is None
+    assert not caplog.text  # a 1M search (1.3 s with numpy) says nothing
     with pytest.raises(ImportError, match=r"pip install 'curate\[fast\]'"):
         search._comparer(plan, 10_000_000, 1, True)
 

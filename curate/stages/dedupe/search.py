@@ -38,6 +38,7 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ import numpy as np
 
 from curate.stages.dedupe.chunkjoin import chunk_pairs, compiled_kernel, item_bits, popcount
 
+log = logging.getLogger(__name__)
 __all__ = ["Chunk", "Pairs", "pairs_bruteforce", "pairs_within", "popcount", "search_unique"]
 
 # Candidate pairs materialised at once (~40 bytes each): bounds peak memory whatever the buckets.
@@ -73,6 +75,9 @@ COST_CHUNK = 2e-3  # a chunk's fixed work (its index, a Python loop per partitio
 # it costs ~0.4 s (numba's import and the cached loop), so it loses at 300k hashes (0.6 s against
 # numpy's 0.4 s at t=8, 3e7 candidates) and wins at 1M (1.1 s against 1.3 s, 3.3e8).
 COMPILED_FROM = 1e8
+# Without numba, searches past this many candidates (~5M hashes at t=8: a minute or more) say
+# once that the `fast` extra would shorten them (10M: 38 s with numpy, 10 s with the loop).
+HINT_FROM = 1e10
 
 
 class Pairs(NamedTuple):
@@ -260,11 +265,15 @@ def _comparer(plan: Sequence[Chunk], n: int, n_words: int, compiled: bool | None
     are enough to repay loading it; None for numpy."""
     if compiled is False:
         return None
-    if compiled is None and sum(_counts(n, c.width, c.radius)[2] for c in plan) * n_words < COMPILED_FROM:
+    candidates = sum(_counts(n, c.width, c.radius)[2] for c in plan) * n_words
+    if compiled is None and candidates < COMPILED_FROM:
         return None
     kernel = compiled_kernel()
     if kernel is None and compiled:
         raise ImportError("the compiled search needs numba: pip install 'curate[fast]'")
+    if kernel is None and candidates >= HINT_FROM:
+        log.warning("comparing %.1e candidate pairs with numpy; pip install 'curate[fast]' "
+                    "compares them ~4x faster", candidates)
     return kernel
 
 
