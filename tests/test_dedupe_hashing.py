@@ -205,9 +205,14 @@ def test_pool_workers_start_with_what_imagehash_imports_late() -> None:
         "print(set(pool_map(imported, names, 2, preload=preload_modules('dhash'))))\n"
         "print(set(pool_map(imported, names, 2, preload=preload_modules('phash'))))\n"
     )
+    assert run_python(code).split() == ["{False}", "{True}"]  # dhash needs no scipy; phash's workers have it
+
+
+def run_python(code: str) -> str:
+    """What `python -c code` prints, in a fresh interpreter (imports as a user's run has them)."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["{False}", "{True}"]  # dhash needs no scipy; phash's workers have it
+    return out.stdout
 
 
 def test_grey_hashes_decode_colour_jpegs_to_luma_and_colorhash_keeps_colour(tmp_path: Path) -> None:

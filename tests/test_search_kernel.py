@@ -4,8 +4,6 @@ and the search must stay exact, and work, with it, without it, and without numba
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from numba.core.caching import FunctionCache, NullCache
 
 from curate.stages.dedupe import chunkjoin, kernel, search  # numba: the fast extra, in dev
 from curate.stages.dedupe.search import Chunk, pairs_bruteforce, pairs_within
+from tests.test_dedupe_hashing import run_python
 from tests.test_dedupe_search import assert_same, planted
 
 
@@ -154,9 +153,7 @@ def test_the_search_runs_without_numba_installed() -> None:
         "assert 'curate.stages.dedupe.kernel' not in sys.modules\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert run_python(code).strip() == "ok"
 
 
 def test_without_a_cache_folder_the_loop_is_compiled_per_process() -> None:

@@ -47,6 +47,16 @@ def _popcount(typingctx, x):  # numba's intrinsic signature: the typing context,
     return sig, codegen
 
 
+@njit(inline="always")  # numba's own inlining: a call passing arrays counts references
+def _group_end(entries: np.ndarray, i: int, sh: np.uint64) -> int:
+    """One past the last entry with entry i's key (entries are sorted)."""
+    key = entries[i] >> sh
+    j = i + 1
+    while j < len(entries) and (entries[j] >> sh) == key:
+        j += 1
+    return j
+
+
 @_jit
 def one_word_pairs(entries: np.ndarray, shift: int, t: int, p: np.ndarray, r: np.ndarray,
                    d: np.ndarray) -> int:
@@ -63,10 +73,7 @@ def one_word_pairs(entries: np.ndarray, shift: int, t: int, p: np.ndarray, r: np
     m = 0
     i = 0
     while i < n:
-        key = entries[i] >> sh
-        j = i + 1
-        while j < n and (entries[j] >> sh) == key:
-            j += 1
+        j = _group_end(entries, i, sh)
         a = i
         while a < j - 1:
             # four rows in registers against the rest of the group; hits are rare, so only
@@ -107,10 +114,7 @@ def row_pairs(entries: np.ndarray, shift: int, words: np.ndarray, t: int, p: np.
     m = 0
     i = 0
     while i < n:
-        key = entries[i] >> sh
-        j = i + 1
-        while j < n and (entries[j] >> sh) == key:
-            j += 1
+        j = _group_end(entries, i, sh)
         for a in range(i, j - 1):
             ra = entries[a] & low
             for b in range(a + 1, j):
