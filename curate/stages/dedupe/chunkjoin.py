@@ -189,9 +189,8 @@ def _partition_pairs(words: np.ndarray, index: ChunkIndex, rows: Rows | None, fl
         p, r, d = _numpy_candidates(entries, index.payload_bits, many, t)
     if not len(p):
         return _none()
-    pb = np.uint64(index.payload_bits)
-    keys = entries[p] >> pb
-    payload_a, payload_b = entries[p] & _mask(index.payload_bits), entries[r] & _mask(index.payload_bits)
+    first, mask = entries[p], _mask(index.payload_bits)
+    keys, payload_a, payload_b = first >> np.uint64(index.payload_bits), first & mask, entries[r] & mask
     del entries
     if rows is not None:  # one word: the rests passed, now find the rows of the hits
         return _resolve(words, index, rows, keys, payload_a, payload_b, radius, t)

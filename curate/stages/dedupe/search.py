@@ -37,6 +37,7 @@ Why this design (numbers from `bench/dedupe_bench.py`, 2 cores; see docs/benchma
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -272,9 +273,14 @@ def _comparer(plan: Sequence[Chunk], n: int, n_words: int, compiled: bool | None
     if kernel is None and compiled:
         raise ImportError("the compiled search needs numba: pip install 'curate[fast]'")
     if kernel is None and candidates >= HINT_FROM:
-        log.warning("comparing %.1e candidate pairs with numpy; pip install 'curate[fast]' "
-                    "compares them ~4x faster", candidates)
+        _hint_fast()
     return kernel
+
+
+@functools.cache  # once a process: a dedupe run searches again for each candidate band
+def _hint_fast() -> None:
+    log.warning("a search this large compares its candidate pairs with numpy; "
+                "pip install 'curate[fast]' compares them ~4x faster")
 
 
 def _check_chunks(chunks: Sequence[Chunk], t: int, bits: int) -> None:
