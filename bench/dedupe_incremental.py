@@ -7,9 +7,10 @@ Generates `count` photos with gallery-dl sidecars (`--kind bulk`: crops of sciki
 samples, most of them near copies of each other; `varied`: mosaics of crops with 5% planted
 copies, closer to a real scrape) and `new` more (another seed), imports the first set, times
 `dedupe` (the full run: every image hashed, the whole search, the index written), imports the
-new set and times `dedupe` again (the incremental run: only new images hashed, searched against
-the index). Then the index is deleted and `dedupe` re-run (hashes cached, full search) as the
-reference: its groups must equal the incremental run's. Each run is timed in a fresh process,
+new set and times `dedupe` again (the incremental run: only new images read and hashed, searched
+against the index). Then the index and the snapshot of the images (snapshot.py) are deleted and
+`dedupe` re-run (every row read, hashes cached, full search) as the reference: its groups must
+equal the incremental run's. Each run is timed in a fresh process,
 as a user's `curate dedupe` runs. Prints a markdown table.
 """
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fixtures/ (and c
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.index import INDEX_NAME
 from curate.stages.dedupe.run import DedupeResult, dedupe
+from curate.stages.dedupe.snapshot import SNAPSHOT_NAME
 from curate.stages.ingest import ImportConfig, import_sources
 from fixtures.scrape import build_bulk, build_varied
 
@@ -91,7 +93,11 @@ def main() -> None:
                         "(100,000 take ~7 min to make); default: a temporary folder")
     parser.add_argument("--jobs", type=int, default=1, help="make the first set as this many parts "
                         "at once (other images than with 1: each part has its own seed)")
+    parser.add_argument("--workspace", type=Path, help="make the workspace here and keep it (it must "
+                        "not exist), to look at or profile afterwards; default: a temporary folder")
     args = parser.parse_args()
+    if args.workspace is not None and args.workspace.exists():
+        parser.error(f"--workspace {args.workspace} exists: give a new folder")
     with tempfile.TemporaryDirectory(prefix="dedupe-incremental-") as tmp:
         root = Path(tmp)
         images = args.images or root
@@ -100,7 +106,7 @@ def main() -> None:
         raw = photos(images / f"{name}raw-{args.count}-{args.size}{parts}", args.count, args.size, 0,
                      args.kind, args.jobs)
         new = photos(images / f"{name}new-{args.new}-{args.size}", args.new, args.size, 1, args.kind)
-        ws = root / "ws"
+        ws = args.workspace or root / "ws"
         start = time.perf_counter()
         import_sources(ws, [raw], ImportConfig())
         print(f"imported in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
@@ -108,12 +114,13 @@ def main() -> None:
         import_sources(ws, [new], ImportConfig())
         second = timed(ws)
         (ws / ".curate" / INDEX_NAME).unlink()
+        (ws / ".curate" / SNAPSHOT_NAME).unlink()
         reference = timed(ws)
     assert second.groups == reference.groups, "the incremental run's groups differ from a full search"
     rows = [
         ("full run: hash every image, whole search, write the index", first),
         ("incremental run: hash the new images, search them against the index", second),
-        ("reference: index deleted, hashes cached, whole search", reference),
+        ("reference: index and snapshot deleted, hashes cached, whole search", reference),
     ]
     print(f"### dedupe on a workspace: {args.count:,} images, then {args.new:,} more "
           f"({args.size}x{args.size} JPEGs, {args.kind})\n")

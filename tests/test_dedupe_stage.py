@@ -264,13 +264,13 @@ def test_a_rerun_keeps_the_rows_of_unchanged_decisions_and_drops_superseded_ones
 def test_workspace_items_are_made_when_asked_for_and_a_keep_list_sees_them_all(workspace: Path) -> None:
     from curate.stages.dedupe.scan import WorkspaceItems, scan_workspace
 
-    with Workspace.open(workspace) as ws:
+    with Workspace.open(workspace) as ws:  # items not yet made are read while it is open
         items = scan_workspace(ws, FAST).items
-    assert isinstance(items, WorkspaceItems) and len(items) == 8 and not items.made
-    assert items[-1] is items[7] and items[2:4] == [items[2], items[3]] and len(items.made) == 3
-    with pytest.raises(IndexError):
-        items[8]
-    assert [i.order for i in items] == list(range(8)) and len({i.sha256 for i in items}) == 8
+        assert isinstance(items, WorkspaceItems) and len(items) == 8 and not items.made
+        assert items[-1] is items[7] and items[2:4] == [items[2], items[3]] and len(items.made) == 3
+        with pytest.raises(IndexError):
+            items[8]
+        assert [i.order for i in items] == list(range(1, 9)) and len({i.sha256 for i in items}) == 8
     # keep.txt is matched against every image's names: a duplicate listed there stays
     first = dedupe(workspace, FAST)
     listed = first.items[first.groups[0].duplicates[0].index]

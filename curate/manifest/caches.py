@@ -61,14 +61,27 @@ CREATE TABLE IF NOT EXISTS pair_scores (
 Hash = tuple[int, int | None]  # value, mirrored
 
 
+# Wanted hashes are looked up one by one while they are fewer than the stored ones over this
+# (measured at 100,000 stored: 10,000 lookups cost 0.45 s, a pass over the table 0.46 s).
+LOOKUP_RATIO = 10
+
+
 def read_hashes(db: sqlite3.Connection, shas: Iterable[str], key: str,
                 need_mirrored: bool) -> dict[str, Hash]:
     """The cached hashes of these images in this hash space (those that are cached)."""
     wanted = set(shas)
     out: dict[str, Hash] = {}
-    for sha, value, mirrored in db.execute(
-        "SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ?", (key,)
-    ):
+    rows: Iterable[tuple[str, str, str | None]]
+    stored = db.execute("SELECT MAX(rowid) FROM hashes").fetchone()[0] or 0  # about the row count
+    if len(wanted) * LOOKUP_RATIO <= stored:  # a few (a re-run's new images): looked up by key
+        listed, rows = list(wanted), []
+        for start in range(0, len(listed), 500):  # SQLite's bound-parameter limit
+            chunk = listed[start:start + 500]
+            rows += db.execute("SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ? AND "
+                               f"image_sha256 IN ({', '.join('?' * len(chunk))})", [key, *chunk])
+    else:  # many: one pass over the table is faster than as many lookups
+        rows = db.execute("SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ?", (key,))
+    for sha, value, mirrored in rows:
         if sha in wanted and (mirrored is not None or not need_mirrored):
             out[sha] = (int(value, 16), int(mirrored, 16) if mirrored is not None else None)
     return out

@@ -39,13 +39,17 @@ class NewDecision(NamedTuple):
     reason: str
 
 
-class ImageRow(NamedTuple):  # a tuple: read for every image on every dedupe run
+class ImageRow(NamedTuple):  # a tuple: read for every image on a full dedupe run
     sha256: str
     stored_path: str
     width: int
     height: int
     format: str
     file_bytes: int
+    rowid: int  # import order: rows are only ever added (INSERT OR IGNORE), never changed
+
+
+_IMAGE_ROW = "SELECT sha256, stored_path, width, height, format, file_bytes, rowid FROM images"
 
 
 def _now() -> str:
@@ -158,16 +162,39 @@ class ImageQueries:
             _finish(db, run_id, stage, summary, files, decisions, replacing)
 
     # -- images and origins -------------------------------------------------------------
-    def image_rows(self) -> list[ImageRow]:
-        """Every stored image, in import order."""
-        return list(map(ImageRow._make, self.db.execute(
-            "SELECT sha256, stored_path, width, height, format, file_bytes FROM images ORDER BY rowid")))
+    def image_rows(self, after: int = 0) -> list[ImageRow]:
+        """Every stored image (imported after row `after`), in import order."""
+        return list(map(ImageRow._make, self.db.execute(f"{_IMAGE_ROW} WHERE rowid > ? ORDER BY rowid",
+                                                        (after,))))
 
-    def origin_aliases(self) -> dict[str, list[str]]:
-        """Image sha256 -> every source file it was imported from, the first one first."""
+    def image_rows_at(self, rowids: Sequence[int]) -> list[ImageRow]:
+        """The images with these row ids, in import order."""
+        out: list[ImageRow] = []
+        for start in range(0, len(rowids), 500):  # SQLite's bound-parameter limit
+            chunk = [int(r) for r in rowids[start:start + 500]]
+            out += map(ImageRow._make, self.db.execute(
+                f"{_IMAGE_ROW} WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk))
+        return sorted(out, key=lambda r: r.rowid)
+
+    def image_count(self, upto: int) -> int:
+        """How many images there are up to row `upto`."""
+        return int(self.db.execute("SELECT COUNT(*) FROM images WHERE rowid <= ?", (upto,)).fetchone()[0])
+
+    def origin_aliases(self, shas: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Image sha256 -> every source file it was imported from, the first one first (for
+        every image, or for these)."""
         out: dict[str, list[str]] = {}
-        for sha, path in self.db.execute(
-                "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id"):
+        if shas is None:
+            rows: Iterable[tuple[str, str]] = self.db.execute(
+                "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id")
+        else:
+            rows = []
+            for start in range(0, len(shas), 500):
+                chunk = list(shas[start:start + 500])
+                rows += self.db.execute("SELECT image_sha256, source_path, id FROM origins "
+                                        f"WHERE image_sha256 IN ({', '.join('?' * len(chunk))})", chunk)
+            rows = [r[:2] for r in sorted(rows, key=lambda r: r[2])]
+        for sha, path in rows:
             out.setdefault(sha, []).append(path)
         return out
 

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from curate.manifest.caches import FolderCacheDB, Hash, path_key
 
-__all__ = ["FolderCache", "Hash", "cache_dir", "path_key"]
+__all__ = ["FolderCache", "Hash", "Packed", "cache_dir", "path_key"]
+
+
+class Packed(NamedTuple):
+    """Many hashes at once, packed as `search.pack_hashes` packs them (a workspace's snapshot
+    keeps them so: a million Python tuples would cost more than the arrays)."""
+
+    words: np.ndarray  # (N, W) uint64
+    mirrored: np.ndarray | None  # (N, W) uint64: the left-right mirrors' hashes, when asked for
 
 
 def cache_dir() -> Path:

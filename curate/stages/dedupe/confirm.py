@@ -11,6 +11,7 @@ decoded is not remembered (the file may be repaired).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from typing import Protocol
 
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.group import Confirm
-from curate.stages.dedupe.scan import Item
+from curate.stages.dedupe.scan import Item, prefetch
 
 # Bump when the comparison itself changes, so remembered scores are not reused.
 SCORING_VERSION = 1
@@ -39,6 +40,7 @@ def confirm_fn(config: DedupeConfig, store: ScoreStore | None = None, save: bool
         verify = VerifyConfig(mirrored=config.flip_invariant)  # mirrored candidates need it
         key = json.dumps({**asdict(verify), "version": SCORING_VERSION}, sort_keys=True)
         todo = [(a, b) for a, b in pairs if a != b]
+        prefetch(items, itertools.chain.from_iterable(todo))
         shas = {(a, b): (items[a].sha256, items[b].sha256) for a, b in todo}
         known = store.pair_scores(key, list(shas.values())) if store is not None else {}
         fresh = [(a, b) for a, b in todo if shas[(a, b)] not in known]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.stages.dedupe.cache import Hash
+from curate.stages.dedupe.cache import Hash, Packed
 from curate.stages.dedupe.clusters import UnionFind, component_labels, groups_from_labels
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import hash_key
 from curate.stages.dedupe.index import indexed_search
 from curate.stages.dedupe.keep import choose
 from curate.stages.dedupe.relation import Digests, relation
-from curate.stages.dedupe.scan import Item
+from curate.stages.dedupe.scan import Item, prefetch
 from curate.stages.dedupe.search import Pairs, collapse, pack_hashes, popcount, search_unique
 
 # Candidate pairs verified per round; between rounds, pairs already joined are dropped.
@@ -51,7 +51,7 @@ class Group:
 Confirm = Callable[[Sequence[Item], list[tuple[int, int]]], list[tuple[int, int]]]
 
 
-def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeConfig,
+def find_groups(items: Sequence[Item], hashes: Sequence[Hash] | Packed, config: DedupeConfig,
                 keep: set[int] | None = None, confirm: Confirm | None = None,
                 unverified: list[int] | None = None, index: Path | None = None,
                 save_index: bool = True, digests: Digests | None = None) -> list[Group]:
@@ -66,9 +66,7 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
     if n < 2:
         return []
     bits = config.bits()
-    words = pack_hashes([h[0] for h in hashes], bits)
-    if config.flip_invariant:
-        words = np.concatenate([words, pack_hashes([h[1] or 0 for h in hashes], bits)])
+    words = _packed(hashes, config)
     unique, inverse = collapse(words)
     t, workers = config.effective_threshold(), config.workers or None
     key = f"{hash_key(config.hash, config.hash_size, config.decode)}/{bits}"
@@ -78,8 +76,8 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
             return search_unique(unique, threshold, bits, workers)
         return indexed_search(index, key, unique, threshold, bits, workers, save_index)
 
-    found = search(t)
-    i, j = [found.i], [found.j]
+    pairs = search(t)
+    i, j = [pairs.i], [pairs.j]
     if config.flip_invariant:  # each image is the same picture as its own mirror
         i.append(inverse[:n])
         j.append(inverse[n:])
@@ -89,7 +87,25 @@ def find_groups(items: Sequence[Item], hashes: Sequence[Hash], config: DedupeCon
                             unverified if unverified is not None else [], search)
     labels = labels[inverse[:n]]
     digests = digests if digests is not None else Digests()
-    return _make_groups(groups_from_labels(labels, 2), items, words, n, config, keep or set(), digests)
+    found = groups_from_labels(labels, 2)
+    prefetch(items, itertools.chain.from_iterable(found))
+    return _make_groups(found, items, words, n, config, keep or set(), digests)
+
+
+def _packed(hashes: Sequence[Hash] | Packed, config: DedupeConfig) -> np.ndarray:
+    """The hashes as (N, W) uint64 rows, then with `flip_invariant` the mirrored ones' N rows."""
+    if isinstance(hashes, Packed):
+        words = hashes.words
+        if config.flip_invariant:
+            if hashes.mirrored is None:
+                raise ValueError("flip_invariant needs the mirrored hashes")
+            words = np.concatenate([words, hashes.mirrored])
+        return words
+    bits = config.bits()
+    words = pack_hashes([h[0] for h in hashes], bits)
+    if config.flip_invariant:
+        words = np.concatenate([words, pack_hashes([h[1] or 0 for h in hashes], bits)])
+    return words
 
 
 def _confirmed(

@@ -29,7 +29,7 @@ from curate.stages.dedupe.keep import KEEP_FILE, match_keep_list, read_keep_list
 from curate.stages.dedupe.move import apply_moves, move_lock, plan_moves
 from curate.stages.dedupe.relation import Digests
 from curate.stages.dedupe.report import write_report
-from curate.stages.dedupe.scan import Item, ProgressFn, Scan, scan_folder, scan_workspace
+from curate.stages.dedupe.scan import Item, ProgressFn, Scan, prefetch, scan_folder, scan_workspace
 from curate.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def _group(result: DedupeResult, scan: Scan, config: DedupeConfig, keep_list: Pa
         keep_list = root / KEEP_FILE
     chosen: set[int] = set()
     if keep_list is not None:
+        prefetch(scan.items, range(len(scan.items)))  # a keep list is matched against every image
         chosen, unmatched = match_keep_list(scan.items, read_keep_list(keep_list), root)
         result.warnings += [(str(keep_list), f"line {entry!r} names no image here") for entry in unmatched]
     confirm = confirm_fn(config, store, save_index) if config.verify else None

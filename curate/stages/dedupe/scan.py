@@ -4,7 +4,8 @@ A plain folder is walked like `curate import` walks it (same symlink rules, same
 is an image). Each file is read once per change: its sha256, size and format are cached by
 path + size + mtime, and its perceptual hash by content sha256 + hash space. A workspace
 already knows each image's sha256 and size; only missing hashes are computed, from the
-normalised copies in `images/`.
+normalised copies in `images/`, and only the images imported since the last run are read from
+the manifest (the rest, with their hashes, come from its snapshot: snapshot.py).
 """
 
 from __future__ import annotations
@@ -13,28 +14,36 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 from PIL import Image
 
 from curate.executor import LOCAL, Executor
 from curate.folder import walk_images
-from curate.stages.dedupe.cache import FolderCache, Hash
+from curate.stages.dedupe.cache import FolderCache, Hash, Packed
 from curate.stages.dedupe.config import DedupeConfig
 from curate.stages.dedupe.hashing import decode_error, hash_file, hash_key, hash_opened, preload_modules
+from curate.stages.dedupe.search import pack_hashes
+from curate.stages.dedupe.snapshot import SNAPSHOT_NAME, Snapshot
 from curate.stages.ingest.sources import display, read_capped
 from curate.workspace import Workspace
 
 if TYPE_CHECKING:
+    from curate.manifest import Manifest
     from curate.manifest.images import ImageRow
 
 ProgressFn = Callable[[int, int], None]
 MAX_FILE_BYTES = 256 << 20
 COMMIT_EVERY_S = 0.5  # new workspace hashes are committed this often: a killed run keeps them
+# WorkspaceItems looks rows up one by one up to this many or a quarter of the images, whichever
+# is more; past that it reads whole tables (a lookup cost about two rows of a whole-table read,
+# 8-10 us against 4-5 us, at 100,000 images)
+MANY_ROWS = 4096
 
 
 class Item(NamedTuple):
@@ -61,15 +70,17 @@ class Item(NamedTuple):
 class WorkspaceItems(Sequence[Item]):
     """A workspace's hashed images as Items, each made when first asked for: a run looks at the
     images in groups (and at all only for a keep list), and making every one up front was a
-    quarter of an unchanged re-run at 100,000 images."""
+    quarter of an unchanged re-run at 100,000 images. Rows a run did not read (see snapshot.py)
+    are read from the manifest when asked for; `prefetch` reads many at once."""
 
-    def __init__(self, root: str, rows: list[ImageRow], hashed: list[int],
-                 aliases: dict[str, list[str]]) -> None:
-        self.root, self.rows, self.hashed, self.aliases = root, rows, hashed, aliases
+    def __init__(self, root: str, manifest: Manifest, rowids: np.ndarray, rows: dict[int, ImageRow],
+                 aliases: dict[str, list[str]] | None = None) -> None:
+        self.root, self.manifest, self.rowids, self.rows = root, manifest, rowids, rows
+        self.aliases = aliases  # None: read per image as it is made
         self.made: dict[int, Item] = {}
 
     def __len__(self) -> int:
-        return len(self.hashed)
+        return len(self.rowids)
 
     def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
         # a made item first, with no other test: a run asks for each grouped image several
@@ -80,22 +91,44 @@ class WorkspaceItems(Sequence[Item]):
             pass
         if isinstance(k, slice):
             return [self[i] for i in range(*k.indices(len(self)))]
-        k = range(len(self.hashed))[k]  # an IndexError past the end ends iteration
-        item = self.made.get(k)
-        if item is None:
-            order = self.hashed[k]
-            r = self.rows[order]
-            names = self.aliases.get(r.sha256, ())
-            item = self.made[k] = Item(names[0] if names else r.stored_path, self.root + r.stored_path,
-                                       r.sha256, r.width, r.height, r.format, r.file_bytes,
-                                       float(order), order, (r.sha256, r.stored_path, *names))
-        return item
+        k = range(len(self.rowids))[k]  # an IndexError past the end ends iteration
+        if k not in self.made:
+            self.prefetch([k])
+        return self.made[k]
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Make the items at these indices, reading the rows and origins they need at once."""
+        todo = [k for k in dict.fromkeys(indices) if k not in self.made]
+        if not todo:
+            return
+        rowids = [int(self.rowids[k]) for k in todo]
+        unread = [r for r in rowids if r not in self.rows]
+        many = len(todo) > max(MANY_ROWS, len(self) // 4)
+        found = self.manifest.image_rows() if many and unread else self.manifest.image_rows_at(unread)
+        self.rows.update((r.rowid, r) for r in found)
+        if self.aliases is None and many:
+            self.aliases = self.manifest.origin_aliases()
+        aliases = self.aliases
+        if aliases is None:
+            aliases = self.manifest.origin_aliases([self.rows[r].sha256 for r in rowids])
+        for k, rowid in zip(todo, rowids, strict=True):
+            r = self.rows[rowid]
+            names = aliases.get(r.sha256, ())
+            self.made[k] = Item(names[0] if names else r.stored_path, self.root + r.stored_path,
+                                r.sha256, r.width, r.height, r.format, r.file_bytes,
+                                float(rowid), rowid, (r.sha256, r.stored_path, *names))
+
+
+def prefetch(items: Sequence[Item], indices: Iterable[int]) -> None:
+    """Make these items at once where they are read from the manifest on demand (a workspace)."""
+    if isinstance(items, WorkspaceItems):
+        items.prefetch(indices)
 
 
 @dataclass
 class Scan:
     items: Sequence[Item] = field(default_factory=list)
-    hashes: list[Hash] = field(default_factory=list)
+    hashes: list[Hash] | Packed = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     hashed: int = 0  # computed in this run (the rest came from the cache)
@@ -203,23 +236,50 @@ def _collect(results, total: int, on_progress: ProgressFn | None) -> list:  # ty
 def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
                    on_progress: ProgressFn | None = None, executor: Executor = LOCAL) -> Scan:
     """Every image of the workspace with its hash; new hashes are stored in the manifest as they
-    come (in short transactions: a killed run keeps them, and the next one hashes the rest)."""
-    m = ws.manifest
-    aliases = m.origin_aliases()
-    rows = m.image_rows()
+    come (in short transactions: a killed run keeps them, and the next one hashes the rest).
+    The images the last run saw come from its snapshot (snapshot.py): only later rows are read."""
+    m, flip = ws.manifest, config.flip_invariant
     key = hash_key(config.hash, config.hash_size, config.decode)
-    cached = m.hashes((r.sha256 for r in rows), key, config.flip_invariant)
-    missing = [r for r in rows if r.sha256 not in cached]
+    width = max(1, -(-config.bits() // 64))
+    path = ws.state_dir / SNAPSHOT_NAME
+    known = Snapshot.load(path, key, flip, m)
+    if known is None or known.words.shape[1] != width:
+        known = Snapshot(key, flip, 0, 0, {}, *_no_rows(width, flip), np.empty(0, np.int64))
+    rows = m.image_rows_at(known.failed.tolist()) + m.image_rows(after=known.last_rowid)
+    cached = m.hashes((r.sha256 for r in rows), key, flip)
+    scan = Scan(hashed=sum(r.sha256 not in cached for r in rows))
+    _hash_missing(ws, config, key, [r for r in rows if r.sha256 not in cached], cached, scan,
+                  save, on_progress, executor)
+    now = _taken(known, rows, cached, config.bits(), flip)
+    if save and (rows or not path.is_file()):
+        now.sample(m)
+        now.save(path)
+    scan.hashes = Packed(now.words, now.mirrored if flip else None)
+    # stored paths are relative and plain: joined by +
+    scan.items = WorkspaceItems(os.path.join(str(ws.root), ""), m, now.rowids, {r.rowid: r for r in rows})
+    return scan
+
+
+def _no_rows(width: int, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    words = np.empty((0, width), np.uint64)
+    return np.empty(0, np.int64), words, words
+
+
+def _hash_missing(ws: Workspace, config: DedupeConfig, key: str, missing: list[ImageRow],
+                  cached: dict[str, Hash], scan: Scan, save: bool, on_progress: ProgressFn | None,
+                  executor: Executor) -> None:
+    """Hash the images with no stored hash into `cached`, storing them as they come."""
+    m = ws.manifest
     one = partial(hash_file, method=config.hash, hash_size=config.hash_size, decode=config.decode,
                   flip_invariant=config.flip_invariant)
     paths = [str(ws.root / r.stored_path) for r in missing]
     computed = executor.map(one, paths, workers=config.workers or None, preload=preload_modules(config.hash))
-    scan = Scan(hashed=len(missing))
     fresh: list[tuple[str, int, int | None]] = []
+    failed: list[tuple[ImageRow, str]] = []
     last = time.monotonic()
     for done, (row, fh) in enumerate(zip(missing, computed, strict=True), 1):
         if fh.value is None:
-            scan.skipped.append((aliases.get(row.sha256, [row.stored_path])[0], fh.error or "no hash"))
+            failed.append((row, fh.error or "no hash"))
         else:
             cached[row.sha256] = (fh.value, fh.mirrored)
             fresh.append((row.sha256, fh.value, fh.mirrored))
@@ -230,9 +290,22 @@ def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
             on_progress(done, len(missing))
     if save and fresh:
         m.save_hashes(key, fresh)
-    hashed = [order for order, r in enumerate(rows) if r.sha256 in cached]
-    scan.hashes = [cached[rows[order].sha256] for order in hashed]
-    # stored paths are relative and plain: joined by +
-    scan.items = WorkspaceItems(os.path.join(str(ws.root), ""), rows, hashed, aliases)
-    return scan
+    names = m.origin_aliases([row.sha256 for row, _ in failed]) if failed else {}
+    scan.skipped += [(names.get(row.sha256, [row.stored_path])[0], why) for row, why in failed]
 
+
+def _taken(known: Snapshot, rows: list[ImageRow], cached: dict[str, Hash], bits: int,
+           flip: bool) -> Snapshot:
+    """The snapshot with this run's rows added: the hashed ones in import order among the
+    known ones, the others as failed."""
+    got = [r for r in rows if r.sha256 in cached]
+    rowids = np.concatenate([known.rowids, np.array([r.rowid for r in got], dtype=np.int64)])
+    words = np.concatenate([known.words, pack_hashes([cached[r.sha256][0] for r in got], bits)])
+    mirrored = known.mirrored
+    if flip:
+        mirrored = np.concatenate([mirrored, pack_hashes([cached[r.sha256][1] or 0 for r in got], bits)])
+    order = np.argsort(rowids, kind="stable")  # rows hashed now that failed before go among the rest
+    failed = np.array([r.rowid for r in rows if r.sha256 not in cached], dtype=np.int64)
+    last = max(known.last_rowid, rows[-1].rowid if rows else 0)
+    return Snapshot(known.key, flip, last, known.count + sum(r.rowid > known.last_rowid for r in rows),
+                    known.probes, rowids[order], words[order], mirrored[order] if flip else mirrored, failed)
