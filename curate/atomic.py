@@ -4,7 +4,6 @@ leftovers of a killed run."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -51,60 +50,14 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-SETTLE_NS = 2_000_000_000  # see sweep_temp_files
-
-
-def sweep_temp_files(folder: Path, record: Path | None = None) -> int:
-    """Delete temp files left by a killed writer below `folder`; returns how many.
-
-    With `record` (a JSON file this function keeps), a folder whose mtime is the one the last
-    sweep saw is not listed again: making, renaming or deleting a file in a folder changes its
-    mtime, so an unchanged folder holds no new temp file. A workspace's images/ holds every
-    stored image, and listing them all on every run cost ~0.5 s at 1M images. A folder changed
-    within SETTLE_NS of the record being written is listed again (a coarse mtime clock, as on
-    some network file systems, could hide a later change in the same tick).
-    """
-    seen = _read_record(record) if record is not None else {}
-    stamp = record.stat().st_mtime_ns if record is not None and seen else 0  # the file system's clock
-    removed, now, stack = 0, {}, [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            mtime = os.stat(os.path.join(folder, rel)).st_mtime_ns
-        except OSError:  # gone, or not ours to read: nothing to sweep there
-            continue
-        known = seen.get(rel)
-        if known is not None and known[0] == mtime and mtime < stamp - SETTLE_NS:
-            children = known[1]
-        else:
-            children, gone = _list(folder, rel)
-            removed += gone
-        now[rel] = (mtime, children)
-        stack += [os.path.join(rel, name) for name in children]
-    if record is not None:
-        atomic_write_text(record, json.dumps({"version": 1, "folders": now}), durable=False)
+def sweep_temp_files(folder: Path) -> int:
+    """Delete temp files left by a killed writer below `folder`; returns how many."""
+    removed = 0
+    # os.walk, not Path.rglob: this runs on every workspace lock over every stored image, and
+    # rglob took 1.6x as long (30,000 files: 36 ms against 22 ms)
+    for parent, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                Path(parent, name).unlink(missing_ok=True)
+                removed += 1
     return removed
-
-
-def _list(folder: Path, rel: str) -> tuple[list[str], int]:
-    """One folder's subfolders (not links), after deleting its temp files."""
-    children, removed = [], 0
-    try:
-        with os.scandir(os.path.join(folder, rel)) as entries:
-            for entry in entries:
-                if entry.name.startswith(TMP_PREFIX):
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
-                elif entry.is_dir(follow_symlinks=False):
-                    children.append(entry.name)
-    except OSError:
-        pass
-    return children, removed
-
-
-def _read_record(path: Path) -> dict[str, tuple[int, list[str]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {str(rel): (int(v[0]), [str(c) for c in v[1]]) for rel, v in data["folders"].items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return {}  # none yet, or damaged: every folder is listed

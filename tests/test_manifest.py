@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -118,43 +116,3 @@ def test_the_sweep_runs_once_per_opened_workspace(tmp_path: Path) -> None:
     with Workspace.open(root) as ws, ws.lock():
         assert not later.exists()
 
-
-def test_the_sweep_lists_only_folders_written_since_the_last_one(tmp_path: Path) -> None:
-    """images/ keeps a record of its folders' mtimes: an unchanged folder holds no new temp file,
-    so it is not listed again (shown here by a leftover hidden with the old mtime put back)."""
-    from curate.atomic import SETTLE_NS, sweep_temp_files
-
-    images, record = tmp_path / "images", tmp_path / "swept.json"
-    old = time.time_ns() - 10 * SETTLE_NS
-    for name in ("aa", "bb"):
-        (images / name).mkdir(parents=True)
-        (images / name / "x.jpg").write_bytes(b"jpeg")
-        os.utime(images / name, ns=(old, old))
-    os.utime(images, ns=(old, old))
-    assert sweep_temp_files(images, record) == 0 and record.is_file()
-    hidden, found = images / "aa" / ".curate-tmp-1", images / "bb" / ".curate-tmp-2"
-    hidden.write_bytes(b"half")
-    os.utime(images / "aa", ns=(old, old))  # as if nothing had been written there
-    found.write_bytes(b"half")  # bb's mtime moves: listed, swept
-    (images / "bb" / "cc").mkdir()  # a new folder below a changed one is walked too
-    deeper = images / "bb" / "cc" / ".curate-tmp-3"
-    deeper.write_bytes(b"half")
-    assert sweep_temp_files(images, record) == 2
-    assert hidden.exists() and not found.exists() and not deeper.exists()
-    record.write_text("{not json")  # a damaged record: every folder is listed
-    assert sweep_temp_files(images, record) == 1 and not hidden.exists()
-
-
-def test_a_folder_written_just_before_the_record_is_listed_again(tmp_path: Path) -> None:
-    """A coarse mtime clock could give a later write the same mtime: folders written within
-    SETTLE_NS of the record are not trusted."""
-    from curate.atomic import sweep_temp_files
-
-    images, record = tmp_path / "images", tmp_path / "swept.json"
-    (images / "aa").mkdir(parents=True)
-    sweep_temp_files(images, record)
-    mtime = (images / "aa").stat().st_mtime_ns
-    leftover = images / "aa" / ".curate-tmp-1"
-    leftover.write_bytes(b"half")
-    os.utime(images / "aa", ns=(mtime, mtime))  # the same tick as the recorded one
-    assert sweep_temp_files(images, record) == 1 and not leftover.exists()

@@ -46,7 +46,7 @@ class ImageRow(NamedTuple):  # a tuple: read for every image on a full dedupe ru
     height: int
     format: str
     file_bytes: int
-    rowid: int  # import order: rows are only ever added (INSERT OR IGNORE), never changed
+    rowid: int  # import order: rows are only ever added, never changed
 
 
 _IMAGE_ROW = "SELECT sha256, stored_path, width, height, format, file_bytes, rowid FROM images"

@@ -2,9 +2,9 @@
 
 Reading every image's manifest row, origins and hash from SQLite cost ~4.5 us an image on every
 run (4.5 s of a 13 s re-run at 1M images, most of it, while the new images' part was the
-rest). The manifest only ever adds image rows (INSERT OR IGNORE: none is changed or deleted,
-and row ids grow in import order), and a hash is a function of the image and the hash space,
-so the images up to some row and their hashes never change. The snapshot
+rest). The manifest only ever adds image rows (an import inserts them or leaves them as they
+are; none is changed or removed, and row ids grow in import order), and a hash is a function
+of the image and the hash space, so the images up to some row and their hashes never change. The snapshot
 (`.curate/dedupe-images.npz`, beside the manifest and the search index) holds them as arrays:
 the row ids of the hashed images up to `last_rowid`, their packed hashes (and the mirrored
 ones with `flip_invariant`), and the rows that could not be hashed (tried again each run).
