@@ -116,3 +116,30 @@ def test_the_sweep_runs_once_per_opened_workspace(tmp_path: Path) -> None:
     with Workspace.open(root) as ws, ws.lock():
         assert not later.exists()
 
+
+
+def test_queries_over_long_lists_run_in_chunks(tmp_path: Path) -> None:
+    """SQLite binds at most 32,766 parameters by default (999 before 3.32; this Python's build
+    allows 250,000, so the test sets the old limit): a re-run's dropped derived files of 3,000
+    images are deleted all the same, and the lookups by list return every row."""
+    from curate.manifest.chunked import execute_in
+    from curate.manifest.derived import drop_earlier_runs
+
+    m = Manifest(tmp_path / "m.sqlite")
+    m.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    n = 3_000
+    shas = [f"{i:064x}" for i in range(n)]
+    old = m.start_run("bg", {})
+    with m.transaction() as db:
+        db.executemany("INSERT INTO images VALUES (?, ?, 8, 8, 'RGB', 'PNG', 'PNG', 1, '[]', '')",
+                       [(s, f"images/{s}.png") for s in shas])
+        db.executemany("INSERT INTO derived (image_sha256, kind, parent_sha256, sha256, stored_path, width, "
+                       "height, mode, format, info, run_id) VALUES (?, 'cutout', ?, ?, ?, 8, 8, 'RGBA', 'PNG', "
+                       "'{}', ?)", [(s, s, s[::-1], f"derived/{s}.png", old) for s in shas])
+    assert len(execute_in(m.db, "SELECT sha256 FROM images WHERE sha256 IN ({marks})", shas)) == n
+    assert [r.sha256 for r in m.image_rows_at(list(range(n, 0, -1)))] == shas  # import order
+    new = m.start_run("bg", {})
+    with m.transaction() as db:
+        drop_earlier_runs(db, "bg", new)
+    assert m.count("derived") == 0
+    m.close()

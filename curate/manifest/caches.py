@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from curate.manifest.chunked import execute_in
+
 # Perceptual hashes for `curate dedupe`; plain-folder runs keep the same table in their cache.
 HASHES_TABLE = """
 CREATE TABLE IF NOT EXISTS hashes (
@@ -74,11 +76,8 @@ def read_hashes(db: sqlite3.Connection, shas: Iterable[str], key: str,
     rows: Iterable[tuple[str, str, str | None]]
     stored = db.execute("SELECT MAX(rowid) FROM hashes").fetchone()[0] or 0  # about the row count
     if len(wanted) * LOOKUP_RATIO <= stored:  # a few (a re-run's new images): looked up by key
-        listed, rows = list(wanted), []
-        for start in range(0, len(listed), 500):  # SQLite's bound-parameter limit
-            chunk = listed[start:start + 500]
-            rows += db.execute("SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ? AND "
-                               f"image_sha256 IN ({', '.join('?' * len(chunk))})", [key, *chunk])
+        rows = execute_in(db, "SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ? AND "
+                         "image_sha256 IN ({marks})", list(wanted), (key,))
     else:  # many: one pass over the table is faster than as many lookups
         rows = db.execute("SELECT image_sha256, value, mirrored FROM hashes WHERE hash_key = ?", (key,))
     for sha, value, mirrored in rows:
@@ -162,12 +161,7 @@ class FolderCacheDB:
 def read_captions(db: sqlite3.Connection, keys: Iterable[str]) -> dict[str, str]:
     """key -> cached caption text, for the keys that are cached."""
     wanted = list(dict.fromkeys(keys))
-    out: dict[str, str] = {}
-    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-        chunk = wanted[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        out.update(db.execute(f"SELECT key, text FROM caption_cache WHERE key IN ({marks})", chunk))
-    return out
+    return dict(execute_in(db, "SELECT key, text FROM caption_cache WHERE key IN ({marks})", wanted))
 
 
 def write_captions(db: sqlite3.Connection, rows: Iterable[tuple[str, str, str, str]]) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from curate.manifest.chunked import execute_in
+
 # The main line of the chain, in order; "closeup-N" files stand beside the crop.
 CHAIN = ("cutout", "crop")
 CLOSEUP = "closeup-"
@@ -191,8 +193,7 @@ def drop_earlier_runs(db: sqlite3.Connection, stage: str, run_id: int) -> None:
 def _delete(db: sqlite3.Connection, ids: list[int]) -> None:
     """Delete rows and, transitively, the rows of the same image made from them."""
     while ids:
-        marks = ",".join("?" * len(ids))
-        gone = db.execute(f"SELECT image_sha256, sha256 FROM derived WHERE id IN ({marks})", ids).fetchall()
-        db.execute(f"DELETE FROM derived WHERE id IN ({marks})", ids)
+        gone = execute_in(db, "SELECT image_sha256, sha256 FROM derived WHERE id IN ({marks})", ids)
+        execute_in(db, "DELETE FROM derived WHERE id IN ({marks})", ids)
         ids = [r[0] for g in gone for r in db.execute(
             "SELECT id FROM derived WHERE image_sha256 = ? AND parent_sha256 = ?", (g[0], g[1]))]

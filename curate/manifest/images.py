@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 from curate.manifest.caches import Hash, read_hashes, write_hashes
+from curate.manifest.chunked import execute_in
 from curate.manifest.derived import Derived, drop_earlier_runs, write_derived
 
 # What `curate run` hashes for each view part (pipeline/state.py); keys it stores itself (under
@@ -169,12 +170,8 @@ class ImageQueries:
 
     def image_rows_at(self, rowids: Sequence[int]) -> list[ImageRow]:
         """The images with these row ids, in import order."""
-        out: list[ImageRow] = []
-        for start in range(0, len(rowids), 500):  # SQLite's bound-parameter limit
-            chunk = [int(r) for r in rowids[start:start + 500]]
-            out += map(ImageRow._make, self.db.execute(
-                f"{_IMAGE_ROW} WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk))
-        return sorted(out, key=lambda r: r.rowid)
+        rows = execute_in(self.db, _IMAGE_ROW + " WHERE rowid IN ({marks})", [int(r) for r in rowids])
+        return sorted(map(ImageRow._make, rows), key=lambda r: r.rowid)
 
     def image_count(self, upto: int) -> int:
         """How many images there are up to row `upto`."""
@@ -188,12 +185,9 @@ class ImageQueries:
             rows: Iterable[tuple[str, str]] = self.db.execute(
                 "SELECT image_sha256, source_path FROM origins WHERE image_sha256 IS NOT NULL ORDER BY id")
         else:
-            rows = []
-            for start in range(0, len(shas), 500):
-                chunk = list(shas[start:start + 500])
-                rows += self.db.execute("SELECT image_sha256, source_path, id FROM origins "
-                                        f"WHERE image_sha256 IN ({', '.join('?' * len(chunk))})", chunk)
-            rows = [r[:2] for r in sorted(rows, key=lambda r: r[2])]
+            found = execute_in(self.db, "SELECT image_sha256, source_path, id FROM origins "
+                              "WHERE image_sha256 IN ({marks})", shas)
+            rows = [r[:2] for r in sorted(found, key=lambda r: r[2])]
         for sha, path in rows:
             out.setdefault(sha, []).append(path)
         return out

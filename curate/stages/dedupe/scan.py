@@ -243,7 +243,7 @@ def scan_workspace(ws: Workspace, config: DedupeConfig, *, save: bool = True,
     width = max(1, -(-config.bits() // 64))
     path = ws.state_dir / SNAPSHOT_NAME
     known = Snapshot.load(path, key, flip, m)
-    if known is None or known.words.shape[1] != width:
+    if known is None:  # (its key holds the hash size, so its words are `width` wide)
         known = Snapshot(key, flip, 0, 0, {}, *_no_rows(width, flip), np.empty(0, np.int64))
     rows = m.image_rows_at(known.failed.tolist()) + m.image_rows(after=known.last_rowid)
     cached = m.hashes((r.sha256 for r in rows), key, flip)

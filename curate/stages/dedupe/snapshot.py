@@ -62,12 +62,22 @@ class Snapshot:
                             z["rowids"], z["words"], z["mirrored"], z["failed"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile):
             return None  # missing, partial or from another version: every row is read instead
+        if not found._consistent():
+            return None
         if (manifest.image_count(found.last_rowid) != found.count
                 or found.probes != _shas(manifest, list(found.probes))):
             return None  # another manifest than the one it was made from
         if not flip and found.flip:  # mirrored hashes not asked for: not kept either
             found.flip, found.mirrored = False, found.mirrored[:0]
         return found
+
+    def _consistent(self) -> bool:
+        """The arrays have the shapes and types a run writes (a file from elsewhere may not)."""
+        n = len(self.rowids)
+        return (self.rowids.dtype == np.int64 and self.rowids.ndim == 1 and self.failed.dtype == np.int64
+                and self.failed.ndim == 1 and self.words.dtype == np.uint64 and self.words.ndim == 2
+                and self.words.shape[0] == n and self.mirrored.dtype == np.uint64
+                and self.mirrored.shape == (n if self.flip else 0, self.words.shape[1]))
 
     def sample(self, manifest: Manifest) -> None:
         """Note the images at PROBES rows up to last_rowid (the last one among them)."""
