@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 STATE_DIR = ".curate"
 MANIFEST_NAME = "manifest.sqlite"
 IMAGES_DIR = "images"
+WRITING = "writing"  # in STATE_DIR while a process holds the workspace (see Workspace.lock)
 
 CONFIG_HEADER = """\
 # curate.toml: options for every stage of this workspace, one table per command (`[filter]` is
@@ -49,7 +50,6 @@ def is_workspace(path: Path) -> bool:
 class Workspace:
     root: Path
     manifest: Manifest
-    _swept: bool = field(default=False, init=False, repr=False)  # see lock()
 
     @property
     def images_dir(self) -> Path:
@@ -99,14 +99,19 @@ class Workspace:
                 raise WorkspaceBusy(
                     f"{self.root} is in use by another curate process; wait for it to finish"
                 ) from exc
-            # and beside the manifest: a killed dedupe-index write leaves its temp file there.
-            # Once per Workspace: a run takes the lock more than once, and each sweep walks every
-            # stored image (55 ms at 100,000); a killed writer's leftovers wait for the next run.
-            if not self._swept:
+            # A holder marks the workspace busy (WRITING beside the manifest) until it lets go,
+            # even on an error (atomic writes remove their own temp file then); a mark found here
+            # means a killed writer, whose temp files in images/ and beside the manifest are swept
+            # now. Sweeping on every run listed every stored image: 1.7 s a run at 1M images.
+            busy = self.state_dir / WRITING
+            if busy.exists():
                 for folder in (self.images_dir, self.state_dir):
                     sweep_temp_files(folder)
-                self._swept = True
-            yield
+            busy.touch()
+            try:
+                yield
+            finally:
+                busy.unlink(missing_ok=True)
 
     def run(self, stage: str, params: Any, *, derives: str | None = None, dry_run: bool = False,
             stream: bool = False) -> StageRun:

@@ -89,33 +89,38 @@ def test_workspace_lock_is_exclusive(tmp_path: Path) -> None:
         pass
 
 
-def test_lock_sweeps_temp_files(tmp_path: Path) -> None:
-    with Workspace.open(tmp_path / "ws", create=True) as ws:
-        leftover = ws.images_dir / "ab" / ".curate-tmp-123"
-        leftover.parent.mkdir(parents=True)
-        leftover.write_bytes(b"half")
-        index = ws.state_dir / ".curate-tmp-dedupe-index"  # a killed index write, beside the manifest
-        index.write_bytes(b"half")
-        with ws.lock():
-            assert not leftover.exists() and not index.exists()
-            assert (ws.state_dir / "lock").exists()
+def test_lock_sweeps_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A process killed while it holds the workspace leaves temp files in images/ and beside the
+    manifest (a killed dedupe-index write) and its busy mark; the next lock sweeps them. A holder
+    that lets go, even on an error, leaves no mark, so later runs list no stored image."""
+    import subprocess
+    import sys
 
+    from curate.workspace import WRITING
 
-def test_the_sweep_runs_once_per_opened_workspace(tmp_path: Path) -> None:
-    """A run takes the lock several times; one walk over the stored images is enough, and a
-    writer killed in between leaves files that the next opened workspace sweeps."""
     root = tmp_path / "ws"
-    with Workspace.open(root, create=True) as ws:
+    Workspace.open(root, create=True).close()
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal, tempfile
+from curate.atomic import TMP_PREFIX
+from curate.workspace import Workspace
+ws = Workspace.open({str(root)!r})
+with ws.lock():
+    (ws.images_dir / "ab").mkdir(parents=True)
+    for folder in (ws.images_dir / "ab", ws.state_dir):
+        os.write(tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)[0], b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""])
+    assert killed.returncode == -9
+    left = [p for p in root.rglob(".curate-tmp-*")]
+    assert {p.parent.name for p in left} == {"ab", ".curate"} and (root / ".curate" / WRITING).exists()
+    with Workspace.open(root) as ws:
         with ws.lock():
-            pass
-        later = ws.images_dir / "cd" / ".curate-tmp-456"
-        later.parent.mkdir(parents=True)
-        later.write_bytes(b"half")
-        with ws.lock():
-            assert later.exists()  # this workspace swept at its first lock
-    with Workspace.open(root) as ws, ws.lock():
-        assert not later.exists()
-
+            assert not list(root.rglob(".curate-tmp-*"))
+        assert not (ws.state_dir / WRITING).exists()
+        with pytest.raises(RuntimeError), ws.lock():
+            raise RuntimeError
+        assert not (ws.state_dir / WRITING).exists()
 
 
 def test_queries_over_long_lists_run_in_chunks(tmp_path: Path) -> None:
@@ -133,9 +138,9 @@ def test_queries_over_long_lists_run_in_chunks(tmp_path: Path) -> None:
     with m.transaction() as db:
         db.executemany("INSERT INTO images VALUES (?, ?, 8, 8, 'RGB', 'PNG', 'PNG', 1, '[]', '')",
                        [(s, f"images/{s}.png") for s in shas])
-        db.executemany("INSERT INTO derived (image_sha256, kind, parent_sha256, sha256, stored_path, width, "
-                       "height, mode, format, info, run_id) VALUES (?, 'cutout', ?, ?, ?, 8, 8, 'RGBA', 'PNG', "
-                       "'{}', ?)", [(s, s, s[::-1], f"derived/{s}.png", old) for s in shas])
+        db.executemany("INSERT INTO derived (image_sha256, kind, parent_sha256, sha256, stored_path, "
+                       "width, height, mode, format, info, run_id) VALUES (?, 'cutout', ?, ?, ?, 8, 8, "
+                       "'RGBA', 'PNG', '{}', ?)", [(s, s, s[::-1], f"derived/{s}.png", old) for s in shas])
     assert len(execute_in(m.db, "SELECT sha256 FROM images WHERE sha256 IN ({marks})", shas)) == n
     assert [r.sha256 for r in m.image_rows_at(list(range(n, 0, -1)))] == shas  # import order
     new = m.start_run("bg", {})
